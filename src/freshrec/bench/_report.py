@@ -1,0 +1,116 @@
+"""Benchmark reporting and timing helpers shared by every ``freshrec bench`` part."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["BenchReport", "peak_rss_bytes", "rss_bytes", "time_interleaved"]
+
+
+@dataclass
+class BenchReport:
+    """Figures (raw, unit in the name), ratios (figure / baseline, same run) and parameters."""
+
+    bench: str
+    params: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def figure(self, name: str, value: float) -> None:
+        self.figures[name] = float(value)
+
+    def ratio(self, name: str, value: float) -> None:
+        self.ratios[name] = float(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        params = dict(self.params)
+        params.setdefault("machine", _machine())
+        return {
+            "bench": self.bench,
+            "figures": self.figures,
+            "ratios": self.ratios,
+            "params": params,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, p)
+        return p
+
+    def print(self, console: Console | None = None) -> None:
+        console = console or Console()
+        fig = Table(title=f"freshrec bench {self.bench}: figures", title_justify="left")
+        fig.add_column("figure")
+        fig.add_column("value", justify="right")
+        for name, value in self.figures.items():
+            fig.add_row(name, _fmt(value))
+        console.print(fig)
+        if self.ratios:
+            rat = Table(title="ratios (same run)", title_justify="left")
+            rat.add_column("ratio")
+            rat.add_column("value", justify="right")
+            for name, value in self.ratios.items():
+                rat.add_row(name, f"{value:.2f}")
+            console.print(rat)
+        for note in self.notes:
+            console.print(f"[dim]{note}[/dim]")
+
+
+def _fmt(value: float) -> str:
+    if value != value:  # NaN
+        return "nan"
+    if abs(value) >= 1e5:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.4g}"
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def time_interleaved(
+    candidates: dict[str, Callable[[int], None]], n_items: int, rounds: int
+) -> dict[str, float]:
+    """Time each ``fn(round)`` in turn, ``rounds`` times, interleaved so that machine noise hits
+    all candidates alike; return items per second from the median round of each."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for r in range(rounds):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn(r)
+            samples[name].append(time.perf_counter() - t0)
+    return {name: n_items / float(np.median(s)) for name, s in samples.items()}

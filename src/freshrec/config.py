@@ -1,0 +1,107 @@
+"""Typed configuration: the base class every component config derives from, and file loading.
+
+Every component takes exactly one config object (a pydantic model deriving from
+:class:`Config`). Unknown keys are an error, never silently ignored; every default is the
+embedded, single-machine one. Configs load from TOML or YAML, and command-line overrides are
+dotted paths (``table.dim=64``) applied on top before validation, so a CLI option and a config
+key are the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from freshrec.errors import ConfigError
+
+__all__ = ["Config", "apply_overrides", "load_config", "read_config_file"]
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base of all freshrec configs: unknown keys rejected, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+        """Validate ``data``; any problem becomes one :class:`ConfigError` naming the fields."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {source}: {_describe(exc)}") from exc
+
+    @classmethod
+    def from_file(cls: type[C], path: str | Path, overrides: list[str] | None = None) -> C:
+        return load_config(cls, path, overrides)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {p}: unknown format {p.suffix!r} (use .toml or .yaml)")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not valid {p.suffix[1:]}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value as a TOML/YAML scalar or list, falling back to the raw string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict (copied); values parse as YAML scalars."""
+    out = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, _, raw = item.partition("=")
+        parts = [k for k in key.strip().split(".") if k]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = out
+        for k in parts[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Build a ``cls`` from an optional file plus dotted overrides; defaults fill the rest."""
+    data = read_config_file(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    return cls.from_dict(data, source=str(path) if path else "config")

@@ -1,0 +1,258 @@
+"""Typed configuration of one embedding table: optimizer, initializer, admission, expiry, cap.
+
+A config file section looks like::
+
+    [table]
+    name = "item_id"
+    dim = 16
+    ttl = 86400                       # seconds of event time
+    optimizer = { type = "rowwise_adagrad", lr = 0.05 }
+    initializer = { type = "normal", std = 0.01 }
+    admission = { min_count = 2 }
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from freshrec.config import Config
+from freshrec.table import _kernels as K
+
+__all__ = [
+    "FTRL",
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdmissionConfig",
+    "InitializerConfig",
+    "OptimizerConfig",
+    "RowwiseAdagrad",
+    "TableConfig",
+]
+
+
+class SGD(Config):
+    """Plain SGD, with optional (lazy, per-row) momentum, as ``torch.optim.SGD``."""
+
+    type: Literal["sgd"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    nesterov: bool = False
+
+    def state_width(self, dim: int) -> int:
+        return dim if self.momentum > 0 else 0
+
+    def kernel_params(self) -> tuple[int, np.ndarray]:
+        return K.OPT_SGD, _hp(self.lr, self.momentum, self.weight_decay, float(self.nesterov))
+
+    def state_init(self) -> float:
+        return 0.0
+
+
+class Adagrad(Config):
+    """Per-coordinate Adagrad, as ``torch.optim.Adagrad`` (lr_decay fixed at 0)."""
+
+    type: Literal["adagrad"] = "adagrad"
+    lr: float = Field(0.05, gt=0)
+    eps: float = Field(1e-10, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    initial_accumulator_value: float = Field(0.0, ge=0)
+
+    def state_width(self, dim: int) -> int:
+        return dim
+
+    def kernel_params(self) -> tuple[int, np.ndarray]:
+        return K.OPT_ADAGRAD, _hp(self.lr, self.eps, self.weight_decay)
+
+    def state_init(self) -> float:
+        return self.initial_accumulator_value
+
+
+class RowwiseAdagrad(Config):
+    """Row-wise Adagrad (one accumulator per row: mean of g^2), as FBGEMM/TorchRec use for large
+    tables: one float of state per row instead of ``dim``."""
+
+    type: Literal["rowwise_adagrad"] = "rowwise_adagrad"
+    lr: float = Field(0.05, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    initial_accumulator_value: float = Field(0.0, ge=0)
+
+    def state_width(self, dim: int) -> int:
+        return 1
+
+    def kernel_params(self) -> tuple[int, np.ndarray]:
+        return K.OPT_ROWWISE_ADAGRAD, _hp(self.lr, self.eps, self.weight_decay)
+
+    def state_init(self) -> float:
+        return self.initial_accumulator_value
+
+
+class Adam(Config):
+    """Adam, as ``torch.optim.Adam``; bias correction counts this row's own steps (lazy Adam),
+    which equals torch's global step when every row is updated every step."""
+
+    type: Literal["adam"] = "adam"
+    lr: float = Field(0.001, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+    def state_width(self, dim: int) -> int:
+        return 2 * dim + 1  # m, v, and this row's step count
+
+    def kernel_params(self) -> tuple[int, np.ndarray]:
+        return K.OPT_ADAM, _hp(self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
+
+    def state_init(self) -> float:
+        return 0.0
+
+
+class FTRL(Config):
+    """FTRL-Proximal (McMahan et al. 2013), per coordinate. The embedding is the closed-form
+    weight of the accumulators ``z`` and ``n``; as in TensorFlow's FTRL, the first update
+    replaces the initial value."""
+
+    type: Literal["ftrl"] = "ftrl"
+    alpha: float = Field(0.05, gt=0)
+    beta: float = Field(1.0, ge=0)
+    l1: float = Field(0.0, ge=0)
+    l2: float = Field(0.0, ge=0)
+
+    def state_width(self, dim: int) -> int:
+        return 2 * dim  # z, n
+
+    def kernel_params(self) -> tuple[int, np.ndarray]:
+        return K.OPT_FTRL, _hp(self.alpha, self.beta, self.l1, self.l2)
+
+    def state_init(self) -> float:
+        return 0.0
+
+
+OptimizerConfig = Annotated[SGD | Adagrad | RowwiseAdagrad | Adam | FTRL, Field(discriminator="type")]
+
+
+def _hp(*values: float) -> np.ndarray:
+    hp = np.zeros(8, np.float64)
+    hp[: len(values)] = values
+    return hp
+
+
+class InitializerConfig(Config):
+    """How a new row's embedding starts. Deterministic per (table seed, ID), so a re-admitted
+    or rebuilt row is reproducible.
+
+    Args:
+        type: ``zeros``, ``uniform`` (in [low, high)) or ``normal`` (mean, std).
+    """
+
+    type: Literal["zeros", "uniform", "normal"] = "normal"
+    low: float = -0.05
+    high: float = 0.05
+    mean: float = 0.0
+    std: float = Field(0.01, ge=0)  # small, as DLRM/DeepCTR do: FM interactions start near 0
+
+    @model_validator(mode="after")
+    def _check_range(self) -> InitializerConfig:
+        if self.type == "uniform" and not self.low < self.high:
+            raise ValueError(f"uniform initializer needs low < high, got {self.low}, {self.high}")
+        return self
+
+    def kernel_params(self) -> tuple[int, float, float]:
+        if self.type == "zeros":
+            return K.INIT_ZEROS, 0.0, 0.0
+        if self.type == "uniform":
+            return K.INIT_UNIFORM, self.low, self.high
+        return K.INIT_NORMAL, self.mean, self.std
+
+
+class AdmissionConfig(Config):
+    """The frequency filter: which unseen IDs get a row (the paper's "feature filtering").
+
+    Args:
+        min_count: an ID gets a row at its ``min_count``-th occurrence (1 = at once). Counts
+            live in a count-min sketch (conservative update), so memory is bounded; the sketch
+            may over-count, admitting an ID early (never late). With ``n`` distinct unadmitted
+            IDs in the sketch, a first occurrence is admitted early with probability about
+            ``(1 - exp(-n / sketch_width)) ** sketch_depth`` (docs/table.md).
+        admit_probability: each occurrence that passes ``min_count`` is admitted with this
+            probability (the paper's probabilistic filter); 1 = always.
+        sketch_width: counters per sketch row (a power of two).
+        sketch_depth: sketch rows (independent hashes).
+        sketch_decay_every: after this many sketch increments every counter is halved, so
+            counts reflect the recent stream rather than all history (TinyLFU's reset).
+            0 = never; default ``sketch_width // 2`` keeps the early-admission rate near 2%.
+    """
+
+    min_count: int = Field(1, ge=1, le=2**32 - 2)
+    admit_probability: float = Field(1.0, gt=0, le=1)
+    sketch_width: int = Field(1 << 19, ge=16)
+    sketch_depth: int = Field(4, ge=1, le=16)
+    sketch_decay_every: int | None = Field(None, ge=0)
+
+    @field_validator("sketch_width")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"sketch_width must be a power of two, got {v}")
+        return v
+
+    @property
+    def decay_every(self) -> int:
+        if self.sketch_decay_every is None:
+            return self.sketch_width // 2
+        return self.sketch_decay_every
+
+
+class TableConfig(Config):
+    """One collisionless embedding table.
+
+    Args:
+        name: the table's name (a feature slot, or a table shared by several slots).
+        dim: embedding width.
+        optimizer: per-row optimizer; its state lives in the row.
+        initializer: how new rows start.
+        admission: the frequency filter for unseen IDs.
+        ttl: seconds of event time a row may go unseen before :meth:`expire` removes it;
+            None = rows never expire.
+        max_rows: optional memory cap; when full, ``eviction`` frees ``evict_fraction`` of it.
+        eviction: ``lru`` (oldest last-seen first) or ``lfu`` (fewest occurrences first, then
+            oldest).
+        default_value: what a filtered or unknown ID reads (a scalar or ``dim`` values).
+        seed: seeds the initializer, the sketch hashes and the admission RNG.
+        track_changes: record touched and removed IDs for train->serve sync; serving tables
+            turn it off.
+    """
+
+    name: str = "table"
+    dim: int = Field(16, ge=1, le=4096)
+    optimizer: OptimizerConfig = Field(default_factory=RowwiseAdagrad)
+    initializer: InitializerConfig = Field(default_factory=InitializerConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    ttl: float | None = Field(None, gt=0)
+    max_rows: int | None = Field(None, ge=1)
+    eviction: Literal["lru", "lfu"] = "lru"
+    evict_fraction: float = Field(0.01, gt=0, le=1)  # batch evictions: one scan frees many rows
+    default_value: float | list[float] = 0.0
+    seed: int = Field(0, ge=0, lt=2**63)
+    track_changes: bool = True
+
+    @model_validator(mode="after")
+    def _check_default(self) -> TableConfig:
+        if isinstance(self.default_value, list) and len(self.default_value) != self.dim:
+            raise ValueError(
+                f"default_value has {len(self.default_value)} values, the table's dim is {self.dim}"
+            )
+        return self
+
+    @property
+    def state_width(self) -> int:
+        return self.optimizer.state_width(self.dim)
+
+    def default_vector(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.default_value, np.float32), (self.dim,)).copy()

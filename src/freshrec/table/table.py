@@ -1,0 +1,537 @@
+"""The collisionless embedding table (Monolith, section 2.1): one ID, exactly one row.
+
+Contract
+--------
+* **Collisionless.** Two distinct int64 IDs never share a row. Every int64 is a valid ID
+  (0, negatives, INT64_MIN, INT64_MAX); nothing is reserved. Capacity grows by itself.
+* **A row** holds the embedding (``dim`` float32), the optimizer's state (its width depends on
+  the optimizer), the last-seen event time and an occurrence count. A new row starts from the
+  initializer (a pure function of table seed and ID) and fresh optimizer state.
+* **Admission.** In training lookups an unseen ID gets a row only when the frequency filter
+  admits it (``min_count``-th occurrence, and/or with probability ``p``); until then it reads
+  the default vector and gradients for it are dropped. Inference lookups never insert.
+* **Expiry and eviction.** :meth:`expire` removes rows whose last-seen time is more than
+  ``ttl`` seconds before ``now`` (event time: a row seen exactly ``ttl`` ago survives). With
+  ``max_rows``, admission into a full table first evicts a batch by LRU or LFU. Removed rows
+  are recycled; removed IDs are reported by :meth:`drain_changes` as tombstones.
+* **Threads.** Methods may be called from any thread. Reads (inference :meth:`lookup`,
+  :meth:`export`, :meth:`contains`, :meth:`stats`, :meth:`save`) share a lock; writes (training
+  lookups, :meth:`apply_gradients`, :meth:`assign`, :meth:`remove`, :meth:`expire`, growth)
+  hold it alone. A reader therefore never sees a half-written row and never crashes on a
+  growing table; it sees each write entirely or not at all. The kernels release the GIL, so
+  concurrent readers run in parallel.
+* **Cost.** Batch operations run in compiled kernels, O(1) expected per ID (linear probing,
+  load factor <= 3/4); :meth:`expire`, :meth:`export` of all rows and an eviction round scan
+  the index, O(rows). Growth doubles (amortised O(1) per insert).
+* **Memory.** Per row: the embedding and optimizer state, 20 bytes of metadata inside the row,
+  and 8 bytes per index slot (2/3 to 1/3 of a slot per row between growths): 31-44 bytes of
+  overhead per row, measured by ``freshrec bench table``.
+
+Event times are seconds (float or int; stored as int64 milliseconds).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from freshrec.errors import CapacityError, InputError, NonFiniteError
+from freshrec.table import _kernels as K
+from freshrec.table._rwlock import RWLock
+from freshrec.table.config import TableConfig
+
+__all__ = ["EmbeddingTable", "TableChanges", "TableExport", "TableStats"]
+
+_MIN_LOG2_SLOTS = 4
+_MAX_LOG2_SLOTS = 32  # tags are 32 bits and give the home slot: at most 2**32 slots
+_MAX_ROWS = 2**31 - 2  # row ids are stored as row + 1 in 32 bits
+
+
+@dataclass(frozen=True)
+class TableExport:
+    """Rows copied out of a table, aligned by position."""
+
+    ids: np.ndarray  # (n,) int64
+    embeddings: np.ndarray  # (n, dim) float32
+    state: np.ndarray  # (n, S) float32, the optimizer state
+    last_seen: np.ndarray  # (n,) int64 milliseconds of event time
+    counts: np.ndarray  # (n,) int64 occurrence counts
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class TableChanges:
+    """What changed since the previous :meth:`EmbeddingTable.drain_changes`: rows to upsert
+    (their current values) and IDs that no longer have a row (tombstones)."""
+
+    upserts: TableExport
+    removed: np.ndarray  # (m,) int64, disjoint from upserts.ids
+
+
+@dataclass(frozen=True)
+class TableStats:
+    rows: int
+    row_capacity: int
+    index_slots: int
+    lookups: int
+    hits: int
+    admitted: int
+    filtered: int
+    expired: int
+    evicted: int
+    removed: int
+    assigned: int
+    grad_rows: int
+    grad_missing: int
+    nonfinite_rejected: int
+    sketch_decays: int
+    pending_changes: int
+    bytes_per_row_overhead: float  # index + metadata, per live row
+    bytes_total: int  # resident estimate: used rows + index + sketch
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _to_ms(now: float | int, what: str = "now") -> int:
+    if isinstance(now, (bool, np.bool_)) or not isinstance(now, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} must be an event time in seconds, got {type(now).__name__}")
+    x = float(now)
+    if not np.isfinite(x):
+        raise InputError(f"{what} must be finite, got {x}")
+    return round(x * 1000.0)
+
+
+class EmbeddingTable:
+    """A growable hash table from int64 IDs to embedding rows. See the module docstring."""
+
+    def __init__(self, config: TableConfig | None = None, **fields: Any) -> None:
+        if config is None:
+            config = TableConfig.from_dict(fields, source="TableConfig")
+        elif fields:
+            config = TableConfig.from_dict({**config.model_dump(), **fields}, source="TableConfig")
+        self.config = config
+        self.dim = config.dim
+        self.state_width = config.state_width
+        self.width = K.META + self.dim + self.state_width  # float32 words per row
+        self._opt_kind, self._opt_hp = config.optimizer.kernel_params()
+        self._init = config.initializer.kernel_params()
+        self._state_init = float(config.optimizer.state_init())
+        self._default = config.default_vector()
+        self._ttl_ms = None if config.ttl is None else round(config.ttl * 1000.0)
+        adm = config.admission
+        self._min_count = adm.min_count
+        self._p_admit = adm.admit_probability
+        self._decay_every = adm.decay_every if adm.min_count > 1 else 0
+        rng = np.random.default_rng([config.seed, 0x5EED])
+        self._sk_seeds = rng.integers(0, 2**63, size=adm.sketch_depth, dtype=np.int64).astype(np.uint64)
+        shape = (adm.sketch_depth, adm.sketch_width) if adm.min_count > 1 else (1, 1)
+        self._sketch = np.zeros(shape, np.uint32)
+        self._lock = RWLock()
+        self._stat_lock = threading.Lock()
+        self._ctr = np.zeros(K.N_CTR, np.int64)
+        self._ctr[K.C_RNG] = int(rng.integers(0, 2**63))
+        self._removed: list[np.ndarray] = []
+        self._alloc(rows=16, log2_slots=_MIN_LOG2_SLOTS)
+
+    # ---- storage -----------------------------------------------------------------------------
+
+    def _alloc(self, rows: int, log2_slots: int) -> None:
+        self._data = np.empty((rows, self.width), np.float32)
+        self._data[:, K.M_FLAGS] = 0  # float 0.0 has all bits clear: no LIVE/DIRTY flags
+        self._meta = self._data.view(np.uint32)
+        self._free = np.empty(rows, np.int32)
+        self._dirty = np.empty(rows, np.int32)
+        self._set_index(np.zeros(1 << log2_slots, np.uint64), log2_slots)
+
+    def _set_index(self, slots: np.ndarray, log2_slots: int) -> None:
+        self._slots = slots
+        self._log2 = log2_slots
+        self._tshift = 32 - log2_slots
+        self._mask = (1 << log2_slots) - 1
+
+    def _grow_rows(self, at_least: int = 0) -> None:
+        old = self._data.shape[0]
+        new = max(2 * old, at_least, 16)
+        if new > _MAX_ROWS:
+            new = _MAX_ROWS
+            if new <= old:
+                raise CapacityError(f"table {self.config.name!r} is full at {old} rows")
+        hw = int(self._ctr[K.C_HW])
+        data = np.empty((new, self.width), np.float32)  # untouched pages stay non-resident
+        data[:hw] = self._data[:hw]
+        data[hw:, K.M_FLAGS] = 0
+        free = np.empty(new, np.int32)
+        free[: self._ctr[K.C_FREE]] = self._free[: self._ctr[K.C_FREE]]
+        dirty = np.empty(new, np.int32)
+        dirty[: self._ctr[K.C_DIRTY]] = self._dirty[: self._ctr[K.C_DIRTY]]
+        self._data, self._meta, self._free, self._dirty = data, data.view(np.uint32), free, dirty
+
+    def _grow_index(self, for_rows: int | None = None) -> None:
+        need = int(self._ctr[K.C_LIVE]) + 1 if for_rows is None else for_rows
+        log2 = self._log2
+        while need * K.LOAD_DEN > (1 << log2) * K.LOAD_NUM:
+            log2 += 1
+        if log2 == self._log2:
+            log2 += 1
+        if log2 > _MAX_LOG2_SLOTS:
+            raise CapacityError(f"table {self.config.name!r}: index would exceed 2**32 slots")
+        slots = np.zeros(1 << log2, np.uint64)
+        K.rehash(self._slots, slots, 32 - log2, (1 << log2) - 1)
+        self._set_index(slots, log2)
+
+    def reserve(self, rows: int) -> None:
+        """Pre-size for ``rows`` live rows, so a known load pays no growth on the hot path."""
+        with self._lock.write():
+            if rows > self._data.shape[0]:
+                self._grow_rows(at_least=rows)
+            if rows * K.LOAD_DEN > (1 << self._log2) * K.LOAD_NUM:
+                self._grow_index(for_rows=rows)
+
+    # ---- input checks ------------------------------------------------------------------------
+
+    def _ids(self, ids: Any) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            if arr.ndim == 0:
+                arr = arr.reshape(1)
+            else:
+                raise InputError(f"ids must be 1-D, got shape {arr.shape}")
+        if arr.dtype == np.int64:
+            return np.ascontiguousarray(arr)
+        if arr.dtype.kind == "u":
+            if arr.size and arr.dtype.itemsize == 8 and int(arr.max()) > np.iinfo(np.int64).max:
+                raise InputError("ids must fit in int64; got a uint64 value above 2**63-1")
+            return arr.astype(np.int64)
+        if arr.dtype.kind == "i":
+            return arr.astype(np.int64)
+        if arr.size == 0:
+            return np.zeros(0, np.int64)
+        raise InputError(
+            f"ids must be integers (int64); got dtype {arr.dtype}. Hash string IDs first "
+            "(freshrec.features.hash_ids)."
+        )
+
+    def _rows_values(self, values: Any, n: int, width: int, what: str) -> np.ndarray:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "fiu":
+            raise InputError(f"{what} must be numeric, got dtype {arr.dtype}")
+        if arr.shape != (n, width):
+            raise InputError(f"{what} must have shape ({n}, {width}), got {arr.shape}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    # ---- lookups -----------------------------------------------------------------------------
+
+    def lookup(self, ids: Any, *, train: bool = False, now: float | None = None) -> np.ndarray:
+        """Embeddings of ``ids``, shape ``(n, dim)``; duplicates allowed.
+
+        With ``train=True`` (``now`` required) unseen IDs pass through the admission filter
+        and known ones count an occurrence and refresh their last-seen time. IDs without a
+        row read the default vector.
+        """
+        keys = self._ids(ids)
+        out = np.empty((keys.shape[0], self.dim), np.float32)
+        if train:
+            if now is None:
+                raise InputError("a training lookup needs the event time: lookup(ids, train=True, now=t)")
+            self._find_or_insert(keys, _to_ms(now), out, True)
+            return out
+        with self._lock.read():
+            hits = K.lookup_infer(self._slots, self._tshift, self._mask, self._meta, self._data,
+                                  keys, out, self._default, K.META, self.dim)  # fmt: skip
+        with self._stat_lock:  # readers run concurrently; counters must not lose increments
+            self._ctr[K.C_LOOKUPS] += keys.shape[0]
+            self._ctr[K.C_HITS] += hits
+        return out
+
+    def find_or_insert(self, ids: Any, *, now: float) -> np.ndarray:
+        """Row handles of ``ids`` after admission (-1 where filtered), as a training lookup
+        without copying embeddings. Handles are valid until the next removal or growth."""
+        keys = self._ids(ids)
+        return self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False)
+
+    def _find_or_insert(self, keys: np.ndarray, now_ms: int, out: np.ndarray, copy: bool) -> np.ndarray:
+        rows = np.empty(keys.shape[0], np.int64)
+        kind, a, b = self._init
+        start, pending = 0, 0
+        with self._lock.write():
+            self._ctr[K.C_LOOKUPS] += keys.shape[0]
+            while True:
+                status, start = K.lookup_train(
+                    self._slots, self._tshift, self._mask, self._meta, self._data, self._free,
+                    self._dirty, self._ctr, keys, start, pending, now_ms, out, copy, rows,
+                    self._default, self.dim, self.state_width, self._sketch, self._sk_seeds,
+                    self._min_count, self._decay_every, self._p_admit, kind, a, b,
+                    self.config.seed, self._state_init, self.config.max_rows or 0,
+                    self._data.shape[0], self.config.track_changes,
+                )  # fmt: skip
+                if status == K.OK:
+                    return rows
+                pending = 1
+                if status == K.NEED_ROWS:
+                    self._grow_rows()
+                elif status == K.NEED_INDEX:
+                    self._grow_index()
+                else:
+                    self._evict_locked()
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """Boolean mask: which IDs have a row."""
+        keys = self._ids(ids)
+        rows = np.empty(keys.shape[0], np.int64)
+        with self._lock.read():
+            K.find_rows(self._slots, self._tshift, self._mask, self._meta, keys, rows)
+        return rows >= 0
+
+    def __len__(self) -> int:
+        return int(self._ctr[K.C_LIVE])
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self.contains(np.asarray([key]))[0])
+
+    # ---- updates -----------------------------------------------------------------------------
+
+    def apply_gradients(self, ids: Any, grads: Any, *, now: float) -> int:
+        """One optimizer step: gradients of duplicate IDs are summed first; IDs without a row
+        are skipped. NaN/Inf anywhere rejects the whole batch (counted, table unchanged).
+        Returns the number of rows updated."""
+        keys = self._ids(ids)
+        g = self._rows_values(grads, keys.shape[0], self.dim, "grads")
+        now_ms = _to_ms(now)
+        if not K.all_finite(g):
+            self._ctr[K.C_NONFINITE] += 1
+            raise NonFiniteError(f"table {self.config.name!r}: gradients contain NaN or Inf; batch rejected")
+        with self._lock.write():
+            return int(K.apply_gradients(
+                self._slots, self._tshift, self._mask, self._meta, self._data, self._dirty,
+                self._ctr, keys, g, now_ms, self._opt_kind, self._opt_hp, self.dim,
+                self.config.track_changes,
+            ))  # fmt: skip
+
+    def assign(
+        self,
+        ids: Any,
+        embeddings: Any,
+        *,
+        state: Any | None = None,
+        last_seen: Any | None = None,
+        counts: Any | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Write rows verbatim (serving replicas, restore). New IDs get a row without
+        admission. Without ``state`` a new row's optimizer state is zero and an existing row
+        keeps its state. ``last_seen`` is int64 ms per row, or ``now`` (seconds) for all."""
+        keys = self._ids(ids)
+        n = keys.shape[0]
+        emb = self._rows_values(embeddings, n, self.dim, "embeddings")
+        if state is not None:
+            st = self._rows_values(state, n, self.state_width, "state")
+            values = np.concatenate([emb, st], axis=1)
+        else:
+            values = emb
+        if not K.all_finite(values):
+            raise NonFiniteError(f"table {self.config.name!r}: assigned values contain NaN or Inf")
+        if last_seen is not None:
+            ts = np.ascontiguousarray(last_seen, dtype=np.int64)
+            if ts.shape != (n,):
+                raise InputError(f"last_seen must have shape ({n},), got {ts.shape}")
+        else:
+            ts = np.full(n, 0 if now is None else _to_ms(now), np.int64)
+        if counts is not None:
+            cnt = np.ascontiguousarray(counts, dtype=np.int64)
+            if cnt.shape != (n,) or (n and cnt.min() < 0):
+                raise InputError(f"counts must be {n} non-negative integers")
+        else:
+            cnt = np.ones(n, np.int64)
+        with self._lock.write():
+            start = 0
+            while True:
+                status, start = K.assign_rows(
+                    self._slots, self._tshift, self._mask, self._meta, self._data, self._free,
+                    self._dirty, self._ctr, keys, start, values, values.shape[1], ts, cnt,
+                    self._data.shape[0], self.config.track_changes,
+                )  # fmt: skip
+                if status == K.OK:
+                    break
+                if status == K.NEED_ROWS:
+                    self._grow_rows()
+                else:
+                    self._grow_index()
+
+    def remove(self, ids: Any) -> np.ndarray:
+        """Delete the rows of ``ids``; returns the IDs that had a row."""
+        keys = self._ids(ids)
+        with self._lock.write():
+            removed = self._remove_locked(keys)
+            self._ctr[K.C_REMOVED] += removed.shape[0]
+        return removed
+
+    def _remove_locked(self, keys: np.ndarray) -> np.ndarray:
+        if keys.shape[0] == 0:
+            return keys
+        keys = np.unique(keys)
+        mask = np.empty(keys.shape[0], np.uint8)
+        K.remove_keys(self._slots, self._tshift, self._mask, self._meta, self._free, self._ctr,
+                      keys, mask)  # fmt: skip
+        removed = keys[mask.astype(bool)]
+        if self.config.track_changes and removed.shape[0]:
+            self._removed.append(removed)
+        return removed
+
+    def expire(self, now: float) -> np.ndarray:
+        """Remove rows unseen for more than ``ttl`` seconds of event time before ``now``;
+        returns their IDs. A table without ``ttl`` expires nothing."""
+        now_ms = _to_ms(now)
+        if self._ttl_ms is None:
+            return np.zeros(0, np.int64)
+        with self._lock.write():
+            keys = np.empty(int(self._ctr[K.C_LIVE]), np.int64)
+            n = K.collect_older(self._slots, self._meta, now_ms - self._ttl_ms, keys)
+            removed = self._remove_locked(keys[:n])
+            self._ctr[K.C_EXPIRED] += removed.shape[0]
+        return removed
+
+    def _evict_locked(self) -> None:
+        live = int(self._ctr[K.C_LIVE])
+        keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
+        K.live_rows(self._slots, self._meta, keys, rows, ts, counts)
+        k = max(1, min(live, int(self.config.evict_fraction * (self.config.max_rows or live))))
+        if self.config.eviction == "lru":
+            victims = keys[np.argpartition(ts, k - 1)[:k]] if k < live else keys
+        else:
+            victims = keys[np.lexsort((ts, counts))[:k]]
+        removed = self._remove_locked(victims)
+        self._ctr[K.C_EVICTED] += removed.shape[0]
+
+    # ---- reading out -------------------------------------------------------------------------
+
+    def export(self, ids: Any | None = None) -> TableExport:
+        """Copy rows out: all of them (in index order), or those of ``ids`` that have a row
+        (in the order given, duplicates kept)."""
+        with self._lock.read():
+            if ids is None:
+                live = int(self._ctr[K.C_LIVE])
+                keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
+                K.live_rows(self._slots, self._meta, keys, rows, ts, counts)
+            else:
+                keys = self._ids(ids)
+                rows = np.empty(keys.shape[0], np.int64)
+                K.find_rows(self._slots, self._tshift, self._mask, self._meta, keys, rows)
+                rows = rows[rows >= 0]
+            return self._gather(rows)
+
+    def _gather(self, rows: np.ndarray) -> TableExport:
+        n = rows.shape[0]
+        w = self.dim + self.state_width
+        keys = np.empty(n, np.int64)
+        values = np.empty((n, w), np.float32)
+        ts = np.empty(n, np.int64)
+        counts = np.empty(n, np.int64)
+        K.gather_rows(self._meta, self._data, np.ascontiguousarray(rows, np.int64), w, keys,
+                      values, ts, counts)  # fmt: skip
+        return TableExport(keys, values[:, : self.dim], values[:, self.dim :], ts, counts)
+
+    def drain_changes(self) -> TableChanges:
+        """Rows touched (admitted, updated, assigned) and IDs removed since the last drain.
+
+        Exact and bounded: each row sits on the change list at most once, so the list never
+        outgrows the table; nothing is dropped on overflow. Requires ``track_changes``.
+        """
+        with self._lock.write():
+            rows = np.empty(int(self._ctr[K.C_DIRTY]), np.int64)
+            n = K.drain_dirty(self._meta, self._dirty, self._ctr, rows)
+            upserts = self._gather(rows[:n])
+            removed = np.concatenate(self._removed) if self._removed else np.zeros(0, np.int64)
+            self._removed = []
+        if removed.shape[0]:
+            removed = np.unique(removed)
+            removed = removed[~np.isin(removed, upserts.ids)]
+            # an ID removed and re-admitted since the last drain is an upsert, not a tombstone;
+            # one re-admitted but not touched again is still present: keep it out of tombstones
+            removed = removed[~self.contains(removed)]
+        return TableChanges(upserts, removed)
+
+    # ---- stats, persistence, warmup ----------------------------------------------------------
+
+    def stats(self) -> TableStats:
+        c = self._ctr
+        live = int(c[K.C_LIVE])
+        index_bytes = self._slots.nbytes
+        meta_bytes = K.META * 4 * int(c[K.C_HW])
+        row_bytes = self.width * 4 * int(c[K.C_HW])
+        return TableStats(
+            rows=live,
+            row_capacity=int(self._data.shape[0]),
+            index_slots=int(self._slots.shape[0]),
+            lookups=int(c[K.C_LOOKUPS]),
+            hits=int(c[K.C_HITS]),
+            admitted=int(c[K.C_ADMITTED]),
+            filtered=int(c[K.C_FILTERED]),
+            expired=int(c[K.C_EXPIRED]),
+            evicted=int(c[K.C_EVICTED]),
+            removed=int(c[K.C_REMOVED]),
+            assigned=int(c[K.C_ASSIGNED]),
+            grad_rows=int(c[K.C_GRAD_ROWS]),
+            grad_missing=int(c[K.C_GRAD_MISSING]),
+            nonfinite_rejected=int(c[K.C_NONFINITE]),
+            sketch_decays=int(c[K.C_SKETCH_DECAYS]),
+            pending_changes=int(c[K.C_DIRTY]),
+            bytes_per_row_overhead=(index_bytes + meta_bytes) / live if live else 0.0,
+            bytes_total=index_bytes + row_bytes + self._sketch.nbytes,
+        )
+
+    def sketch_estimate(self, ids: Any) -> np.ndarray:
+        """The admission sketch's current count estimate for each ID (0 without a sketch)."""
+        keys = self._ids(ids)
+        out = np.zeros(keys.shape[0], np.uint32)
+        if self._min_count > 1:
+            with self._lock.read():
+                K.sketch_estimate(self._sketch, self._sk_seeds, keys, out)
+        return out.astype(np.int64)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a snapshot directory atomically (see :mod:`freshrec.table.snapshot`)."""
+        from freshrec.table.snapshot import save_table
+
+        return save_table(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmbeddingTable:
+        """Read a snapshot directory; a truncated or corrupted file raises CorruptionError."""
+        from freshrec.table.snapshot import load_table
+
+        return load_table(path)
+
+    @staticmethod
+    def warmup() -> None:
+        """Compile (or load from cache) every kernel, so no request pays for compilation."""
+        from freshrec.table.config import FTRL, SGD, Adagrad, Adam, AdmissionConfig, RowwiseAdagrad
+
+        for opt in (SGD(momentum=0.5), Adagrad(), RowwiseAdagrad(), Adam(), FTRL()):
+            adm = AdmissionConfig(min_count=2, sketch_width=16)
+            t = EmbeddingTable(TableConfig(dim=2, optimizer=opt, ttl=1.0, max_rows=64, admission=adm))
+            ids = np.arange(4, dtype=np.int64)
+            t.lookup(ids, train=True, now=0)
+            t.lookup(ids, train=True, now=0)
+            t.lookup(ids)
+            t.apply_gradients(ids, np.ones((4, 2), np.float32), now=0)
+            t.assign(ids, np.ones((4, 2), np.float32))
+            t.export()
+            t.drain_changes()
+            t.expire(10.0)
+            t.remove(ids)
+
+    # ---- internals for the snapshot module ---------------------------------------------------
+
+    def _snapshot_state(self) -> dict[str, Any]:
+        return {
+            "sketch": self._sketch,
+            "sketch_seeds": self._sk_seeds,
+            "counters": self._ctr,
+        }

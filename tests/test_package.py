@@ -1,0 +1,45 @@
+"""The package imports cleanly, pins its public surface, passes ruff, and its CLI answers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import freshrec
+from freshrec import errors
+
+from .conftest import ROOT
+
+
+def test_public_surface_is_pinned():
+    assert sorted(freshrec.__all__) == sorted(["FreshrecError", "__version__"])
+
+
+def test_error_tree():
+    assert issubclass(errors.InputError, ValueError)
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.FreshrecError)
+
+
+def test_every_package_folder_has_a_docstring():
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.walk_packages(freshrec.__path__, "freshrec."):
+        if mod.ispkg:
+            m = importlib.import_module(mod.name)
+            assert m.__doc__ and len(m.__doc__.strip()) > 40, f"{mod.name} lacks a docstring"
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(ROOT / ".venv" / "bin" / "ruff")
+    res = subprocess.run([ruff, "check", "src", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_cli_help():
+    res = subprocess.run([sys.executable, "-m", "freshrec.cli", "--help"], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "bench" in res.stdout
