@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import psutil
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["BenchReport", "peak_rss_bytes", "rss_bytes", "time_interleaved"]
@@ -59,17 +60,17 @@ class BenchReport:
         fig.add_column("figure")
         fig.add_column("value", justify="right")
         for name, value in self.figures.items():
-            fig.add_row(name, _fmt(value))
+            fig.add_row(escape(name), _fmt(value))
         console.print(fig)
         if self.ratios:
             rat = Table(title="ratios (same run)", title_justify="left")
             rat.add_column("ratio")
             rat.add_column("value", justify="right")
             for name, value in self.ratios.items():
-                rat.add_row(name, f"{value:.2f}")
+                rat.add_row(escape(name), f"{value:.2f}")
             console.print(rat)
         for note in self.notes:
-            console.print(f"[dim]{note}[/dim]")
+            console.print(f"[dim]{escape(note)}[/dim]")
 
 
 def _fmt(value: float) -> str:

@@ -2,18 +2,25 @@
 
 Memory layout (see ``table.py`` for the contract these kernels serve):
 
-* ``slots``: uint64[C], C a power of two. A slot is 0 (empty) or ``tag << 32 | (row + 1)``,
-  where ``tag`` is the top 32 bits of ``_hash(key)``. A key's home slot is the top ``log2 C``
-  bits of its hash (``tag >> tshift``), so rehashing and backward-shift deletion need only the
-  tags, never the rows. Linear probing, no tombstones; every int64 is a valid key.
-* ``data``: float32[R, W] rows, ``W = META + dim + S``. ``meta`` is the same buffer viewed as
-  uint32: words 0-1 the key, 2-3 the last-seen event time (int64 ms), 4 the flags and count
-  (bit 31 DIRTY, bit 30 LIVE, bits 0-29 occurrence count, saturating). The key sits next to the
-  embedding and the optimizer state, so a lookup touches one place in memory, not three.
+* ``slots``: uint32[3 * C], C a power of two; slot ``p`` is words ``3p .. 3p+2``: the low and
+  high halves of ``h = _hash(key)`` and ``row + 1`` (0 = empty). ``_hash`` is a bijection on 64
+  bits, so the stored hash identifies the key exactly: a probe verifies a key without touching
+  its row, and the key is recovered with ``_unhash``. A key's home slot is the top ``log2 C``
+  bits of ``h``. Linear probing, backward-shift deletion, no tombstones; every int64 is a key.
+* ``data``: float32[R, W] rows, ``W = dim + S + META``: the embedding first (what lookups read),
+  then the optimizer state (what updates read next to it), then metadata read as uint32 through
+  ``meta`` (the same buffer): last-seen event time (int64 ms, two words) and a word with the
+  DIRTY bit (31) and the occurrence count (bits 0-30, saturating).
+* ``dirty``: int64 keys whose row turned dirty since the last drain (each at most once while
+  its row's DIRTY bit is set; removal clears the bit).
 * ``ctr``: int64 counters and cursors (indices ``C_*`` below), shared with Python.
 
-Kernels that may need more room return ``(status, i)``: the Python wrapper grows the arrays
-(or evicts) and calls again from ``i``; ``pending=1`` says element ``i`` was already admitted.
+Hash-table work is bound by memory latency, so the batch kernels use group prefetching: for a
+group of keys, prefetch all home slots, then walk each probe and prefetch the matched rows, then
+do the real work on warm caches (``_prefetch_group``).
+
+Kernels that may need more room return ``(status, i)``: the Python wrapper grows the arrays (or
+evicts) and calls again from ``i``; ``pending=1`` says element ``i`` was already admitted.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from freshrec._numba import JIT
+from freshrec._numba import JIT, prefetch, prefetch1
 
 # ---- statuses -------------------------------------------------------------------------------
 OK = 0
@@ -29,12 +36,11 @@ NEED_ROWS = 1  # the row arrays are full: grow them
 NEED_INDEX = 2  # the index would exceed its load factor: rehash into twice the slots
 NEED_EVICT = 3  # max_rows reached: evict, then resume
 
-# ---- row metadata (uint32 words) -------------------------------------------------------------
-META = 5
-M_KEY_LO, M_KEY_HI, M_TS_LO, M_TS_HI, M_FLAGS = 0, 1, 2, 3, 4
+# ---- row metadata: uint32 words after embedding and state ------------------------------------
+META = 3
+M_TS_LO, M_TS_HI, M_FLAGS = 0, 1, 2  # offsets from the metadata column
 F_DIRTY = np.uint32(1 << 31)
-F_LIVE = np.uint32(1 << 30)
-COUNT_MASK = np.uint32((1 << 30) - 1)
+COUNT_MASK = np.uint32((1 << 31) - 1)
 
 # ---- ctr indices ----------------------------------------------------------------------------
 C_LIVE, C_HW, C_FREE, C_DIRTY = 0, 1, 2, 3
@@ -55,20 +61,25 @@ OPT_FTRL = 4  # hp: alpha, beta, l1, l2
 INIT_ZEROS = 0
 INIT_UNIFORM = 1  # a=low, b=high
 INIT_NORMAL = 2  # a=mean, b=std
+INIT_TRUNCATED_NORMAL = 3  # a=mean, b=std, cut at 2 std (TensorFlow's convention)
 
-# Load factor: grow when live/slots would exceed 3/4. With 32-bit tags a probe that passes
-# a foreign slot rarely reads its row, so linear probing stays cheap at this load.
+# Load factor: grow when live/slots would exceed 3/4. Comparing the low hash word first makes a
+# probe past a foreign slot cost one compare, so linear probing stays cheap at this load.
 LOAD_NUM, LOAD_DEN = 3, 4
+GROUP = 16  # keys whose cache misses are issued together (group prefetching)
+AHEAD = 8  # rows prefetched ahead in the optimizer loop
 
 _U32 = np.uint64(0xFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SEED_SALT = np.uint64(0xD1B54A32D192ED03)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_M1_INV, _M2_INV = np.uint64(0x96DE1B173F119089), np.uint64(0x319642B2D24D8EC3)  # mod 2**64
 
 
 @njit(inline="always", **JIT)
 def _mix64(x):
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
     return x ^ (x >> np.uint64(31))
 
 
@@ -79,55 +90,105 @@ def _hash(key):
 
 
 @njit(inline="always", **JIT)
+def _unhash(h):
+    """The key whose ``_hash`` is ``h`` (each step of splitmix64 is invertible)."""
+    x = h ^ (h >> np.uint64(31)) ^ (h >> np.uint64(62))
+    x = x * _M2_INV
+    x = x ^ (x >> np.uint64(27)) ^ (x >> np.uint64(54))
+    x = x * _M1_INV
+    x = x ^ (x >> np.uint64(30)) ^ (x >> np.uint64(60))
+    return np.int64(x - _GOLDEN)
+
+
+@njit(inline="always", **JIT)
+def _slot_hash(slots, p):
+    return (np.uint64(slots[3 * p + 1]) << np.uint64(32)) | np.uint64(slots[3 * p])
+
+
+@njit(inline="always", **JIT)
 def _uniform01(x):
     """A uint64 to a float64 in [0, 1) from its top 53 bits."""
     return np.float64(x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
 @njit(inline="always", **JIT)
-def _row_key(meta, row):
-    return np.int64((np.uint64(meta[row, M_KEY_HI]) << np.uint64(32)) | np.uint64(meta[row, M_KEY_LO]))
+def _row_ts(meta, row, mo):
+    return np.int64(
+        (np.uint64(meta[row, mo + M_TS_HI]) << np.uint64(32)) | np.uint64(meta[row, mo + M_TS_LO])
+    )
 
 
 @njit(inline="always", **JIT)
-def _row_ts(meta, row):
-    return np.int64((np.uint64(meta[row, M_TS_HI]) << np.uint64(32)) | np.uint64(meta[row, M_TS_LO]))
-
-
-@njit(inline="always", **JIT)
-def _set_ts(meta, row, ts):
+def _set_ts(meta, row, mo, ts):
     u = np.uint64(ts)
-    meta[row, M_TS_LO] = np.uint32(u & _U32)
-    meta[row, M_TS_HI] = np.uint32(u >> np.uint64(32))
+    meta[row, mo + M_TS_LO] = np.uint32(u & _U32)
+    meta[row, mo + M_TS_HI] = np.uint32(u >> np.uint64(32))
 
 
 @njit(inline="always", **JIT)
-def _find(slots, tshift, mask, meta, key):
+def _find(slots, hshift, mask, key):
     """(row, pos): the key's row and slot, or (-1, first empty slot on its probe path)."""
-    tag = _hash(key) >> np.uint64(32)
-    pos = np.int64(tag >> np.uint64(tshift)) & mask
+    h = _hash(key)
+    lo = np.uint32(h & _U32)
+    hi = np.uint32(h >> np.uint64(32))
+    pos = np.int64(h >> np.uint64(hshift)) & mask
     while True:
-        s = slots[pos]
-        if s == 0:
+        r = slots[3 * pos + 2]
+        if r == 0:
             return -1, pos
-        if (s >> np.uint64(32)) == tag:
-            row = np.int64(s & _U32) - 1
-            if _row_key(meta, row) == key:
-                return row, pos
+        if slots[3 * pos] == lo and slots[3 * pos + 1] == hi:
+            return np.int64(r) - 1, pos
         pos = (pos + 1) & mask
 
 
 @njit(inline="always", **JIT)
-def _delete_slot(slots, tshift, mask, pos):
+def _put(slots, pos, key, row):
+    h = _hash(key)
+    slots[3 * pos] = np.uint32(h & _U32)
+    slots[3 * pos + 1] = np.uint32(h >> np.uint64(32))
+    slots[3 * pos + 2] = np.uint32(row + 1)
+
+
+@njit(inline="always", **JIT)
+def _prefetch_row(data, row, c0, c1):
+    """Prefetch the cache lines of ``data[row, c0:c1]`` (one per 16 float32 columns)."""
+    for c in range(c0, c1, 16):
+        prefetch(data, row, c)
+    prefetch(data, row, c1 - 1)
+
+
+@njit(inline="always", **JIT)
+def _prefetch_group(slots, hshift, mask, data, ids, lo, hi, c0, c1, cx, cand):
+    """Warm the caches for ``ids[lo:hi]`` and find their rows (group prefetching).
+
+    Stage 1 prefetches every key's home slot; stage 2 walks each probe, stores the key's row in
+    ``cand[i - lo]`` (-1 if absent) and prefetches columns ``c0:c1`` of that row, and column
+    ``cx`` too when it is >= 0 (the metadata, for writers). The result is
+    exact for a read-only pass; writers re-probe for keys found absent, since an earlier key of
+    the same group may have inserted them.
+    """
+    for i in range(lo, hi):
+        h = _hash(ids[i])
+        prefetch1(slots, 3 * (np.int64(h >> np.uint64(hshift)) & mask))
+    for i in range(lo, hi):
+        row, _ = _find(slots, hshift, mask, ids[i])
+        cand[i - lo] = row
+        if row >= 0:
+            _prefetch_row(data, row, c0, c1)
+            if cx >= 0:
+                prefetch(data, row, cx)
+
+
+@njit(inline="always", **JIT)
+def _delete_slot(slots, hshift, mask, pos):
     """Backward-shift deletion: close the hole at ``pos`` so every probe path stays unbroken."""
     i = pos
     j = pos
     while True:
         j = (j + 1) & mask
-        s = slots[j]
-        if s == 0:
+        if slots[3 * j + 2] == 0:
             break
-        k = np.int64((s >> np.uint64(32)) >> np.uint64(tshift)) & mask
+        k = np.int64(_slot_hash(slots, j) >> np.uint64(hshift)) & mask
         # the entry at j may move to i only if its home k is not cyclically inside (i, j]
         if i <= j:
             stays = i < k <= j
@@ -135,17 +196,19 @@ def _delete_slot(slots, tshift, mask, pos):
             stays = k > i or k <= j
         if stays:
             continue
-        slots[i] = s
+        slots[3 * i] = slots[3 * j]
+        slots[3 * i + 1] = slots[3 * j + 1]
+        slots[3 * i + 2] = slots[3 * j + 2]
         i = j
-    slots[i] = 0
+    slots[3 * i + 2] = 0
 
 
 @njit(inline="always", **JIT)
-def _mark_dirty(meta, dirty, ctr, row):
-    f = meta[row, M_FLAGS]
+def _mark_dirty(meta, mo, dirty, ctr, row, key):
+    f = meta[row, mo + M_FLAGS]
     if (f & F_DIRTY) == 0:
-        meta[row, M_FLAGS] = f | F_DIRTY
-        dirty[ctr[C_DIRTY]] = row
+        meta[row, mo + M_FLAGS] = f | F_DIRTY
+        dirty[ctr[C_DIRTY]] = key
         ctr[C_DIRTY] += 1
 
 
@@ -157,30 +220,81 @@ def _next_random(ctr):
     return _uniform01(_mix64(s))
 
 
+# ---- initializers ------------------------------------------------------------------------------
+
+# Acklam's rational approximation of the inverse normal CDF (relative error < 1.15e-9).
+_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+      -3.066479806614716e01, 2.506628277459239e00)  # fmt: skip
+_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+      -1.328068155288572e01)  # fmt: skip
+_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+      4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+_P_LOW = 0.02425  # below it (and above 1 - it) Acklam's tail formula applies
+# truncation at +-2 std maps u in (0, 1) into [Phi(-2), Phi(2)]: inside the central formula's
+# range up to its edge (max abs error there 3.4e-8), so truncated normal never needs a log
+_PHI_M2 = 0.02275013194817921
+_PHI_SPAN = 0.9772498680518208 - 0.02275013194817921
+
+
+@njit(inline="always", **JIT)
+def _ppf_central(p):
+    q = p - 0.5
+    r = q * q
+    return (
+        (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5])
+        * q
+        / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0)
+    )
+
+
+@njit(inline="always", **JIT)
+def _ppf_tail(p):
+    lower = p < 0.5
+    q = np.sqrt(-2.0 * np.log(p if lower else 1.0 - p))
+    x = (((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]) / (
+        (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
+    )
+    return x if lower else -x
+
+
+@njit(inline="always", **JIT)
+def _init_uniform01(base, j):
+    """The j-th uniform in (0, 1) of a row's stream: two 32-bit halves per 64-bit hash."""
+    h = _mix64(base + np.uint64(j // 2 + 1) * _GOLDEN)
+    x = (h >> np.uint64(32 * (j & 1))) & _U32
+    return (np.float64(x) + 0.5) * (1.0 / 4294967296.0)  # never 0 or 1: the ppf stays finite
+
+
 @njit(**JIT)
 def init_values(data, row, key, off, dim, kind, a, b, seed):
-    """Initialise ``dim`` values of ``row`` from ``off``: a pure function of (seed, key)."""
+    """Initialise ``dim`` values of ``row`` from ``off``: a pure function of (seed, key).
+
+    Uniform maps the row's stream of uniforms linearly; normal maps it through the inverse CDF,
+    first the branch-free central formula for every value (vectorised), then the tail formula
+    for the ~5% of values that need it (log + sqrt: ~12x the cost of the rest); truncated normal
+    stays in the central formula and costs as little as uniform.
+    """
     if kind == INIT_ZEROS:
         for j in range(dim):
             data[row, off + j] = 0.0
         return
-    # a stream of uniforms per (seed, key); the salt keeps seed and key mixes independent
+    # a stream per (seed, key); the salt keeps the seed and key mixes independent
     base = _hash(key) ^ _mix64(np.uint64(seed) ^ _SEED_SALT)
     if kind == INIT_UNIFORM:
         for j in range(dim):
-            u = _uniform01(_mix64(base + np.uint64(j + 1) * _GOLDEN))
-            data[row, off + j] = a + (b - a) * u
+            data[row, off + j] = a + (b - a) * _init_uniform01(base, j)
         return
-    # normal: Box-Muller on pairs of uniforms
-    j = 0
-    while j < dim:
-        u1 = _uniform01(_mix64(base + np.uint64(2 * j + 1) * _GOLDEN))
-        u2 = _uniform01(_mix64(base + np.uint64(2 * j + 2) * _GOLDEN))
-        r = np.sqrt(-2.0 * np.log(1.0 - u1))
-        data[row, off + j] = a + b * r * np.cos(2.0 * np.pi * u2)
-        if j + 1 < dim:
-            data[row, off + j + 1] = a + b * r * np.sin(2.0 * np.pi * u2)
-        j += 2
+    if kind == INIT_TRUNCATED_NORMAL:
+        for j in range(dim):
+            data[row, off + j] = a + b * _ppf_central(_PHI_M2 + _PHI_SPAN * _init_uniform01(base, j))
+        return
+    for j in range(dim):
+        data[row, off + j] = a + b * _ppf_central(_init_uniform01(base, j))
+    for j in range(dim):
+        u = _init_uniform01(base, j)
+        if u < _P_LOW or u > 1.0 - _P_LOW:
+            data[row, off + j] = a + b * _ppf_tail(u)
 
 
 # ---- admission sketch ------------------------------------------------------------------------
@@ -232,31 +346,42 @@ def _sketch_halve(sk):
 
 
 @njit(**JIT)
-def lookup_infer(slots, tshift, mask, meta, data, ids, out, default, off, dim):
+def lookup_infer(slots, hshift, mask, data, ids, out, default, dim):
     """Embeddings of ``ids`` into ``out``; unknown IDs read ``default``. Returns hit count."""
     hits = 0
-    for i in range(ids.shape[0]):
-        row, _ = _find(slots, tshift, mask, meta, ids[i])
-        if row >= 0:
-            hits += 1
-            for j in range(dim):
-                out[i, j] = data[row, off + j]
-        else:
-            for j in range(dim):
-                out[i, j] = default[j]
+    n = ids.shape[0]
+    cand = np.empty(GROUP, np.int64)
+    for lo in range(0, n, GROUP):
+        hi = min(n, lo + GROUP)
+        _prefetch_group(slots, hshift, mask, data, ids, lo, hi, 0, dim, -1, cand)
+        for i in range(lo, hi):
+            row = cand[i - lo]
+            if row >= 0:
+                hits += 1
+                for j in range(dim):
+                    out[i, j] = data[row, j]
+            else:
+                for j in range(dim):
+                    out[i, j] = default[j]
     return hits
 
 
 @njit(**JIT)
-def find_rows(slots, tshift, mask, meta, ids, rows_out):
-    for i in range(ids.shape[0]):
-        row, _ = _find(slots, tshift, mask, meta, ids[i])
-        rows_out[i] = row
+def find_rows(slots, hshift, mask, ids, rows_out):
+    n = ids.shape[0]
+    for lo in range(0, n, GROUP):
+        hi = min(n, lo + GROUP)
+        for i in range(lo, hi):
+            h = _hash(ids[i])
+            prefetch1(slots, 3 * (np.int64(h >> np.uint64(hshift)) & mask))
+        for i in range(lo, hi):
+            row, _ = _find(slots, hshift, mask, ids[i])
+            rows_out[i] = row
 
 
 @njit(**JIT)
 def lookup_train(
-    slots, tshift, mask, meta, data, free, dirty, ctr,
+    slots, hshift, mask, meta, data, free, dirty, ctr,
     ids, start, pending, now_ms, out, copy_out, rows_out, default, dim, state_n,
     sk, sk_seeds, min_count, decay_every, p_admit,
     init_kind, init_a, init_b, seed, state_init, max_rows, rows_cap, track,
@@ -266,17 +391,25 @@ def lookup_train(
     Admitted or known IDs get their row in ``rows_out`` (and embedding in ``out`` when
     ``copy_out``); filtered IDs get -1 and ``default``. Known rows: count+1, last-seen = max.
     """
-    off = META
-    for i in range(start, ids.shape[0]):
+    mo = dim + state_n  # metadata column
+    n = ids.shape[0]
+    cand = np.empty(GROUP, np.int64)
+    g0 = start
+    for i in range(start, n):
+        if (i - start) % GROUP == 0:
+            g0 = i
+            _prefetch_group(slots, hshift, mask, data, ids, i, min(n, i + GROUP), 0, dim, mo, cand)
         key = ids[i]
-        row, pos = _find(slots, tshift, mask, meta, key)
+        row = cand[i - g0]
+        pos = -1
+        if row < 0:  # absent at the group's start; an earlier key of the group may have inserted it
+            row, pos = _find(slots, hshift, mask, key)
         if row >= 0:
-            f = meta[row, M_FLAGS]
-            c = f & COUNT_MASK
-            if c < COUNT_MASK:
-                meta[row, M_FLAGS] = f + np.uint32(1)
-            if _row_ts(meta, row) < now_ms:
-                _set_ts(meta, row, now_ms)
+            f = meta[row, mo + M_FLAGS]
+            if (f & COUNT_MASK) < COUNT_MASK:
+                meta[row, mo + M_FLAGS] = f + np.uint32(1)
+            if _row_ts(meta, row, mo) < now_ms:
+                _set_ts(meta, row, mo, now_ms)
             ctr[C_HITS] += 1
         else:
             count = np.uint32(1)
@@ -307,55 +440,33 @@ def lookup_train(
                 return NEED_EVICT, i
             if (ctr[C_LIVE] + 1) * LOAD_DEN > (mask + 1) * LOAD_NUM:
                 return NEED_INDEX, i
+            fresh = False
             if ctr[C_FREE] > 0:
                 ctr[C_FREE] -= 1
                 row = np.int64(free[ctr[C_FREE]])
             elif ctr[C_HW] < rows_cap:
                 row = ctr[C_HW]
                 ctr[C_HW] += 1
+                fresh = True  # never used: its memory is still zero (anonymous mapping)
             else:
                 return NEED_ROWS, i
-            _write_new_row(
-                meta,
-                data,
-                row,
-                key,
-                now_ms,
-                count,
-                off,
-                dim,
-                state_n,
-                init_kind,
-                init_a,
-                init_b,
-                seed,
-                state_init,
-            )
-            tag = _hash(key) >> np.uint64(32)
-            slots[pos] = (tag << np.uint64(32)) | np.uint64(row + 1)
+            _set_ts(meta, row, mo, now_ms)
+            meta[row, mo + M_FLAGS] = count & COUNT_MASK
+            if not (fresh and init_kind == INIT_ZEROS):
+                init_values(data, row, key, 0, dim, init_kind, init_a, init_b, seed)
+            if not (fresh and state_init == 0.0):  # a fresh row's state is zero already
+                for j in range(state_n):
+                    data[row, dim + j] = state_init
+            _put(slots, pos, key, row)
             ctr[C_LIVE] += 1
             ctr[C_ADMITTED] += 1
             if track:
-                _mark_dirty(meta, dirty, ctr, row)
+                _mark_dirty(meta, mo, dirty, ctr, row, key)
         rows_out[i] = row
         if copy_out:
             for j in range(dim):
-                out[i, j] = data[row, off + j]
-    return OK, ids.shape[0]
-
-
-@njit(inline="always", **JIT)
-def _write_new_row(meta, data, row, key, now_ms, count, off, dim, state_n,
-                   init_kind, init_a, init_b, seed, state_init):  # fmt: skip
-    u = np.uint64(key)
-    meta[row, M_KEY_LO] = np.uint32(u & _U32)
-    meta[row, M_KEY_HI] = np.uint32(u >> np.uint64(32))
-    _set_ts(meta, row, now_ms)
-    # keep DIRTY if the freed row still sits on the dirty list; LIVE and the count are new
-    meta[row, M_FLAGS] = (meta[row, M_FLAGS] & F_DIRTY) | F_LIVE | (count & COUNT_MASK)
-    init_values(data, row, key, off, dim, init_kind, init_a, init_b, seed)
-    for j in range(state_n):
-        data[row, off + dim + j] = state_init
+                out[i, j] = data[row, j]
+    return OK, n
 
 
 # ---- assignment, removal, expiry -------------------------------------------------------------
@@ -363,19 +474,17 @@ def _write_new_row(meta, data, row, key, now_ms, count, off, dim, state_n,
 
 @njit(**JIT)
 def assign_rows(
-    slots, tshift, mask, meta, data, free, dirty, ctr,
-    ids, start, values, width, ts, counts, rows_cap, track,
+    slots, hshift, mask, meta, data, free, dirty, ctr,
+    ids, start, values, width, ts, counts, rows_cap, mo, track,
 ):  # fmt: skip
     """Upsert rows verbatim: ``values[i]`` (embedding [+ state]) into the row of ``ids[i]``.
 
     ``width`` values are written from the embedding on; the rest of the state is zeroed for
     new rows and kept for existing ones. The last duplicate wins.
     """
-    off = META
-    total = data.shape[1] - META
     for i in range(start, ids.shape[0]):
         key = ids[i]
-        row, pos = _find(slots, tshift, mask, meta, key)
+        row, pos = _find(slots, hshift, mask, key)
         if row < 0:
             if (ctr[C_LIVE] + 1) * LOAD_DEN > (mask + 1) * LOAD_NUM:
                 return NEED_INDEX, i
@@ -387,40 +496,37 @@ def assign_rows(
                 ctr[C_HW] += 1
             else:
                 return NEED_ROWS, i
-            u = np.uint64(key)
-            meta[row, M_KEY_LO] = np.uint32(u & _U32)
-            meta[row, M_KEY_HI] = np.uint32(u >> np.uint64(32))
-            meta[row, M_FLAGS] = (meta[row, M_FLAGS] & F_DIRTY) | F_LIVE
-            for j in range(width, total):
-                data[row, off + j] = 0.0
-            tag = _hash(key) >> np.uint64(32)
-            slots[pos] = (tag << np.uint64(32)) | np.uint64(row + 1)
+            meta[row, mo + M_FLAGS] = 0
+            for j in range(width, mo):
+                data[row, j] = 0.0
+            _put(slots, pos, key, row)
             ctr[C_LIVE] += 1
         for j in range(width):
-            data[row, off + j] = values[i, j]
-        _set_ts(meta, row, ts[i])
+            data[row, j] = values[i, j]
+        _set_ts(meta, row, mo, ts[i])
         c = counts[i]
         if c > COUNT_MASK:
             c = COUNT_MASK
-        meta[row, M_FLAGS] = (meta[row, M_FLAGS] & (F_DIRTY | F_LIVE)) | np.uint32(c)
+        meta[row, mo + M_FLAGS] = (meta[row, mo + M_FLAGS] & F_DIRTY) | np.uint32(c)
         ctr[C_ASSIGNED] += 1
         if track:
-            _mark_dirty(meta, dirty, ctr, row)
+            _mark_dirty(meta, mo, dirty, ctr, row, key)
     return OK, ids.shape[0]
 
 
 @njit(**JIT)
-def remove_keys(slots, tshift, mask, meta, free, ctr, ids, removed_out):
-    """Delete the rows of ``ids`` (absent ones ignored); their rows go to the free stack.
-    ``removed_out[i]`` is 1 where ``ids[i]`` was present. Returns the number removed."""
+def remove_keys(slots, hshift, mask, meta, mo, free, ctr, ids, removed_out):
+    """Delete the rows of ``ids`` (absent ones ignored); their rows go to the free stack and
+    lose their DIRTY bit (the key is reported as a tombstone instead). ``removed_out[i]`` is 1
+    where ``ids[i]`` was present. Returns the number removed."""
     n = 0
     for i in range(ids.shape[0]):
-        row, pos = _find(slots, tshift, mask, meta, ids[i])
+        row, pos = _find(slots, hshift, mask, ids[i])
         if row < 0:
             removed_out[i] = 0
             continue
-        _delete_slot(slots, tshift, mask, pos)
-        meta[row, M_FLAGS] = meta[row, M_FLAGS] & F_DIRTY  # not LIVE; stays on the dirty list
+        _delete_slot(slots, hshift, mask, pos)
+        meta[row, mo + M_FLAGS] = 0
         free[ctr[C_FREE]] = row
         ctr[C_FREE] += 1
         ctr[C_LIVE] -= 1
@@ -430,83 +536,88 @@ def remove_keys(slots, tshift, mask, meta, free, ctr, ids, removed_out):
 
 
 @njit(**JIT)
-def collect_older(slots, meta, cutoff_ms, keys_out):
+def collect_older(slots, meta, mo, cutoff_ms, keys_out):
     """Keys of live rows last seen strictly before ``cutoff_ms``; returns how many."""
     n = 0
-    for p in range(slots.shape[0]):
-        s = slots[p]
-        if s == 0:
+    for p in range(slots.shape[0] // 3):
+        r = slots[3 * p + 2]
+        if r == 0:
             continue
-        row = np.int64(s & _U32) - 1
-        if _row_ts(meta, row) < cutoff_ms:
-            keys_out[n] = _row_key(meta, row)
+        if _row_ts(meta, np.int64(r) - 1, mo) < cutoff_ms:
+            keys_out[n] = _unhash(_slot_hash(slots, p))
             n += 1
     return n
 
 
 @njit(**JIT)
-def live_rows(slots, meta, keys_out, rows_out, ts_out, counts_out):
+def live_rows(slots, meta, mo, keys_out, rows_out, ts_out, counts_out):
     """Every live row, in slot order: key, row, last-seen ms, count. Returns how many."""
     n = 0
-    for p in range(slots.shape[0]):
-        s = slots[p]
-        if s == 0:
+    for p in range(slots.shape[0] // 3):
+        r = slots[3 * p + 2]
+        if r == 0:
             continue
-        row = np.int64(s & _U32) - 1
-        keys_out[n] = _row_key(meta, row)
+        row = np.int64(r) - 1
+        keys_out[n] = _unhash(_slot_hash(slots, p))
         rows_out[n] = row
-        ts_out[n] = _row_ts(meta, row)
-        counts_out[n] = np.int64(meta[row, M_FLAGS] & COUNT_MASK)
+        ts_out[n] = _row_ts(meta, row, mo)
+        counts_out[n] = np.int64(meta[row, mo + M_FLAGS] & COUNT_MASK)
         n += 1
     return n
 
 
 @njit(**JIT)
-def rehash(old_slots, new_slots, new_tshift, new_mask):
-    """Move every entry into an index of a new size; tags alone give the new home."""
-    for p in range(old_slots.shape[0]):
-        s = old_slots[p]
-        if s == 0:
+def rehash(old_slots, new_slots, new_hshift, new_mask):
+    """Move every entry into an index of a new size; the stored hash gives the new home."""
+    for p in range(old_slots.shape[0] // 3):
+        if old_slots[3 * p + 2] == 0:
             continue
-        pos = np.int64((s >> np.uint64(32)) >> np.uint64(new_tshift)) & new_mask
-        while new_slots[pos] != 0:
+        pos = np.int64(_slot_hash(old_slots, p) >> np.uint64(new_hshift)) & new_mask
+        while new_slots[3 * pos + 2] != 0:
             pos = (pos + 1) & new_mask
-        new_slots[pos] = s
+        new_slots[3 * pos] = old_slots[3 * p]
+        new_slots[3 * pos + 1] = old_slots[3 * p + 1]
+        new_slots[3 * pos + 2] = old_slots[3 * p + 2]
 
 
 @njit(**JIT)
-def drain_dirty(meta, dirty, ctr, rows_out):
-    """Clear the dirty list; the rows on it that are still live go to ``rows_out``."""
+def drain_dirty(slots, hshift, mask, meta, mo, dirty, ctr, keys_out, rows_out):
+    """Clear the dirty list; keys on it that still have a row go to ``keys_out``/``rows_out``
+    (once each). Returns how many."""
     n = 0
     for i in range(ctr[C_DIRTY]):
-        row = dirty[i]
-        f = meta[row, M_FLAGS]
-        meta[row, M_FLAGS] = f & ~F_DIRTY
-        if (f & F_LIVE) != 0:
-            rows_out[n] = row
-            n += 1
+        key = dirty[i]
+        row, _ = _find(slots, hshift, mask, key)
+        if row < 0:
+            continue  # removed since: a tombstone, not an upsert
+        f = meta[row, mo + M_FLAGS]
+        if (f & F_DIRTY) == 0:
+            continue  # listed twice (removed and re-admitted): already taken
+        meta[row, mo + M_FLAGS] = f & ~F_DIRTY
+        keys_out[n] = key
+        rows_out[n] = row
+        n += 1
     ctr[C_DIRTY] = 0
     return n
 
 
 @njit(**JIT)
-def gather_rows(meta, data, rows, width, keys_out, values_out, ts_out, counts_out):
-    """Copy rows out: key, ``width`` values from the embedding on, last-seen ms, count."""
+def gather_rows(meta, data, rows, width, mo, values_out, ts_out, counts_out):
+    """Copy rows out: ``width`` values from the embedding on, last-seen ms, count."""
     for i in range(rows.shape[0]):
         row = rows[i]
-        keys_out[i] = _row_key(meta, row)
         for j in range(width):
-            values_out[i, j] = data[row, META + j]
-        ts_out[i] = _row_ts(meta, row)
-        counts_out[i] = np.int64(meta[row, M_FLAGS] & COUNT_MASK)
+            values_out[i, j] = data[row, j]
+        ts_out[i] = _row_ts(meta, row, mo)
+        counts_out[i] = np.int64(meta[row, mo + M_FLAGS] & COUNT_MASK)
 
 
 # ---- gradients -------------------------------------------------------------------------------
 
 
 @njit(**JIT)
-def apply_gradients(slots, tshift, mask, meta, data, dirty, ctr, ids, grads, now_ms, kind, hp,
-                    dim, track):  # fmt: skip
+def apply_gradients(slots, hshift, mask, meta, data, dirty, ctr, ids, grads, now_ms, kind, hp,
+                    dim, mo, track):  # fmt: skip
     """Merge duplicate IDs (sum their gradients), then one optimizer step per distinct row.
     IDs without a row (filtered, expired) are skipped and counted. Returns rows updated."""
     n = ids.shape[0]
@@ -517,70 +628,78 @@ def apply_gradients(slots, tshift, mask, meta, data, dirty, ctr, ids, grads, now
     hkeys = np.full(hcap, -1, np.int64)
     hvals = np.empty(hcap, np.int64)
     urows = np.empty(n, np.int64)
+    ukeys = np.empty(n, np.int64)
     acc = np.empty((n, dim), np.float32)
     nu = 0
-    for i in range(n):
-        row, _ = _find(slots, tshift, mask, meta, ids[i])
-        if row < 0:
-            ctr[C_GRAD_MISSING] += 1
-            continue
-        h = np.int64(_mix64(np.uint64(row)) & np.uint64(hmask))
-        while hkeys[h] != -1 and hkeys[h] != row:
-            h = (h + 1) & hmask
-        if hkeys[h] == -1:
-            hkeys[h] = row
-            hvals[h] = nu
-            urows[nu] = row
-            for j in range(dim):
-                acc[nu, j] = grads[i, j]
-            nu += 1
-        else:
-            u = hvals[h]
-            for j in range(dim):
-                acc[u, j] += grads[i, j]
+    for lo in range(0, n, GROUP):
+        hi = min(n, lo + GROUP)
+        for i in range(lo, hi):
+            h = _hash(ids[i])
+            prefetch1(slots, 3 * (np.int64(h >> np.uint64(hshift)) & mask))
+        for i in range(lo, hi):
+            row, _ = _find(slots, hshift, mask, ids[i])
+            if row < 0:
+                ctr[C_GRAD_MISSING] += 1
+                continue
+            h = np.int64(_mix64(np.uint64(row)) & np.uint64(hmask))
+            while hkeys[h] != -1 and hkeys[h] != row:
+                h = (h + 1) & hmask
+            if hkeys[h] == -1:
+                hkeys[h] = row
+                hvals[h] = nu
+                urows[nu] = row
+                ukeys[nu] = ids[i]
+                for j in range(dim):
+                    acc[nu, j] = grads[i, j]
+                nu += 1
+            else:
+                u = hvals[h]
+                for j in range(dim):
+                    acc[u, j] += grads[i, j]
     for u in range(nu):
+        if u + AHEAD < nu:
+            _prefetch_row(data, urows[u + AHEAD], 0, mo + META)
         row = urows[u]
         _optimizer_step(data, row, acc, u, dim, kind, hp)
-        if _row_ts(meta, row) < now_ms:
-            _set_ts(meta, row, now_ms)
+        if _row_ts(meta, row, mo) < now_ms:
+            _set_ts(meta, row, mo, now_ms)
         if track:
-            _mark_dirty(meta, dirty, ctr, row)
+            _mark_dirty(meta, mo, dirty, ctr, row, ukeys[u])
     ctr[C_GRAD_ROWS] += nu
     return nu
 
 
 @njit(inline="always", **JIT)
 def _optimizer_step(data, row, acc, u, dim, kind, hp):
-    e = META  # embedding offset
-    s = META + dim  # state offset
+    s = dim  # state offset; the embedding starts at 0
     if kind == OPT_SGD:
         lr, mom, wd, nesterov = hp[0], hp[1], hp[2], hp[3]
         for j in range(dim):
-            g = acc[u, j] + wd * data[row, e + j]
+            g = acc[u, j] + wd * data[row, j]
             if mom > 0.0:
                 b = mom * data[row, s + j] + g
                 data[row, s + j] = b
                 g = g + mom * b if nesterov > 0.0 else b
-            data[row, e + j] -= lr * g
+            data[row, j] -= lr * g
     elif kind == OPT_ADAGRAD:
         lr, eps, wd = hp[0], hp[1], hp[2]
         for j in range(dim):
-            g = acc[u, j] + wd * data[row, e + j]
+            g = acc[u, j] + wd * data[row, j]
             h = data[row, s + j] + g * g
             data[row, s + j] = h
-            data[row, e + j] -= lr * g / (np.sqrt(h) + eps)
+            data[row, j] -= lr * g / (np.sqrt(h) + eps)
     elif kind == OPT_ROWWISE_ADAGRAD:
         lr, eps, wd = hp[0], hp[1], hp[2]
         sq = 0.0
         for j in range(dim):
-            g = acc[u, j] + wd * data[row, e + j]
+            g = acc[u, j] + wd * data[row, j]
             acc[u, j] = g
             sq += g * g
         h = data[row, s] + sq / dim
         data[row, s] = h
         step = lr / (np.sqrt(h) + eps)
         for j in range(dim):
-            data[row, e + j] -= step * acc[u, j]
+            data[row, j] -= step * acc[u, j]
     elif kind == OPT_ADAM:
         lr, b1, b2, eps, wd = hp[0], hp[1], hp[2], hp[3], hp[4]
         t = data[row, s + 2 * dim] + 1.0
@@ -589,17 +708,17 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
         bc2 = np.sqrt(1.0 - b2**t)
         step = lr / bc1
         for j in range(dim):
-            g = acc[u, j] + wd * data[row, e + j]
+            g = acc[u, j] + wd * data[row, j]
             m = b1 * data[row, s + j] + (1.0 - b1) * g
             v = b2 * data[row, s + dim + j] + (1.0 - b2) * g * g
             data[row, s + j] = m
             data[row, s + dim + j] = v
-            data[row, e + j] -= step * m / (np.sqrt(v) / bc2 + eps)
+            data[row, j] -= step * m / (np.sqrt(v) / bc2 + eps)
     elif kind == OPT_FTRL:
         alpha, beta, l1, l2 = hp[0], hp[1], hp[2], hp[3]
         for j in range(dim):
             g = acc[u, j]
-            w = data[row, e + j]
+            w = data[row, j]
             z = data[row, s + j]
             n = data[row, s + dim + j]
             n_new = n + g * g
@@ -608,10 +727,10 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
             data[row, s + j] = z
             data[row, s + dim + j] = n_new
             if abs(z) <= l1:
-                data[row, e + j] = 0.0
+                data[row, j] = 0.0
             else:
                 sign = 1.0 if z > 0.0 else -1.0
-                data[row, e + j] = -(z - sign * l1) / ((beta + np.sqrt(n_new)) / alpha + l2)
+                data[row, j] = -(z - sign * l1) / ((beta + np.sqrt(n_new)) / alpha + l2)
 
 
 @njit(**JIT)
@@ -619,7 +738,13 @@ def all_finite(a):
     """True when a 2-D float32 array holds no NaN or Inf (one pass, no temporaries)."""
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
-            x = a[i, j]
-            if not np.isfinite(x):
+            if not np.isfinite(a[i, j]):
                 return False
     return True
+
+
+@njit(**JIT)
+def unhash_keys(hashes, out):
+    """Keys from stored hashes (for tests and tools)."""
+    for i in range(hashes.shape[0]):
+        out[i] = _unhash(np.uint64(hashes[i]))

@@ -148,10 +148,14 @@ class InitializerConfig(Config):
     or rebuilt row is reproducible.
 
     Args:
-        type: ``zeros``, ``uniform`` (in [low, high)) or ``normal`` (mean, std).
+        type: ``zeros``; ``uniform`` in [low, high); ``normal`` (mean, std); or
+            ``truncated_normal`` (mean, std, redrawn beyond 2 std: TensorFlow's and BERT's usual
+            embedding initializer). Truncated normal is the default because it is as cheap as
+            uniform; exact normal needs a log per ~20 values and makes admitting new IDs ~3x
+            slower at dim 32.
     """
 
-    type: Literal["zeros", "uniform", "normal"] = "normal"
+    type: Literal["zeros", "uniform", "normal", "truncated_normal"] = "truncated_normal"
     low: float = -0.05
     high: float = 0.05
     mean: float = 0.0
@@ -168,7 +172,9 @@ class InitializerConfig(Config):
             return K.INIT_ZEROS, 0.0, 0.0
         if self.type == "uniform":
             return K.INIT_UNIFORM, self.low, self.high
-        return K.INIT_NORMAL, self.mean, self.std
+        if self.type == "normal":
+            return K.INIT_NORMAL, self.mean, self.std
+        return K.INIT_TRUNCATED_NORMAL, self.mean, self.std
 
 
 class AdmissionConfig(Config):
@@ -227,6 +233,10 @@ class TableConfig(Config):
         seed: seeds the initializer, the sketch hashes and the admission RNG.
         track_changes: record touched and removed IDs for train->serve sync; serving tables
             turn it off.
+        huge_pages: ask the OS for transparent huge pages for rows and index. Faster random
+            access (measured +15% lookups, +25-30% optimizer steps) but a costlier first touch of
+            new memory (~5x per byte on our VMs): worth it for long-lived tables whose size is
+            stable, not for tables that grow fast into fresh memory.
     """
 
     name: str = "table"
@@ -241,6 +251,7 @@ class TableConfig(Config):
     default_value: float | list[float] = 0.0
     seed: int = Field(0, ge=0, lt=2**63)
     track_changes: bool = True
+    huge_pages: bool = False
 
     @model_validator(mode="after")
     def _check_default(self) -> TableConfig:

@@ -71,11 +71,11 @@ def save_table(table: EmbeddingTable, path: str | Path, *, overwrite: bool = Fal
     with temp_dir_beside(path) as tmp, table._lock.read():
         live = int(table._ctr[K.C_LIVE])
         keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
-        K.live_rows(table._slots, table._meta, keys, rows, ts, counts)
+        K.live_rows(table._slots, table._meta, table._mo, keys, rows, ts, counts)
         row_bytes = (table.dim + table.state_width) * 4 + 24
         per_chunk = max(1, CHUNK_BYTES // row_bytes)
         for c, lo in enumerate(range(0, max(live, 1), per_chunk)):
-            part = table._gather(rows[lo : lo + per_chunk])
+            part = table._gather(keys[lo : lo + per_chunk], rows[lo : lo + per_chunk])
             values = np.concatenate([part.embeddings, part.state], axis=1)
             blob = st_save({"ids": part.ids, "values": values, "last_seen": part.last_seen,
                             "counts": part.counts})  # fmt: skip

@@ -23,9 +23,11 @@ Contract
 * **Cost.** Batch operations run in compiled kernels, O(1) expected per ID (linear probing,
   load factor <= 3/4); :meth:`expire`, :meth:`export` of all rows and an eviction round scan
   the index, O(rows). Growth doubles (amortised O(1) per insert).
-* **Memory.** Per row: the embedding and optimizer state, 20 bytes of metadata inside the row,
-  and 8 bytes per index slot (2/3 to 1/3 of a slot per row between growths): 31-44 bytes of
-  overhead per row, measured by ``freshrec bench table``.
+* **Memory.** Per row: the embedding and optimizer state, 12 bytes of metadata at the row's end
+  (last-seen time, count, a dirty bit), and 12 bytes per index slot, 4/3 to 8/3 slots per row
+  between growths: 28-44 bytes of overhead per row, measured by ``freshrec bench table``. The
+  index holds each key's full 64-bit hash (a bijection of the key), so lookups verify keys
+  without touching rows and rows need not store their key.
 
 Event times are seconds (float or int; stored as int64 milliseconds).
 """
@@ -41,6 +43,7 @@ import numpy as np
 
 from freshrec.errors import CapacityError, InputError, NonFiniteError
 from freshrec.table import _kernels as K
+from freshrec.table import _memory
 from freshrec.table._rwlock import RWLock
 from freshrec.table.config import TableConfig
 
@@ -119,7 +122,8 @@ class EmbeddingTable:
         self.config = config
         self.dim = config.dim
         self.state_width = config.state_width
-        self.width = K.META + self.dim + self.state_width  # float32 words per row
+        self._mo = self.dim + self.state_width  # column of the row metadata
+        self.width = self._mo + K.META  # float32 words per row
         self._opt_kind, self._opt_hp = config.optimizer.kernel_params()
         self._init = config.initializer.kernel_params()
         self._state_init = float(config.optimizer.state_init())
@@ -143,35 +147,39 @@ class EmbeddingTable:
     # ---- storage -----------------------------------------------------------------------------
 
     def _alloc(self, rows: int, log2_slots: int) -> None:
-        self._data = np.empty((rows, self.width), np.float32)
-        self._data[:, K.M_FLAGS] = 0  # float 0.0 has all bits clear: no LIVE/DIRTY flags
+        self._data = _memory.reserve(rows, self.width, np.float32, _MAX_ROWS, self.config.huge_pages)
         self._meta = self._data.view(np.uint32)
-        self._free = np.empty(rows, np.int32)
-        self._dirty = np.empty(rows, np.int32)
-        self._set_index(np.zeros(1 << log2_slots, np.uint64), log2_slots)
+        self._free = _memory.reserve(self._data.shape[0], 0, np.int32, _MAX_ROWS)
+        self._dirty = _memory.reserve(self._data.shape[0], 0, np.int64, _MAX_ROWS)
+        self._set_index(_memory.zeros(3 << log2_slots, np.uint32, self.config.huge_pages), log2_slots)
 
     def _set_index(self, slots: np.ndarray, log2_slots: int) -> None:
         self._slots = slots
         self._log2 = log2_slots
-        self._tshift = 32 - log2_slots
+        self._hshift = 64 - log2_slots
         self._mask = (1 << log2_slots) - 1
 
     def _grow_rows(self, at_least: int = 0) -> None:
+        """Only when the reservation is exhausted: reserve a larger one and copy once."""
         old = self._data.shape[0]
-        new = max(2 * old, at_least, 16)
-        if new > _MAX_ROWS:
-            new = _MAX_ROWS
-            if new <= old:
-                raise CapacityError(f"table {self.config.name!r} is full at {old} rows")
+        if old >= _MAX_ROWS:
+            raise CapacityError(f"table {self.config.name!r} is full at {old} rows")
+        new = min(_MAX_ROWS, max(4 * old, at_least))
         hw = int(self._ctr[K.C_HW])
-        data = np.empty((new, self.width), np.float32)  # untouched pages stay non-resident
+        data = _memory.reserve(new, self.width, np.float32, _MAX_ROWS, self.config.huge_pages)
         data[:hw] = self._data[:hw]
-        data[hw:, K.M_FLAGS] = 0
-        free = np.empty(new, np.int32)
+        free = _memory.reserve(data.shape[0], 0, np.int32, _MAX_ROWS)
         free[: self._ctr[K.C_FREE]] = self._free[: self._ctr[K.C_FREE]]
-        dirty = np.empty(new, np.int32)
-        dirty[: self._ctr[K.C_DIRTY]] = self._dirty[: self._ctr[K.C_DIRTY]]
-        self._data, self._meta, self._free, self._dirty = data, data.view(np.uint32), free, dirty
+        self._data, self._meta, self._free = data, data.view(np.uint32), free
+
+    def _ensure_dirty(self, extra: int) -> None:
+        """Room on the change list for ``extra`` more keys (it lives in a large reservation, so
+        this almost never copies)."""
+        need = int(self._ctr[K.C_DIRTY]) + extra
+        if need > self._dirty.shape[0]:
+            dirty = _memory.reserve(max(need, 2 * self._dirty.shape[0]), 0, np.int64, 2**40)
+            dirty[: self._ctr[K.C_DIRTY]] = self._dirty[: self._ctr[K.C_DIRTY]]
+            self._dirty = dirty
 
     def _grow_index(self, for_rows: int | None = None) -> None:
         need = int(self._ctr[K.C_LIVE]) + 1 if for_rows is None else for_rows
@@ -182,8 +190,8 @@ class EmbeddingTable:
             log2 += 1
         if log2 > _MAX_LOG2_SLOTS:
             raise CapacityError(f"table {self.config.name!r}: index would exceed 2**32 slots")
-        slots = np.zeros(1 << log2, np.uint64)
-        K.rehash(self._slots, slots, 32 - log2, (1 << log2) - 1)
+        slots = _memory.zeros(3 << log2, np.uint32, self.config.huge_pages)
+        K.rehash(self._slots, slots, 64 - log2, (1 << log2) - 1)
         self._set_index(slots, log2)
 
     def reserve(self, rows: int) -> None:
@@ -243,8 +251,8 @@ class EmbeddingTable:
             self._find_or_insert(keys, _to_ms(now), out, True)
             return out
         with self._lock.read():
-            hits = K.lookup_infer(self._slots, self._tshift, self._mask, self._meta, self._data,
-                                  keys, out, self._default, K.META, self.dim)  # fmt: skip
+            hits = K.lookup_infer(self._slots, self._hshift, self._mask, self._data, keys, out,
+                                  self._default, self.dim)  # fmt: skip
         with self._stat_lock:  # readers run concurrently; counters must not lose increments
             self._ctr[K.C_LOOKUPS] += keys.shape[0]
             self._ctr[K.C_HITS] += hits
@@ -263,8 +271,9 @@ class EmbeddingTable:
         with self._lock.write():
             self._ctr[K.C_LOOKUPS] += keys.shape[0]
             while True:
+                self._ensure_dirty(keys.shape[0])
                 status, start = K.lookup_train(
-                    self._slots, self._tshift, self._mask, self._meta, self._data, self._free,
+                    self._slots, self._hshift, self._mask, self._meta, self._data, self._free,
                     self._dirty, self._ctr, keys, start, pending, now_ms, out, copy, rows,
                     self._default, self.dim, self.state_width, self._sketch, self._sk_seeds,
                     self._min_count, self._decay_every, self._p_admit, kind, a, b,
@@ -286,7 +295,7 @@ class EmbeddingTable:
         keys = self._ids(ids)
         rows = np.empty(keys.shape[0], np.int64)
         with self._lock.read():
-            K.find_rows(self._slots, self._tshift, self._mask, self._meta, keys, rows)
+            K.find_rows(self._slots, self._hshift, self._mask, keys, rows)
         return rows >= 0
 
     def __len__(self) -> int:
@@ -308,9 +317,10 @@ class EmbeddingTable:
             self._ctr[K.C_NONFINITE] += 1
             raise NonFiniteError(f"table {self.config.name!r}: gradients contain NaN or Inf; batch rejected")
         with self._lock.write():
+            self._ensure_dirty(keys.shape[0])
             return int(K.apply_gradients(
-                self._slots, self._tshift, self._mask, self._meta, self._data, self._dirty,
-                self._ctr, keys, g, now_ms, self._opt_kind, self._opt_hp, self.dim,
+                self._slots, self._hshift, self._mask, self._meta, self._data, self._dirty,
+                self._ctr, keys, g, now_ms, self._opt_kind, self._opt_hp, self.dim, self._mo,
                 self.config.track_changes,
             ))  # fmt: skip
 
@@ -352,10 +362,11 @@ class EmbeddingTable:
         with self._lock.write():
             start = 0
             while True:
+                self._ensure_dirty(n)
                 status, start = K.assign_rows(
-                    self._slots, self._tshift, self._mask, self._meta, self._data, self._free,
+                    self._slots, self._hshift, self._mask, self._meta, self._data, self._free,
                     self._dirty, self._ctr, keys, start, values, values.shape[1], ts, cnt,
-                    self._data.shape[0], self.config.track_changes,
+                    self._data.shape[0], self._mo, self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
                     break
@@ -377,8 +388,8 @@ class EmbeddingTable:
             return keys
         keys = np.unique(keys)
         mask = np.empty(keys.shape[0], np.uint8)
-        K.remove_keys(self._slots, self._tshift, self._mask, self._meta, self._free, self._ctr,
-                      keys, mask)  # fmt: skip
+        K.remove_keys(self._slots, self._hshift, self._mask, self._meta, self._mo, self._free,
+                      self._ctr, keys, mask)  # fmt: skip
         removed = keys[mask.astype(bool)]
         if self.config.track_changes and removed.shape[0]:
             self._removed.append(removed)
@@ -392,7 +403,7 @@ class EmbeddingTable:
             return np.zeros(0, np.int64)
         with self._lock.write():
             keys = np.empty(int(self._ctr[K.C_LIVE]), np.int64)
-            n = K.collect_older(self._slots, self._meta, now_ms - self._ttl_ms, keys)
+            n = K.collect_older(self._slots, self._meta, self._mo, now_ms - self._ttl_ms, keys)
             removed = self._remove_locked(keys[:n])
             self._ctr[K.C_EXPIRED] += removed.shape[0]
         return removed
@@ -400,7 +411,7 @@ class EmbeddingTable:
     def _evict_locked(self) -> None:
         live = int(self._ctr[K.C_LIVE])
         keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
-        K.live_rows(self._slots, self._meta, keys, rows, ts, counts)
+        K.live_rows(self._slots, self._meta, self._mo, keys, rows, ts, counts)
         k = max(1, min(live, int(self.config.evict_fraction * (self.config.max_rows or live))))
         if self.config.eviction == "lru":
             victims = keys[np.argpartition(ts, k - 1)[:k]] if k < live else keys
@@ -418,35 +429,37 @@ class EmbeddingTable:
             if ids is None:
                 live = int(self._ctr[K.C_LIVE])
                 keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
-                K.live_rows(self._slots, self._meta, keys, rows, ts, counts)
+                K.live_rows(self._slots, self._meta, self._mo, keys, rows, ts, counts)
             else:
                 keys = self._ids(ids)
                 rows = np.empty(keys.shape[0], np.int64)
-                K.find_rows(self._slots, self._tshift, self._mask, self._meta, keys, rows)
-                rows = rows[rows >= 0]
-            return self._gather(rows)
+                K.find_rows(self._slots, self._hshift, self._mask, keys, rows)
+                keys, rows = keys[rows >= 0], rows[rows >= 0]
+            return self._gather(keys, rows)
 
-    def _gather(self, rows: np.ndarray) -> TableExport:
+    def _gather(self, keys: np.ndarray, rows: np.ndarray) -> TableExport:
         n = rows.shape[0]
-        w = self.dim + self.state_width
-        keys = np.empty(n, np.int64)
+        w = self._mo
         values = np.empty((n, w), np.float32)
         ts = np.empty(n, np.int64)
         counts = np.empty(n, np.int64)
-        K.gather_rows(self._meta, self._data, np.ascontiguousarray(rows, np.int64), w, keys,
+        K.gather_rows(self._meta, self._data, np.ascontiguousarray(rows, np.int64), w, self._mo,
                       values, ts, counts)  # fmt: skip
         return TableExport(keys, values[:, : self.dim], values[:, self.dim :], ts, counts)
 
     def drain_changes(self) -> TableChanges:
         """Rows touched (admitted, updated, assigned) and IDs removed since the last drain.
 
-        Exact and bounded: each row sits on the change list at most once, so the list never
-        outgrows the table; nothing is dropped on overflow. Requires ``track_changes``.
+        Exact, and never dropped on overflow: a key joins the change list when its row turns
+        dirty and stays once until drained, so the list holds at most the live rows plus the
+        rows removed since the last drain (the same bound as the tombstones themselves).
+        Requires ``track_changes``.
         """
         with self._lock.write():
-            rows = np.empty(int(self._ctr[K.C_DIRTY]), np.int64)
-            n = K.drain_dirty(self._meta, self._dirty, self._ctr, rows)
-            upserts = self._gather(rows[:n])
+            keys, rows = (np.empty(int(self._ctr[K.C_DIRTY]), np.int64) for _ in range(2))
+            n = K.drain_dirty(self._slots, self._hshift, self._mask, self._meta, self._mo,
+                              self._dirty, self._ctr, keys, rows)  # fmt: skip
+            upserts = self._gather(keys[:n], rows[:n])
             removed = np.concatenate(self._removed) if self._removed else np.zeros(0, np.int64)
             self._removed = []
         if removed.shape[0]:
@@ -468,7 +481,7 @@ class EmbeddingTable:
         return TableStats(
             rows=live,
             row_capacity=int(self._data.shape[0]),
-            index_slots=int(self._slots.shape[0]),
+            index_slots=int(self._slots.shape[0] // 3),
             lookups=int(c[K.C_LOOKUPS]),
             hits=int(c[K.C_HITS]),
             admitted=int(c[K.C_ADMITTED]),

@@ -1,0 +1,271 @@
+"""Table semantics at their edges: keys, initializers, expiry boundaries, eviction, growth, changes,
+and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from freshrec.errors import InputError, NonFiniteError
+from freshrec.table import (
+    SGD,
+    AdmissionConfig,
+    EmbeddingTable,
+    InitializerConfig,
+    RowwiseAdagrad,
+)
+
+from .naive import init_row
+
+EXTREMES = np.array([0, -1, 1, -(2**63), 2**63 - 1, 2**32, -(2**32), 0xFFFFFFFF], np.int64)
+
+
+def test_every_int64_is_a_key_and_each_gets_its_own_row():
+    t = EmbeddingTable(dim=4, initializer=InitializerConfig(type="zeros"), optimizer=SGD(lr=1.0))
+    t.lookup(EXTREMES, train=True, now=0)
+    assert len(t) == len(EXTREMES)
+    # give each row a distinct value through a gradient and read it back
+    grads = -np.arange(len(EXTREMES), dtype=np.float32)[:, None].repeat(4, axis=1)
+    t.apply_gradients(EXTREMES, grads, now=0)
+    np.testing.assert_array_equal(t.lookup(EXTREMES), -grads)
+    assert sorted(t.export().ids.tolist()) == sorted(EXTREMES.tolist())
+    assert t.contains(EXTREMES).all() and not t.contains([12345]).any()
+
+
+@pytest.mark.parametrize("kind", ["zeros", "uniform", "normal", "truncated_normal"])
+def test_initializer_is_a_pure_function_of_seed_and_id(kind):
+    init = InitializerConfig(type=kind, low=-0.1, high=0.3, mean=0.5, std=0.2)
+    a = EmbeddingTable(dim=5, initializer=init, seed=11)
+    b = EmbeddingTable(dim=5, initializer=init, seed=11)
+    c = EmbeddingTable(dim=5, initializer=init, seed=12)
+    ea = a.lookup(EXTREMES, train=True, now=0)
+    eb = b.lookup(EXTREMES[::-1], train=True, now=5)[::-1]  # other order, other time
+    np.testing.assert_array_equal(ea, eb)
+    args = {
+        "zeros": (0.0, 0.0),
+        "uniform": (-0.1, 0.3),
+        "normal": (0.5, 0.2),
+        "truncated_normal": (0.5, 0.2),
+    }[kind]
+    for key, row in zip(EXTREMES.tolist(), ea, strict=True):
+        np.testing.assert_allclose(row, init_row(key, 11, kind, 5, *args), rtol=1e-6, atol=1e-7)
+    if kind != "zeros":
+        assert not np.array_equal(ea, c.lookup(EXTREMES, train=True, now=0))
+
+
+def test_initializer_statistics():
+    t = EmbeddingTable(dim=8, initializer=InitializerConfig(type="normal", mean=0.0, std=0.5))
+    e = t.lookup(np.arange(20_000), train=True, now=0)
+    assert abs(e.mean()) < 0.01 and abs(e.std() - 0.5) < 0.01
+    tn = EmbeddingTable(dim=8, initializer=InitializerConfig(type="truncated_normal", std=0.5))
+    e = tn.lookup(np.arange(20_000), train=True, now=0)
+    assert abs(e).max() <= 1.0 and abs(e.std() - 0.5 * 0.8796) < 0.01  # std of N(0,1) cut at 2
+    u = EmbeddingTable(dim=8, initializer=InitializerConfig(type="uniform", low=-1, high=3))
+    e = u.lookup(np.arange(20_000), train=True, now=0)
+    assert e.min() >= -1 and e.max() < 3 and abs(e.mean() - 1.0) < 0.02
+
+
+def test_reused_row_is_rebuilt_identically():
+    t = EmbeddingTable(dim=4, ttl=10)
+    first = t.lookup([42], train=True, now=0)
+    t.apply_gradients([42], np.ones((1, 4)), now=0)
+    assert len(t.expire(100)) == 1
+    again = t.lookup([42], train=True, now=100)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_default_vector_for_unknown_and_filtered_ids():
+    t = EmbeddingTable(dim=3, default_value=[1.0, 2.0, 3.0], admission=AdmissionConfig(min_count=2))
+    np.testing.assert_array_equal(t.lookup([7]), [[1, 2, 3]])
+    np.testing.assert_array_equal(t.lookup([7], train=True, now=0), [[1, 2, 3]])  # filtered
+    assert len(t) == 0
+    assert t.apply_gradients([7], np.ones((1, 3)), now=0) == 0  # no row: dropped, counted
+    assert t.stats().grad_missing == 1
+
+
+def test_expiry_at_exact_boundaries():
+    t = EmbeddingTable(dim=2, ttl=10)
+    t.lookup([1], train=True, now=100)
+    t.lookup([2], train=True, now=100.5)
+    assert t.expire(110).tolist() == []  # seen exactly ttl ago: survives
+    assert t.expire(110.001).tolist() == [1]  # a millisecond later: gone
+    assert t.expire(110.5).tolist() == []
+    assert t.expire(110.501).tolist() == [2]
+    assert len(t) == 0 and t.stats().expired == 2
+
+
+def test_expiry_uses_newest_event_time_and_gradients_refresh_it():
+    t = EmbeddingTable(dim=2, ttl=10)
+    t.lookup([1, 2], train=True, now=100)
+    t.lookup([1], train=True, now=50)  # an older event does not move last-seen back
+    t.apply_gradients([2], np.ones((1, 2)), now=105)
+    assert t.expire(111).tolist() == [1]
+    assert t.export().last_seen.tolist() == [105_000]
+    assert EmbeddingTable(dim=2).expire(1e12).size == 0  # no ttl: nothing expires
+
+
+def test_lru_eviction_frees_the_oldest_rows():
+    t = EmbeddingTable(dim=2, max_rows=100, eviction="lru", evict_fraction=0.05)
+    for i in range(100):
+        t.lookup([i], train=True, now=i)
+    t.lookup([0], train=True, now=500)  # refresh ID 0
+    t.lookup([1000], train=True, now=600)
+    assert len(t) == 96  # 5 evicted, one admitted
+    assert not t.contains([1, 2, 3, 4, 5]).any() and t.contains([0, 6, 1000]).all()
+    st = t.stats()
+    assert st.evicted == 5 and st.rows == 96
+    assert sorted(t.drain_changes().removed.tolist()) == [1, 2, 3, 4, 5]
+
+
+def test_lfu_eviction_frees_the_least_frequent_rows():
+    t = EmbeddingTable(dim=2, max_rows=10, eviction="lfu", evict_fraction=0.1)
+    for i in range(10):
+        t.lookup([i] * (i + 2), train=True, now=100 - i)  # ID i seen i+2 times
+    t.lookup([99], train=True, now=200)
+    assert not t.contains([0]).any() and t.contains([1, 99]).all()
+
+
+def test_batch_with_more_new_ids_than_max_rows():
+    t = EmbeddingTable(dim=2, max_rows=10, evict_fraction=0.5)
+    out = t.lookup(np.arange(100), train=True, now=0)
+    assert len(t) <= 10 and out.shape == (100, 2)
+
+
+def test_growth_from_one_row_to_millions():
+    t = EmbeddingTable(dim=2, initializer=InitializerConfig(type="uniform", low=0, high=1))
+    assert t.stats().index_slots <= 16  # nobody sized it up front
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, size=2_100_000, dtype=np.int64))[:2_000_000]
+    rng.shuffle(keys)
+    pos = 0
+    for size in [1, 2, 3, 10, 1000, 50_000, 400_000, 1_548_984]:
+        t.lookup(keys[pos : pos + size], train=True, now=0)
+        pos += size
+    assert pos == 2_000_000 and len(t) == 2_000_000
+    assert t.contains(keys).all()
+    sample = keys[rng.choice(len(keys), 200, replace=False)]
+    want = np.stack([init_row(int(k), 0, "uniform", 2, 0.0, 1.0) for k in sample])
+    np.testing.assert_allclose(t.lookup(sample), want, rtol=1e-6)
+    st = t.stats()
+    assert st.index_slots * 3 >= 4 * st.rows  # load factor <= 3/4
+    assert st.bytes_per_row_overhead <= 44
+
+
+def test_drain_changes_upserts_and_tombstones():
+    t = EmbeddingTable(dim=2, ttl=10, optimizer=SGD(lr=1))
+    t.lookup([1, 2, 3], train=True, now=0)
+    ch = t.drain_changes()
+    assert sorted(ch.upserts.ids.tolist()) == [1, 2, 3] and ch.removed.size == 0
+    assert t.drain_changes().upserts.ids.size == 0  # nothing since
+    t.lookup([1], train=True, now=5)  # a read does not change the row
+    t.apply_gradients([2], np.ones((1, 2)), now=5)
+    t.remove([3])
+    ch = t.drain_changes()
+    assert ch.upserts.ids.tolist() == [2] and ch.removed.tolist() == [3]
+    np.testing.assert_array_equal(ch.upserts.embeddings, t.lookup([2]))
+    t.expire(16)  # 1 (seen at 5) survives? no: 5 < 16 - 10
+    t.lookup([1], train=True, now=16)  # re-admitted after expiry: an upsert, not a tombstone
+    ch = t.drain_changes()
+    assert ch.upserts.ids.tolist() == [1] and ch.removed.tolist() == [2]
+
+
+def test_changes_are_not_kept_when_tracking_is_off():
+    t = EmbeddingTable(dim=2, track_changes=False)
+    t.assign([1, 2], np.ones((2, 2)))
+    t.remove([1])
+    st = t.stats()
+    assert st.pending_changes == 0
+    ch = t.drain_changes()
+    assert ch.upserts.ids.size == 0 and ch.removed.size == 0
+
+
+def test_assign_keeps_state_unless_given():
+    t = EmbeddingTable(dim=2, optimizer=RowwiseAdagrad())
+    t.assign([5], [[1.0, 2.0]], state=[[3.0]], last_seen=[7000], counts=[4])
+    t.assign([5], [[9.0, 9.0]])
+    exp = t.export([5])
+    assert exp.embeddings.tolist() == [[9.0, 9.0]] and exp.state.tolist() == [[3.0]]
+    assert exp.counts.tolist() == [1] and exp.last_seen.tolist() == [0]
+
+
+def test_export_given_ids_keeps_order_and_skips_missing():
+    t = EmbeddingTable(dim=2)
+    t.lookup([1, 2, 3], train=True, now=0)
+    assert t.export([3, 99, 1, 3]).ids.tolist() == [3, 1, 3]
+
+
+def test_stats_count_what_happened():
+    t = EmbeddingTable(dim=2, admission=AdmissionConfig(min_count=2), ttl=1)
+    t.lookup([1, 2, 2, 3], train=True, now=0)
+    t.lookup([2, 4], now=0)
+    st = t.stats()
+    assert (st.admitted, st.filtered, st.lookups, st.hits) == (1, 3, 6, 1)
+    t.expire(5)
+    assert t.stats().expired == 1
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def table() -> EmbeddingTable:
+    t = EmbeddingTable(dim=3, optimizer=SGD(lr=0.1))
+    t.lookup([1, 2], train=True, now=0)
+    return t
+
+
+def test_ids_are_coerced_or_rejected(table):
+    np.testing.assert_array_equal(table.lookup(np.array([1, 2], np.int32)), table.lookup([1, 2]))
+    np.testing.assert_array_equal(table.lookup(np.array([1], np.uint64)), table.lookup([1]))
+    with pytest.raises(InputError, match="integers"):
+        table.lookup(np.array([1.5]))
+    with pytest.raises(InputError, match="Hash string IDs"):
+        table.lookup(["a"])
+    with pytest.raises(InputError, match="1-D"):
+        table.lookup(np.zeros((2, 2), np.int64))
+    with pytest.raises(InputError, match="int64"):
+        table.lookup(np.array([2**64 - 1], np.uint64))
+    with pytest.raises(InputError, match="event time"):
+        table.lookup([1], train=True)
+    with pytest.raises(InputError, match="finite"):
+        table.lookup([1], train=True, now=float("nan"))
+
+
+def test_bad_gradients_change_nothing(table):
+    before = table.export()
+    with pytest.raises(InputError, match=r"shape \(2, 3\)"):
+        table.apply_gradients([1, 2], np.ones((2, 4)), now=1)
+    for bad in (np.nan, np.inf, -np.inf):
+        g = np.ones((2, 3), np.float32)
+        g[1, 2] = bad
+        with pytest.raises(NonFiniteError):
+            table.apply_gradients([1, 2], g, now=1)
+    after = table.export()
+    np.testing.assert_array_equal(before.embeddings, after.embeddings)
+    np.testing.assert_array_equal(before.last_seen, after.last_seen)
+    assert table.stats().nonfinite_rejected == 3
+    with pytest.raises(InputError, match="numeric"):
+        table.apply_gradients([1], np.array([["a", "b", "c"]]), now=1)
+
+
+def test_assign_rejects_dim_mismatch(table):
+    with pytest.raises(InputError, match=r"shape \(1, 3\)"):
+        table.assign([9], np.ones((1, 4)))
+    with pytest.raises(InputError, match="state"):
+        table.assign([9], np.ones((1, 3)), state=np.ones((1, 1)))
+    with pytest.raises(NonFiniteError):
+        table.assign([9], np.full((1, 3), np.nan))
+    assert 9 not in table
+
+
+def test_bad_config_is_a_config_error():
+    from freshrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dim"):
+        EmbeddingTable(dim=0)
+    with pytest.raises(ConfigError, match="power of two"):
+        EmbeddingTable(admission={"min_count": 2, "sketch_width": 1000})
+    with pytest.raises(ConfigError, match="default_value"):
+        EmbeddingTable(dim=3, default_value=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="Extra inputs"):
+        EmbeddingTable(dim=3, optimiser="sgd")
