@@ -225,17 +225,21 @@ class Simulator:
     # ---- public: the truth and the catalog ----------------------------------------------------
 
     def true_ctr(
-        self, user_id: int, item_ids: Sequence[Id], now: float | None = None, position: int = 0,
-        device: str = "android",
+        self, user_id: int, item_ids: Sequence[Id], now: float | None = None,
+        positions: int | Sequence[int] = 0, device: str = "android",
     ) -> np.ndarray:  # fmt: skip
-        """Ground-truth P(click) of ``user_id`` for each item at ``position`` (0 for an unknown
-        item or one not live at ``now``; default ``now`` = :attr:`now`). Uses the user's state
-        as of their latest session; reads no randomness."""
+        """Ground-truth P(click) of ``user_id`` for each item shown at ``positions`` (one for all,
+        or one per item) at event time ``now`` (default :attr:`now`) on ``device``; 0 for an
+        unknown item or one not live at ``now``. Uses the user's state as of their latest
+        session start (the state their clicks are drawn from); reads no randomness."""
         u = self._user_index(user_id)
         items = self._item_indices(item_ids)
         t = self._returned if now is None else float(now)
         if device not in DEVICES:
             raise InputError(f"device must be one of {DEVICES}, got {device!r}")
+        pos = np.broadcast_to(np.asarray(positions, np.int64), items.shape) if len(items) else items
+        if len(items) and (pos < 0).any():
+            raise InputError("positions must be >= 0")
         p = np.zeros(len(items))
         ok = items >= 0
         ok[ok] = self.world.live(items[ok], t)
@@ -244,7 +248,7 @@ class Simulator:
             logit = (
                 self.world.bias
                 + self.world.affinity(np.array([u]), it[None, :])[0]
-                + self.world.position_logit(np.array([position]))
+                + self.world.position_logit(pos[ok])
                 + self.world.context_logit(np.array([t]), np.array([DEVICES.index(device)]))
             )
             p[ok] = sigmoid(logit)
@@ -253,8 +257,9 @@ class Simulator:
     def live_items(self, now: float | None = None) -> list[str]:
         """IDs of the items live at ``now`` (default :attr:`now`), in listing order."""
         t = self._returned if now is None else float(now)
-        pool = self._pool[self.world.live(self._pool, t)]
-        return [self.world.item_ids[i] for i in pool.tolist()]
+        n = self.world.items.n
+        live = np.flatnonzero(self.world.live(np.arange(n), t))
+        return [self.world.item_ids[i] for i in live.tolist()]
 
     def preferred_category(self, user_ids: Sequence[int]) -> np.ndarray:
         """Each user's current top category (the ground truth, as of their latest session)."""
@@ -492,7 +497,11 @@ class Simulator:
             )
             for e, t, i in zip(eids[:nl], listed_times.tolist(), listed_items.tolist(), strict=True)
         ]
-        rids = self._request_ids(due["request"])
+        kinds = due["kind"]
+        acts = np.flatnonzero((kinds >= _CLICK) & (kinds <= _PURCHASE))
+        rids: list[Id | None] = [None] * nd  # item ends and updates belong to no request
+        for j, rq in zip(acts.tolist(), self._request_ids(due["request"][acts]), strict=True):
+            rids[j] = rq
         for e, t, kind, i, u, rq, v in zip(
             eids[nl : nl + nd], due["time"].tolist(), due["kind"].tolist(), due["item"].tolist(),
             due["user"].tolist(), rids, values.tolist(), strict=True,
@@ -516,7 +525,6 @@ class Simulator:
                         value=v,
                     )
                 )
-        kinds = due["kind"]
         stats.items_listed += nl
         stats.items_ended += int((kinds == _ENDED).sum())
         stats.items_updated += int((kinds == _UPDATED).sum())

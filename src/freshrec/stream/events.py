@@ -219,7 +219,7 @@ def validate(event: Event) -> Event:
 
 # ---- error messages: "<kind>.<field>: <reason>" ------------------------------------------------
 
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _NAMED = re.compile(r"Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
 
 
@@ -230,6 +230,8 @@ def _explain(exc: Exception, blob: object, loose_decode) -> tuple[str, str]:
     m = _AT.match(str(exc))
     msg, path = (m.group("msg"), m.group("path") or "") if m else (str(exc), "")
     path = path.lstrip(".")
+    if m and m.group("key"):  # a bad key of a mapping (e.g. an empty feature name)
+        path += "[key]"
     named = _NAMED.search(msg)
     if named:
         path = f"{path}.{named.group('name')}" if path else named.group("name")
