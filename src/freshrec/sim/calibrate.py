@@ -141,18 +141,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    result: dict[str, Any] = {"open_bandit": open_bandit_ctr(args.data), "policies": {}}
-    churn: dict[str, float] = {}
+    result: dict[str, Any] = {"open_bandit": open_bandit_ctr(args.data), "policies": {}, "churn": {}}
     for policy in ("random", "popularity", "oracle"):
         hours = args.oracle_hours if policy == "oracle" else args.hours
         cfg = SimConfig(seed=args.seed, policy=policy)
         stats, events = policy_ctr(cfg, hours)
         stats["hours"] = hours
         result["policies"][policy] = stats
-        if policy == "random":
-            churn = id_churn(events, cfg.start_time, hours)
+        result["churn"][policy] = id_churn(events, cfg.start_time, hours)
         del events
-    result["churn_random_policy"] = churn
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -173,8 +170,9 @@ def _print(result: dict[str, Any]) -> None:
             f"actions/impression {r['actions_per_impression']:.4%} "
             f"({r['impressions_per_wall_s']:,.0f} impressions/s)"
         )
-    for k, v in result["churn_random_policy"].items():
-        print(f"churn {k}: {v:,.4g}")
+    for policy, churn in result["churn"].items():
+        for k, v in churn.items():
+            print(f"churn {policy:10s} {k}: {v:,.4g}")
 
 
 if __name__ == "__main__":  # pragma: no cover

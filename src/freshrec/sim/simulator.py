@@ -180,7 +180,8 @@ class Simulator:
         self._buffer: deque[tuple[list[Event], np.ndarray]] = deque()
         self._next_event_id = 0
         self._next_request = 0
-        self._context_cache: dict[tuple[int, int], dict] = {}
+        # one context dict per (hour, device), shared by the impressions that have it
+        self._context_table = [{"hour": h, "device": d} for h in range(24) for d in DEVICES]
 
     # ---- public: time -------------------------------------------------------------------------
 
@@ -569,15 +570,12 @@ class Simulator:
         self._ext_lo = max(self._ext_lo, keep_from)
 
     def _context(self, t: float, device: int) -> dict:
-        key = (int(t // 3600.0) % 24, device)
-        ctx = self._context_cache.get(key)
-        if ctx is None:
-            ctx = self._context_cache[key] = {"hour": key[0], "device": DEVICES[device]}
-        return ctx
+        return self._context_table[(int(t // 3600.0) % 24) * len(DEVICES) + device]
 
     def _contexts(self, times: np.ndarray, devices: np.ndarray) -> list[dict]:
-        hours = (np.floor(times / 3600.0) % 24).astype(np.int64).tolist()
-        return [self._context(h * 3600.0, d) for h, d in zip(hours, devices.tolist(), strict=True)]
+        keys = (np.floor(times / 3600.0) % 24).astype(np.int64) * len(DEVICES) + devices
+        table = self._context_table
+        return [table[k] for k in keys.tolist()]
 
     # ---- ids ----------------------------------------------------------------------------------
 
