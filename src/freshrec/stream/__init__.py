@@ -16,6 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 from freshrec.stream.config import LogConfig
 from freshrec.stream.embedded import EmbeddedLog
+from freshrec.stream.events import (
+    SCHEMA_VERSION,
+    Action,
+    BadRecord,
+    Event,
+    Impression,
+    ItemLifecycle,
+    decode,
+    decode_json,
+    decode_json_many,
+    decode_many,
+    encode,
+    encode_json,
+    validate,
+)
 from freshrec.stream.log import EventLog, LogRecord, LogState, open_log, partition_for
 
 if TYPE_CHECKING:
@@ -23,7 +38,13 @@ if TYPE_CHECKING:
     from freshrec.stream.kafka import KafkaLog
 
 __all__ = [
+    "SCHEMA_VERSION",
+    "Action",
+    "BadRecord",
     "EmbeddedLog",
+    "Event",
+    "Impression",
+    "ItemLifecycle",
     "EventLog",
     "KafkaLog",
     "LocalBroker",
@@ -31,7 +52,14 @@ __all__ = [
     "LogRecord",
     "LogState",
     "open_log",
+    "decode",
+    "decode_json",
+    "decode_json_many",
+    "decode_many",
+    "encode",
+    "encode_json",
     "partition_for",
+    "validate",
 ]
 
 _LAZY = {"KafkaLog": "freshrec.stream.kafka", "LocalBroker": "freshrec.stream.broker"}
