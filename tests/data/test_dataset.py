@@ -76,6 +76,10 @@ def test_no_time_keeps_row_order():
     np.testing.assert_array_equal(ds.columns["row"], np.arange(100))
     _, rest = ds.split_by_time(0.25)
     np.testing.assert_array_equal(rest.columns["row"][:3], [25, 26, 27])
+    np.testing.assert_array_equal(rest.event_time[:3], [25, 26, 27])
+    picked = ds.take(np.array([50, 10]))
+    np.testing.assert_array_equal(picked.columns["row"], [50, 10])
+    np.testing.assert_array_equal(picked.event_time, [50, 10])
 
 
 def test_take_and_slice_keep_columns_aligned():

@@ -167,17 +167,15 @@ class Dataset:
         return self._derive(cols, self._event_time[lo:hi], weights, self._spec, batch)
 
     def take(self, indices: np.ndarray) -> Dataset:
-        """Rows at ``indices``, in that order (re-sorted by time if the data has time)."""
+        """Rows at ``indices``: re-sorted by time if the data has time, else in the given order
+        (keeping their row numbers as event times)."""
         idx = np.asarray(indices, dtype=np.int64)
         cols = {k: _take(v, idx) for k, v in self._columns.items()}
         weights = self._weights[idx] if self._weights is not None else None
-        return Dataset(
-            self._spec,
-            cols,
-            event_time=self._event_time[idx] if self.has_time else None,
-            weights=weights,
-            source=self.source,
-        )
+        if not self.has_time:  # keep the original row numbers as event times
+            return self._derive(cols, self._event_time[idx], weights, self._spec, None)
+        time = self._event_time[idx]
+        return Dataset(self._spec, cols, event_time=time, weights=weights, source=self.source)
 
     def split_by_time(self, frac: float) -> tuple[Dataset, Dataset]:
         """``(first, rest)``: the earliest ``round(frac * B)`` rows and the others. Time-ordered
