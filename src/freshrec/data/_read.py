@@ -1,0 +1,173 @@
+"""Reading delimited files with pyarrow, with every failure turned into a DataError that names
+the file, the column and (for a bad value) the row.
+
+pyarrow's CSV reader is multi-threaded C++ and yields typed Arrow columns; its errors carry a
+column number but no name or row, so this module adds both: the name from the header, the row
+by re-reading that one column as text (only on the error path).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from freshrec.errors import DataError
+
+_COLUMN_NO = re.compile(r"CSV column #(\d+)")
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """How a delimited file is laid out.
+
+    Args:
+        delimiter: one character.
+        names: column names when the file has no header row; None = the first row is a header.
+        encoding: text encoding (MovieLens 100K side files are latin-1).
+        quoting: honour double quotes (off for files whose text fields contain stray quotes).
+    """
+
+    delimiter: str = ","
+    names: Sequence[str] | None = None
+    encoding: str = "utf8"
+    quoting: bool = True
+    # only an empty cell is missing: "NA" or "null" may be real IDs (a country, a username)
+    null_values: Sequence[str] = field(default_factory=lambda: [""])
+
+
+def check_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+
+
+def header(path: Path, fmt: CsvFormat) -> list[str]:
+    """The file's column names: ``fmt.names``, or its first row."""
+    check_file(path)
+    if fmt.names is not None:
+        return list(fmt.names)
+    with open(path, encoding=fmt.encoding, errors="replace", newline="") as f:
+        first = f.readline()
+    quote = {} if fmt.quoting else {"quoting": csv.QUOTE_NONE}
+    row = next(csv.reader([first], delimiter=fmt.delimiter, **quote), [])
+    if not row or row == [""]:
+        raise DataError(f"{path}: the header row is empty")
+    return row
+
+
+def require(path: Path, present: Sequence[str], needed: dict[str, str]) -> None:
+    """``needed`` maps a file column to who needs it; a missing one is a DataError naming both."""
+    missing = [f"{col!r} (for {who})" for col, who in needed.items() if col not in present]
+    if missing:
+        shown = ", ".join(repr(c) for c in list(present)[:40])
+        raise DataError(f"{path}: missing column {', '.join(missing)}; the file has {shown}")
+
+
+def _options(
+    fmt: CsvFormat,
+    types: dict[str, pa.DataType] | None,
+    include: Sequence[str] | None,
+    block_size: int | None,
+) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+    read = pacsv.ReadOptions(
+        column_names=list(fmt.names) if fmt.names is not None else None,
+        encoding=fmt.encoding,
+        **({"block_size": block_size} if block_size else {}),
+    )
+    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False)
+    convert = pacsv.ConvertOptions(
+        column_types=types or {},
+        include_columns=list(include) if include is not None else None,
+        null_values=list(fmt.null_values),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    return read, parse, convert
+
+
+def _translate(path: Path, fmt: CsvFormat, exc: Exception, types: dict[str, pa.DataType] | None) -> DataError:
+    msg = str(exc)
+    if "Empty CSV file" in msg:
+        return DataError(f"{path}: file is empty")
+    m = _COLUMN_NO.search(msg)
+    if m:
+        names = header(path, fmt)
+        k = int(m.group(1))
+        name = names[k] if k < len(names) else f"#{k}"
+        detail = _first_bad_value(path, fmt, name, (types or {}).get(name))
+        return DataError(f"{path}: column {name!r}{detail}: {msg}")
+    return DataError(f"{path}: cannot parse: {msg}")
+
+
+def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType | None) -> str:
+    """`` row R value 'V'`` for the first value of ``name`` that does not convert to ``typ``."""
+    if typ is None:
+        return ""
+    try:
+        read, parse, convert = _options(fmt, {name: pa.string()}, [name], None)
+        text = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowException:
+        return ""
+    parse_value = int if pa.types.is_integer(typ) else float
+    for row, value in enumerate(text.column(0).to_pylist()):
+        if value is None:
+            continue
+        try:
+            parse_value(value)
+        except ValueError:
+            return f" row {row} value {value!r} is not {typ}"
+    return ""
+
+
+def read_csv(
+    path: Path,
+    fmt: CsvFormat,
+    *,
+    types: dict[str, pa.DataType] | None = None,
+    include: Sequence[str] | None = None,
+) -> pa.Table:
+    """The whole file (or the ``include`` columns) as an Arrow table with at least one row."""
+    check_file(path)
+    read, parse, convert = _options(fmt, types, include, None)
+    try:
+        table = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        raise _translate(path, fmt, exc, types) from exc
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no data rows")
+    return table
+
+
+def stream_csv(
+    path: Path,
+    fmt: CsvFormat,
+    *,
+    types: dict[str, pa.DataType] | None = None,
+    include: Sequence[str] | None = None,
+    block_size: int = 1 << 24,
+) -> Iterator[pa.RecordBatch]:
+    """The file as record batches of about ``block_size`` bytes each, read as they are needed."""
+    check_file(path)
+    read, parse, convert = _options(fmt, types, include, block_size)
+    try:
+        reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        for batch in reader:
+            if batch.num_rows:
+                yield batch
+    except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        raise _translate(path, fmt, exc, types) from exc
+
+
+def arrays(table: pa.Table | pa.RecordBatch) -> dict[str, pa.Array]:
+    """Each column as one contiguous Arrow array."""
+    out = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        out[name] = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return out

@@ -1,0 +1,259 @@
+"""Columns -> :class:`Batch`: the validation and coercion behind :meth:`FeatureSpec.encode`.
+
+Every column is checked once, as a whole array: missing columns, row-count mismatches, nulls in
+ID columns, non-numeric dense values, NaN/Inf and values outside a transform's domain each give
+a :class:`DataError` that names the file (when known), the column and the first bad row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from freshrec.errors import ConfigError, DataError, InputError
+from freshrec.features.batch import Batch, Jagged
+from freshrec.features.hashing import hash_ids
+
+if TYPE_CHECKING:
+    from freshrec.features.spec import DenseFeature, FeatureSpec, SparseSlot
+
+_NS_PER = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+def _where(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def column(columns: Any, name: str, what: str, source: str | None) -> Any:
+    """``columns[name]``, or a DataError naming the column and who needed it."""
+    if isinstance(columns, pa.Table | pa.RecordBatch):
+        names = columns.schema.names
+        if name in names:
+            return columns.column(name)
+    elif isinstance(columns, Mapping):
+        if name in columns:
+            return columns[name]
+        names = list(columns)
+    else:
+        raise InputError(f"columns must be a mapping or an Arrow table, got {type(columns).__name__}")
+    shown = ", ".join(repr(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
+    raise DataError(f"{_where(source)}column {name!r} (needed by {what}) is missing; present: {shown}")
+
+
+def _arrow(col: Any, what: str, source: str | None) -> pa.Array:
+    """Any non-numpy column as one Arrow array."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if isinstance(col, pa.Array):
+        return col
+    try:
+        return pa.array(col, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise DataError(f"{_where(source)}{what}: cannot read values as one type: {exc}") from exc
+
+
+def _first_null(arr: pa.Array) -> int:
+    return int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+def _length(col: Any) -> int:
+    return col.size if isinstance(col, Jagged) else len(col)
+
+
+# ---- sparse -------------------------------------------------------------------------------------
+def _ids(col: Any, seed: int, what: str, source: str | None) -> np.ndarray:
+    """A single-valued column as (B,) int64 IDs."""
+    if isinstance(col, np.ndarray) and col.dtype.kind in "iub":
+        if col.ndim != 1:
+            raise DataError(f"{_where(source)}{what}: expected a 1-D column, got shape {col.shape}")
+        return hash_ids(col, seed)
+    if isinstance(col, Jagged):
+        raise DataError(f"{_where(source)}{what} is single-valued but got lists; declare it multi_valued")
+    if isinstance(col, np.ndarray) and col.dtype.kind in "fc":
+        raise DataError(f"{_where(source)}{what}: IDs must be integers or strings, got {col.dtype}")
+    arr = _arrow(col, what, source)
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        raise DataError(f"{_where(source)}{what} is single-valued but got lists; declare it multi_valued")
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        raise DataError(f"{_where(source)}{what}: IDs must be integers or strings, got {t}")
+    if arr.null_count:
+        raise DataError(
+            f"{_where(source)}{what} has {arr.null_count} missing values (first at row {_first_null(arr)}); "
+            "fill them (a missing value may be an ID of its own) or declare the slot multi_valued"
+        )
+    try:
+        return hash_ids(arr, seed)
+    except InputError as exc:
+        raise DataError(f"{_where(source)}{what}: {exc}") from exc
+
+
+def _jagged(col: Any, seed: int, what: str, source: str | None) -> Jagged:
+    """A multi-valued column as Jagged IDs; a null list is an empty row."""
+    if isinstance(col, Jagged):
+        return col
+    arr = _arrow(col, what, source)
+    t = arr.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise DataError(f"{_where(source)}{what} is multi-valued and needs lists of IDs, got {t}")
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    flat = arr.flatten()  # honours slicing and skips the child data of null lists
+    if flat.null_count:
+        raise DataError(f"{_where(source)}{what} has {flat.null_count} null IDs inside its lists")
+    if pa.types.is_floating(flat.type):
+        raise DataError(f"{_where(source)}{what}: IDs must be integers or strings, got {flat.type}")
+    try:
+        values = hash_ids(flat, seed)
+    except InputError as exc:
+        raise DataError(f"{_where(source)}{what}: {exc}") from exc
+    return Jagged.from_lengths(values, lengths.astype(np.int64))
+
+
+def encode_slot(slot: SparseSlot, col: Any, seed: int, source: str | None = None) -> Jagged:
+    what = f"sparse slot {slot.name!r}"
+    if not slot.multi_valued:
+        return Jagged.single(_ids(col, seed, what, source))
+    jag = _jagged(col, seed, what, source)
+    return jag.truncate(slot.max_len) if slot.max_len is not None else jag
+
+
+# ---- numbers ------------------------------------------------------------------------------------
+def numbers(col: Any, what: str, source: str | None) -> np.ndarray:
+    """A numeric column as (B,) float64, nulls as NaN; strings and lists are a DataError."""
+    if isinstance(col, np.ndarray) and col.dtype.kind in "iufb":
+        if col.ndim != 1:
+            raise DataError(f"{_where(source)}{what}: expected a 1-D column, got shape {col.shape}")
+        return col.astype(np.float64)
+    if isinstance(col, Jagged):
+        raise DataError(f"{_where(source)}{what} needs numbers, got lists")
+    arr = _arrow(col, what, source)
+    t = arr.type
+    if pa.types.is_timestamp(t):
+        return seconds(arr, what, source)
+    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    if not (numeric or pa.types.is_null(t)):
+        example = ""
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            valid = arr.drop_null()
+            if len(valid):
+                example = f" (e.g. {valid[0].as_py()!r})"
+        raise DataError(f"{_where(source)}{what} needs numbers, got {t}{example}")
+    return np.array(arr.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)  # writable
+
+
+def seconds(col: Any, what: str, source: str | None) -> np.ndarray:
+    """Event times as (B,) float64 seconds: numbers as they are, Arrow timestamps converted."""
+    if isinstance(col, np.ndarray) and col.dtype.kind == "M":
+        return col.astype("datetime64[ns]").astype(np.int64) / 1e9
+    if isinstance(col, pa.ChunkedArray | pa.Array) and pa.types.is_timestamp(col.type):
+        ints = pc.cast(col, pa.int64())
+        if isinstance(ints, pa.ChunkedArray):
+            ints = ints.combine_chunks()
+        if ints.null_count:
+            raise DataError(f"{_where(source)}{what} has {ints.null_count} missing timestamps")
+        return ints.to_numpy(zero_copy_only=False) / _NS_PER[col.type.unit]
+    return numbers(col, what, source)
+
+
+def _finite(x: np.ndarray, what: str, source: str | None, hint: str = "") -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{_where(source)}{what} has {int(bad.sum())} missing or non-finite values "
+            f"(first at row {first}: {x[first]}){hint}"
+        )
+
+
+def dense_raw(feat: DenseFeature, col: Any, source: str | None) -> np.ndarray:
+    """The feature's values before its transform: (B,) float64, missing values filled."""
+    what = f"dense feature {feat.name!r}"
+    x = numbers(col, what, source)
+    if feat.fill_missing is not None:
+        x[np.isnan(x)] = feat.fill_missing
+    _finite(x, what, source, "" if feat.fill_missing is not None else "; set fill_missing to fill them")
+    if feat.transform in ("log1p", "log1p_standardize"):
+        low = x <= -1
+        if low.any():
+            first = int(np.flatnonzero(low)[0])
+            raise DataError(
+                f"{_where(source)}{what}: transform {feat.transform} needs values > -1, "
+                f"got {x[first]} at row {first}"
+            )
+    return x
+
+
+def dense_values(feat: DenseFeature, col: Any, source: str | None) -> np.ndarray:
+    """The transformed feature, (B,) float64."""
+    if feat.needs_fit:
+        raise ConfigError(
+            f"dense feature {feat.name!r} uses transform {feat.transform} but has no mean/std: "
+            "call spec.fit(training columns) or set them in the spec"
+        )
+    x = dense_raw(feat, col, source)
+    if feat.transform in ("log1p", "log1p_standardize"):
+        x = np.log1p(x)
+    if feat.standardizes:
+        x = (x - feat.mean) / feat.std
+    return x
+
+
+# ---- the batch ----------------------------------------------------------------------------------
+def encode(
+    spec: FeatureSpec,
+    columns: Any,
+    *,
+    labels: bool,
+    weights: Any,
+    event_time: Any,
+    source: str | None,
+) -> Batch:
+    wanted = [(f"sparse slot {s.name!r}", s.name) for s in spec.sparse]
+    wanted += [(f"dense feature {d.name!r}", d.name) for d in spec.dense]
+    wanted += [(f"label {lab!r}", lab) for lab in spec.labels] if labels else []
+    used: list[tuple[str, Any]] = [(what, column(columns, name, what, source)) for what, name in wanted]
+    if isinstance(weights, str):
+        weights = column(columns, weights, "weights", source)
+    if isinstance(event_time, str):
+        event_time = column(columns, event_time, "event_time", source)
+    for what, col in [("weights", weights), ("event_time", event_time)]:
+        if col is not None:
+            used.append((what, col))
+    b = _length(used[0][1])
+    for what, col in used[1:]:
+        if _length(col) != b:
+            raise DataError(f"{_where(source)}{what} has {_length(col)} rows, {used[0][0]} has {b}")
+
+    sparse = {
+        s.name: encode_slot(s, col, spec.hash_seed, source)
+        for s, (_, col) in zip(spec.sparse, used, strict=False)
+    }
+    n_sparse = len(spec.sparse)
+    dense = np.empty((b, len(spec.dense)), np.float32)  # (B, F)
+    for j, d in enumerate(spec.dense):
+        dense[:, j] = dense_values(d, used[n_sparse + j][1], source)
+    n_labels = len(spec.labels) if labels else 0
+    label_arr = np.empty((b, n_labels), np.float32)  # (B, L)
+    for j in range(n_labels):
+        what, col = used[n_sparse + len(spec.dense) + j]
+        y = numbers(col, what, source)
+        _finite(y, what, source)
+        label_arr[:, j] = y
+    if weights is None:
+        w = np.ones(b, np.float32)
+    else:
+        w64 = numbers(weights, "weights", source)
+        _finite(w64, "weights", source)
+        if (w64 < 0).any():
+            raise DataError(f"{_where(source)}weights must be >= 0, got {w64.min()}")
+        w = w64.astype(np.float32)
+    if event_time is None:
+        t = np.arange(b, dtype=np.float64)
+    else:
+        t = np.ascontiguousarray(seconds(event_time, "event_time", source), dtype=np.float64)
+        _finite(t, "event_time", source)
+    return Batch(sparse=sparse, dense=dense, labels=label_arr, weights=w, event_time=t)

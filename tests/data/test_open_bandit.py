@@ -1,0 +1,91 @@
+"""load_open_bandit on the three real logs, against the csv module."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from freshrec.data import load_open_bandit
+from freshrec.errors import DataError
+from freshrec.features import hash_ids
+
+CAMPAIGNS = ["all", "men", "women"]
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("campaign", CAMPAIGNS)
+def test_rows_clicks_and_time(data_dir, campaign):
+    folder = data_dir / "open-bandit" / "random" / campaign
+    ds = load_open_bandit(folder)
+    rows = read_rows(folder / f"{campaign}.csv")
+    assert len(ds) == len(rows) == 10_000
+    clicks = sum(r["click"] == "1" for r in rows)
+    assert int(ds.encode().labels.sum(dtype=np.float64)) == clicks
+    assert 0.002 < clicks / len(rows) < 0.006  # CTR about 0.4% (data README)
+    assert ds.has_time and np.all(np.diff(ds.event_time) >= 0)
+    first = datetime.fromisoformat(rows[0]["timestamp"]).timestamp()
+    assert ds.event_time[0] == pytest.approx(first, abs=1e-6)
+    train, test = ds.split_by_time(0.5)
+    assert train.event_time.max() <= test.event_time.min()
+
+
+def test_features_match_the_file(data_dir):
+    folder = data_dir / "open-bandit" / "random" / "all"
+    ds = load_open_bandit(folder)
+    rows = read_rows(folder / "all.csv")
+    items = {int(r["item_id"]): r for r in read_rows(folder / "item_context.csv")}
+    b = ds.encode()
+    assert ds.spec.dense_names == ["affinity", "item_feature_0"]
+    assert ds.spec.labels == ["click"]
+    for i in [0, 1, 4321, 9999]:
+        r = rows[i]  # the file is already in time order, so row i stays row i
+        item = int(r["item_id"])
+        assert b.sparse["item_id"].values[i] == item
+        assert b.sparse["position"].values[i] == int(r["position"])
+        assert b.sparse["user_feature_2"].values[i] == hash_ids([r["user_feature_2"]])[0]
+        assert b.sparse["item_feature_3"].values[i] == hash_ids([items[item]["item_feature_3"]])[0]
+        assert b.dense[i, 0] == float(r[f"user-item_affinity_{item}"])
+        assert b.dense[i, 1] == np.float32(float(items[item]["item_feature_0"]))
+        assert ds.columns["propensity_score"][i] == float(r["propensity_score"])
+    nonzero = np.array([float(r[f"user-item_affinity_{r['item_id']}"]) for r in rows])
+    np.testing.assert_array_equal(b.dense[:, 0], nonzero)
+
+
+def _copy_without(src, dst, drop):
+    with open(src, newline="") as f:
+        rows = list(csv.reader(f))[:50]
+    k = rows[0].index(drop)
+    with open(dst, "w", newline="") as f:
+        csv.writer(f).writerows([r[:k] + r[k + 1 :] for r in rows])
+
+
+def test_missing_column_and_empty_file(tmp_path, data_dir):
+    src = data_dir / "open-bandit" / "random" / "men" / "men.csv"
+    _copy_without(src, tmp_path / "log.csv", "click")
+    with pytest.raises(DataError, match=r"log.csv: missing column 'click' \(for Open Bandit log\)"):
+        load_open_bandit(tmp_path / "log.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty.csv: file is empty"):
+        load_open_bandit(tmp_path / "empty.csv")
+    with pytest.raises(DataError, match="expected one Open Bandit log CSV"):
+        load_open_bandit(tmp_path)  # two candidate logs in one folder
+
+
+def test_non_numeric_value_names_column_and_row(tmp_path, data_dir):
+    src = data_dir / "open-bandit" / "random" / "men" / "men.csv"
+    text = src.read_text().splitlines()[:20]
+    fields = text[5].split(",")
+    fields[5] = "high"  # propensity_score of data row 4
+    text[5] = ",".join(fields)
+    (tmp_path / "men.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(
+        DataError, match=r"men.csv: column 'propensity_score' row 4 value 'high' is not double"
+    ):
+        load_open_bandit(tmp_path)

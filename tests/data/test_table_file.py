@@ -1,0 +1,146 @@
+"""load_table_file / stream_table_file: CSV and Parquet through a column mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from freshrec.data import ColumnMapping, load_table_file, stream_table_file
+from freshrec.errors import ConfigError, DataError
+from freshrec.features import Batch, hash_ids
+
+MAPPING = {
+    "spec": {
+        "sparse": [
+            {"name": "user", "table": "user"},
+            {"name": "item"},
+            {"name": "tags", "multi_valued": True, "pooling": "mean"},
+        ],
+        "dense": [{"name": "price", "transform": "log1p", "fill_missing": 0.0}],
+        "labels": ["clicked"],
+    },
+    "columns": {"user": "uid", "item": "sku"},
+    "event_time": "ts",
+    "weights": "w",
+}
+
+CSV = """uid,sku,tags,price,clicked,ts,w,extra
+alice,10,1|2|3,9.5,1,300,1.0,x
+bob,11,,,0,100,0.5,y
+alice,12,7,0.0,0,200,2.0,z
+"""
+
+
+def test_csv_with_mapping(tmp_path):
+    p = tmp_path / "events.csv"
+    p.write_text(CSV)
+    ds = load_table_file(p, MAPPING)
+    b = ds.encode()
+    # sorted by ts: bob (100), alice/12 (200), alice/10 (300)
+    np.testing.assert_array_equal(b.event_time, [100, 200, 300])
+    np.testing.assert_array_equal(b.sparse["item"].values, [11, 12, 10])  # integers as they are
+    np.testing.assert_array_equal(b.sparse["user"].values, hash_ids(["bob", "alice", "alice"]))
+    tags = b.sparse["tags"]
+    assert [tags.values[tags.offsets[i] : tags.offsets[i + 1]].tolist() for i in range(3)] == [
+        [],
+        [7],
+        [1, 2, 3],
+    ]
+    np.testing.assert_allclose(b.dense[:, 0], np.log1p([0.0, 0.0, 9.5]).astype(np.float32))
+    np.testing.assert_array_equal(b.labels[:, 0], [0, 0, 1])
+    np.testing.assert_array_equal(b.weights, [0.5, 2.0, 1.0])
+
+
+def test_parquet_with_lists_and_timestamps(tmp_path):
+    table = pa.table(
+        {
+            "uid": ["a", "b", "c", "d"],
+            "sku": pa.array([1, 2, 3, 4], pa.int32()),
+            "tags": [["x", "y"], [], None, ["z"]],
+            "price": [1.0, None, 3.0, 4.0],
+            "clicked": [1, 0, 0, 1],
+            "ts": pa.array([4, 3, 2, 1], pa.timestamp("s")),
+            "w": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    p = tmp_path / "events.parquet"
+    pq.write_table(table, p)
+    b = load_table_file(p, MAPPING).encode()
+    np.testing.assert_array_equal(b.event_time, [1, 2, 3, 4])
+    np.testing.assert_array_equal(b.sparse["item"].values, [4, 3, 2, 1])
+    assert b.sparse["tags"].lengths.tolist() == [1, 0, 0, 2]
+    np.testing.assert_array_equal(b.sparse["tags"].values, hash_ids(["z", "x", "y"]))
+    streamed = Batch.concat(list(stream_table_file(p, MAPPING, batch_size=3)))
+    assert streamed.size == 4
+    np.testing.assert_array_equal(streamed.event_time, [4, 3, 2, 1])  # streams keep file order
+
+
+def test_stream_csv_in_small_blocks(tmp_path):
+    rows = [f"u{i},{i},{i}|{i + 1},{i}.5,{i % 2},{i},1.0,e\n" for i in range(2000)]
+    p = tmp_path / "big.csv"
+    p.write_text("uid,sku,tags,price,clicked,ts,w,extra\n" + "".join(rows))
+    batches = list(stream_table_file(p, MAPPING, batch_size=256, block_size=4096))
+    assert sum(b.size for b in batches) == 2000 and all(b.size == 256 for b in batches[:-1])
+    full = load_table_file(p, MAPPING).encode()
+    streamed = Batch.concat(batches)
+    for k in full.sparse:
+        assert streamed.sparse[k] == full.sparse[k]
+    np.testing.assert_array_equal(streamed.dense, full.dense)
+
+
+def test_mapping_from_toml(tmp_path):
+    (tmp_path / "m.toml").write_text(
+        'event_time = "ts"\n[columns]\nuser = "uid"\n[spec]\nlabels = ["clicked"]\n'
+        '[[spec.sparse]]\nname = "user"\n'
+    )
+    m = ColumnMapping.from_file(tmp_path / "m.toml")
+    p = tmp_path / "e.csv"
+    p.write_text(CSV)
+    assert load_table_file(p, m).encode().size == 3
+
+
+def test_unknown_feature_in_mapping():
+    bad = {**MAPPING, "columns": {"user": "uid", "seller": "sid"}}
+    with pytest.raises(ConfigError, match=r"columns maps unknown features \['seller'\]"):
+        ColumnMapping.from_dict(bad)
+    with pytest.raises(ConfigError, match="colour"):
+        ColumnMapping.from_dict({**MAPPING, "colour": "red"})
+
+
+def test_bad_csv_files(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text(CSV.replace("price", "cost"))
+    with pytest.raises(DataError, match=r"e.csv: missing column 'price' \(for dense feature 'price'\)"):
+        load_table_file(p, MAPPING)
+    p.write_text(CSV.replace("9.5", "cheap"))
+    with pytest.raises(DataError, match=r"e.csv: column 'price' row 0 value 'cheap' is not double"):
+        load_table_file(p, MAPPING)
+    p.write_text("")
+    with pytest.raises(DataError, match=r"e.csv: file is empty"):
+        load_table_file(p, MAPPING)
+    p.write_text(CSV.splitlines()[0] + "\n")
+    with pytest.raises(DataError, match=r"e.csv: no data rows"):
+        load_table_file(p, MAPPING)
+    no_fill = {**MAPPING, "spec": {**MAPPING["spec"], "dense": [{"name": "price"}]}}
+    p.write_text(CSV)
+    with pytest.raises(DataError, match=r"e.csv: dense feature 'price' has 1 missing .*set fill_missing"):
+        load_table_file(p, no_fill)
+    p.write_text(CSV.replace("bob,11", "bob,"))
+    with pytest.raises(DataError, match=r"e.csv: sparse slot 'item' has 1 missing values"):
+        load_table_file(p, MAPPING)
+
+
+def test_bad_parquet(tmp_path):
+    p = tmp_path / "x.parquet"
+    p.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"x.parquet: not a readable Parquet file"):
+        load_table_file(p, MAPPING)
+    pq.write_table(pa.table({"uid": ["a"], "sku": [1]}), p)
+    with pytest.raises(DataError, match=r"x.parquet: missing column 'tags' \(for sparse slot 'tags'\)"):
+        load_table_file(p, MAPPING)
+    pq.write_table(pa.table({"uid": [1.5], "sku": [1], "tags": [[1]], "price": [1.0], "clicked": [1],
+                             "ts": [1], "w": [1.0]}), p)  # fmt: skip
+    with pytest.raises(DataError, match=r"x.parquet: sparse slot 'user': IDs must be integers or strings"):
+        load_table_file(p, MAPPING)

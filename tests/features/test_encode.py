@@ -1,0 +1,160 @@
+"""FeatureSpec.encode: columns in, Batch out; transforms against numpy formulas; clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from freshrec.errors import ConfigError, DataError
+from freshrec.features import DenseFeature, FeatureSpec, Jagged, SparseSlot, hash_ids
+
+
+def rows_of(j: Jagged) -> list[list[int]]:
+    return [j.values[j.offsets[i] : j.offsets[i + 1]].tolist() for i in range(j.size)]
+
+
+@pytest.fixture
+def spec():
+    return FeatureSpec(
+        sparse=[
+            SparseSlot(name="user"),
+            SparseSlot(name="item", table="items"),
+            SparseSlot(name="history", table="items", multi_valued=True, pooling="mean", max_len=2),
+        ],
+        dense=[DenseFeature(name="price", transform="log1p", fill_missing=0.0)],
+        labels=["click"],
+        hash_seed=9,
+    )
+
+
+def columns():
+    return {
+        "user": ["alice", "bob", "alice"],
+        "item": pa.array(["i1", "i2", "i3"]),
+        "history": [["i3", "i2", "i1"], [], None],
+        "price": np.array([1.0, np.nan, 99.0]),
+        "click": np.array([1, 0, 1]),
+        "ignored": ["whatever", 1, None],
+    }
+
+
+def test_encode_shapes_ids_and_order(spec):
+    b = spec.encode(columns())
+    assert list(b.sparse) == ["user", "item", "history"]
+    assert b.size == 3
+    np.testing.assert_array_equal(b.sparse["user"].values, hash_ids(["alice", "bob", "alice"], 9))
+    assert b.sparse["user"].is_single
+    # slots sharing a table map the same string to the same ID
+    hist = rows_of(b.sparse["history"])
+    assert hist == [hash_ids(["i3", "i2"], 9).tolist(), [], []]  # max_len=2 keeps the first two
+    assert hist[0][0] == b.sparse["item"].values[2]
+    np.testing.assert_allclose(b.dense[:, 0], np.log1p([1.0, 0.0, 99.0]).astype(np.float32))
+    assert b.dense.dtype == np.float32 and b.labels.dtype == np.float32
+    np.testing.assert_array_equal(b.labels, [[1], [0], [1]])
+    np.testing.assert_array_equal(b.weights, [1, 1, 1])
+    np.testing.assert_array_equal(b.event_time, [0, 1, 2])
+
+
+def test_integer_ids_and_jagged_input_pass_through():
+    spec = FeatureSpec(sparse=[SparseSlot(name="u"), SparseSlot(name="g", multi_valued=True)], labels=["y"])
+    g = Jagged.from_lengths(np.array([5, 6, 7]), np.array([2, 0, 1]))
+    b = spec.encode({"u": np.array([10, -3, 2**62]), "g": g, "y": [0, 1, 0]})
+    np.testing.assert_array_equal(b.sparse["u"].values, [10, -3, 2**62])
+    assert b.sparse["g"] == g
+    b2 = spec.encode({"u": [1, 2, 3], "g": pa.array([[5, 6], [], [7]]), "y": [0, 1, 0]})
+    assert b2.sparse["g"] == g
+
+
+def test_labels_weights_and_event_time_options(spec):
+    cols = {**columns(), "w": [0.5, 1.0, 2.0], "ts": pa.array([3, 1, 2], pa.timestamp("s"))}
+    b = spec.encode(cols, weights="w", event_time="ts")
+    np.testing.assert_array_equal(b.weights, [0.5, 1.0, 2.0])
+    np.testing.assert_array_equal(b.event_time, [3.0, 1.0, 2.0])
+    cols.pop("click")
+    served = spec.encode(cols, labels=False, event_time=np.array([1.5, 2.5, 3.5]))
+    assert served.labels.shape == (3, 0)
+    np.testing.assert_array_equal(served.event_time, [1.5, 2.5, 3.5])
+
+
+@pytest.mark.parametrize(
+    "transform, formula",
+    [
+        ("none", lambda x, m, s: x),
+        ("log1p", lambda x, m, s: np.log1p(x)),
+        ("standardize", lambda x, m, s: (x - m) / s),
+        ("log1p_standardize", lambda x, m, s: (np.log1p(x) - m) / s),
+    ],
+)
+def test_dense_transforms_match_numpy(transform, formula):
+    x = np.random.default_rng(3).exponential(10.0, 500)
+    spec = FeatureSpec(sparse=[SparseSlot(name="u")], dense=[DenseFeature(name="x", transform=transform)])
+    fitted = spec.fit({"x": x})
+    feat = fitted.dense_feature("x")
+    b = fitted.encode({"u": np.arange(500), "x": x, "label": np.zeros(500)})
+    expected = formula(x, feat.mean, feat.std).astype(np.float32)
+    np.testing.assert_allclose(b.dense[:, 0], expected, rtol=1e-6, atol=1e-6)
+    if feat.standardizes:
+        assert abs(b.dense[:, 0].mean()) < 1e-5 and b.dense[:, 0].std() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_nan_in_dense_names_the_feature(spec):
+    spec2 = FeatureSpec(
+        sparse=[SparseSlot(name="user")], dense=[DenseFeature(name="price")], labels=["click"]
+    )
+    with pytest.raises(
+        DataError, match=r"dense feature 'price' has 1 missing or non-finite values \(first at row 1"
+    ):
+        spec2.encode(columns(), source="f.csv")
+    with pytest.raises(DataError, match=r"^f.csv: dense feature 'price'.*set fill_missing"):
+        spec2.encode(columns(), source="f.csv")
+    inf = {**columns(), "price": [1.0, np.inf, 2.0]}
+    with pytest.raises(DataError, match=r"dense feature 'price'.*non-finite"):
+        spec.encode(inf)  # Inf is not "missing": fill_missing does not hide it
+
+
+def test_transform_domain_and_wrong_types(spec):
+    with pytest.raises(
+        DataError, match=r"dense feature 'price': transform log1p needs values > -1, got -2.0 at row 2"
+    ):
+        spec.encode({**columns(), "price": [1.0, 2.0, -2.0]})
+    with pytest.raises(DataError, match=r"dense feature 'price' needs numbers, got string \(e.g. 'cheap'\)"):
+        spec.encode({**columns(), "price": ["cheap", "dear", "free"]})
+    with pytest.raises(DataError, match="sparse slot 'user': IDs must be integers or strings, got double"):
+        spec.encode({**columns(), "user": [1.0, 2.0, 3.0]})
+    with pytest.raises(DataError, match=r"sparse slot 'user' has 1 missing values \(first at row 1\)"):
+        spec.encode({**columns(), "user": ["a", None, "c"]})
+    with pytest.raises(DataError, match="sparse slot 'user' is single-valued but got lists"):
+        spec.encode({**columns(), "user": [[1], [2], [3]]})
+    with pytest.raises(DataError, match="sparse slot 'history' is multi-valued and needs lists"):
+        spec.encode({**columns(), "history": [1, 2, 3]})
+    with pytest.raises(DataError, match="label 'click'"):
+        spec.encode({**columns(), "click": [1, None, 0]})
+
+
+def test_missing_columns_and_row_mismatch(spec):
+    cols = columns()
+    del cols["price"]
+    with pytest.raises(
+        DataError, match=r"^data.csv: column 'price' \(needed by dense feature 'price'\) is missing"
+    ):
+        spec.encode(cols, source="data.csv")
+    with pytest.raises(DataError, match=r"column 'w' \(needed by weights\)"):
+        spec.encode(columns(), weights="w")
+    with pytest.raises(DataError, match="dense feature 'price' has 2 rows, sparse slot 'user' has 3"):
+        spec.encode({**columns(), "price": [1.0, 2.0]})
+    with pytest.raises(DataError, match="weights must be >= 0"):
+        spec.encode(columns(), weights=np.array([1.0, -1.0, 1.0]))
+
+
+def test_unfitted_standardize_is_a_config_error():
+    spec = FeatureSpec(sparse=[SparseSlot(name="u")], dense=[DenseFeature(name="x", transform="standardize")])
+    with pytest.raises(ConfigError, match=r"call spec.fit"):
+        spec.encode({"u": [1], "x": [1.0], "label": [0]})
+
+
+def test_encode_is_deterministic(spec):
+    a, b = spec.encode(columns()), spec.encode(columns())
+    for k in a.sparse:
+        assert a.sparse[k] == b.sparse[k]
+    np.testing.assert_array_equal(a.dense, b.dense)
