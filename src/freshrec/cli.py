@@ -60,6 +60,70 @@ def bench_table(quick: QuickOpt = False, json_path: JsonOpt = None) -> None:
     _finish(run(quick=quick), json_path)
 
 
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any config field: --set train.dense_lr=0.01 (repeatable)."),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML or YAML config file.")]
+
+
+@app.command("train")
+@_friendly
+def train(
+    data: Annotated[
+        str | None, typer.Option(help="Data file or folder (default: ../shared/data/ml-100k).")
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="movielens | criteo | open_bandit | table.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="deepfm | dcn | fm | lr | two_tower.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training split.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the model directory here.")] = None,
+    baselines: Annotated[bool, typer.Option(help="Also train LR and score item popularity.")] = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Batch training from files: the model beside LR and item popularity, on a time split."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from freshrec.config import load_config
+    from freshrec.train.job import TrainJobConfig, run_train_job
+
+    overrides = list(set_ or [])
+    for key, value in (("data.path", data), ("data.format", format), ("train.epochs", epochs),
+                       ("train.batch_size", batch_size), ("out", out)):  # fmt: skip
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if model is not None:
+        overrides.append(f"model.type={model}")
+    overrides.append(f"baselines={str(baselines).lower()}")
+    job = load_config(TrainJobConfig, config, overrides)
+    console = Console()
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:  # fmt: skip
+
+        def on_step(name: str, step: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"training {name}", total=total)
+            progress.update(tasks[name], completed=step)
+
+        result = run_train_job(job, on_step=on_step)
+    table = Table(title=f"held-out metrics ({result.test_examples:,} newest examples; "
+                        f"trained on {result.train_examples:,})", title_justify="left")  # fmt: skip
+    for col in ("model", "AUC", "logloss", "calibration", "seconds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result.rows:
+        table.add_row(str(row["model"]), f"{row['auc']:.4f}", f"{row['logloss']:.4f}",
+                      f"{row['calibration']:.3f}", f"{row['seconds']:.1f}")  # fmt: skip
+    console.print(table)
+    if result.out is not None:
+        console.print(f"model directory: {result.out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

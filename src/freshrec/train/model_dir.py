@@ -1,0 +1,155 @@
+"""The model directory: everything needed to serve a model or to continue training it.
+
+::
+
+    <dir>/
+      manifest.json        format + version, feature spec, model / train / PS configs, tasks,
+                           logit offset (log of the negative sampling rate), counters, metrics,
+                           anything the caller adds (e.g. log offsets), checksums of the files
+      dense.safetensors    the model's state_dict
+      optim.safetensors    the dense optimizer's tensors; its scalars are in optim.json
+      optim.json
+      ps/                  the parameter-server snapshot (freshrec.ps.local format)
+
+Written under a temporary name and swapped in whole; every file is checksummed and verified on
+load, so a torn or corrupted directory raises CorruptionError and is never half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pydantic import TypeAdapter
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from freshrec._io import checksum_bytes, recover_dir, replace_dir, temp_dir_beside, write_durable
+from freshrec.errors import ConfigError, CorruptionError
+from freshrec.features import FeatureSpec
+from freshrec.models import ModelConfig
+from freshrec.ps import LocalPS, PSConfig
+from freshrec.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from freshrec.train.trainer import Trainer
+
+__all__ = ["load_model_dir", "read_manifest", "save_model_dir"]
+
+FORMAT = "freshrec.model"
+FORMAT_VERSION = 1
+_MODEL_CONFIG = TypeAdapter(ModelConfig)
+
+
+def _optimizer_parts(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (safetensors) and JSON-able scalars."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for pid, state in sd["state"].items():
+        scalars["state"][str(pid)] = {}
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.contiguous()
+            else:
+                scalars["state"][str(pid)][k] = v
+    return tensors, scalars
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(vals) for pid, vals in scalars["state"].items()}
+    for name, t in tensors.items():
+        pid, _, key = name.partition(".")
+        state.setdefault(int(pid), {})[key] = t
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    with temp_dir_beside(path) as tmp:
+        files = {
+            "dense.safetensors": st_save({k: v.contiguous() for k, v in trainer.model.state_dict().items()}),
+        }
+        tensors, scalars = _optimizer_parts(trainer.optimizer)
+        files["optim.safetensors"] = st_save(tensors)
+        files["optim.json"] = json.dumps(scalars).encode()
+        sums = {}
+        for name, blob in files.items():
+            write_durable(tmp / name, blob)
+            sums[name] = {"bytes": len(blob), "xxh3_128": checksum_bytes(blob)}
+        trainer.ps.save(tmp / "ps")
+        c = trainer.counters
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "spec": trainer.spec.model_dump(mode="json"),
+            "model": _MODEL_CONFIG.dump_python(trainer.model_config, mode="json"),
+            "train": trainer.config.model_dump(mode="json"),
+            "ps": getattr(trainer.ps, "config", PSConfig()).model_dump(mode="json"),
+            "tasks": trainer.tasks,
+            "logit_offset": trainer.logit_offset,
+            "counters": {"steps": c.steps, "examples": c.examples, "skipped_nonfinite": c.skipped_nonfinite,
+                         "last_event_time": c.last_event_time if c.last_event_time > float("-inf") else None},
+            "metrics": trainer.metrics.compute(),
+            "files": sums,
+            "extra": extra or {},
+        }  # fmt: skip
+        write_durable(tmp / "manifest.json", json.dumps(manifest, indent=1, default=float).encode())
+        replace_dir(tmp, path)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    folder = recover_dir(Path(path))
+    try:
+        manifest = json.loads((folder / "manifest.json").read_bytes())
+    except FileNotFoundError as exc:
+        raise CorruptionError(f"{folder} is not a model directory (no manifest.json)") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptionError(f"{folder}/manifest.json is not valid JSON: {exc}") from exc
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptionError(f"{folder}: not a {FORMAT} v{FORMAT_VERSION} directory")
+    return manifest
+
+
+def _verified(folder: Path, name: str, entry: dict[str, Any]) -> bytes:
+    f = folder / name
+    if not f.is_file():
+        raise CorruptionError(f"{f} is missing")
+    blob = f.read_bytes()
+    if len(blob) != entry["bytes"] or checksum_bytes(blob) != entry["xxh3_128"]:
+        raise CorruptionError(f"{f} is truncated or fails its checksum")
+    return blob
+
+
+def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Trainer:
+    from freshrec.train.trainer import Trainer
+
+    folder = recover_dir(Path(path))
+    manifest = read_manifest(folder)
+    blobs = {name: _verified(folder, name, entry) for name, entry in manifest["files"].items()}
+    try:
+        spec = FeatureSpec.from_dict(manifest["spec"], source=f"{folder}/manifest.json")
+        model_config = _MODEL_CONFIG.validate_python(manifest["model"])
+        train_config = TrainConfig.from_dict(manifest["train"], source=f"{folder}/manifest.json")
+    except (ConfigError, ValueError) as exc:
+        raise CorruptionError(f"{folder}/manifest.json holds an invalid config: {exc}") from exc
+    ps = LocalPS.load(folder / "ps", ps_config)
+    trainer = Trainer(spec, model_config, train_config, ps=ps)
+    try:
+        trainer.model.load_state_dict(st_load(blobs["dense.safetensors"]))
+        state = _optimizer_state(st_load(blobs["optim.safetensors"]), json.loads(blobs["optim.json"]))
+        trainer.optimizer.load_state_dict(state)
+    except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
+        raise CorruptionError(f"{folder}: dense weights do not fit the model: {exc}") from exc
+    c = manifest["counters"]
+    trainer.counters.steps = c["steps"]
+    trainer.counters.examples = c["examples"]
+    trainer.counters.skipped_nonfinite = c["skipped_nonfinite"]
+    if c.get("last_event_time") is not None:
+        trainer.counters.last_event_time = c["last_event_time"]
+    trainer.logit_offset = manifest["logit_offset"]
+    return trainer

@@ -1,0 +1,132 @@
+"""LocalPS: sharding is invisible (1 shard == N shards), pushes are all-or-nothing, changes are exact,
+snapshots round-trip (also into another shard count), and lifecycle errors name the state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from freshrec.errors import InputError, NonFiniteError, StateError
+from freshrec.ps import LocalPS, PSConfig, shard_of
+from freshrec.table import SGD, AdmissionConfig, TableConfig
+
+TABLES = [
+    TableConfig(name="user", dim=4, optimizer=SGD(lr=0.5), ttl=100),
+    TableConfig(name="item", dim=3, optimizer=SGD(lr=0.5), admission=AdmissionConfig(min_count=2)),
+]
+
+
+def _drive(ps: LocalPS, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for step in range(20):
+        ids = {"user": rng.integers(-50, 50, 64), "item": rng.integers(0, 30, 64)}
+        rows = ps.pull_many(ids, train=True, now=step)
+        assert rows["user"].shape == (64, 4) and rows["item"].shape == (64, 3)
+        ps.push_many({t: (i, rng.normal(size=(64, ps.dim(t))).astype(np.float32)) for t, i in ids.items()},
+                     now=step)  # fmt: skip
+    ps.expire(110)
+
+
+def _rows(ps: LocalPS, table: str) -> dict[int, np.ndarray]:
+    exp = ps.export(table)
+    return {int(k): e for k, e in zip(exp.ids, exp.embeddings, strict=True)}
+
+
+@pytest.mark.parametrize("shards", [2, 3, 8])
+def test_sharding_is_invisible(shards):
+    one, many = (
+        LocalPS(TABLES, PSConfig(num_shards=1)),
+        LocalPS(TABLES, PSConfig(num_shards=shards, threads=2)),
+    )
+    _drive(one)
+    _drive(many)
+    for table in ("user", "item"):
+        a, b = _rows(one, table), _rows(many, table)
+        assert a.keys() == b.keys() and a
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert one.stats()["user"].rows == many.stats()["user"].rows
+
+
+def test_shards_are_balanced_and_independent_of_the_table_index():
+    ids = np.arange(200_000, dtype=np.int64) * 1024  # a regular pattern in the low bits
+    counts = np.bincount(shard_of(ids, 4), minlength=4)
+    assert counts.min() > 0.97 * counts.mean()
+    ps = LocalPS([TableConfig(name="t", dim=1)], PSConfig(num_shards=4))
+    ps.pull("t", ids, train=True, now=0)
+    for shard in ps.shard_tables("t"):  # each shard's index must stay evenly filled
+        st = shard.stats()
+        assert st.rows > 0.97 * len(ids) / 4 and st.index_slots * 3 >= 4 * st.rows
+
+
+def test_push_is_all_or_nothing_across_tables_and_shards():
+    ps = LocalPS(TABLES, PSConfig(num_shards=3))
+    ids = np.arange(10)
+    ps.pull_many({"user": ids, "item": ids}, train=True, now=0)
+    ps.pull_many({"item": ids}, train=True, now=0)
+    before = {t: _rows(ps, t) for t in ("user", "item")}
+    bad = np.ones((10, 3), np.float32)
+    bad[7, 1] = np.nan
+    with pytest.raises(NonFiniteError, match="item"):
+        ps.push_many({"user": (ids, np.ones((10, 4))), "item": (ids, bad)}, now=1)
+    for t in ("user", "item"):
+        after = _rows(ps, t)
+        assert all(np.array_equal(after[k], v) for k, v in before[t].items())
+    assert ps.nonfinite_rejected == 1
+
+
+def test_drain_changes_is_exact_and_versioned():
+    ps = LocalPS(TABLES, PSConfig(num_shards=4))
+    ps.pull("user", np.arange(20), train=True, now=0)
+    ch = ps.drain_changes()
+    assert ch.version == 1 and sorted(ch.tables["user"].upserts.ids.tolist()) == list(range(20))
+    assert ps.drain_changes().empty and ps.drain_changes().version == 3
+    ps.push("user", np.array([3, 4]), np.ones((2, 4)), now=50)
+    ps.expire(105)  # rows seen at 0 expire, 3 and 4 (pushed at 50) stay
+    ch = ps.drain_changes()
+    assert sorted(ch.tables["user"].upserts.ids.tolist()) == [3, 4]
+    assert sorted(ch.tables["user"].removed.tolist()) == sorted(set(range(20)) - {3, 4})
+
+
+@pytest.mark.parametrize(("saved", "loaded"), [(3, 3), (3, 1), (1, 4)])
+def test_snapshot_round_trip_and_resharding(tmp_path, saved, loaded):
+    ps = LocalPS(TABLES, PSConfig(num_shards=saved))
+    _drive(ps)
+    ps.save(tmp_path / "ps")
+    back = LocalPS.load(tmp_path / "ps", PSConfig(num_shards=loaded))
+    assert back.num_shards == loaded
+    for t in ("user", "item"):
+        a, b = _rows(ps, t), _rows(back, t)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert back.drain_changes().empty
+
+
+def test_restore_one_shard_from_an_older_snapshot(tmp_path):
+    ps = LocalPS(TABLES, PSConfig(num_shards=2))
+    ps.pull("user", np.arange(100), train=True, now=0)
+    ps.save(tmp_path / "old")
+    ps.push("user", np.arange(100), np.ones((100, 4)), now=1)
+    ps.restore_shard(0, tmp_path / "old")
+    owner = shard_of(np.arange(100), 2)
+    now_rows = ps.pull("user", np.arange(100))
+    old = LocalPS.load(tmp_path / "old").pull("user", np.arange(100))
+    np.testing.assert_array_equal(now_rows[owner == 0], old[owner == 0])  # rolled back
+    assert not np.allclose(now_rows[owner == 1], old[owner == 1])  # kept its progress
+    with pytest.raises(InputError, match="shard"):
+        ps.restore_shard(5, tmp_path / "old")
+
+
+def test_bad_calls_and_lifecycle():
+    ps = LocalPS(TABLES)
+    with pytest.raises(InputError, match="unknown table 'nope'"):
+        ps.pull("nope", [1])
+    with pytest.raises(InputError, match="event time"):
+        ps.pull("user", [1], train=True)
+    with pytest.raises(InputError, match=r"shape \(2, 4\)"):
+        ps.push("user", [1, 2], np.ones((2, 3)), now=0)
+    with pytest.raises(InputError, match="integers"):
+        ps.pull("user", np.array([1.5]))
+    ps.close()
+    ps.close()  # idempotent
+    with pytest.raises(StateError, match="cannot pull: the parameter server is closed"):
+        ps.pull("user", [1])

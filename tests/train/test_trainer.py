@@ -1,0 +1,183 @@
+"""The trainer learns, skips non-finite steps without touching anything, scores before training
+(progressive validation), pushes exactly the gradients autograd computes, and round-trips its
+model directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from freshrec.errors import CorruptionError, StateError
+from freshrec.features import Batch, DenseFeature, FeatureSpec, Jagged, SparseSlot
+from freshrec.models import DeepFMConfig, LRConfig
+from freshrec.table import SGD, TableConfig
+from freshrec.train import TrainConfig, Trainer
+
+SPEC = FeatureSpec(
+    sparse=[
+        SparseSlot(name="user", table="ids"),
+        SparseSlot(name="item", table="ids"),  # a table shared by two slots
+        SparseSlot(name="tags", multi_valued=True, pooling="mean"),
+    ],
+    dense=[DenseFeature(name="x")],
+    labels=["click"],
+    tables=[TableConfig(name="ids", dim=4)],
+    table_defaults={"dim": 4},
+)
+
+
+def synthetic(n: int, seed: int, t0: float = 0.0) -> Batch:
+    """Clicks driven by the item (half the items are good) and the dense feature."""
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, 50, n)
+    item = rng.integers(1000, 1040, n)
+    lengths = rng.integers(0, 4, n)
+    tags = rng.integers(0, 10, lengths.sum())
+    x = rng.normal(size=(n, 1)).astype(np.float32)
+    logit = np.where(item % 2 == 0, 1.5, -1.5) + x[:, 0]
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)[:, None]
+    return Batch(
+        sparse={"user": Jagged.single(user), "item": Jagged.single(item), "tags": Jagged.from_lengths(tags, lengths)},
+        dense=x, labels=y, weights=np.ones(n, np.float32), event_time=t0 + np.arange(n, dtype=np.float64),
+    )  # fmt: skip
+
+
+def test_learns_a_synthetic_problem_online():
+    tr = Trainer(SPEC, DeepFMConfig(hidden=[16]), TrainConfig(dense_lr=0.01))
+    for i in range(60):
+        tr.step(synthetic(256, i, t0=i * 256.0), progressive=True)
+    held_out = tr.evaluate([synthetic(4000, 999)])
+    assert held_out["click/auc"] > 0.8
+    assert tr.metrics.compute()["click/auc"] > 0.75  # progressive AUC over the window
+    assert tr.counters.steps == 60 and tr.counters.examples == 60 * 256
+
+
+def test_shared_table_is_pulled_once_with_both_slots_ids():
+    tr = Trainer(SPEC, LRConfig())
+    b = synthetic(64, 0)
+    pulled = tr.sparse.pull(b, train=True, now=0)
+    want = np.unique(np.concatenate([b.sparse["user"].values, b.sparse["item"].values]))
+    np.testing.assert_array_equal(pulled.ids["ids"], want)
+    assert set(pulled.leaves) == {"ids", "tags"}
+
+
+def test_pushed_gradients_are_autograd_gradients():
+    """Mean pooling over a multi-valued slot, duplicates within the batch: the pushed rows must
+    equal a dense torch computation of the same loss."""
+    spec = FeatureSpec(sparse=[SparseSlot(name="tags", multi_valued=True, pooling="mean")], labels=["y"],
+                       table_defaults={"dim": 2, "optimizer": SGD(lr=1.0), "initializer": {"type": "uniform"}})  # fmt: skip
+    tr = Trainer(spec, LRConfig(), TrainConfig(dense_optimizer="sgd", dense_lr=1e-9))
+    values, lengths = np.array([5, 5, 7, 7, 9, 5]), np.array([2, 3, 0, 1])
+    batch = Batch({"tags": Jagged.from_lengths(values, lengths)}, np.zeros((4, 0), np.float32),
+                  np.array([[1], [0], [1], [0]], np.float32), np.ones(4, np.float32), np.zeros(4))  # fmt: skip
+    before = tr.ps.pull("tags", np.array([5, 7, 9]), train=True, now=0)
+    table = torch.tensor(before, requires_grad=True)
+    index = {5: 0, 7: 1, 9: 2}
+    rows = [table[[index[v] for v in values[o : o + n]]].mean(0) if n else torch.zeros(2)
+            for o, n in zip(np.r_[0, np.cumsum(lengths)[:-1]], lengths, strict=True)]  # fmt: skip
+    logits = tr.model(dict(tags=torch.stack(rows)), torch.zeros(4, 0))
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(batch.labels)).backward()
+    tr.step(batch)
+    after = tr.ps.pull("tags", np.array([5, 7, 9]))
+    np.testing.assert_allclose(before - after, table.grad.numpy(), rtol=1e-5, atol=1e-7)  # SGD, lr 1
+
+
+def test_progressive_predictions_come_before_the_update():
+    tr = Trainer(SPEC, DeepFMConfig(hidden=[8]), TrainConfig(dense_lr=0.05))
+    for i in range(5):
+        tr.step(synthetic(128, i))
+    b = synthetic(128, 77, t0=1e4)
+    tr.ps.pull_many({"ids": np.concatenate([b.sparse["user"].values, b.sparse["item"].values]),
+                     "tags": b.sparse["tags"].values}, train=True, now=1e4)  # fmt: skip
+    before = tr.predict(b)
+    res = tr.step(b, progressive=True)
+    np.testing.assert_allclose(res.probs, before, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tr.predict(b), before)
+
+
+def _ps_state(tr: Trainer) -> dict[str, dict[int, np.ndarray]]:
+    out = {}
+    for t in tr.ps.tables:
+        exp = tr.ps.export(t)
+        out[t] = {
+            int(k): np.concatenate([e, s]) for k, e, s in zip(exp.ids, exp.embeddings, exp.state, strict=True)
+        }
+    return out
+
+
+def test_nonfinite_input_skips_the_step_before_touching_the_ps():
+    tr = Trainer(SPEC, DeepFMConfig(hidden=[8]))
+    tr.step(synthetic(64, 0))
+    dense_before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    ps_before, stats_before = _ps_state(tr), tr.ps.stats()
+    bad = synthetic(64, 1)  # new IDs, and one NaN feature
+    bad.dense[3, 0] = np.nan
+    res = tr.step(bad)
+    assert res.skipped and tr.counters.skipped_nonfinite == 1 and tr.counters.steps == 1
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(v, dense_before[k])
+    after = _ps_state(tr)
+    assert after.keys() == ps_before.keys()
+    for t in after:
+        assert after[t].keys() == ps_before[t].keys()  # nothing admitted
+        assert all(np.array_equal(after[t][k], v) for k, v in ps_before[t].items())
+    assert tr.ps.stats() == stats_before
+
+
+def test_nonfinite_loss_from_the_model_changes_no_parameter():
+    tr = Trainer(SPEC, DeepFMConfig(hidden=[8]))
+    tr.step(synthetic(64, 0))
+    with torch.no_grad():
+        tr.model.head.weight.fill_(float("inf"))  # a diverged model
+    dense_before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    ps_before = _ps_state(tr)
+    res = tr.step(synthetic(64, 0))  # same IDs
+    assert res.skipped and tr.counters.steps == 1
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(v, dense_before[k], equal_nan=True)
+    after = _ps_state(tr)
+    for t in after:
+        assert all(np.array_equal(after[t][k], v) for k, v in ps_before[t].items())
+
+
+def test_negative_sampling_correction_shifts_logits_by_log_r():
+    plain = Trainer(SPEC, LRConfig(), TrainConfig(seed=3))
+    sampled = Trainer(SPEC, LRConfig(), TrainConfig(seed=3, negative_sampling_rate=0.1))
+    b = synthetic(32, 0)
+    for tr in (plain, sampled):
+        tr.ps.pull_many({"ids": np.arange(2000), "tags": np.arange(10)}, train=True, now=0)
+    p, q = plain.predict(b), sampled.predict(b)
+    logit = lambda x: np.log(x / (1 - x))  # noqa: E731
+    np.testing.assert_allclose(logit(q) - logit(p), np.log(0.1), atol=1e-4)
+
+
+def test_model_directory_round_trip_and_continued_training(tmp_path):
+    a = Trainer(SPEC, DeepFMConfig(hidden=[8]), TrainConfig(dense_lr=0.01))
+    for i in range(4):
+        a.step(synthetic(64, i, t0=64.0 * i), progressive=True)
+    a.save(tmp_path / "m")
+    b = Trainer.load(tmp_path / "m")
+    probe = synthetic(200, 123)
+    np.testing.assert_array_equal(a.predict(probe), b.predict(probe))
+    for tr in (a, b):  # identical continued training: optimizer state came back too
+        tr.step(synthetic(64, 50, t0=1e3))
+    np.testing.assert_allclose(a.predict(probe), b.predict(probe), rtol=1e-6, atol=1e-7)
+    assert b.counters.steps == 5
+
+
+def test_corrupted_model_directory_is_refused(tmp_path):
+    a = Trainer(SPEC, LRConfig())
+    a.step(synthetic(32, 0))
+    a.save(tmp_path / "m")
+    f = tmp_path / "m" / "dense.safetensors"
+    f.write_bytes(f.read_bytes()[:-8])
+    with pytest.raises(CorruptionError):
+        Trainer.load(tmp_path / "m")
+
+
+def test_closed_trainer_refuses_work():
+    tr = Trainer(SPEC, LRConfig())
+    tr.close()
+    with pytest.raises(StateError, match="cannot step: the trainer is closed"):
+        tr.step(synthetic(8, 0))
