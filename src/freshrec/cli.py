@@ -60,6 +60,15 @@ def bench_table(quick: QuickOpt = False, json_path: JsonOpt = None) -> None:
     _finish(run(quick=quick), json_path)
 
 
+@bench_app.command("train")
+@_friendly
+def bench_train(quick: QuickOpt = False, json_path: JsonOpt = None) -> None:
+    """Trainer: DeepFM on 26 collisionless slots vs the same model on torch EmbeddingBag."""
+    from freshrec.bench.train import run
+
+    _finish(run(quick=quick), json_path)
+
+
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override any config field: --set train.dense_lr=0.01 (repeatable)."),

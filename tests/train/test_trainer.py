@@ -58,8 +58,9 @@ def test_shared_table_is_pulled_once_with_both_slots_ids():
     b = synthetic(64, 0)
     pulled = tr.sparse.pull(b, train=True, now=0)
     want = np.unique(np.concatenate([b.sparse["user"].values, b.sparse["item"].values]))
-    np.testing.assert_array_equal(pulled.ids["ids"], want)
-    assert set(pulled.leaves) == {"ids", "tags"}
+    np.testing.assert_array_equal(np.sort(pulled.ids["ids"]), want)  # each ID once
+    assert set(pulled.rows) == {"ids", "tags"} and set(pulled.leaves) == {4}  # one leaf per width
+    assert pulled.leaves[4].shape[0] == want.size + np.unique(b.sparse["tags"].values).size
 
 
 def test_pushed_gradients_are_autograd_gradients():

@@ -120,9 +120,17 @@ class LocalPS(ParameterServer):
         return table
 
     def _run(self, jobs: list[Callable[[], T]]) -> list[T]:
+        """Run jobs on the pool, batched into one composite job per worker (a future costs
+        ~20 us; a step of 26 tables would otherwise pay it 52 times)."""
+        workers = self.config.worker_threads
         if self._pool is None or len(jobs) <= 1:
             return [job() for job in jobs]
-        return [f.result() for f in [self._pool.submit(job) for job in jobs]]
+        chunks = [jobs[w::workers] for w in range(min(workers, len(jobs)))]
+        futures = [self._pool.submit(lambda c=c: [job() for job in c]) for c in chunks]
+        results: list[T] = [None] * len(jobs)  # type: ignore[list-item]
+        for w, f in enumerate(futures):
+            results[w::workers] = f.result()
+        return results
 
     def _groups(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.empty(ids.shape[0], np.int64)
