@@ -114,9 +114,16 @@ def _phase_lookup(
     all_keys, all_rows = np.concatenate(batches)[perm], np.concatenate(rows)[perm]
     look = [all_keys[i : i + BATCH] for i in range(0, n_keys, BATCH)]
     take = [all_rows[i : i + BATCH] for i in range(0, n_keys, BATCH)]
+    # numpy madvises huge pages for big arrays, so `plain` gets them unasked; the same table with
+    # huge_pages=True (opt-in, see docs/table.md) shows what that is worth to a lookup
+    huge = EmbeddingTable(table.config.model_copy(update={"huge_pages": True}))
+    for b in batches:
+        huge.find_or_insert(b, now=0)
     t_lookup = _best(lambda: _each(table.lookup, look), 3)
+    t_huge = _best(lambda: _each(huge.lookup, look), 3)
     t_take = _best(lambda: _each(lambda r: np.take(plain, r, axis=0), take), 3)
     out["lookup_keys_per_s"] = n_keys / t_lookup
+    out["lookup_huge_pages_keys_per_s"] = n_keys / t_huge
     out["numpy_take_rows_per_s"] = n_keys / t_take
 
 
@@ -207,6 +214,7 @@ def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
         "lookup_vs_numpy_take": ("lookup_keys_per_s", "numpy_take_rows_per_s"),
         "sparse_step_vs_torch": ("sparse_step_keys_per_s", "torch_embeddingbag_adagrad_keys_per_s"),
     }
+    pairs["lookup_huge_pages_vs_numpy_take"] = ("lookup_huge_pages_keys_per_s", "numpy_take_rows_per_s")
     for ratio, (fig, base) in pairs.items():
         worst = min(per, key=lambda c: per[c][fig] / per[c][base])
         report.figure(fig, per[worst][fig])

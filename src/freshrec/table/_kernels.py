@@ -2,11 +2,12 @@
 
 Memory layout (see ``table.py`` for the contract these kernels serve):
 
-* ``slots``: uint32[3 * C], C a power of two; slot ``p`` is words ``3p .. 3p+2``: the low and
+* ``slots``: uint32[3 * C]; slot ``p`` is words ``3p .. 3p+2``: the low and
   high halves of ``h = _hash(key)`` and ``row + 1`` (0 = empty). ``_hash`` is a bijection on 64
   bits, so the stored hash identifies the key exactly: a probe verifies a key without touching
-  its row, and the key is recovered with ``_unhash``. A key's home slot is the top ``log2 C``
-  bits of ``h``. Linear probing, backward-shift deletion, no tombstones; every int64 is a key.
+  its row, and the key is recovered with ``_unhash``. A key's home slot is the top 32 bits
+  of ``h`` scaled to ``C`` (any C, so the index grows by 1.5x). Linear probing, backward-shift
+  deletion, no tombstones; every int64 is a key.
 * ``data``: float32[R, W] rows, ``W = dim + S + META``: the embedding first (what lookups read),
   then the optimizer state (what updates read next to it), then metadata read as uint32 through
   ``meta`` (the same buffer): last-seen event time (int64 ms, two words) and a word with the
@@ -63,8 +64,9 @@ INIT_UNIFORM = 1  # a=low, b=high
 INIT_NORMAL = 2  # a=mean, b=std
 INIT_TRUNCATED_NORMAL = 3  # a=mean, b=std, cut at 2 std (TensorFlow's convention)
 
-# Load factor: grow when live/slots would exceed 3/4. Comparing the low hash word first makes a
-# probe past a foreign slot cost one compare, so linear probing stays cheap at this load.
+# Load factor: grow (by 1.5x) when live/slots would exceed 3/4, so the load stays in [1/2, 3/4].
+# Comparing the low hash word first makes a probe past a foreign slot cost one compare, so linear
+# probing stays cheap at this load.
 LOAD_NUM, LOAD_DEN = 3, 4
 GROUP = 16  # keys whose cache misses are issued together (group prefetching)
 AHEAD = 8  # rows prefetched ahead in the optimizer loop
@@ -126,19 +128,32 @@ def _set_ts(meta, row, mo, ts):
 
 
 @njit(inline="always", **JIT)
-def _find(slots, hshift, mask, key):
+def _home(h, cap):
+    """The home slot of hash ``h`` in an index of ``cap`` slots (any cap < 2**32): the top 32
+    bits scaled to the range, so growth may be by any factor, not only by doubling."""
+    return np.int64(((h >> np.uint64(32)) * np.uint64(cap)) >> np.uint64(32))
+
+
+@njit(inline="always", **JIT)
+def _next(pos, cap):
+    pos += 1
+    return pos if pos < cap else 0
+
+
+@njit(inline="always", **JIT)
+def _find(slots, cap, key):
     """(row, pos): the key's row and slot, or (-1, first empty slot on its probe path)."""
     h = _hash(key)
     lo = np.uint32(h & _U32)
     hi = np.uint32(h >> np.uint64(32))
-    pos = np.int64(h >> np.uint64(hshift)) & mask
+    pos = _home(h, cap)
     while True:
         r = slots[3 * pos + 2]
         if r == 0:
             return -1, pos
         if slots[3 * pos] == lo and slots[3 * pos + 1] == hi:
             return np.int64(r) - 1, pos
-        pos = (pos + 1) & mask
+        pos = _next(pos, cap)
 
 
 @njit(inline="always", **JIT)
@@ -158,7 +173,7 @@ def _prefetch_row(data, row, c0, c1):
 
 
 @njit(inline="always", **JIT)
-def _prefetch_group(slots, hshift, mask, data, ids, lo, hi, c0, c1, cx, cand):
+def _prefetch_group(slots, cap, data, ids, lo, hi, c0, c1, cx, cand):
     """Warm the caches for ``ids[lo:hi]`` and find their rows (group prefetching).
 
     Stage 1 prefetches every key's home slot; stage 2 walks each probe, stores the key's row in
@@ -169,9 +184,9 @@ def _prefetch_group(slots, hshift, mask, data, ids, lo, hi, c0, c1, cx, cand):
     """
     for i in range(lo, hi):
         h = _hash(ids[i])
-        prefetch1(slots, 3 * (np.int64(h >> np.uint64(hshift)) & mask))
+        prefetch1(slots, 3 * _home(h, cap))
     for i in range(lo, hi):
-        row, _ = _find(slots, hshift, mask, ids[i])
+        row, _ = _find(slots, cap, ids[i])
         cand[i - lo] = row
         if row >= 0:
             _prefetch_row(data, row, c0, c1)
@@ -180,15 +195,15 @@ def _prefetch_group(slots, hshift, mask, data, ids, lo, hi, c0, c1, cx, cand):
 
 
 @njit(inline="always", **JIT)
-def _delete_slot(slots, hshift, mask, pos):
+def _delete_slot(slots, cap, pos):
     """Backward-shift deletion: close the hole at ``pos`` so every probe path stays unbroken."""
     i = pos
     j = pos
     while True:
-        j = (j + 1) & mask
+        j = _next(j, cap)
         if slots[3 * j + 2] == 0:
             break
-        k = np.int64(_slot_hash(slots, j) >> np.uint64(hshift)) & mask
+        k = _home(_slot_hash(slots, j), cap)
         # the entry at j may move to i only if its home k is not cyclically inside (i, j]
         if i <= j:
             stays = i < k <= j
@@ -346,14 +361,14 @@ def _sketch_halve(sk):
 
 
 @njit(**JIT)
-def lookup_infer(slots, hshift, mask, data, ids, out, default, dim):
+def lookup_infer(slots, cap, data, ids, out, default, dim):
     """Embeddings of ``ids`` into ``out``; unknown IDs read ``default``. Returns hit count."""
     hits = 0
     n = ids.shape[0]
     cand = np.empty(GROUP, np.int64)
     for lo in range(0, n, GROUP):
         hi = min(n, lo + GROUP)
-        _prefetch_group(slots, hshift, mask, data, ids, lo, hi, 0, dim, -1, cand)
+        _prefetch_group(slots, cap, data, ids, lo, hi, 0, dim, -1, cand)
         for i in range(lo, hi):
             row = cand[i - lo]
             if row >= 0:
@@ -367,21 +382,21 @@ def lookup_infer(slots, hshift, mask, data, ids, out, default, dim):
 
 
 @njit(**JIT)
-def find_rows(slots, hshift, mask, ids, rows_out):
+def find_rows(slots, cap, ids, rows_out):
     n = ids.shape[0]
     for lo in range(0, n, GROUP):
         hi = min(n, lo + GROUP)
         for i in range(lo, hi):
             h = _hash(ids[i])
-            prefetch1(slots, 3 * (np.int64(h >> np.uint64(hshift)) & mask))
+            prefetch1(slots, 3 * _home(h, cap))
         for i in range(lo, hi):
-            row, _ = _find(slots, hshift, mask, ids[i])
+            row, _ = _find(slots, cap, ids[i])
             rows_out[i] = row
 
 
 @njit(**JIT)
 def lookup_train(
-    slots, hshift, mask, meta, data, free, dirty, ctr,
+    slots, cap, meta, data, free, dirty, ctr,
     ids, start, pending, now_ms, out, copy_out, rows_out, default, dim, state_n,
     sk, sk_seeds, min_count, decay_every, p_admit,
     init_kind, init_a, init_b, seed, state_init, max_rows, rows_cap, track,
@@ -398,12 +413,12 @@ def lookup_train(
     for i in range(start, n):
         if (i - start) % GROUP == 0:
             g0 = i
-            _prefetch_group(slots, hshift, mask, data, ids, i, min(n, i + GROUP), 0, dim, mo, cand)
+            _prefetch_group(slots, cap, data, ids, i, min(n, i + GROUP), 0, dim, mo, cand)
         key = ids[i]
         row = cand[i - g0]
         pos = -1
         if row < 0:  # absent at the group's start; an earlier key of the group may have inserted it
-            row, pos = _find(slots, hshift, mask, key)
+            row, pos = _find(slots, cap, key)
         if row >= 0:
             f = meta[row, mo + M_FLAGS]
             if (f & COUNT_MASK) < COUNT_MASK:
@@ -438,7 +453,7 @@ def lookup_train(
             # admitted: make sure there is room, else hand back to Python and resume here
             if max_rows > 0 and ctr[C_LIVE] >= max_rows:
                 return NEED_EVICT, i
-            if (ctr[C_LIVE] + 1) * LOAD_DEN > (mask + 1) * LOAD_NUM:
+            if (ctr[C_LIVE] + 1) * LOAD_DEN > cap * LOAD_NUM:
                 return NEED_INDEX, i
             fresh = False
             if ctr[C_FREE] > 0:
@@ -474,7 +489,7 @@ def lookup_train(
 
 @njit(**JIT)
 def assign_rows(
-    slots, hshift, mask, meta, data, free, dirty, ctr,
+    slots, cap, meta, data, free, dirty, ctr,
     ids, start, values, width, ts, counts, rows_cap, mo, track,
 ):  # fmt: skip
     """Upsert rows verbatim: ``values[i]`` (embedding [+ state]) into the row of ``ids[i]``.
@@ -484,9 +499,9 @@ def assign_rows(
     """
     for i in range(start, ids.shape[0]):
         key = ids[i]
-        row, pos = _find(slots, hshift, mask, key)
+        row, pos = _find(slots, cap, key)
         if row < 0:
-            if (ctr[C_LIVE] + 1) * LOAD_DEN > (mask + 1) * LOAD_NUM:
+            if (ctr[C_LIVE] + 1) * LOAD_DEN > cap * LOAD_NUM:
                 return NEED_INDEX, i
             if ctr[C_FREE] > 0:
                 ctr[C_FREE] -= 1
@@ -515,17 +530,17 @@ def assign_rows(
 
 
 @njit(**JIT)
-def remove_keys(slots, hshift, mask, meta, mo, free, ctr, ids, removed_out):
+def remove_keys(slots, cap, meta, mo, free, ctr, ids, removed_out):
     """Delete the rows of ``ids`` (absent ones ignored); their rows go to the free stack and
     lose their DIRTY bit (the key is reported as a tombstone instead). ``removed_out[i]`` is 1
     where ``ids[i]`` was present. Returns the number removed."""
     n = 0
     for i in range(ids.shape[0]):
-        row, pos = _find(slots, hshift, mask, ids[i])
+        row, pos = _find(slots, cap, ids[i])
         if row < 0:
             removed_out[i] = 0
             continue
-        _delete_slot(slots, hshift, mask, pos)
+        _delete_slot(slots, cap, pos)
         meta[row, mo + M_FLAGS] = 0
         free[ctr[C_FREE]] = row
         ctr[C_FREE] += 1
@@ -567,27 +582,27 @@ def live_rows(slots, meta, mo, keys_out, rows_out, ts_out, counts_out):
 
 
 @njit(**JIT)
-def rehash(old_slots, new_slots, new_hshift, new_mask):
+def rehash(old_slots, new_slots, new_cap):
     """Move every entry into an index of a new size; the stored hash gives the new home."""
     for p in range(old_slots.shape[0] // 3):
         if old_slots[3 * p + 2] == 0:
             continue
-        pos = np.int64(_slot_hash(old_slots, p) >> np.uint64(new_hshift)) & new_mask
+        pos = _home(_slot_hash(old_slots, p), new_cap)
         while new_slots[3 * pos + 2] != 0:
-            pos = (pos + 1) & new_mask
+            pos = _next(pos, new_cap)
         new_slots[3 * pos] = old_slots[3 * p]
         new_slots[3 * pos + 1] = old_slots[3 * p + 1]
         new_slots[3 * pos + 2] = old_slots[3 * p + 2]
 
 
 @njit(**JIT)
-def drain_dirty(slots, hshift, mask, meta, mo, dirty, ctr, keys_out, rows_out):
+def drain_dirty(slots, cap, meta, mo, dirty, ctr, keys_out, rows_out):
     """Clear the dirty list; keys on it that still have a row go to ``keys_out``/``rows_out``
     (once each). Returns how many."""
     n = 0
     for i in range(ctr[C_DIRTY]):
         key = dirty[i]
-        row, _ = _find(slots, hshift, mask, key)
+        row, _ = _find(slots, cap, key)
         if row < 0:
             continue  # removed since: a tombstone, not an upsert
         f = meta[row, mo + M_FLAGS]
@@ -616,7 +631,7 @@ def gather_rows(meta, data, rows, width, mo, values_out, ts_out, counts_out):
 
 
 @njit(**JIT)
-def apply_gradients(slots, hshift, mask, meta, data, dirty, ctr, ids, grads, now_ms, kind, hp,
+def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, grads, now_ms, kind, hp,
                     dim, mo, track):  # fmt: skip
     """Merge duplicate IDs (sum their gradients), then one optimizer step per distinct row.
     IDs without a row (filtered, expired) are skipped and counted. Returns rows updated."""
@@ -635,9 +650,9 @@ def apply_gradients(slots, hshift, mask, meta, data, dirty, ctr, ids, grads, now
         hi = min(n, lo + GROUP)
         for i in range(lo, hi):
             h = _hash(ids[i])
-            prefetch1(slots, 3 * (np.int64(h >> np.uint64(hshift)) & mask))
+            prefetch1(slots, 3 * _home(h, cap))
         for i in range(lo, hi):
-            row, _ = _find(slots, hshift, mask, ids[i])
+            row, _ = _find(slots, cap, ids[i])
             if row < 0:
                 ctr[C_GRAD_MISSING] += 1
                 continue

@@ -24,8 +24,9 @@ Contract
   load factor <= 3/4); :meth:`expire`, :meth:`export` of all rows and an eviction round scan
   the index, O(rows). Growth doubles (amortised O(1) per insert).
 * **Memory.** Per row: the embedding and optimizer state, 12 bytes of metadata at the row's end
-  (last-seen time, count, a dirty bit), and 12 bytes per index slot, 4/3 to 8/3 slots per row
-  between growths: 28-44 bytes of overhead per row, measured by ``freshrec bench table``. The
+  (last-seen time, count, a dirty bit), and 12 bytes per index slot, 4/3 to 2 slots per row
+  (the index grows by 1.5x at load 3/4): 28-36 bytes of overhead per row, measured by
+  ``freshrec bench table``. The
   index holds each key's full 64-bit hash (a bijection of the key), so lookups verify keys
   without touching rows and rows need not store their key.
 
@@ -49,8 +50,9 @@ from freshrec.table.config import TableConfig
 
 __all__ = ["EmbeddingTable", "TableChanges", "TableExport", "TableStats"]
 
-_MIN_LOG2_SLOTS = 4
-_MAX_LOG2_SLOTS = 32  # tags are 32 bits and give the home slot: at most 2**32 slots
+_MIN_SLOTS = 16
+_MAX_SLOTS = 2**32 - 1  # homes scale the top 32 hash bits: at most 2**32 slots
+_GROWTH = 1.5  # index growth factor: load stays in [1/2, 3/4] (doubling would reach 3/8)
 _MAX_ROWS = 2**31 - 2  # row ids are stored as row + 1 in 32 bits
 
 
@@ -142,22 +144,17 @@ class EmbeddingTable:
         self._ctr = np.zeros(K.N_CTR, np.int64)
         self._ctr[K.C_RNG] = int(rng.integers(0, 2**63))
         self._removed: list[np.ndarray] = []
-        self._alloc(rows=16, log2_slots=_MIN_LOG2_SLOTS)
+        self._alloc(rows=16, slots=_MIN_SLOTS)
 
     # ---- storage -----------------------------------------------------------------------------
 
-    def _alloc(self, rows: int, log2_slots: int) -> None:
+    def _alloc(self, rows: int, slots: int) -> None:
         self._data = _memory.reserve(rows, self.width, np.float32, _MAX_ROWS, self.config.huge_pages)
         self._meta = self._data.view(np.uint32)
         self._free = _memory.reserve(self._data.shape[0], 0, np.int32, _MAX_ROWS)
         self._dirty = _memory.reserve(self._data.shape[0], 0, np.int64, _MAX_ROWS)
-        self._set_index(_memory.zeros(3 << log2_slots, np.uint32, self.config.huge_pages), log2_slots)
-
-    def _set_index(self, slots: np.ndarray, log2_slots: int) -> None:
-        self._slots = slots
-        self._log2 = log2_slots
-        self._hshift = 64 - log2_slots
-        self._mask = (1 << log2_slots) - 1
+        self._slots = _memory.zeros(3 * slots, np.uint32, self.config.huge_pages)
+        self._cap = slots
 
     def _grow_rows(self, at_least: int = 0) -> None:
         """Only when the reservation is exhausted: reserve a larger one and copy once."""
@@ -183,23 +180,21 @@ class EmbeddingTable:
 
     def _grow_index(self, for_rows: int | None = None) -> None:
         need = int(self._ctr[K.C_LIVE]) + 1 if for_rows is None else for_rows
-        log2 = self._log2
-        while need * K.LOAD_DEN > (1 << log2) * K.LOAD_NUM:
-            log2 += 1
-        if log2 == self._log2:
-            log2 += 1
-        if log2 > _MAX_LOG2_SLOTS:
+        cap = max(int(self._cap * _GROWTH), _MIN_SLOTS)
+        while need * K.LOAD_DEN > cap * K.LOAD_NUM:
+            cap = int(cap * _GROWTH)
+        if cap > _MAX_SLOTS:
             raise CapacityError(f"table {self.config.name!r}: index would exceed 2**32 slots")
-        slots = _memory.zeros(3 << log2, np.uint32, self.config.huge_pages)
-        K.rehash(self._slots, slots, 64 - log2, (1 << log2) - 1)
-        self._set_index(slots, log2)
+        slots = _memory.zeros(3 * cap, np.uint32, self.config.huge_pages)
+        K.rehash(self._slots, slots, cap)
+        self._slots, self._cap = slots, cap
 
     def reserve(self, rows: int) -> None:
         """Pre-size for ``rows`` live rows, so a known load pays no growth on the hot path."""
         with self._lock.write():
             if rows > self._data.shape[0]:
                 self._grow_rows(at_least=rows)
-            if rows * K.LOAD_DEN > (1 << self._log2) * K.LOAD_NUM:
+            if rows * K.LOAD_DEN > self._cap * K.LOAD_NUM:
                 self._grow_index(for_rows=rows)
 
     # ---- input checks ------------------------------------------------------------------------
@@ -251,7 +246,7 @@ class EmbeddingTable:
             self._find_or_insert(keys, _to_ms(now), out, True)
             return out
         with self._lock.read():
-            hits = K.lookup_infer(self._slots, self._hshift, self._mask, self._data, keys, out,
+            hits = K.lookup_infer(self._slots, self._cap, self._data, keys, out,
                                   self._default, self.dim)  # fmt: skip
         with self._stat_lock:  # readers run concurrently; counters must not lose increments
             self._ctr[K.C_LOOKUPS] += keys.shape[0]
@@ -273,7 +268,7 @@ class EmbeddingTable:
             while True:
                 self._ensure_dirty(keys.shape[0])
                 status, start = K.lookup_train(
-                    self._slots, self._hshift, self._mask, self._meta, self._data, self._free,
+                    self._slots, self._cap, self._meta, self._data, self._free,
                     self._dirty, self._ctr, keys, start, pending, now_ms, out, copy, rows,
                     self._default, self.dim, self.state_width, self._sketch, self._sk_seeds,
                     self._min_count, self._decay_every, self._p_admit, kind, a, b,
@@ -295,7 +290,7 @@ class EmbeddingTable:
         keys = self._ids(ids)
         rows = np.empty(keys.shape[0], np.int64)
         with self._lock.read():
-            K.find_rows(self._slots, self._hshift, self._mask, keys, rows)
+            K.find_rows(self._slots, self._cap, keys, rows)
         return rows >= 0
 
     def __len__(self) -> int:
@@ -319,7 +314,7 @@ class EmbeddingTable:
         with self._lock.write():
             self._ensure_dirty(keys.shape[0])
             return int(K.apply_gradients(
-                self._slots, self._hshift, self._mask, self._meta, self._data, self._dirty,
+                self._slots, self._cap, self._meta, self._data, self._dirty,
                 self._ctr, keys, g, now_ms, self._opt_kind, self._opt_hp, self.dim, self._mo,
                 self.config.track_changes,
             ))  # fmt: skip
@@ -364,7 +359,7 @@ class EmbeddingTable:
             while True:
                 self._ensure_dirty(n)
                 status, start = K.assign_rows(
-                    self._slots, self._hshift, self._mask, self._meta, self._data, self._free,
+                    self._slots, self._cap, self._meta, self._data, self._free,
                     self._dirty, self._ctr, keys, start, values, values.shape[1], ts, cnt,
                     self._data.shape[0], self._mo, self.config.track_changes,
                 )  # fmt: skip
@@ -388,7 +383,7 @@ class EmbeddingTable:
             return keys
         keys = np.unique(keys)
         mask = np.empty(keys.shape[0], np.uint8)
-        K.remove_keys(self._slots, self._hshift, self._mask, self._meta, self._mo, self._free,
+        K.remove_keys(self._slots, self._cap, self._meta, self._mo, self._free,
                       self._ctr, keys, mask)  # fmt: skip
         removed = keys[mask.astype(bool)]
         if self.config.track_changes and removed.shape[0]:
@@ -433,7 +428,7 @@ class EmbeddingTable:
             else:
                 keys = self._ids(ids)
                 rows = np.empty(keys.shape[0], np.int64)
-                K.find_rows(self._slots, self._hshift, self._mask, keys, rows)
+                K.find_rows(self._slots, self._cap, keys, rows)
                 keys, rows = keys[rows >= 0], rows[rows >= 0]
             return self._gather(keys, rows)
 
@@ -457,7 +452,7 @@ class EmbeddingTable:
         """
         with self._lock.write():
             keys, rows = (np.empty(int(self._ctr[K.C_DIRTY]), np.int64) for _ in range(2))
-            n = K.drain_dirty(self._slots, self._hshift, self._mask, self._meta, self._mo,
+            n = K.drain_dirty(self._slots, self._cap, self._meta, self._mo,
                               self._dirty, self._ctr, keys, rows)  # fmt: skip
             upserts = self._gather(keys[:n], rows[:n])
             removed = np.concatenate(self._removed) if self._removed else np.zeros(0, np.int64)
