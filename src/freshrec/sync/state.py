@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import ModelConfig, RecModel, build_model
-from freshrec.ps import LocalPS, PSConfig
+from freshrec.ps import LocalPS, ParameterServer, PSConfig
 from freshrec.table import SGD, TableConfig
 from freshrec.train.sparse import SparseBridge
 
@@ -52,7 +52,7 @@ class ServedModel:
         spec: FeatureSpec,
         model_config: ModelConfig,
         module: RecModel,
-        ps: LocalPS,
+        ps: ParameterServer,
         logit_offset: float = 0.0,
     ) -> None:
         self.name = name
@@ -90,12 +90,28 @@ class ServedModel:
         finally:
             trainer.close()
 
+    @classmethod
+    def from_snapshot(
+        cls,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        fp16: bool = False,
+        ps_config: PSConfig | None = None,
+    ) -> ServedModel:
+        """Load a serving snapshot (``sync.snapshot``: a snapshot folder, or a model's snapshot
+        directory for its newest good one) written by a publisher that knew the spec and model
+        config. The versions are the snapshot's."""
+        from freshrec.sync.snapshot import served_model_from_snapshot
+
+        return served_model_from_snapshot(path, name=name, fp16=fp16, ps_config=ps_config)
+
     # ---- reads (any thread) ------------------------------------------------------------------
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
         """Raw logits ``(B, T)`` (no log-odds correction); never changes the PS."""
         module = self.module  # one read: a concurrent swap cannot mix old and new weights
-        pulled = self._bridge.pull(batch, train=False)
+        pulled = self._bridge.pull(batch, train=False)  # one read of the bridge, hence of the PS
         return module(pulled.pooled, torch.from_numpy(batch.dense))
 
     def predict(self, batch: Batch) -> np.ndarray:
@@ -122,6 +138,14 @@ class ServedModel:
                 self.ps.assign(table, ids, np.asarray(embeddings, dtype=np.float32))
             if removed is not None and removed.size:
                 self.ps.remove(table, removed)
+
+    def swap_ps(self, ps: ParameterServer) -> ParameterServer:
+        """Serve from ``ps`` from now on (a bootstrap or a full delta built it aside); returns the
+        old PS, which requests already running may still read: close it a little later."""
+        bridge = SparseBridge(self.spec, ps)
+        with self._lock:
+            old, self.ps, self._bridge = self.ps, ps, bridge
+        return old
 
     def swap_dense(self, state_dict: dict[str, torch.Tensor], *, logit_offset: float | None = None) -> None:
         """Replace the dense weights atomically (a new module, then one reference swap)."""
