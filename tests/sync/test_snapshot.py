@@ -100,5 +100,11 @@ def test_a_served_model_starts_from_a_snapshot_alone(log, tmp_path):
     )
     with pytest.raises(SyncError, match="lacks the feature spec"):
         ServedModel.from_snapshot(bare.snapshot())
-    with pytest.raises(SyncError, match="no snapshot"):
+    with pytest.raises(SyncError, match="no good snapshot"):
         ServedModel.from_snapshot(tmp_path / "nowhere")
+    # a torn newest snapshot: the model directory's next one is used
+    newer = pub.snapshot()
+    (newer / "dense.safetensors").write_bytes(b"torn")
+    assert ServedModel.from_snapshot(path.parent).sparse_version == 1
+    with pytest.raises(SyncError, match=r"no good snapshot.*checksum"):
+        ServedModel.from_snapshot(newer)

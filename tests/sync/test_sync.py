@@ -228,6 +228,16 @@ def test_without_a_snapshot_the_log_must_start_at_version_one(elog, tmp_path):
     assert_same_rows(w.ps, state.ps)
 
 
+def test_an_fp16_replica_stores_half_floats_even_before_anything_is_published(elog, tmp_path):
+    w = World(elog, config(tmp_path))
+    state, sub = w.replica()  # float32 tables, e.g. loaded from a model directory
+    state.apply_sparse("users", np.array([1, 2]), np.full((2, 4), 0.1, np.float32))
+    sub.config = sub.config.model_copy(update={"fp16": True})
+    sub.poll()  # no snapshot, empty log: keeps the rows, as float16
+    assert type(state.ps).__name__ == "Fp16PS"
+    np.testing.assert_array_equal(state.ps.pull("users", np.array([1, 2])), np.float32(np.float16(0.1)))
+
+
 def test_heartbeats_advance_the_version_when_nothing_changed(elog, tmp_path):
     w = World(elog, config(tmp_path))
     state, sub = w.replica()

@@ -10,7 +10,7 @@ order is version order) as records of :mod:`freshrec.sync.delta`.
 Choices:
 * **Heartbeats.** A sparse delta is published at every cadence tick even when nothing changed:
   an empty, versioned delta lets a replica tell "no change" (its version advances, freshness
-  holds) from "the trainer stalled" (its version stops). It costs one record of ~250 bytes.
+  holds) from "the trainer stalled" (its version stops). It costs one record of ~350 bytes.
 * **Versions** are the publisher's own, continued from the last record in the topic when a
   publisher starts, not the PS's drain counter (a restarted PS starts that again at 1).
 * **Full deltas.** A new publisher first sends every row (``full_delta_on_start``): after a
@@ -159,14 +159,14 @@ class Publisher:
 
     def _tail(self, topic: str) -> tuple[int, bool]:
         """The last version in ``topic`` and whether all its parts are there (0, True if empty)."""
-        end = self.log.end_offset(topic, 0)
-        if end == 0:
-            return 0, True
-        records = self.log.read(topic, 0, max(0, end - 64), max_records=64)
-        if not records:
+        offset = max(0, self.log.end_offset(topic, 0) - 64)  # a version's last part is near the end
+        last = None
+        while records := self.log.read(topic, 0, offset, max_records=64):
+            last, offset = records[-1], records[-1].offset + 1
+        if last is None:
             return 0, True
         try:
-            h = read_header(records[-1].value)
+            h = read_header(last.value)
         except SchemaError as exc:
             raise ConfigError(f"topic {topic!r} holds a record that is not a sync record: {exc}") from exc
         if h.model != self.model:

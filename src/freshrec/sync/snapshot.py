@@ -44,7 +44,7 @@ from freshrec._io import (
     temp_dir_beside,
     write_durable,
 )
-from freshrec.errors import CorruptionError, SyncError
+from freshrec.errors import ConfigError, CorruptionError, SyncError
 from freshrec.ps import LocalPS, ParameterServer, PSConfig
 from freshrec.table import TableConfig
 
@@ -273,21 +273,37 @@ def load_tables(info: SnapshotInfo, ps: ParameterServer) -> int:
 def served_model_from_snapshot(
     path: str | Path, *, name: str | None = None, fp16: bool = False, ps_config: PSConfig | None = None
 ) -> ServedModel:
-    """A :class:`ServedModel` built from a snapshot alone (see ``ServedModel.from_snapshot``)."""
+    """A :class:`ServedModel` built from a snapshot alone (see ``ServedModel.from_snapshot``): the
+    folder ``path``, or the newest good snapshot under ``path`` (torn ones are skipped)."""
+    path = Path(path)
+    candidates = [path] if (path / "manifest.json").exists() else snapshot_candidates(path)
+    failure: CorruptionError | None = None
+    for candidate in candidates:
+        try:
+            return _served_model(read_snapshot(candidate), name, fp16, ps_config)
+        except CorruptionError as exc:
+            failure = exc
+    raise SyncError(
+        f"no good snapshot under {path}" + (f" (last: {failure})" if failure else "")
+    ) from failure
+
+
+def _served_model(
+    info: SnapshotInfo, name: str | None, fp16: bool, ps_config: PSConfig | None
+) -> ServedModel:
     from freshrec.features import FeatureSpec
     from freshrec.models import build_model
     from freshrec.sync.delta import load_dense
     from freshrec.sync.state import _MODEL_CONFIG, ServedModel
 
-    path = Path(path)
-    info = read_snapshot(path) if (path / "manifest.json").exists() else newest_good_snapshot(path)
-    if info is None:
-        raise SyncError(f"no snapshot under {path}")
     if info.spec is None or info.model_config is None:
         raise SyncError(f"snapshot {info.path} lacks the feature spec or model config (its publisher was "
                         f"not given them): build the ServedModel from a model directory instead")  # fmt: skip
-    spec = FeatureSpec.from_dict(info.spec, source=f"{info.path}/manifest.json")
-    model_config = _MODEL_CONFIG.validate_python(info.model_config)
+    try:
+        spec = FeatureSpec.from_dict(info.spec, source=f"{info.path}/manifest.json")
+        model_config = _MODEL_CONFIG.validate_python(info.model_config)
+    except (ConfigError, ValueError) as exc:  # the spec's ConfigError, pydantic's ValidationError
+        raise CorruptionError(f"{info.path}/manifest.json holds an invalid config: {exc}") from exc
     module = build_model(model_config, spec)
     dense = info.read_dense()
     if dense is not None:

@@ -4,11 +4,13 @@ A :class:`ServedModel` is one model as serving sees it: the dense torch module (
 serving parameter server whose tables hold embeddings only (no optimizer state, no admission,
 no expiry of their own: removals arrive as tombstones), the feature spec, the log-odds offset,
 and the sparse/dense versions it reflects. Sync writes into it (:meth:`apply_sparse`,
-:meth:`swap_dense`); serving reads from it (:meth:`predict`, :meth:`pull`) from many threads.
+:meth:`swap_dense`, :meth:`swap_ps`); serving reads from it (:meth:`predict`, :meth:`pull`) from
+many threads.
 
 Thread safety: sparse writes go through the tables' own readers-writer locks (a reader sees each
 row before or after an update, never torn). A dense update builds a new module and swaps the
-reference in one assignment, so a request runs entirely on the old weights or the new ones.
+reference in one assignment, so a request runs entirely on the old weights or the new ones; a
+whole serving PS (a sync bootstrap, a full delta) is swapped the same way.
 """
 
 from __future__ import annotations

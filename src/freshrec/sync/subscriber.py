@@ -46,6 +46,7 @@ from freshrec.stream import EventLog
 from freshrec.sync._metrics import sync_metrics
 from freshrec.sync.config import SyncConfig, check_model_name
 from freshrec.sync.delta import DeltaHeader, SparseShare, decode_sparse, join_dense, load_dense, read_header
+from freshrec.sync.fp16 import Fp16PS
 from freshrec.sync.snapshot import (
     SnapshotInfo,
     load_tables,
@@ -256,10 +257,10 @@ class Subscriber:
         while not self._stop.is_set():
             try:
                 self.poll(timeout_s=self.config.poll_interval)
-            except StateError:
-                if self._status is SubscriberState.CLOSED or self._stop.is_set():
-                    return
-                self._stop.wait(self.config.bootstrap_retry_interval)
+            except StateError as exc:  # the subscriber, the log or the model was closed: shutting down
+                if not self._stop.is_set():
+                    _log.warning("sync subscriber of model %r stops polling: %s", self.model, exc)
+                return
             except Exception:  # the thread must outlive any one failure: counted in poll, logged here
                 _log.exception("sync subscriber of model %r: poll failed; retrying", self.model)
                 self._stop.wait(self.config.bootstrap_retry_interval)
@@ -430,6 +431,8 @@ class Subscriber:
         except BaseException:
             self._status = SubscriberState.STALE
             raise
+        if stage.ps is None and self.config.fp16 and not isinstance(self.state.ps, Fp16PS):
+            stage.ps = self._copy_to_fp16()  # nothing to load: store what is served as float16
         if stage.ps is not None:
             self._retire(self.state.swap_ps(stage.ps))
         self.state.mark(
@@ -501,6 +504,13 @@ class Subscriber:
                 stage.ps.close()
             raise
         return info, stage, sparse, dense_order, offsets
+
+    def _copy_to_fp16(self) -> ParameterServer:
+        ps = self._new_ps()
+        for t in ps.tables:
+            exp = self.state.ps.export(t)
+            ps.assign(t, exp.ids, exp.embeddings)
+        return ps
 
     # ---- housekeeping --------------------------------------------------------------------------
     def _retire(self, ps: ParameterServer) -> None:
