@@ -4,11 +4,13 @@ A :class:`ServedModel` is one model as serving sees it: the dense torch module (
 serving parameter server whose tables hold embeddings only (no optimizer state, no admission,
 no expiry of their own: removals arrive as tombstones), the feature spec, the log-odds offset,
 and the sparse/dense versions it reflects. Sync writes into it (:meth:`apply_sparse`,
-:meth:`swap_dense`); serving reads from it (:meth:`predict`, :meth:`pull`) from many threads.
+:meth:`swap_dense`, :meth:`swap_ps`); serving reads from it (:meth:`predict`, :meth:`pull`) from
+many threads.
 
 Thread safety: sparse writes go through the tables' own readers-writer locks (a reader sees each
 row before or after an update, never torn). A dense update builds a new module and swaps the
-reference in one assignment, so a request runs entirely on the old weights or the new ones.
+reference in one assignment, so a request runs entirely on the old weights or the new ones; a
+whole serving PS (a sync bootstrap, a full delta) is swapped the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pydantic import TypeAdapter
 
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import ModelConfig, RecModel, build_model
-from freshrec.ps import LocalPS, PSConfig
+from freshrec.ps import LocalPS, ParameterServer, PSConfig
 from freshrec.table import SGD, TableConfig
 from freshrec.train.sparse import SparseBridge
 
@@ -52,7 +54,7 @@ class ServedModel:
         spec: FeatureSpec,
         model_config: ModelConfig,
         module: RecModel,
-        ps: LocalPS,
+        ps: ParameterServer,
         logit_offset: float = 0.0,
     ) -> None:
         self.name = name
@@ -90,12 +92,28 @@ class ServedModel:
         finally:
             trainer.close()
 
+    @classmethod
+    def from_snapshot(
+        cls,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        fp16: bool = False,
+        ps_config: PSConfig | None = None,
+    ) -> ServedModel:
+        """Load a serving snapshot (``sync.snapshot``: a snapshot folder, or a model's snapshot
+        directory for its newest good one) written by a publisher that knew the spec and model
+        config. The versions are the snapshot's."""
+        from freshrec.sync.snapshot import served_model_from_snapshot
+
+        return served_model_from_snapshot(path, name=name, fp16=fp16, ps_config=ps_config)
+
     # ---- reads (any thread) ------------------------------------------------------------------
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
         """Raw logits ``(B, T)`` (no log-odds correction); never changes the PS."""
         module = self.module  # one read: a concurrent swap cannot mix old and new weights
-        pulled = self._bridge.pull(batch, train=False)
+        pulled = self._bridge.pull(batch, train=False)  # one read of the bridge, hence of the PS
         return module(pulled.pooled, torch.from_numpy(batch.dense))
 
     def predict(self, batch: Batch) -> np.ndarray:
@@ -122,6 +140,14 @@ class ServedModel:
                 self.ps.assign(table, ids, np.asarray(embeddings, dtype=np.float32))
             if removed is not None and removed.size:
                 self.ps.remove(table, removed)
+
+    def swap_ps(self, ps: ParameterServer) -> ParameterServer:
+        """Serve from ``ps`` from now on (a bootstrap or a full delta built it aside); returns the
+        old PS, which requests already running may still read: close it a little later."""
+        bridge = SparseBridge(self.spec, ps)
+        with self._lock:
+            old, self.ps, self._bridge = self.ps, ps, bridge
+        return old
 
     def swap_dense(self, state_dict: dict[str, torch.Tensor], *, logit_offset: float | None = None) -> None:
         """Replace the dense weights atomically (a new module, then one reference swap)."""
