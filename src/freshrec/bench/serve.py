@@ -9,12 +9,13 @@ open loop) calls /v1/rank with 100 candidates at ``rate`` requests per second; l
 from each request's scheduled send time, so a stall cannot hide behind a slow client
 (coordinated omission).
 
-Meanwhile a thread plays the training side: examples arrive at ``examples_per_s`` (arrival
-times spread over each second), and every ``sync_interval_s`` a :class:`Trainer` steps on what
-arrived, drains the rows it touched (``ps.drain_changes()``) and applies them to the served
-model with ``ServedModel.apply_sparse`` (in-process: the sync subscriber over the event log is a
-separate component). Freshness of an example = wall time the delta holding it was applied -
-its arrival.
+Meanwhile a training process plays the training side: examples arrive at ``examples_per_s``
+(arrival times spread over each second), and every second a :class:`Trainer` steps on what
+arrived, drains the rows it touched (``ps.drain_changes()``) and sends them over a pipe; a
+thread of the serving process applies them with ``ServedModel.apply_sparse`` (the sync
+subscriber, which does this from the event log, is a separate component). Freshness of an
+example = wall time the delta holding it was applied - its arrival. The trainer shares the
+machine's 2 cores with the server and the load generator, as it would not in production.
 
 Baseline, same run: the 100-candidate forward pass in-process (``ServedModel.predict`` on an
 encoded batch), so ``rank_p99_vs_forward`` is what HTTP, parsing, features and contention add.
@@ -23,6 +24,8 @@ encoded batch), so ``rank_p99_vs_forward`` is what HTTP, parsing, features and c
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import subprocess
 import sys
 import tempfile
@@ -133,65 +136,91 @@ class World:
         }
 
 
-class DeltaApplier:
-    """The training side, in a thread: every ``interval_s``, train on the examples that arrived
-    since the last tick, then ship the rows that changed to the served model."""
+def _training_side(
+    model_dir: str, conn, stop, seed: int, examples_per_s: float, interval_s: float, new_users_per_s: float
+) -> None:  # type: ignore[no-untyped-def]
+    """The training side, in its own process: every ``interval_s``, train on the examples that
+    arrived since the last tick and send the rows that changed (``ps.drain_changes()``) down
+    ``conn`` with the examples' arrival times."""
+    from freshrec.train.model_dir import load_model_dir
 
-    def __init__(
-        self,
-        trainer: Trainer,
-        served: ServedModel,
-        world: World,
-        *,
-        examples_per_s: float,
-        interval_s: float = 1.0,
-        new_users_per_s: float = 20.0,
-    ) -> None:
-        self.trainer, self.served, self.world = trainer, served, world
-        self.examples_per_s, self.interval_s, self.new_users_per_s = (
-            examples_per_s,
-            interval_s,
-            new_users_per_s,
+    torch.set_num_threads(1)
+    trainer = load_model_dir(model_dir)
+    trainer.ps.drain_changes()  # what loading wrote is already in the served copy
+    world, rng = World(seed), np.random.default_rng(seed)
+    trainer.step(trainer.spec.encode(world.columns(64), event_time=np.zeros(64)))  # warm (ships in delta 1)
+    conn.send("ready")
+    last, version = time.time(), 0
+    while not stop.wait(max(0.0, last + interval_s - time.time())):
+        now = time.time()
+        n = int(rng.poisson(examples_per_s * (now - last)))
+        arrivals = np.sort(rng.uniform(last, now, n))  # (n,) wall seconds
+        last = now
+        if n == 0:
+            continue
+        cols = world.columns(n, new_users=min(n, int(rng.poisson(new_users_per_s))))
+        t0 = time.perf_counter()
+        trainer.step(trainer.spec.encode(cols, event_time=arrivals))
+        changes = trainer.ps.drain_changes()
+        version += 1
+        tables = {t: (c.upserts.ids, c.upserts.embeddings, c.removed) for t, c in changes.tables.items()}
+        conn.send((version, arrivals, tables, changes.num_rows, time.perf_counter() - t0))
+    conn.send(None)
+    trainer.close()
+
+
+class DeltaApplier:
+    """The serving side of sync for the benchmark: a training process (``_training_side``) sends
+    a delta every ``interval_s``; a thread here applies it to the served model with
+    ``ServedModel.apply_sparse`` and records each example's freshness (applied - arrived)."""
+
+    def __init__(self, model_dir: Path, served: ServedModel, *, seed: int, examples_per_s: float,
+                 interval_s: float = 1.0, new_users_per_s: float = 20.0) -> None:  # fmt: skip
+        ctx = mp.get_context("spawn")
+        self.served = served
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(
+            target=_training_side,
+            args=(str(model_dir), child, self._stop, seed, examples_per_s, interval_s, new_users_per_s),
+            name="bench-trainer",
+            daemon=True,
         )
+        self._thread = threading.Thread(target=self._run, name="bench-deltas", daemon=True)
         self.freshness: list[np.ndarray] = []
         self.rows: list[int] = []
         self.apply_s: list[float] = []
         self.step_s: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-deltas", daemon=True)
-        self.trainer.ps.drain_changes()  # what loading wrote is already in the served copy
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start the training process; returns once it is ready to train."""
+        self._proc.start()
+        if not self._conn.poll(timeout_s) or self._conn.recv() != "ready":
+            raise StateError(f"the training process did not start within {timeout_s} s")
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(60)
+        self._proc.join(30)
 
     def _run(self) -> None:
-        rng = np.random.default_rng(1)
-        last = time.time()
-        version = 0
-        while not self._stop.wait(max(0.0, last + self.interval_s - time.time())):
-            now = time.time()
-            n = int(rng.poisson(self.examples_per_s * (now - last)))
-            arrivals = np.sort(rng.uniform(last, now, n))  # (n,) wall seconds
-            last = now
-            if n == 0:
-                continue
-            cols = self.world.columns(n, new_users=min(n, int(rng.poisson(self.new_users_per_s))))
+        while True:
+            try:
+                msg = self._conn.recv()
+            except EOFError:
+                return
+            if msg is None:
+                return
+            version, arrivals, tables, rows, step_s = msg
             t0 = time.perf_counter()
-            self.trainer.step(self.trainer.spec.encode(cols, event_time=arrivals))
-            changes = self.trainer.ps.drain_changes()
-            t1 = time.perf_counter()
-            for table, ch in changes.tables.items():
-                self.served.apply_sparse(table, ch.upserts.ids, ch.upserts.embeddings, ch.removed)
-            version += 1
+            for table, (ids, embeddings, removed) in tables.items():
+                self.served.apply_sparse(table, ids, embeddings, removed)
             self.served.mark(sparse_version=version, event_time=float(arrivals[-1]))
             applied = time.time()
-            self.step_s.append(t1 - t0)
-            self.apply_s.append(time.perf_counter() - t1)
-            self.rows.append(changes.num_rows)
+            self.apply_s.append(time.perf_counter() - t0)
+            self.step_s.append(step_s)
+            self.rows.append(rows)
             self.freshness.append(applied - arrivals)
 
 
@@ -223,12 +252,14 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
             "scheduled send time",
             "server": "uvicorn in this process (uvloop, httptools when installed); /v1/rank on the event "
             "loop; torch_threads=1, ps_threads=1",
-            "sync": "a Trainer in this process steps every 1 s on the examples that arrived; the rows it "
-            "changed (ps.drain_changes) are applied with ServedModel.apply_sparse, in-process: the "
-            "event-log sync subscriber is not used",
+            "sync": "a Trainer in another process steps every 1 s on the examples that arrived and sends "
+            "the rows it changed (ps.drain_changes) over a pipe; a server thread applies them with "
+            "ServedModel.apply_sparse: the event-log sync subscriber is not used",
             "examples_per_s": examples_per_s,
         },
     )
+    # the machine is shared: other work competing for the 2 cores shows up here, not in the figures
+    report.params["load_average_1m_at_start"] = os.getloadavg()[0]
     world = World(seed)
     spec = _spec()
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-serve-") as tmp:
@@ -272,7 +303,8 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
                 "tail_items": False,
             }
         )
-        deltas = DeltaApplier(trainer, served, world, examples_per_s=examples_per_s)
+        trainer.close()
+        deltas = DeltaApplier(root / "rank", served, seed=seed + 1, examples_per_s=examples_per_s)
         with BackgroundServer(config, {"control": ServingState(served)}) as server:
             deltas.start()
             out = root / "load.json"
@@ -296,8 +328,8 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
                 raise StateError(f"the load generator failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
             load = json.loads(out.read_text())
             metrics_text = httpx.get(f"{server.url}/metrics", timeout=10).text
-        trainer.close()
 
+    report.params["load_average_1m_at_end"] = os.getloadavg()[0]
     lat = np.array(load["latency_s"]) * 1e3  # (n,) ms
     status = np.array(load["status"])
     ok = status == 200
