@@ -16,6 +16,7 @@ Scores are probabilities corrected for negative sampling (``ServedModel.predict`
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -56,7 +57,7 @@ class ModelInfo:
             model.name,
             model.sparse_version,
             model.dense_version,
-            et if np.isfinite(et) else None,
+            et if math.isfinite(et) else None,
             max(0.0, time.time() - model.applied_wall),
             f"{arm}/{model.name}/s{model.sparse_version}.d{model.dense_version}",
         )

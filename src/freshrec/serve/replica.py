@@ -262,7 +262,11 @@ class Replica:
             self.writer.submit(topic, values, ks)
 
     def ingest(self, body: bytes) -> dict[str, int]:
-        """/v1/events: a JSON array of events, appended durably (all or nothing if any is bad)."""
+        """/v1/events: a JSON array of events, appended durably when this returns. One invalid
+        event rejects the request before anything is written. Each topic's share is one atomic
+        append; if the log fails between topics (impressions, actions, items), the earlier
+        topics keep theirs and the error is a 503: retrying is safe, since the joiner and the
+        catalog drop events whose ids they have seen."""
         self._check("ingest events")
         events, bad = decode_json_many(body)
         if bad:
