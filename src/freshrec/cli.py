@@ -167,7 +167,7 @@ def serve(
     set_: SetOpt = None,
 ) -> None:
     """A serving replica: /v1/rank, /v1/recommend, /v1/events, /metrics, OpenAPI at /docs."""
-    from freshrec.config import load_config
+    from freshrec.config import apply_overrides, read_config_file
     from freshrec.serve import ServeConfig
     from freshrec.serve import serve as run_server
 
@@ -176,13 +176,13 @@ def serve(
         overrides.append(f"host={host}")
     if port is not None:
         overrides.append(f"port={port}")
+    data = apply_overrides(read_config_file(config) if config is not None else {}, overrides)
     if model_dir is not None:
-        overrides.append(
-            f"arms=[{{name: main, model_dir: '{model_dir}'"
-            + (f", retrieval_dir: '{retrieval_dir}'" if retrieval_dir is not None else "")
-            + "}]"
-        )
-    cfg = load_config(ServeConfig, config, overrides)
+        arm = {"name": "main", "model_dir": str(model_dir)}
+        if retrieval_dir is not None:
+            arm["retrieval_dir"] = str(retrieval_dir)
+        data["arms"] = [arm]
+    cfg = ServeConfig.from_dict(data, source=str(config) if config else "config")
     typer.echo(
         f"freshrec serve: arms {[a.name for a in cfg.arms]}, http://{cfg.host}:{cfg.port}/docs", err=True
     )

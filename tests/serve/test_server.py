@@ -102,3 +102,16 @@ def test_serves_over_http_and_stops_cleanly(server_process):
     with open_log(path=log_path) as log:
         imps = [decode(rec.value) for rec in log.read("impressions", 0, 0, 1000)]
     assert sorted(e.position for e in imps if e.request_id == rid) == [0, 1, 2, 3]
+
+
+def test_bad_configuration_exits_with_a_one_line_reason(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from freshrec.cli import app
+
+    monkeypatch.delenv("FRESHREC_API_KEY", raising=False)
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "--model-dir", str(tmp_path), "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "api_key is required" in r.output
+    r = runner.invoke(app, ["serve", "--model-dir", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "is not a model directory" in r.output

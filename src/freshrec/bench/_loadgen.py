@@ -46,15 +46,16 @@ class RawClient:
         self.max_connections = max_connections
         self.freed = asyncio.Condition()
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """An idle connection (reused: True) or a new one."""
         async with self.freed:
             while not self.idle and self.open >= self.max_connections:
                 await self.freed.wait()
             if self.idle:
-                return self.idle.pop()
+                return (*self.idle.pop(), True)
             self.open += 1
         try:
-            return await asyncio.open_connection(self.host, self.port)
+            return (*await asyncio.open_connection(self.host, self.port), False)
         except BaseException:
             async with self.freed:
                 self.open -= 1
@@ -62,27 +63,35 @@ class RawClient:
             raise
 
     async def post(self, body: bytes) -> int:
-        reader, writer = await self._connection()
-        keep = False
-        try:
-            writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            keep = b"connection: close" not in head.lower()
-            return status
-        finally:
-            async with self.freed:
-                if keep:
-                    self.idle.append((reader, writer))
-                else:
-                    self.open -= 1
-                    writer.close()
-                self.freed.notify()
+        """POST ``body``; a kept-alive connection the server closed meanwhile (uvicorn closes
+        idle ones after 5 s) is replaced once, as any HTTP client does."""
+        for attempt in range(2):
+            reader, writer, reused = await self._connection()
+            keep = False
+            try:
+                writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                keep = b"connection: close" not in head.lower()
+                return status
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                stale = reused and attempt == 0 and not getattr(exc, "partial", b"")
+                if not stale:
+                    raise
+            finally:
+                async with self.freed:
+                    if keep:
+                        self.idle.append((reader, writer))
+                    else:
+                        self.open -= 1
+                        writer.close()
+                    self.freed.notify()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
         for _, writer in self.idle:
@@ -145,10 +154,13 @@ async def _run_raw(
     n = int(rate * seconds)
     client = RawClient(url, connections)
 
+    failures: dict[str, int] = {}
+
     async def send(i: int) -> int:
         try:
             return await asyncio.wait_for(client.post(bodies[i % len(bodies)]), timeout_s)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
             return -1
 
     for i in range(warm):
@@ -162,6 +174,7 @@ async def _run_raw(
         "started_wall": started_wall,
         "elapsed_s": elapsed,
         "client": "raw",
+        "failures": failures,
     }
 
 

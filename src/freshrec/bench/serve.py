@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from freshrec.bench._report import BenchReport
-from freshrec.errors import StateError
+from freshrec.errors import ConfigError, StateError
 from freshrec.features import DenseFeature, FeatureSpec, SparseSlot
 from freshrec.models import DeepFMConfig
 from freshrec.serve import BackgroundServer, ServeConfig
@@ -234,6 +234,8 @@ def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str = "raw") -> BenchReport:
+    if client not in ("raw", "httpx"):
+        raise ConfigError(f"client must be 'raw' or 'httpx', got {client!r}")
     seconds = 10.0 if quick else 40.0
     examples_per_s = 1000.0
     report = BenchReport(
@@ -339,6 +341,10 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
     report.figure("rank_max_ms", float(lat.max()))
     report.figure("rank_qps", float(ok.sum() / load["elapsed_s"]))
     report.figure("error_rate", float(1.0 - ok.mean()))
+    report.params["client_failures"] = load.get("failures", {})
+    report.params["statuses"] = {
+        str(k): int(v) for k, v in zip(*np.unique(status, return_counts=True), strict=True)
+    }
     report.figure("requests", float(len(lat)))
     fresh = np.concatenate(deltas.freshness) if deltas.freshness else np.array([np.nan])
     report.figure("freshness_p50_s", float(np.percentile(fresh, 50)))
@@ -350,11 +356,27 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
     report.figure("served_sparse_version", float(served.sparse_version))
     report.ratio("rank_p99_vs_forward", report.figures["rank_p99_ms"] / report.figures["forward_only_ms"])
     report.ratio("rank_p50_vs_forward", report.figures["rank_p50_ms"] / report.figures["forward_only_ms"])
+    for q, name in ((0.5, "server_rank_p50_ms_le"), (0.99, "server_rank_p99_ms_le")):
+        report.figure(name, _server_quantile_ms(metrics_text, q))
     report.notes.append(
         f"targets: rank_p99_ms <= 10 at {rate:.0f} QPS with error_rate 0; freshness_p99_s <= 2. "
         f"server histogram: {_server_line(metrics_text)}"
     )
     return report
+
+
+def _server_quantile_ms(metrics_text: str, q: float) -> float:
+    """The upper bound (ms) of the server histogram's bucket holding quantile ``q`` of /v1/rank:
+    time inside the app, without the socket, the event loop's queue or the client."""
+    buckets = []
+    for line in metrics_text.splitlines():
+        if line.startswith("freshrec_serve_request_seconds_bucket{") and 'endpoint="/v1/rank"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    total = buckets[-1][1]
+    return next(le for le, count in buckets if count >= q * total) * 1e3
 
 
 def _server_line(metrics_text: str) -> str:
