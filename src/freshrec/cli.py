@@ -69,6 +69,22 @@ def bench_train(quick: QuickOpt = False, json_path: JsonOpt = None) -> None:
     _finish(run(quick=quick), json_path)
 
 
+@bench_app.command("serve")
+@_friendly
+def bench_serve(
+    quick: QuickOpt = False,
+    json_path: JsonOpt = None,
+    rate: Annotated[float, typer.Option(help="Requests per second the load generator sends.")] = 200.0,
+    client: Annotated[
+        str, typer.Option(help="Load generator client: raw (asyncio streams) or httpx.")
+    ] = "raw",
+) -> None:
+    """Serving: /v1/rank p50/p99 at a fixed rate while deltas land every second; freshness."""
+    from freshrec.bench.serve import run
+
+    _finish(run(quick=quick, rate=rate, client=client), json_path)
+
+
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override any config field: --set train.dense_lr=0.01 (repeatable)."),
@@ -131,6 +147,46 @@ def train(
     console.print(table)
     if result.out is not None:
         console.print(f"model directory: {result.out}")
+
+
+@app.command("serve")
+@_friendly
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default 8000; 0 = any free port).")
+    ] = None,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(help="Serve this model directory as the only arm (instead of the arms in --config)."),
+    ] = None,
+    retrieval_dir: Annotated[
+        Path | None, typer.Option(help="With --model-dir: the two-tower retriever for /v1/recommend.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """A serving replica: /v1/rank, /v1/recommend, /v1/events, /metrics, OpenAPI at /docs."""
+    from freshrec.config import apply_overrides, read_config_file
+    from freshrec.serve import ServeConfig
+    from freshrec.serve import serve as run_server
+
+    overrides = list(set_ or [])
+    if host is not None:
+        overrides.append(f"host={host}")
+    if port is not None:
+        overrides.append(f"port={port}")
+    data = apply_overrides(read_config_file(config) if config is not None else {}, overrides)
+    if model_dir is not None:
+        arm = {"name": "main", "model_dir": str(model_dir)}
+        if retrieval_dir is not None:
+            arm["retrieval_dir"] = str(retrieval_dir)
+        data["arms"] = [arm]
+    cfg = ServeConfig.from_dict(data, source=str(config) if config else "config")
+    typer.echo(
+        f"freshrec serve: arms {[a.name for a in cfg.arms]}, http://{cfg.host}:{cfg.port}/docs", err=True
+    )
+    run_server(cfg)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter
 
+from freshrec.errors import StateError
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import ModelConfig, RecModel, build_model
 from freshrec.ps import LocalPS, ParameterServer, PSConfig
@@ -109,11 +110,22 @@ class ServedModel:
         return served_model_from_snapshot(path, name=name, fp16=fp16, ps_config=ps_config)
 
     # ---- reads (any thread) ------------------------------------------------------------------
+    def _pull(self, batch: Batch):
+        """Pooled embeddings from the current serving PS. A full delta or a bootstrap may swap the
+        PS and close the old one while this request reads it: then read again from the new one."""
+        bridge = self._bridge  # one read of the bridge, hence of the PS
+        try:
+            return bridge.pull(batch, train=False)
+        except StateError:
+            if bridge is self._bridge:
+                raise  # closed, and not because it was replaced
+            return self._bridge.pull(batch, train=False)
+
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
         """Raw logits ``(B, T)`` (no log-odds correction); never changes the PS."""
         module = self.module  # one read: a concurrent swap cannot mix old and new weights
-        pulled = self._bridge.pull(batch, train=False)  # one read of the bridge, hence of the PS
+        pulled = self._pull(batch)
         return module(pulled.pooled, torch.from_numpy(batch.dense))
 
     def predict(self, batch: Batch) -> np.ndarray:
@@ -124,7 +136,7 @@ class ServedModel:
     def pooled(self, batch: Batch) -> tuple[RecModel, dict[str, torch.Tensor]]:
         """The current module and the batch's pooled embeddings (for retrieval towers)."""
         module = self.module
-        return module, self._bridge.pull(batch, train=False).pooled
+        return module, self._pull(batch).pooled
 
     # ---- writes (the sync subscriber) ----------------------------------------------------------
     def apply_sparse(

@@ -1,0 +1,391 @@
+"""``freshrec bench serve``: /v1/rank latency under a fixed request rate while the served model
+takes a sparse delta every second, and how fresh those deltas are.
+
+Setup: a DeepFM ranker over the simulator's feature names (10 sparse slots, dim 16, one dense
+feature, MLP 400-400-400) is trained on synthetic data and loaded as a :class:`ServedModel`; a
+replica serves it from this process (uvicorn, one event loop + request threads, torch at one
+thread per request). A load generator in another process (``bench/_loadgen.py``: asyncio httpx,
+open loop) calls /v1/rank with 100 candidates at ``rate`` requests per second; latency counts
+from each request's scheduled send time, so a stall cannot hide behind a slow client
+(coordinated omission).
+
+Meanwhile a training process plays the training side: examples arrive at ``examples_per_s``
+(arrival times spread over each second), and every second a :class:`Trainer` steps on what
+arrived, drains the rows it touched (``ps.drain_changes()``) and sends them over a pipe; a
+thread of the serving process applies them with ``ServedModel.apply_sparse`` (the sync
+subscriber, which does this from the event log, is a separate component). Freshness of an
+example = wall time the delta holding it was applied - its arrival. The trainer shares the
+machine's 2 cores with the server and the load generator, as it would not in production.
+
+Baseline, same run: the 100-candidate forward pass in-process (``ServedModel.predict`` on an
+encoded batch), so ``rank_p99_vs_forward`` is what HTTP, parsing, features and contention add.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from freshrec.bench._report import BenchReport
+from freshrec.errors import ConfigError, StateError
+from freshrec.features import DenseFeature, FeatureSpec, SparseSlot
+from freshrec.models import DeepFMConfig
+from freshrec.serve import BackgroundServer, ServeConfig
+from freshrec.serve.features import ColumnBuilder
+from freshrec.sync import ServedModel, ServingState
+from freshrec.train import TrainConfig, Trainer
+
+__all__ = ["DeltaApplier", "run"]
+
+DIM, HIDDEN, CANDIDATES = 16, [400, 400, 400], 100
+USERS, ITEMS, SELLERS, CATEGORIES = 50_000, 20_000, 500, 40
+DEVICES = ["ios", "android", "web"]
+
+
+def _spec() -> FeatureSpec:
+    slots = [
+        "user_id",
+        "segment",
+        "age_bucket",
+        "hour",
+        "device",
+        "item_id",
+        "category",
+        "seller_id",
+        "price_bucket",
+        "format",
+    ]
+    return FeatureSpec(
+        sparse=[SparseSlot(name=s) for s in slots],
+        dense=[DenseFeature(name="price", transform="log1p")],
+        labels=["click"],
+        table_defaults={"dim": DIM, "admission": {"min_count": 1}},
+    )
+
+
+class World:
+    """Synthetic users and items with the simulator's feature names (the model need not be good;
+    the tables and the request shapes must be realistic)."""
+
+    def __init__(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.rng = rng
+        self.item_category = rng.integers(0, CATEGORIES, ITEMS)
+        self.item_seller = rng.zipf(1.3, ITEMS) % SELLERS
+        self.item_price = rng.lognormal(3.0, 1.0, ITEMS)
+        self.item_auction = rng.random(ITEMS) < 0.4
+        self.user_segment = rng.integers(0, 8, USERS)
+        self.user_age = rng.integers(0, 6, USERS)
+        self.next_user = USERS  # new users arrive with the deltas
+
+    def item(self, i: int) -> dict:
+        price = float(self.item_price[i])
+        return {
+            "category": int(self.item_category[i]),
+            "seller_id": f"s{self.item_seller[i]}",
+            "price_bucket": int(np.log2(1 + price)),
+            "format": "auction" if self.item_auction[i] else "fixed",
+            "price": round(price, 2),
+        }
+
+    def columns(self, n: int, *, new_users: int = 0) -> dict:
+        rng = self.rng
+        users = rng.integers(0, USERS, n)
+        if new_users:
+            users[:new_users] = np.arange(self.next_user, self.next_user + new_users)
+            self.next_user += new_users
+        items = rng.integers(0, ITEMS, n)
+        cat = self.item_category[items]
+        logit = -2.0 + np.where(cat % 3 == 0, 1.5, 0.0) + 0.3 * (self.user_segment[users % USERS] == cat % 8)
+        price = self.item_price[items]
+        return {
+            "user_id": users,
+            "segment": self.user_segment[users % USERS],
+            "age_bucket": self.user_age[users % USERS],
+            "hour": rng.integers(0, 24, n),
+            "device": rng.choice(DEVICES, n).tolist(),
+            "item_id": [f"it{i}" for i in items.tolist()],
+            "category": cat,
+            "seller_id": [f"s{s}" for s in self.item_seller[items].tolist()],
+            "price_bucket": np.log2(1 + price).astype(np.int64),
+            "format": np.where(self.item_auction[items], "auction", "fixed").tolist(),
+            "price": price,
+            "click": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32),
+        }
+
+    def request(self) -> dict:
+        rng = self.rng
+        u = int(rng.integers(0, USERS))
+        items = rng.choice(ITEMS, CANDIDATES, replace=False).tolist()
+        return {
+            "user_id": u,
+            "user_features": {"segment": int(self.user_segment[u]), "age_bucket": int(self.user_age[u])},
+            "context": {"hour": int(rng.integers(0, 24)), "device": DEVICES[int(rng.integers(0, 3))]},
+            "candidates": [{"item_id": f"it{i}", "features": self.item(i)} for i in items],
+        }
+
+
+def _training_side(
+    model_dir: str, conn, stop, seed: int, examples_per_s: float, interval_s: float, new_users_per_s: float
+) -> None:  # type: ignore[no-untyped-def]
+    """The training side, in its own process: every ``interval_s``, train on the examples that
+    arrived since the last tick and send the rows that changed (``ps.drain_changes()``) down
+    ``conn`` with the examples' arrival times."""
+    from freshrec.train.model_dir import load_model_dir
+
+    torch.set_num_threads(1)
+    trainer = load_model_dir(model_dir)
+    trainer.ps.drain_changes()  # what loading wrote is already in the served copy
+    world, rng = World(seed), np.random.default_rng(seed)
+    trainer.step(trainer.spec.encode(world.columns(64), event_time=np.zeros(64)))  # warm (ships in delta 1)
+    conn.send("ready")
+    last, version = time.time(), 0
+    while not stop.wait(max(0.0, last + interval_s - time.time())):
+        now = time.time()
+        n = int(rng.poisson(examples_per_s * (now - last)))
+        arrivals = np.sort(rng.uniform(last, now, n))  # (n,) wall seconds
+        last = now
+        if n == 0:
+            continue
+        cols = world.columns(n, new_users=min(n, int(rng.poisson(new_users_per_s))))
+        t0 = time.perf_counter()
+        trainer.step(trainer.spec.encode(cols, event_time=arrivals))
+        changes = trainer.ps.drain_changes()
+        version += 1
+        tables = {t: (c.upserts.ids, c.upserts.embeddings, c.removed) for t, c in changes.tables.items()}
+        conn.send((version, arrivals, tables, changes.num_rows, time.perf_counter() - t0))
+    conn.send(None)
+    trainer.close()
+
+
+class DeltaApplier:
+    """The serving side of sync for the benchmark: a training process (``_training_side``) sends
+    a delta every ``interval_s``; a thread here applies it to the served model with
+    ``ServedModel.apply_sparse`` and records each example's freshness (applied - arrived)."""
+
+    def __init__(self, model_dir: Path, served: ServedModel, *, seed: int, examples_per_s: float,
+                 interval_s: float = 1.0, new_users_per_s: float = 20.0) -> None:  # fmt: skip
+        ctx = mp.get_context("spawn")
+        self.served = served
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(
+            target=_training_side,
+            args=(str(model_dir), child, self._stop, seed, examples_per_s, interval_s, new_users_per_s),
+            name="bench-trainer",
+            daemon=True,
+        )
+        self._thread = threading.Thread(target=self._run, name="bench-deltas", daemon=True)
+        self.freshness: list[np.ndarray] = []
+        self.rows: list[int] = []
+        self.apply_s: list[float] = []
+        self.step_s: list[float] = []
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start the training process; returns once it is ready to train."""
+        self._proc.start()
+        if not self._conn.poll(timeout_s) or self._conn.recv() != "ready":
+            raise StateError(f"the training process did not start within {timeout_s} s")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self._proc.join(30)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except EOFError:
+                return
+            if msg is None:
+                return
+            version, arrivals, tables, rows, step_s = msg
+            t0 = time.perf_counter()
+            for table, (ids, embeddings, removed) in tables.items():
+                self.served.apply_sparse(table, ids, embeddings, removed)
+            self.served.mark(sparse_version=version, event_time=float(arrivals[-1]))
+            applied = time.time()
+            self.apply_s.append(time.perf_counter() - t0)
+            self.step_s.append(step_s)
+            self.rows.append(rows)
+            self.freshness.append(applied - arrivals)
+
+
+def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str = "raw") -> BenchReport:
+    if client not in ("raw", "httpx"):
+        raise ConfigError(f"client must be 'raw' or 'httpx', got {client!r}")
+    seconds = 10.0 if quick else 40.0
+    examples_per_s = 1000.0
+    report = BenchReport(
+        "serve",
+        params={
+            "model": "deepfm",
+            "hidden": HIDDEN,
+            "dim": DIM,
+            "slots": 10,
+            "dense": 1,
+            "candidates": CANDIDATES,
+            "rate_per_s": rate,
+            "seconds": seconds,
+            "quick": quick,
+            "load_generator": f"separate process, asyncio ({client} client), open loop, latency from the "
+            "scheduled send time",
+            "server": "uvicorn in this process (uvloop, httptools when installed); /v1/rank on the event "
+            "loop; torch_threads=1, ps_threads=1",
+            "sync": "a Trainer in another process steps every 1 s on the examples that arrived and sends "
+            "the rows it changed (ps.drain_changes) over a pipe; a server thread applies them with "
+            "ServedModel.apply_sparse: the event-log sync subscriber is not used",
+            "examples_per_s": examples_per_s,
+        },
+    )
+    # the machine is shared: other work competing for the 2 cores shows up here, not in the figures
+    report.params["load_average_1m_at_start"] = os.getloadavg()[0]
+    world = World(seed)
+    spec = _spec()
+    with tempfile.TemporaryDirectory(prefix="freshrec-bench-serve-") as tmp:
+        root = Path(tmp)
+        trainer = Trainer(
+            spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=1, negative_sampling_rate=0.25)
+        )
+        for i in range(10 if quick else 30):
+            trainer.step(spec.encode(world.columns(4096), event_time=np.full(4096, float(i))))
+        trainer.save(root / "rank")
+        served = ServedModel.from_model_dir(root / "rank")
+        torch.set_num_threads(1)
+        served.warmup()
+
+        # the baseline: the same 100-candidate forward pass, in-process
+        body = world.request()
+        builder = ColumnBuilder(spec)
+        ids = [c["item_id"] for c in body["candidates"]]
+        feats = [c["features"] for c in body["candidates"]]
+        cols, _ = builder.raw(body["user_id"], body["user_features"], body["context"], ids, feats)
+        batch = builder.encode(cols, CANDIDATES)
+        report.figure("forward_only_ms", _median_ms(lambda: served.predict(batch), 300))
+        report.figure(
+            "features_encode_ms",
+            _median_ms(
+                lambda: builder.encode(
+                    builder.raw(body["user_id"], body["user_features"], body["context"], ids, feats)[0],
+                    CANDIDATES,
+                ),
+                300,
+            ),
+        )
+
+        bodies = root / "bodies.jsonl"
+        bodies.write_text("\n".join(json.dumps(world.request()) for _ in range(256)) + "\n")
+        config = ServeConfig.from_dict(
+            {
+                "port": 0,
+                "arms": [{"name": "control", "model_dir": str(root / "rank")}],
+                "log": {"path": str(root / "log"), "synchronous": "normal"},
+                "tail_items": False,
+            }
+        )
+        trainer.close()
+        deltas = DeltaApplier(root / "rank", served, seed=seed + 1, examples_per_s=examples_per_s)
+        with BackgroundServer(config, {"control": ServingState(served)}) as server:
+            deltas.start()
+            out = root / "load.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "freshrec.bench._loadgen",
+                f"{server.url}/v1/rank",
+                str(bodies),
+                str(out),
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(seconds),
+                "--client",
+                client,
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+            deltas.stop()
+            if proc.returncode != 0:
+                raise StateError(f"the load generator failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+            load = json.loads(out.read_text())
+            metrics_text = httpx.get(f"{server.url}/metrics", timeout=10).text
+
+    report.params["load_average_1m_at_end"] = os.getloadavg()[0]
+    lat = np.array(load["latency_s"]) * 1e3  # (n,) ms
+    status = np.array(load["status"])
+    ok = status == 200
+    report.figure("rank_p50_ms", float(np.percentile(lat, 50)))
+    report.figure("rank_p99_ms", float(np.percentile(lat, 99)))
+    report.figure("rank_p999_ms", float(np.percentile(lat, 99.9)))
+    report.figure("rank_max_ms", float(lat.max()))
+    report.figure("rank_qps", float(ok.sum() / load["elapsed_s"]))
+    report.figure("error_rate", float(1.0 - ok.mean()))
+    report.params["client_failures"] = load.get("failures", {})
+    report.params["statuses"] = {
+        str(k): int(v) for k, v in zip(*np.unique(status, return_counts=True), strict=True)
+    }
+    report.figure("requests", float(len(lat)))
+    fresh = np.concatenate(deltas.freshness) if deltas.freshness else np.array([np.nan])
+    report.figure("freshness_p50_s", float(np.percentile(fresh, 50)))
+    report.figure("freshness_p99_s", float(np.percentile(fresh, 99)))
+    report.figure("deltas_applied", float(len(deltas.rows)))
+    report.figure("delta_rows_mean", float(np.mean(deltas.rows)) if deltas.rows else 0.0)
+    report.figure("delta_train_step_ms_p50", float(np.median(deltas.step_s)) * 1e3 if deltas.step_s else 0.0)
+    report.figure("delta_apply_ms_p50", float(np.median(deltas.apply_s)) * 1e3 if deltas.apply_s else 0.0)
+    report.figure("served_sparse_version", float(served.sparse_version))
+    report.ratio("rank_p99_vs_forward", report.figures["rank_p99_ms"] / report.figures["forward_only_ms"])
+    report.ratio("rank_p50_vs_forward", report.figures["rank_p50_ms"] / report.figures["forward_only_ms"])
+    for q, name in ((0.5, "server_rank_p50_ms_le"), (0.99, "server_rank_p99_ms_le")):
+        report.figure(name, _server_quantile_ms(metrics_text, q))
+    report.notes.append(
+        f"targets: rank_p99_ms <= 10 at {rate:.0f} QPS with error_rate 0; freshness_p99_s <= 2. "
+        f"server histogram: {_server_line(metrics_text)}"
+    )
+    return report
+
+
+def _server_quantile_ms(metrics_text: str, q: float) -> float:
+    """The upper bound (ms) of the server histogram's bucket holding quantile ``q`` of /v1/rank:
+    time inside the app, without the socket, the event loop's queue or the client."""
+    buckets = []
+    for line in metrics_text.splitlines():
+        if line.startswith("freshrec_serve_request_seconds_bucket{") and 'endpoint="/v1/rank"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    total = buckets[-1][1]
+    return next(le for le, count in buckets if count >= q * total) * 1e3
+
+
+def _server_line(metrics_text: str) -> str:
+    """The server's own count of /v1/rank requests with a 200, from its /metrics."""
+    for line in metrics_text.splitlines():
+        if (
+            line.startswith("freshrec_serve_requests_total{")
+            and 'endpoint="/v1/rank"' in line
+            and '"200"' in line
+        ):
+            return line
+    return "(no /v1/rank samples)"

@@ -1,0 +1,153 @@
+"""Configuration of a serving replica: where it listens, what each A/B arm serves, the caps.
+
+A config file looks like::
+
+    host = "0.0.0.0"
+    port = 8000
+    api_key = "change-me"                 # or the FRESHREC_API_KEY environment variable
+    [log]
+    path = "runs/log"
+    [[arms]]
+    name = "control"
+    weight = 0.9
+    model_dir = "runs/rank"
+    retrieval_dir = "runs/retrieve"
+    [[arms]]
+    name = "deep"
+    weight = 0.1
+    model_dir = "runs/rank-dcn"
+    retrieval_dir = "runs/retrieve"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from freshrec.config import Config
+from freshrec.stream.config import LogConfig
+
+__all__ = ["API_KEY_ENV", "ArmConfig", "ServeConfig", "TopicsConfig", "is_loopback"]
+
+API_KEY_ENV = "FRESHREC_API_KEY"
+_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"  # the event log's rule
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ArmConfig(Config):
+    """One A/B arm: the models it serves and its share of users.
+
+    Args:
+        name: the arm's name, used in metrics, responses and impressions' model versions.
+        weight: its share of users, relative to the other arms' weights.
+        model_dir: the ranking model (a model directory written by ``Trainer.save``).
+        retrieval_dir: the two-tower retriever for /v1/recommend; None: /v1/recommend ranks the
+            ``retrieve_k`` most recently listed live items instead.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+    model_dir: Path
+    retrieval_dir: Path | None = None
+
+
+class TopicsConfig(Config):
+    """Event-log topics the server writes and reads (the joiner reads impressions and actions)."""
+
+    impressions: str = Field("impressions", pattern=_TOPIC)
+    actions: str = Field("actions", pattern=_TOPIC)
+    items: str = Field("items", pattern=_TOPIC)
+    partitions: int = Field(1, ge=1, le=1024)  # for topics the server creates; existing ones keep theirs
+
+
+class ServeConfig(Config):
+    """A serving replica.
+
+    Args:
+        host, port: where uvicorn listens.
+        api_key: required (header ``X-API-Key``) by /v1/events; read from the environment
+            variable ``FRESHREC_API_KEY`` when not given. None turns the check off, which is
+            allowed only when ``host`` is a loopback address (the local demo).
+        arms: the A/B arms (at least one); a user's arm is a stable, seeded hash of the user id.
+        arm_seed: seed of that hash (change it to reshuffle users between arms).
+        log: the event log impressions, actions and item events go to.
+        topics: topic names in that log.
+        tail_items: read item lifecycle events from the log in a background thread (the live
+            catalog for /v1/recommend); off, the catalog is fed by /v1/events only.
+        max_body_bytes: requests with a larger body are refused (413) before they are parsed.
+        max_candidates: candidates per /v1/rank request.
+        max_k: items per /v1/recommend request.
+        max_events: events per /v1/events request.
+        retrieve_k: items the retriever hands to the ranking model in /v1/recommend.
+        sync_impressions: /v1/recommend returns only after its impressions are durable in the
+            log (one fsync per request on the embedded log); off, a background writer appends
+            them in batches within milliseconds and a crash may lose the last ones.
+        request_memory: request ids remembered (id -> arm) to attribute later actions to arms.
+        item_refresh_s: how often item vectors are recomputed when the catalog or the retriever
+            changed.
+        torch_threads: torch intra-op threads. 1: a 100-candidate forward pass is too small to
+            gain from splitting, and the other core serves the delta, tailer and writer threads.
+        ps_threads: worker threads of each served model's parameter server; 1 looks up a
+            request's tables in the request's own thread (a pool hand-off per lookup costs more
+            than the lookup at serving batch sizes).
+        warmup_candidates: candidate count of the synthetic requests that warm the path at start.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (tests)
+    api_key: SecretStr | None = None
+    arms: list[ArmConfig] = Field(min_length=1)
+    arm_seed: int = Field(0, ge=0, lt=2**64)
+    log: LogConfig = Field(default_factory=LogConfig)
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    tail_items: bool = True
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # 1 MiB: 1000 candidates with ~20 features each fit
+    max_candidates: int = Field(1000, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_events: int = Field(10_000, ge=1)
+    retrieve_k: int = Field(300, ge=1)  # the issue's "top few hundred" by dot product
+    sync_impressions: bool = False
+    request_memory: int = Field(200_000, ge=1)  # ~100 B each: 20 MB, an hour at ~55 requests/s
+    item_refresh_s: float = Field(1.0, gt=0, allow_inf_nan=False)  # the sparse sync cadence
+    torch_threads: int = Field(1, ge=1, le=256)
+    ps_threads: int = Field(1, ge=1, le=256)
+    warmup_candidates: int = Field(100, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_env(cls, data: Any) -> Any:
+        # a secret belongs in the environment, not in a config file checked into a repository
+        if isinstance(data, dict) and data.get("api_key") is None and os.environ.get(API_KEY_ENV):
+            data = {**data, "api_key": os.environ[API_KEY_ENV]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique; repeated: {dupes}")
+        if self.api_key is None and not is_loopback(self.host):
+            raise ValueError(
+                f"api_key is required when host {self.host!r} is not a loopback address "
+                f"(set api_key or {API_KEY_ENV}); only a localhost demo may run without one"
+            )
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            raise ValueError("api_key must not be empty")
+        if len({self.topics.impressions, self.topics.actions, self.topics.items}) != 3:
+            raise ValueError("topics.impressions, topics.actions and topics.items must differ")
+        return self

@@ -1,0 +1,226 @@
+"""Request features -> the columns a model's :class:`FeatureSpec` reads, named as in training.
+
+A request carries the user's id and features, the context (hour, device, ...) and, per
+candidate, an item id and the item's features. Training examples come from the joiner, which
+flattens an impression's three feature dicts into one (``joiner/example.py``); serving must
+build the same names or a model reads the wrong columns. The rule, per candidate:
+
+* ``user_id`` and ``item_id`` are columns of their own (the ids), and ``position`` is 0 (a
+  model that learned a position bias scores every candidate as if shown on top);
+* the user, item and context features are merged as they are; a name that appears in more than
+  one of the three dicts, or that is a reserved column or a label, is prefixed with its source
+  (``user_``, ``item_``, ``context_``) in every dict that has it.
+
+Columns are built once per request, not per candidate where it can be helped: a user or context
+feature is broadcast, ID columns are hashed here in one call (so ``encode`` passes them through),
+and only the candidates' own features are gathered row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from freshrec.errors import InputError
+from freshrec.features import Batch, FeatureSpec, hash_ids
+from freshrec.stream.events import ACTION_TYPES
+
+__all__ = ["RESERVED_COLUMNS", "ColumnBuilder", "Missing", "merge_features"]
+
+# The joiner's columns made from an example's own fields: no feature may take these names.
+RESERVED_COLUMNS: frozenset[str] = frozenset(
+    (
+        "example_id",
+        "request_id",
+        "event_time",
+        "emitted_at",
+        "user_id",
+        "item_id",
+        "position",
+        "model_version",
+        "sample_weight",
+        "sampling_rate",
+    )
+)
+_PREFIXES = ("user_", "item_", "context_")
+_IDS = ("user_id", "item_id", "position")
+
+
+def merge_features(
+    user: Mapping[str, Any], item: Mapping[str, Any], context: Mapping[str, Any], reserved: frozenset[str]
+) -> dict[str, Any]:
+    """One candidate's flat feature dict (the rule in the module docstring)."""
+    merged = {**user, **item, **context}
+    if len(merged) == len(user) + len(item) + len(context) and reserved.isdisjoint(merged):
+        return merged
+    seen: dict[str, int] = {}
+    for d in (user, item, context):
+        for name in d:
+            seen[name] = seen.get(name, 0) + 1
+    clash = {name for name, count in seen.items() if count > 1 or name in reserved}
+    out: dict[str, Any] = {}
+    for prefix, d in zip(_PREFIXES, (user, item, context), strict=True):
+        for name, value in d.items():
+            key = prefix + name if name in clash else name
+            if key in out or key in reserved:
+                raise InputError(
+                    f"features: {name!r} becomes {key!r} after prefixing, which another feature or "
+                    "column already uses; rename one of them"
+                )
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A feature the model reads that some rows lack: its name, what reads it, the rows."""
+
+    name: str
+    what: str  # "sparse slot 'category'" / "dense feature 'price'"
+    rows: np.ndarray  # (m,) int64 row indices (candidates)
+
+
+class ColumnBuilder:
+    """Builds a spec's columns for one user and N candidates (see the module docstring).
+
+    Args:
+        spec: the model's feature spec.
+        only: the feature names that matter (e.g. one tower of a two-tower model); the others
+            get placeholder values (ID 0, empty lists, 0.0) so ``encode`` has every column.
+    """
+
+    def __init__(self, spec: FeatureSpec, only: Sequence[str] | None = None) -> None:
+        self.spec = spec
+        self.reserved = RESERVED_COLUMNS | frozenset(ACTION_TYPES) | frozenset(spec.labels)
+        keep = set(spec.slot_names) | set(spec.dense_names) if only is None else set(only)
+        self.single = [s.name for s in spec.sparse if not s.multi_valued and s.name in keep]
+        self.multi = [s.name for s in spec.sparse if s.multi_valued and s.name in keep]
+        self.dense = [d.name for d in spec.dense if d.name in keep]
+        self.fill = {d.name: d.fill_missing for d in spec.dense}
+        self.placeholders = {
+            "single": [s.name for s in spec.sparse if not s.multi_valued and s.name not in keep],
+            "multi": [s.name for s in spec.sparse if s.multi_valued and s.name not in keep],
+            "dense": [d.name for d in spec.dense if d.name not in keep],
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return self.single + self.multi + self.dense
+
+    def raw(
+        self,
+        user_id: Any,
+        user: Mapping[str, Any],
+        context: Mapping[str, Any],
+        item_ids: Sequence[Any],
+        items: Sequence[Mapping[str, Any]],
+    ) -> tuple[dict[str, list[Any] | np.ndarray], list[Missing]]:
+        """Raw columns (values as sent, ``None`` where a row lacks a feature) and what is missing.
+
+        A missing multi-valued slot is an empty list and a missing dense feature with
+        ``fill_missing`` is filled, so neither is reported."""
+        n = len(item_ids)
+        item_keys = set(chain.from_iterable(items))
+        u, c = user.keys(), context.keys()
+        every = u | c | item_keys
+        clash = (u & c) or (u & item_keys) or (c & item_keys) or not self.reserved.isdisjoint(every)
+        cols: dict[str, list[Any] | np.ndarray] = {}
+        if not clash:  # the common case: broadcast user and context, gather the items' own
+            for name in self.names:
+                if name in user:
+                    cols[name] = [user[name]] * n
+                elif name in context:
+                    cols[name] = [context[name]] * n
+                elif name in item_keys:
+                    cols[name] = [f.get(name) for f in items]
+                elif name not in _IDS:
+                    cols[name] = [None] * n
+        else:
+            merged = [merge_features(user, f, context, self.reserved) for f in items]
+            cols.update({name: [m.get(name) for m in merged] for name in self.names if name not in _IDS})
+        ids = {"user_id": [user_id] * n, "item_id": list(item_ids), "position": [0] * n}
+        cols.update({name: values for name, values in ids.items() if name in self.names})
+        missing: list[Missing] = []
+        for name in self.single:
+            rows = _none_rows(cols[name])
+            if rows.size:
+                missing.append(Missing(name, f"sparse slot {name!r}", rows))
+        for name in self.dense:
+            rows = _none_rows(cols[name])
+            if rows.size and self.fill[name] is None:
+                missing.append(Missing(name, f"dense feature {name!r}", rows))
+        return cols, missing
+
+    def encode(self, cols: Mapping[str, list[Any] | np.ndarray], n: int) -> Batch:
+        """The batch of rows whose columns are ``cols`` (raw, as :meth:`raw` made them, with no
+        missing single-valued slot left). Bad values raise :class:`InputError` naming the feature."""
+        seed = self.spec.hash_seed
+        out: dict[str, Any] = {}
+        for name in self.single:
+            out[name] = id_column(cols[name], seed, name)
+        for name in self.multi:
+            out[name] = [v if v is not None else [] for v in cols[name]]
+        for name in self.dense:
+            out[name] = dense_column(cols[name], name)
+        for name in self.placeholders["single"]:
+            out[name] = np.zeros(n, np.int64)
+        for name in self.placeholders["multi"]:
+            out[name] = [[]] * n
+        for name in self.placeholders["dense"]:
+            out[name] = np.zeros(n, np.float64)
+        return self.spec.encode(out, labels=False, event_time=np.zeros(n))
+
+
+def _none_rows(values: list[Any] | np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return np.zeros(0, np.int64)
+    return np.fromiter((i for i, v in enumerate(values) if v is None), np.int64)
+
+
+def dense_column(values: list[Any] | np.ndarray, name: str) -> np.ndarray:
+    """Numbers as float64, ``None`` as NaN (``encode`` fills it or names it)."""
+    if isinstance(values, np.ndarray):
+        return values
+    try:
+        return np.array(values, np.float64)
+    except (TypeError, ValueError):
+        bad = next(i for i, v in enumerate(values) if v is not None and type(v) not in (int, float))
+        raise InputError(
+            f"feature {name!r} is a dense feature and needs numbers; row {bad} has "
+            f"{type(values[bad]).__name__} {values[bad]!r}"
+        ) from None
+
+
+def id_column(values: list[Any] | np.ndarray, seed: int, name: str) -> np.ndarray:
+    """IDs as int64 the way training hashes them: ints as they are, strings by seeded xxh64.
+
+    A column mixing ints and strings is hashed value by value (training, which sees such a
+    feature one type per batch, gives each value the same ID)."""
+    if isinstance(values, np.ndarray):
+        return values
+    first = type(values[0]) if values else int
+    if first is int and all(type(v) is int for v in values):
+        try:
+            return np.array(values, np.int64)
+        except OverflowError as exc:
+            raise InputError(f"feature {name!r}: integer IDs must fit in int64") from exc
+    if first is str and all(type(v) is str for v in values):
+        return hash_ids(values, seed)
+    out = np.empty(len(values), np.int64)
+    ints = [i for i, v in enumerate(values) if type(v) is int]
+    strs = [i for i, v in enumerate(values) if type(v) is str]
+    if len(ints) + len(strs) != len(values):
+        bad = next(i for i, v in enumerate(values) if type(v) not in (int, str))
+        raise InputError(
+            f"feature {name!r} is an ID (sparse slot) and needs integers or strings; "
+            f"row {bad} has {type(values[bad]).__name__} {values[bad]!r}"
+        )
+    if ints:
+        out[ints] = np.array([values[i] for i in ints], np.int64)
+    if strs:
+        out[strs] = hash_ids([values[i] for i in strs], seed)
+    return out

@@ -1,0 +1,372 @@
+"""The HTTP API in-process (TestClient): answers, every 4xx path, the API key, impressions logged
+by /v1/recommend, actions credited to arms, /metrics and the OpenAPI docs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from freshrec.serve import ServeConfig, create_app, load_states
+from freshrec.stream import decode, open_log
+
+with warnings.catch_warnings():  # starlette's TestClient warns about httpx; the app does not care
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+KEY = {"X-API-Key": "s3cret"}
+USER = {"segment": 1}
+CONTEXT = {"hour": 9, "device": "web"}
+
+
+def item_features(i):
+    return {
+        "category": i % 10,
+        "seller_id": f"s{i % 7}",
+        "tags": [f"t{i % 5}"],
+        "price": 5.0 + i,
+        "discount": 0.1,
+    }
+
+
+def rank_body(n=3, **over):
+    body = {
+        "user_id": 7,
+        "user_features": USER,
+        "context": CONTEXT,
+        "candidates": [{"item_id": f"it{i}", "features": item_features(i)} for i in range(n)],
+    }
+    return {**body, **over}
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    config = ServeConfig.from_dict(
+        {
+            "api_key": "s3cret",
+            "max_candidates": 20,
+            "max_k": 5,
+            "max_body_bytes": 8192,
+            "max_events": 50,
+            "log": {"path": str(root / "log"), "synchronous": "normal"},
+            "item_refresh_s": 0.05,
+            "arms": [
+                {
+                    "name": "two_tower",
+                    "weight": 1,
+                    "model_dir": str(model_dirs["rank"]),
+                    "retrieval_dir": str(model_dirs["retrieve"]),
+                },
+                {"name": "newest", "weight": 1, "model_dir": str(model_dirs["rank"])},
+            ],
+        }
+    )
+    app = create_app(config, load_states(config))
+    with TestClient(app) as client:
+        listed = [
+            {
+                "kind": "item",
+                "event_id": f"l{i}",
+                "event_time": 100.0 + i,
+                "item_id": f"it{i}",
+                "status": "listed",
+                "features": item_features(i),
+            }
+            for i in range(40)
+        ]
+        assert client.post("/v1/events", json=listed, headers=KEY).status_code == 200
+        yield client, app.state.replica, root / "log"
+
+
+def read_topic(path, topic):
+    with open_log(path=path) as log:
+        return [decode(r.value) for p in range(log.partitions(topic)) for r in log.read(topic, p, 0, 100_000)]
+
+
+def test_rank_scores_every_candidate_in_order(server):
+    client, replica, _ = server
+    r = client.post("/v1/rank", json=rank_body(4))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["arm"] in ("two_tower", "newest") and out["tasks"] == ["click"]
+    assert len(out["scores"]) == 4 and all(0 < s < 1 for s in out["scores"])
+    assert out["task_scores"]["click"] == out["scores"]
+    assert out["model"]["version"].startswith(out["arm"] + "/rank/s0.d0")
+    assert out["model"]["freshness_s"] >= 0 and out["model"]["event_time"] == 1029.0
+    want = (
+        replica.engines[out["arm"]]
+        .rank(7, USER, CONTEXT, [f"it{i}" for i in range(4)], [item_features(i) for i in range(4)])
+        .probs[:, 0]
+    )
+    assert out["scores"] == pytest.approx(want.tolist())
+    again = client.post("/v1/rank", json=rank_body(4)).json()
+    assert again["arm"] == out["arm"] and again["request_id"] != out["request_id"]
+
+
+def test_unknown_users_and_items_score_with_defaults(server):
+    client, _, _ = server
+    body = rank_body(2, user_id="nobody-ever")
+    body["candidates"][0]["item_id"] = 10**18
+    body["candidates"][1]["features"]["seller_id"] = "brand-new-seller"
+    r = client.post("/v1/rank", json=body)
+    assert r.status_code == 200 and len(r.json()["scores"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "message"),
+    [
+        (lambda b: b.pop("user_id"), 422, "user_id: Field required"),
+        (
+            lambda b: b["candidates"][1].update(item_id=1.5),
+            422,
+            "candidates[1].item_id: Input should be a valid integer",
+        ),
+        (lambda b: b.update(candidate=[]), 422, "candidate: Extra inputs are not permitted"),
+        (lambda b: b.update(candidates=[]), 422, "candidates: List should have at least 1 item"),
+        (
+            lambda b: b["candidates"][0]["features"].update(price={"a": 1}),
+            422,
+            "candidates[0].features.price",
+        ),
+        (
+            lambda b: b["candidates"][0]["features"].update(price=float("inf")),
+            422,
+            "candidates[0].features.price",
+        ),
+        (lambda b: b["candidates"][0]["features"].update(category=2.5), 422, "'category' is an ID"),
+        (
+            lambda b: b["candidates"][0]["features"].update(price="cheap"),
+            422,
+            "'price' is a dense feature and needs numbers; row 0 has str 'cheap'",
+        ),
+        (lambda b: b.update(user_features={}), 422, "features.segment: missing"),
+        (lambda b: b["candidates"][0]["features"].pop("price"), 422, "candidates[0].features.price: missing"),
+        (lambda b: b.update(user_id=2**63), 422, "user_id"),
+        (lambda b: b.update(user_id=""), 422, "user_id"),
+    ],
+)
+def test_bad_rank_requests_name_the_field(server, mutate, status, message):
+    client, _, _ = server
+    body = rank_body(3)
+    mutate(body)
+    r = client.post(
+        "/v1/rank",
+        content=json.dumps(body).replace("Infinity", "1e999"),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == status, r.text
+    assert message in r.json()["message"], r.json()
+
+
+def test_caps_on_candidates_k_and_body(server):
+    client, _, _ = server
+    r = client.post("/v1/rank", json=rank_body(21))
+    assert r.status_code in (413, 422)  # 21 candidates exceed both caps here; either way refused
+    r = client.post("/v1/rank", json=rank_body(2, candidates=[{"item_id": i} for i in range(21)]))
+    assert r.status_code == 422 and "candidates: List should have at most 20 items" in r.json()["message"]
+    r = client.post("/v1/recommend", json={"user_id": 1, "k": 6})
+    assert r.status_code == 422 and r.json()["message"].startswith(
+        "k: Input should be less than or equal to 5"
+    )
+    big = json.dumps(rank_body(1, padding="x" * 9000))
+    r = client.post("/v1/rank", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
+
+    def chunks():  # no Content-Length: the streamed size trips the cap
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = client.post("/v1/rank", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "cap is 8192" in r.json()["message"]
+
+
+def test_not_json_and_unknown_paths(server):
+    client, _, _ = server
+    r = client.post("/v1/rank", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "ValidationError" and "JSON" in r.json()["message"]
+    r = client.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"] == "NotFound"
+    assert client.get("/v1/rank").status_code == 405
+
+
+def test_events_need_the_api_key(server):
+    client, _, _ = server
+    ev = [
+        {
+            "kind": "action",
+            "event_id": "a",
+            "request_id": "r",
+            "event_time": 1.0,
+            "user_id": 1,
+            "item_id": "x",
+            "type": "click",
+        }
+    ]
+    r = client.post("/v1/events", json=ev)
+    assert r.status_code == 401 and "X-API-Key: missing" in r.json()["message"]
+    r = client.post("/v1/events", json=ev, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401 and r.json()["message"] == "X-API-Key: invalid API key"
+    assert client.post("/v1/events", json=ev, headers=KEY).status_code == 200
+
+
+def test_events_are_all_or_nothing(server):
+    client, _, log_path = server
+    before = len(read_topic(log_path, "actions"))
+    ev = [
+        {
+            "kind": "action",
+            "event_id": "ok",
+            "request_id": "r",
+            "event_time": 1.0,
+            "user_id": 1,
+            "item_id": "x",
+            "type": "click",
+        },
+        {
+            "kind": "action",
+            "event_id": "bad",
+            "request_id": "r",
+            "event_time": -1.0,
+            "user_id": 1,
+            "item_id": "x",
+            "type": "click",
+        },
+    ]
+    r = client.post("/v1/events", json=ev, headers=KEY)
+    assert r.status_code == 422
+    assert r.json()["message"].startswith(
+        "1 of 2 events are invalid, none was written: events[1].action.event_time"
+    )
+    assert r.json()["detail"][0]["index"] == 1
+    assert len(read_topic(log_path, "actions")) == before
+    r = client.post("/v1/events", json=[{"kind": "action"}] * 51, headers=KEY)
+    assert r.status_code == 422
+    r = client.post("/v1/events", json={"kind": "item"}, headers=KEY)
+    assert r.status_code == 422 and "expected a JSON array" in r.json()["message"]
+
+
+def test_item_events_update_the_catalog(server):
+    client, replica, log_path = server
+    ev = [{"kind": "item", "event_id": "e1", "event_time": 500.0, "item_id": "it39", "status": "ended"}]
+    assert client.post("/v1/events", json=ev, headers=KEY).json() == {
+        "accepted": 1,
+        "impressions": 0,
+        "actions": 0,
+        "items": 1,
+    }
+    assert replica.items.get("it39") is None
+    assert any(e.item_id == "it39" and e.status == "ended" for e in read_topic(log_path, "items"))
+    ev[0].update(event_id="e2", status="listed", event_time=600.0, features=item_features(39))
+    client.post("/v1/events", json=ev, headers=KEY)
+    assert client.get("/v1/healthz").json()["live_items"] == 40
+
+
+def test_recommend_logs_impressions_and_credits_actions(server):
+    client, replica, log_path = server
+    seen_arms = {}
+    for user in range(12):
+        r = client.post(
+            "/v1/recommend",
+            json={
+                "user_id": user,
+                "user_features": USER,
+                "context": CONTEXT,
+                "k": 3,
+                "event_time": 1000.0 + user,
+            },
+        )
+        assert r.status_code == 200, r.text
+        out = r.json()
+        seen_arms.setdefault(out["arm"], out)
+        assert [i["position"] for i in out["items"]] == [0, 1, 2]
+        scores = [i["score"] for i in out["items"]]
+        assert scores == sorted(scores, reverse=True)
+    assert set(seen_arms) == {"two_tower", "newest"}  # 12 users land in both halves
+    assert (
+        seen_arms["two_tower"]["retrieval"]["name"] == "retrieve" and seen_arms["newest"]["retrieval"] is None
+    )
+    assert replica.writer.flush(10)
+    out = seen_arms["two_tower"]
+    imps = [e for e in read_topic(log_path, "impressions") if e.request_id == out["request_id"]]
+    assert [(e.position, e.item_id) for e in sorted(imps, key=lambda e: e.position)] == [
+        (i["position"], i["item_id"]) for i in out["items"]
+    ]
+    first = min(imps, key=lambda e: e.position)
+    assert first.model_version == out["model"]["version"] and first.user_features == USER
+    assert first.context == CONTEXT and first.item_features == item_features(int(first.item_id[2:]))
+    assert first.event_id == f"{out['request_id']}.0" and first.event_time == 1000.0 + first.user_id
+    # the client's actions come back with the request id and are credited to the arm
+    act = [
+        {
+            "kind": "action",
+            "event_id": "c1",
+            "request_id": out["request_id"],
+            "event_time": 2000.0,
+            "user_id": first.user_id,
+            "item_id": first.item_id,
+            "type": "click",
+        }
+    ]
+    assert client.post("/v1/events", json=act, headers=KEY).status_code == 200
+    text = client.get("/metrics").text
+    assert 'freshrec_serve_actions_total{arm="two_tower",type="click"} 1.0' in text
+    assert 'freshrec_serve_ctr{arm="two_tower"}' in text
+
+
+def test_metrics_expose_latency_versions_rows_and_errors(server):
+    client, _, _ = server
+    client.post("/v1/rank", json=rank_body(2))
+    client.post("/v1/rank", json={"nope": 1})
+    text = client.get("/metrics").text
+    for needle in (
+        "freshrec_serve_request_seconds_bucket{arm=",
+        'endpoint="/v1/rank"',
+        "freshrec_serve_requests_total{arm=",
+        'freshrec_serve_errors_total{endpoint="/v1/rank",error="ValidationError",status="422"}',
+        'freshrec_serve_qps{endpoint="/v1/rank"}',
+        'freshrec_serve_model_version{arm="two_tower",kind="sparse",model="rank"} 0.0',
+        'freshrec_serve_sync_lag_seconds{arm="newest",model="rank"}',
+        'freshrec_serve_table_rows{arm="two_tower",model="retrieve",table="item_id"} 300.0',
+        "freshrec_serve_live_items",
+        'freshrec_serve_item_vectors{arm="two_tower"}',
+        'freshrec_serve_impressions_total{arm="newest"}',
+    ):
+        assert needle in text, needle
+
+
+def test_health_model_and_docs(server):
+    client, _, _ = server
+    h = client.get("/v1/healthz").json()
+    assert h["status"] == "ok" and h["state"] == "serving" and h["arms"] == ["two_tower", "newest"]
+    m = client.get("/v1/model").json()
+    arm = m["arms"][0]
+    assert arm["rank"]["type"] == "deepfm" and arm["retrieve"]["type"] == "two_tower"
+    assert arm["rank"]["tables"]["category"] == {"rows": 10, "dim": 8}
+    assert (
+        arm["rank"]["logit_offset"] == pytest.approx(-0.6931, abs=1e-4) and arm["item_vectors"]["items"] >= 39
+    )
+    assert "swagger-ui" in client.get("/docs").text
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/rank", "/v1/recommend", "/v1/events", "/v1/healthz", "/v1/model", "/metrics"} <= set(
+        spec["paths"]
+    )
+    schemas = spec["components"]["schemas"]
+    assert schemas["RankRequest"]["properties"]["candidates"]["maxItems"] == 20
+    assert "Impression" in schemas and "ItemLifecycle" in schemas
+    assert spec["paths"]["/v1/events"]["post"]["security"] == [{"APIKeyHeader": []}]
+
+
+def test_requests_before_start_are_refused(model_dirs, tmp_path):
+    config = ServeConfig.from_dict(
+        {
+            "arms": [{"name": "a", "model_dir": str(model_dirs["rank"])}],
+            "log": {"path": str(tmp_path / "log")},
+        }
+    )
+    app = create_app(config, load_states(config))
+    client = TestClient(app)  # no lifespan: the replica never started
+    r = client.post("/v1/rank", json=rank_body(1))
+    assert r.status_code == 503 and r.json()["message"] == "cannot rank: the server is created"
+    assert client.get("/v1/healthz").status_code == 503

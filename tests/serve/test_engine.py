@@ -1,0 +1,128 @@
+"""One arm's ranking and retrieve-then-rank, checked against plain recomputations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from freshrec.errors import InputError
+from freshrec.serve import ArmEngine, LiveItems
+from freshrec.stream import ItemLifecycle
+from freshrec.sync import ServedModel, ServingState
+
+from .conftest import SPEC
+
+USER = {"segment": 1}
+CONTEXT = {"hour": 9, "device": "web"}
+
+
+def item_features(i):
+    return {
+        "category": i % 10,
+        "seller_id": f"s{i % 7}",
+        "tags": [f"t{i % 5}"],
+        "price": 5.0 + i,
+        "discount": 0.1,
+    }
+
+
+@pytest.fixture(scope="module")
+def models(model_dirs):
+    rank = ServedModel.from_model_dir(model_dirs["rank"])
+    retrieve = ServedModel.from_model_dir(model_dirs["retrieve"], name="retrieve")
+    yield rank, retrieve
+    rank.close()
+    retrieve.close()
+
+
+def catalog(n):
+    items = LiveItems()
+    items.apply(
+        [
+            ItemLifecycle(
+                event_id=i, event_time=float(i), item_id=f"it{i}", status="listed", features=item_features(i)
+            )
+            for i in range(n)
+        ]
+    )
+    return items
+
+
+def test_rank_equals_predict_on_the_flat_columns(models):
+    rank, _ = models
+    engine = ArmEngine("a", ServingState(rank), LiveItems())
+    ids = ["it1", "it2", "never-seen", "nor-this"]  # unknown IDs read the default vector: no error
+    feats = [item_features(i) for i in range(4)]
+    got = engine.rank(3, USER, CONTEXT, ids, feats)
+    cols = {
+        "user_id": [3] * 4,
+        "item_id": ids,
+        **{k: [v] * 4 for k, v in {**USER, **CONTEXT}.items()},
+        **{k: [f[k] for f in feats] for k in feats[0]},
+    }
+    want = rank.predict(SPEC.encode(cols, labels=False))
+    np.testing.assert_allclose(got.probs, want, rtol=1e-6)
+    assert got.tasks == ["click"] and got.model.version == "a/rank/s0.d0"
+
+
+def test_rank_names_a_missing_feature(models):
+    engine = ArmEngine("a", ServingState(models[0]), LiveItems())
+    with pytest.raises(InputError, match=r"features.segment: missing"):
+        engine.rank(1, {}, CONTEXT, ["x"], [item_features(0)])
+    feats = [item_features(0), {k: v for k, v in item_features(1).items() if k != "price"}]
+    with pytest.raises(InputError, match=r"candidates\[1\].features.price: missing \(1 of 2"):
+        engine.rank(1, USER, CONTEXT, ["x", "y"], feats)
+
+
+def test_recommend_retrieves_by_dot_product_then_ranks(models):
+    rank, retrieve = models
+    items = catalog(120)
+    engine = ArmEngine("a", ServingState(rank, retrieve), items, retrieve_k=30)
+    engine.vectors.refresh()
+    rec = engine.recommend(4, USER, CONTEXT, 5)
+    # brute force: every item's vector, the user's vector, top 30, ranked, top 5
+    view = engine.vectors.view()
+    assert len(view.ids) == 120
+    u = engine._user_vector(retrieve, 4, USER, CONTEXT)
+    with torch.no_grad():
+        _keep, vecs = engine.vectors.item_vectors(view.ids, view.features)
+    np.testing.assert_allclose(view.matrix, vecs, rtol=1e-5)
+    top = np.argsort(-(vecs @ u), kind="stable")[:30]
+    ids = [view.ids[i] for i in top]
+    probs = engine.rank(4, USER, CONTEXT, ids, [view.features[i] for i in top]).probs[:, 0]
+    want = [ids[i] for i in np.argsort(-probs, kind="stable")[:5]]
+    assert rec.item_ids == want and rec.candidates == 30
+    assert np.all(np.diff(rec.probs[:, 0]) <= 0)
+    assert rec.retrieval is not None and rec.retrieval.name == "retrieve"
+
+
+def test_item_vectors_follow_the_catalog_and_versions(models):
+    rank, retrieve = models
+    items = catalog(10)
+    engine = ArmEngine("a", ServingState(rank, retrieve), items)
+    assert engine.vectors.refresh() and not engine.vectors.refresh()
+    items.apply([ItemLifecycle(event_id=99, event_time=50.0, item_id="it0", status="ended")])
+    assert engine.vectors.stale() and engine.vectors.refresh()
+    assert "it0" not in engine.vectors.view().ids
+    retrieve.mark(sparse_version=retrieve.sparse_version + 1)
+    assert engine.vectors.stale()
+
+
+def test_items_lacking_a_tower_feature_are_left_out(models):
+    rank, retrieve = models
+    items = catalog(5)
+    items.apply([ItemLifecycle(event_id=7, event_time=9.0, item_id="bare", status="listed", features={})])
+    engine = ArmEngine("a", ServingState(rank, retrieve), items)
+    engine.vectors.refresh()
+    assert engine.vectors.view().skipped == 1 and "bare" not in engine.vectors.view().ids
+
+
+def test_without_a_retriever_the_newest_listings_are_ranked(models):
+    items = catalog(50)
+    engine = ArmEngine("a", ServingState(models[0]), items, retrieve_k=10)
+    rec = engine.recommend(1, USER, CONTEXT, 3)
+    assert rec.candidates == 10 and set(rec.item_ids) <= {f"it{i}" for i in range(40, 50)}
+    assert rec.retrieval is None
+    empty = ArmEngine("a", ServingState(models[0]), LiveItems()).recommend(1, USER, CONTEXT, 3)
+    assert empty.item_ids == [] and empty.probs.shape == (0, 1)

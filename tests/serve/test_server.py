@@ -1,0 +1,117 @@
+"""End to end: ``freshrec serve`` in its own process, talked to over HTTP with httpx; SIGTERM
+stops it cleanly with the impressions it logged on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from freshrec.stream import decode, open_log
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def item(i):
+    return {"category": i % 10, "seller_id": f"s{i}", "tags": ["t1"], "price": 3.0 + i}
+
+
+@pytest.fixture
+def server_process(model_dirs, tmp_path):
+    port = free_port()
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(
+        f'port = {port}\napi_key = "k"\n[log]\npath = "{tmp_path / "log"}"\n'
+        f'[[arms]]\nname = "main"\nmodel_dir = "{model_dirs["rank"]}"\nretrieval_dir = "{model_dirs["retrieve"]}"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("FRESHREC_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "freshrec.cli", "serve", "--config", str(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {proc.communicate()[0][-3000:]}")
+        time.sleep(0.1)
+    try:
+        yield proc, url, tmp_path / "log"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serves_over_http_and_stops_cleanly(server_process):
+    proc, url, log_path = server_process
+    with httpx.Client(base_url=url, timeout=10) as c:
+        events = [
+            {
+                "kind": "item",
+                "event_id": i,
+                "event_time": 10.0 + i,
+                "item_id": f"it{i}",
+                "status": "listed",
+                "features": item(i),
+            }
+            for i in range(20)
+        ]
+        assert c.post("/v1/events", json=events).status_code == 401
+        assert c.post("/v1/events", json=events, headers={"X-API-Key": "k"}).json()["items"] == 20
+        ctx = {"user_features": {"segment": 2}, "context": {"hour": 1, "device": "ios"}}
+        r = c.post(
+            "/v1/rank", json={"user_id": 1, **ctx, "candidates": [{"item_id": "it1", "features": item(1)}]}
+        )
+        assert r.status_code == 200 and 0 < r.json()["scores"][0] < 1
+        deadline = time.time() + 10  # item vectors are rebuilt within item_refresh_s (1 s)
+        while c.get("/v1/model").json()["arms"][0]["item_vectors"]["items"] < 20 and time.time() < deadline:
+            time.sleep(0.05)
+        r = c.post("/v1/recommend", json={"user_id": 1, **ctx, "k": 4})
+        assert r.status_code == 200 and len(r.json()["items"]) == 4
+        rid = r.json()["request_id"]
+        assert "freshrec_serve_live_items 20.0" in c.get("/metrics").text
+        assert c.get("/docs").status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully (lifespan: the writer flushes, the log closes), then re-raises
+    # the signal it caught, so the exit status is the signal's
+    assert proc.wait(30) in (0, -signal.SIGTERM)
+    with open_log(path=log_path) as log:
+        imps = [decode(rec.value) for rec in log.read("impressions", 0, 0, 1000)]
+    assert sorted(e.position for e in imps if e.request_id == rid) == [0, 1, 2, 3]
+
+
+def test_bad_configuration_exits_with_a_one_line_reason(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from freshrec.cli import app
+
+    monkeypatch.delenv("FRESHREC_API_KEY", raising=False)
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "--model-dir", str(tmp_path), "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "api_key is required" in r.output
+    r = runner.invoke(app, ["serve", "--model-dir", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "is not a model directory" in r.output
