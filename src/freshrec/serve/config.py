@@ -31,7 +31,7 @@ from pydantic import Field, SecretStr, model_validator
 from freshrec.config import Config
 from freshrec.stream.config import LogConfig
 
-__all__ = ["API_KEY_ENV", "ArmConfig", "ServeConfig", "TopicsConfig", "is_loopback"]
+__all__ = ["API_KEY_ENV", "ArmConfig", "ArmSyncConfig", "ServeConfig", "TopicsConfig", "is_loopback"]
 
 API_KEY_ENV = "FRESHREC_API_KEY"
 _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"  # the event log's rule
@@ -47,21 +47,52 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class ArmSyncConfig(Config):
+    """An arm whose models follow the training side through the sync log (``freshrec online``
+    publishes it): loaded from the newest serving snapshot, then kept fresh by subscribers.
+
+    Args:
+        snapshot_dir: the publisher's snapshot root (its ``SyncConfig.snapshot_dir``).
+        log: the sync log; None = the server's event log.
+        apply_interval: seconds between this arm's bursts of applied deltas; 0 = as they arrive
+            (seconds of staleness). Minutes make the "batch" baseline of an A/B test.
+        fp16: store this arm's embeddings as float16.
+        rank_model / retrieval_model: the models' names in the sync log (None: no retriever).
+    """
+
+    snapshot_dir: Path
+    log: LogConfig | None = None
+    apply_interval: float = Field(0.0, ge=0, allow_inf_nan=False)
+    fp16: bool = False
+    rank_model: str = "rank"
+    retrieval_model: str | None = "retrieve"
+
+
 class ArmConfig(Config):
     """One A/B arm: the models it serves and its share of users.
 
     Args:
         name: the arm's name, used in metrics, responses and impressions' model versions.
         weight: its share of users, relative to the other arms' weights.
-        model_dir: the ranking model (a model directory written by ``Trainer.save``).
+        model_dir: the ranking model (a model directory written by ``Trainer.save``), served as is.
         retrieval_dir: the two-tower retriever for /v1/recommend; None: /v1/recommend ranks the
             ``retrieve_k`` most recently listed live items instead.
+        sync: instead of model directories, follow the training side live (see ArmSyncConfig).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
-    model_dir: Path
+    model_dir: Path | None = None
     retrieval_dir: Path | None = None
+    sync: ArmSyncConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ArmConfig:
+        if (self.model_dir is None) == (self.sync is None):
+            raise ValueError(f"arm {self.name!r} needs exactly one of model_dir (static) or sync (live)")
+        if self.sync is not None and self.retrieval_dir is not None:
+            raise ValueError(f"arm {self.name!r}: with sync, the retriever comes from sync.retrieval_model")
+        return self
 
 
 class TopicsConfig(Config):

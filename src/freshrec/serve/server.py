@@ -13,23 +13,41 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from freshrec.errors import StateError
 from freshrec.ps import PSConfig
 from freshrec.serve.app import create_app
-from freshrec.serve.config import ServeConfig
+from freshrec.serve.config import ArmConfig, ServeConfig
 from freshrec.serve.replica import Subscriber
-from freshrec.stream import EventLog
+from freshrec.stream import EventLog, open_log
 from freshrec.sync import ServedModel, ServingState
+from freshrec.sync.config import SyncConfig
+from freshrec.sync.subscriber import Subscriber as SyncSubscriber
 
-__all__ = ["BackgroundServer", "load_states", "serve"]
+__all__ = ["BackgroundServer", "load_arms", "load_states", "serve"]
 
 
 def load_states(config: ServeConfig) -> dict[str, ServingState]:
     """Every arm's ranking (and retrieval) model, from the config's model directories. Arms that
-    name the same directory share one loaded model."""
+    name the same directory share one loaded model. Arms fed by sync need :func:`load_arms`."""
+    states, subscribers = load_arms(config)
+    if subscribers:
+        raise StateError("arms with sync need their subscribers: use load_arms(config)")
+    return states
+
+
+def load_arms(
+    config: ServeConfig, *, registry: CollectorRegistry | None = None
+) -> tuple[dict[str, ServingState], list[SyncSubscriber]]:
+    """Every arm's models, and for arms fed by sync one subscriber per model (not started).
+
+    A sync arm loads its models from the newest serving snapshot; each arm gets its own copy, so
+    arms can follow the log at different cadences."""
     cache: dict[Path, ServedModel] = {}
     ps_config = PSConfig(num_shards=1, threads=config.ps_threads)
+    logs: dict[str, EventLog] = {}
+    subscribers: list[SyncSubscriber] = []
 
     def load(path: Path, name: str) -> ServedModel:
         key = path.resolve()
@@ -37,13 +55,32 @@ def load_states(config: ServeConfig) -> dict[str, ServingState]:
             cache[key] = ServedModel.from_model_dir(path, name=name, ps_config=ps_config)
         return cache[key]
 
-    return {
-        arm.name: ServingState(
-            rank=load(arm.model_dir, "rank"),
-            retrieve=load(arm.retrieval_dir, "retrieve") if arm.retrieval_dir is not None else None,
+    def follow(arm: ArmConfig, model: str) -> ServedModel:
+        sync = arm.sync
+        assert sync is not None
+        sync_config = SyncConfig(
+            snapshot_dir=sync.snapshot_dir, apply_interval=sync.apply_interval, fp16=sync.fp16
         )
-        for arm in config.arms
-    }
+        served = ServedModel.from_snapshot(sync_config.model_snapshot_dir(model), name=model, fp16=sync.fp16,
+                                           ps_config=ps_config)  # fmt: skip
+        log_config = sync.log or config.log
+        key = log_config.model_dump_json()
+        if key not in logs:
+            logs[key] = open_log(log_config)
+        subscribers.append(SyncSubscriber(served, logs[key], sync_config, registry=registry,
+                                          metrics_label=f"{arm.name}/{model}"))  # fmt: skip
+        return served
+
+    states: dict[str, ServingState] = {}
+    for arm in config.arms:
+        if arm.sync is None:
+            assert arm.model_dir is not None
+            retrieve = load(arm.retrieval_dir, "retrieve") if arm.retrieval_dir is not None else None
+            states[arm.name] = ServingState(rank=load(arm.model_dir, "rank"), retrieve=retrieve)
+        else:
+            retriever = follow(arm, arm.sync.retrieval_model) if arm.sync.retrieval_model else None
+            states[arm.name] = ServingState(rank=follow(arm, arm.sync.rank_model), retrieve=retriever)
+    return states, subscribers
 
 
 def _uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:  # type: ignore[no-untyped-def]
@@ -68,7 +105,11 @@ def serve(
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    app = create_app(config, states if states is not None else load_states(config), subscribers=subscribers)
+    registry = CollectorRegistry()
+    if states is None:
+        states, loaded = load_arms(config, registry=registry)
+        subscribers = [*(subscribers or ()), *loaded]
+    app = create_app(config, states, subscribers=subscribers, registry=registry)
     uvicorn.Server(_uvicorn_config(app, config)).run()
 
 

@@ -52,6 +52,10 @@ class SyncConfig(Config):
             (no usable snapshot yet, or a gap the newest snapshot does not cover).
         retire_after: seconds a replaced serving PS stays open after a bootstrap or a full delta
             swapped it out, so requests that already hold it can finish.
+        apply_interval: a replica's own cadence: its thread applies the deltas that accumulated
+            in one burst every this many seconds; 0 = as they arrive. A stale A/B arm (the
+            "batch" baseline of the demo) uses minutes while the publisher keeps its second-level
+            cadence for the fresh arm.
     """
 
     sparse_sync_interval: float = Field(1.0, gt=0)
@@ -68,6 +72,7 @@ class SyncConfig(Config):
     poll_interval: float = Field(0.05, gt=0, le=10)  # 50 ms: idle cost vs cross-process latency
     bootstrap_retry_interval: float = Field(5.0, gt=0)
     retire_after: float = Field(5.0, ge=0)
+    apply_interval: float = Field(0.0, ge=0)
 
     @field_validator("sparse_topic", "dense_topic")
     @classmethod

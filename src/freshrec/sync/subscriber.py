@@ -168,6 +168,9 @@ class Subscriber:
         config: topics, fp16, intervals; ``config.snapshot_dir/<model>`` unless ``snapshot_dir``.
         snapshot_dir: this model's snapshot directory (as the publisher writes it).
         registry: Prometheus registry for the metrics (default: the global one).
+        model_name: the model's name in the sync log, if not ``state.name``.
+        metrics_label: the ``model`` label of the metrics (default: the model name); replicas
+            serving one model in several A/B arms label by arm.
     """
 
     def __init__(
@@ -179,11 +182,13 @@ class Subscriber:
         *,
         registry: CollectorRegistry | None = None,
         model_name: str | None = None,
+        metrics_label: str | None = None,
     ) -> None:
         self.state = state
         self.log = log
         self.config = config or SyncConfig()
         self.model = check_model_name(model_name or state.name)
+        self.label = metrics_label or self.model  # e.g. "<arm>/<model>" when arms share a model
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else \
             self.config.model_snapshot_dir(self.model)  # fmt: skip
         self.topics = dict(zip(("sparse", "dense"), self.config.topics(self.model), strict=True))
@@ -254,8 +259,14 @@ class Subscriber:
             self._status = SubscriberState.CLOSED
 
     def _run(self) -> None:
+        every = self.config.apply_interval
         while not self._stop.is_set():
             try:
+                if every > 0:  # a slow replica: apply what accumulated in one burst, then wait
+                    while self.poll(timeout_s=0.0) > 0:
+                        pass
+                    self._stop.wait(every)
+                    continue
                 self.poll(timeout_s=self.config.poll_interval)
             except StateError as exc:  # the subscriber, the log or the model was closed: shutting down
                 if not self._stop.is_set():
@@ -280,7 +291,7 @@ class Subscriber:
             except BaseException as exc:
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                self.metrics.errors.labels(self.model).inc()
+                self.metrics.errors.labels(self.label).inc()
                 raise
 
     def _poll(self, timeout_s: float) -> int:
@@ -291,7 +302,7 @@ class Subscriber:
             n = self._drain("sparse", self._sparse, self._offsets, self._apply_sparse_live, timeout_s)
         except (_Gap, SchemaError) as exc:
             self.stats.gaps += 1
-            self.metrics.gaps.labels(self.model).inc()
+            self.metrics.gaps.labels(self.label).inc()
             _log.warning("sync subscriber of model %r: %s; bootstrapping", self.model, exc)
             self._bootstrap("gap")
             return 0
@@ -400,7 +411,7 @@ class Subscriber:
         m.applied.labels(self.model, h.kind).inc()
         m.version.labels(self.model, h.kind).set(h.version)
         if h.event_time is not None:
-            m.event_time.labels(self.model).set(self.state.event_time)
+            m.event_time.labels(self.label).set(self.state.event_time)
         if h.newest_arrival_ms is not None:
             fresh = time.time() - h.newest_arrival_ms / 1000.0
             m.freshness.labels(self.model, h.kind).observe(fresh)

@@ -1,0 +1,82 @@
+"""Configuration of ``freshrec online``: the joiner, the online trainers and the sync publisher.
+
+Every path derives from ``run_dir`` unless set: the embedded event log (``log/``), the joiner's
+state (``joiner/``), checkpoints (``checkpoints/``), serving snapshots (``snapshots/``), and the
+status files the demo's dashboard reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from freshrec.config import Config
+from freshrec.features import FeatureSpec
+from freshrec.joiner import JoinerConfig
+from freshrec.models import DeepFMConfig, ModelConfig, TwoTowerConfig
+from freshrec.ps import PSConfig
+from freshrec.stream.config import LogConfig
+from freshrec.sync.config import SyncConfig
+from freshrec.train import TrainConfig
+
+__all__ = ["OnlineConfig"]
+
+
+class OnlineConfig(Config):
+    """One online training pipeline.
+
+    Args:
+        run_dir: where everything is written (see the module docstring).
+        log: the event log holding impressions and actions, and receiving examples and sync
+            deltas; None = the embedded log in ``run_dir/log``.
+        joiner: the online joiner (its state directory defaults to ``run_dir/joiner``).
+        spec: the features; None = :func:`freshrec.online.spec.live_commerce_spec`.
+        rank_model: the ranking model (served by /v1/rank and /v1/recommend).
+        retrieval_model: the two-tower retriever for /v1/recommend (None = no retriever);
+            trained on the same examples, on its own tables, for the first label.
+        train: trainer settings (both models).
+        ps: parameter-server settings (both models).
+        sync: publishing cadences and serving snapshots (``snapshot_dir`` defaults to
+            ``run_dir/snapshots``).
+        expire_every_s: seconds of event time between expiry passes over every table.
+        checkpoint_interval_s: seconds of wall clock between checkpoints of the training side.
+        keep_checkpoints: checkpoints kept (the newest ones).
+        max_batch_wait_s: a partial batch is trained once its first example has waited this long
+            (wall clock): a slow stream still trains within seconds.
+        status_interval_s: seconds of wall clock between status records (``status.json`` and
+            ``timeline.jsonl`` in ``run_dir``), the dashboard's and report's source.
+        metrics_port: serve Prometheus metrics on this port (None = off, 0 = any free port).
+    """
+
+    run_dir: Path = Path("runs/online")
+    log: LogConfig | None = None
+    joiner: JoinerConfig = Field(default_factory=lambda: JoinerConfig(labels=["click", "purchase"]))
+    spec: FeatureSpec | None = None
+    rank_model: ModelConfig = Field(default_factory=lambda: DeepFMConfig(hidden=[256, 128]))
+    retrieval_model: TwoTowerConfig | None = None
+    retrieval: bool = True
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(batch_size=512, metrics_window=20_000))
+    ps: PSConfig = Field(default_factory=lambda: PSConfig(threads=2))
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    expire_every_s: float = Field(300.0, gt=0)  # 5 minutes of event time: far below the ttls
+    checkpoint_interval_s: float = Field(60.0, gt=0)
+    keep_checkpoints: int = Field(3, ge=1)
+    max_batch_wait_s: float = Field(1.0, gt=0)
+    status_interval_s: float = Field(2.0, gt=0)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> OnlineConfig:
+        # derived paths are filled in here, so a config file need only name run_dir
+        if self.log is None:
+            self.log = LogConfig(path=self.run_dir / "log")
+        if "state_dir" not in self.joiner.model_fields_set:
+            self.joiner = JoinerConfig.from_dict({**self.joiner.model_dump(), "state_dir": self.run_dir / "joiner"})
+        if "snapshot_dir" not in self.sync.model_fields_set:
+            self.sync = SyncConfig.from_dict({**self.sync.model_dump(), "snapshot_dir": self.run_dir / "snapshots"})
+        return self
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"

@@ -1,0 +1,296 @@
+"""The online pipeline: event log -> joiner -> examples topic -> trainers -> sync log.
+
+One loop, one thread, in this order each round: the joiner turns the impressions and actions that
+arrived into examples (exactly once, its own checkpoints); the trainer reads the examples topic from
+its offset, and when a batch is full (or its first example waited ``max_batch_wait_s``) both models
+train on it with progressive validation; every ``expire_every_s`` of event time every table expires
+rows; the publishers ship sparse deltas every second and dense weights every few minutes; every
+``checkpoint_interval_s`` the training side is checkpointed.
+
+Exactly once across crashes, end to end: the joiner writes each example once (its checkpoint plus
+suppression of what it already wrote); the trainer's checkpoint holds both models (tables with
+optimizer state, dense weights with optimizer state) and the examples-topic offset they reflect,
+so a restart re-trains exactly the examples after it, once. Serving catches up through the
+publishers' full delta on start.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from freshrec._io import atomic_write_bytes
+from freshrec.errors import CorruptionError, StateError
+from freshrec.features import Batch
+from freshrec.joiner import Joiner, decode_examples, examples_to_columns
+from freshrec.online.checkpoint import CheckpointStore
+from freshrec.online.config import OnlineConfig
+from freshrec.online.spec import live_commerce_spec, live_commerce_two_tower
+from freshrec.stream import open_log
+from freshrec.sync.publisher import Publisher
+from freshrec.train import Trainer
+
+__all__ = ["OnlinePipeline", "PipelineState"]
+
+log = logging.getLogger(__name__)
+
+
+class PipelineState(enum.Enum):
+    RUNNING = "running"  # joining, training, publishing
+    CLOSED = "closed"  # log, joiner and trainers released; every call raises StateError
+
+
+@dataclass
+class _Buffer:
+    examples: list[Any] = field(default_factory=list)
+    arrival_ms: int = 0  # newest record timestamp (wall ms) among them
+    since: float | None = None  # wall clock when the first of them was read
+
+
+class OnlinePipeline:
+    """``freshrec online`` as an object: build it, call :meth:`run` (or :meth:`round` by hand)."""
+
+    def __init__(self, config: OnlineConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.spec = config.spec or live_commerce_spec(labels=tuple(config.joiner.labels))
+        if list(self.spec.labels) != list(config.joiner.labels):
+            raise StateError(f"the spec's labels {self.spec.labels} must be the joiner's {config.joiner.labels}")
+        self.log = open_log(config.log)
+        self.joiner = Joiner(self.log, config.joiner)
+        self.topic = config.joiner.examples_topic
+        self.checkpoints = CheckpointStore(config.checkpoint_dir, config.keep_checkpoints)
+        self.offsets = [0] * self.log.partitions(self.topic)  # read up to here
+        self.trained_offsets = list(self.offsets)  # every example before these is trained on
+        self.last_expire: float | None = None
+        self.trainers: dict[str, Trainer] = {}
+        self.restored_from: Path | None = None
+        self._restore_or_start()
+        self.publishers = {
+            name: Publisher.for_trainer(tr, self.log, config.sync, name=name) for name, tr in self.trainers.items()
+        }
+        self._buffer = _Buffer()
+        self._last_checkpoint = self.clock()
+        self._last_status = 0.0
+        self._started = self.clock()
+        self.state = PipelineState.RUNNING
+        self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0}
+        self._rate = (self.clock(), self.trainers["rank"].counters.examples)
+        self._examples_per_s = 0.0
+
+    # ---- start ---------------------------------------------------------------------------------
+    def _new_trainers(self) -> dict[str, Trainer]:
+        c = self.config
+        neg = c.joiner.negative_rate
+        train = c.train.model_copy(update={"negative_sampling_rate": neg})
+        trainers = {"rank": Trainer(self.spec, c.rank_model, train, ps_config=c.ps)}
+        if c.retrieval:
+            first = self.spec.model_copy(update={"labels": [self.spec.labels[0]]})
+            model = c.retrieval_model or live_commerce_two_tower()
+            trainers["retrieve"] = Trainer(first, model, train, ps_config=c.ps)
+        return trainers
+
+    def _restore_or_start(self) -> None:
+        for path in self.checkpoints.candidates():
+            try:
+                manifest = CheckpointStore.manifest(path)
+                trainers = {name: Trainer.load(path / name, ps_config=self.config.ps) for name in manifest["models"]}
+            except (CorruptionError, OSError, KeyError) as exc:
+                log.warning("checkpoint %s is unusable (%s); trying an older one", path, exc)
+                continue
+            self.trainers = trainers
+            offsets = manifest["examples_offsets"]
+            self.offsets = offsets + [0] * (len(self.offsets) - len(offsets))
+            self.trained_offsets = list(self.offsets)
+            self.last_expire = manifest.get("last_expire")
+            self.restored_from = path
+            log.info("restored the training side from %s (examples offsets %s)", path, self.offsets)
+            return
+        self.trainers = self._new_trainers()
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def round(self) -> int:
+        """One round: join, read, train if a batch is due, expire, publish, checkpoint. Returns
+        the examples trained this round."""
+        self._check("run a round")
+        self.joiner.step()
+        self._read()
+        trained = 0
+        now = self.clock()
+        buf = self._buffer
+        due = len(buf.examples) >= self.config.train.batch_size or (
+            buf.examples and buf.since is not None and now - buf.since >= self.config.max_batch_wait_s
+        )
+        if due:
+            trained = self._train(buf)
+            self._buffer = _Buffer()
+            self.trained_offsets = list(self.offsets)  # the buffer held exactly what was read
+        for pub in self.publishers.values():
+            pub.maybe_publish(now)
+        if now - self._last_checkpoint >= self.config.checkpoint_interval_s:
+            self.checkpoint()
+        if now - self._last_status >= self.config.status_interval_s:
+            self._write_status(now)
+        self.counters["rounds"] += 1
+        return trained
+
+    def _read(self) -> None:
+        want = self.config.train.batch_size - len(self._buffer.examples)
+        for p in range(len(self.offsets)):
+            if want <= 0:
+                return
+            records = self.log.read(self.topic, p, self.offsets[p], max_records=want)
+            if not records:
+                continue
+            self._buffer.examples += decode_examples([r.value for r in records])
+            self._buffer.arrival_ms = max(self._buffer.arrival_ms, max(r.timestamp_ms for r in records))
+            if self._buffer.since is None:
+                self._buffer.since = self.clock()
+            self.offsets[p] = records[-1].offset + 1
+            self.counters["examples_read"] += len(records)
+            want -= len(records)
+
+    def _train(self, buf: _Buffer) -> int:
+        cols = examples_to_columns(buf.examples)
+        batch = self.spec.encode(cols, weights=cols["sample_weight"], event_time=cols["event_time"])
+        for name, trainer in self.trainers.items():
+            b = batch if name == "rank" else _first_label(batch)
+            trainer.step(b, progressive=True)
+        event_time = float(batch.event_time.max())
+        for pub in self.publishers.values():
+            pub.note(event_time=event_time, newest_arrival_ms=buf.arrival_ms)
+        self._maybe_expire(event_time)
+        self.counters["batches"] += 1
+        return batch.size
+
+    def _maybe_expire(self, event_time: float) -> None:
+        if self.last_expire is None:
+            self.last_expire = event_time
+        elif event_time - self.last_expire >= self.config.expire_every_s:
+            for trainer in self.trainers.values():
+                self.counters["expired"] += sum(int(ids.size) for ids in trainer.expire(event_time).values())
+            self.last_expire = event_time
+
+    def run(self, *, stop: threading.Event | None = None, duration_s: float | None = None,
+            idle_sleep_s: float = 0.02) -> None:  # fmt: skip
+        """Loop until ``stop`` is set or ``duration_s`` passed; sleeps briefly when idle."""
+        end = None if duration_s is None else self.clock() + duration_s
+        while not (stop is not None and stop.is_set()) and (end is None or self.clock() < end):
+            before = self.counters["examples_read"]
+            self.round()
+            if self.counters["examples_read"] == before and not self._buffer.examples:
+                time.sleep(idle_sleep_s)
+
+    # ---- checkpoints and status ----------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        """Checkpoint the training side now (and the joiner alongside)."""
+        self._check("checkpoint")
+        self.joiner.checkpoint()
+        manifest = {
+            "models": list(self.trainers),
+            "examples_topic": self.topic,
+            "examples_offsets": list(self.trained_offsets),  # buffered examples are read again
+            "joiner_offsets": self.joiner.offsets(),
+            "last_expire": self.last_expire,
+            "sync_versions": {n: p.sparse_version for n, p in self.publishers.items()},
+            "examples_trained": self.trainers["rank"].counters.examples,
+        }
+
+        def write(folder: Path) -> None:
+            for name, trainer in self.trainers.items():
+                trainer.save(folder / name)
+
+        path = self.checkpoints.write(write, manifest)
+        self._last_checkpoint = self.clock()
+        self.counters["checkpoints"] += 1
+        return path
+
+    def status(self) -> dict[str, Any]:
+        """Everything the dashboard shows: model quality, system counters, sync versions."""
+        now = self.clock()
+        rank = self.trainers["rank"]
+        t0, n0 = self._rate
+        if now - t0 >= 1.0:
+            self._examples_per_s = (rank.counters.examples - n0) / (now - t0)
+            self._rate = (now, rank.counters.examples)
+        tables = {}
+        for t, st in rank.ps.stats().items():
+            tables[t] = {k: st.as_dict()[k] for k in ("rows", "admitted", "filtered", "expired", "evicted")}
+        joiner = self.joiner.metrics().as_dict()
+        return {
+            "wall_time": now,
+            "uptime_s": now - self._started,
+            "event_time": rank.counters.last_event_time if math.isfinite(rank.counters.last_event_time) else None,
+            "model": {name: tr.metrics.compute() for name, tr in self.trainers.items()},
+            "examples_trained": rank.counters.examples,
+            "examples_per_s": self._examples_per_s,
+            "steps": rank.counters.steps,
+            "skipped_nonfinite": rank.counters.skipped_nonfinite,
+            "tables": tables,
+            "joiner": joiner,
+            "sync": {
+                n: {"sparse_version": p.sparse_version, "dense_version": p.dense_version}
+                for n, p in self.publishers.items()
+            },  # fmt: skip
+            "counters": dict(self.counters),
+            "restored_from": str(self.restored_from) if self.restored_from else None,
+        }
+
+    def _write_status(self, now: float) -> None:
+        status = self.status()
+        blob = json.dumps(_clean(status)).encode()
+        atomic_write_bytes(self.config.run_dir / "status.json", blob)
+        with open(self.config.run_dir / "timeline.jsonl", "ab") as f:
+            f.write(blob + b"\n")
+        self._last_status = now
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def _check(self, what: str) -> None:
+        if getattr(self, "state", PipelineState.RUNNING) is not PipelineState.RUNNING:
+            raise StateError(f"cannot {what}: the online pipeline is {self.state.value}")
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Stop: a final checkpoint (unless told not to), then release everything."""
+        if self.state is PipelineState.CLOSED:
+            return
+        try:
+            if checkpoint:
+                self.checkpoint()
+                for pub in self.publishers.values():
+                    pub.publish_sparse()
+        finally:
+            self.state = PipelineState.CLOSED
+            self.joiner.close()
+            for trainer in self.trainers.values():
+                trainer.close()
+            self.log.close()
+
+
+def _first_label(batch: Batch) -> Batch:
+    return Batch(batch.sparse, batch.dense, batch.labels[:, :1], batch.weights, batch.event_time)
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN and infinities become null (json.dumps would write invalid NaN tokens)."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
