@@ -242,7 +242,7 @@ class OnlinePipeline:
             "sync": {
                 n: {"sparse_version": p.sparse_version, "dense_version": p.dense_version}
                 for n, p in self.publishers.items()
-            },  # fmt: skip
+            },
             "counters": dict(self.counters),
             "restored_from": str(self.restored_from) if self.restored_from else None,
         }
