@@ -113,8 +113,8 @@ class JoinCore:
         store, label_bit, pending, ph = self.store, self.label_bit, self.pending, self.pending_heap
         mem_get = store.memory.get
         lateness, now, watermark, seq = self.lateness_s, self.event_time, self.watermark, self.seq
-        keeps = iter(self._keep_flags(items))
-        n_imp = n_act = n_ignored = n_late_imp = n_late_act = n_dup = n_bad = n_other = 0
+        keeps = self._keep_flags(items)
+        n_act = n_ignored = n_late_imp = n_late_act = n_dup = n_bad = n_other = 0
         for i, ev in enumerate(items):
             t = ev.event_time
             if t > now:
@@ -125,8 +125,6 @@ class JoinCore:
                         self._advance(watermark)
             cls = type(ev)
             if cls is WireImpression:
-                n_imp += 1
-                keep = next(keeps)
                 if t < watermark:
                     n_late_imp += 1
                     continue
@@ -144,7 +142,7 @@ class JoinCore:
                             f"item {ev.item_id!r} (event_id {e.imp.event_id!r})",
                         )  # fmt: skip
                     continue
-                e = Entry(ev, seq, srcs[i], offsets[i], keep)
+                e = Entry(ev, seq, srcs[i], offsets[i], keeps is None or keeps[i])
                 seq += 1
                 end = store.add(key, e)
                 if end < self.next_close:
@@ -189,7 +187,7 @@ class JoinCore:
         self.seq = seq
         m = self.m
         m.events_in += len(items)
-        m.impressions_in += n_imp
+        m.impressions_in += len(items) - n_act - n_bad - n_other
         m.actions_in += n_act
         m.ignored_actions += n_ignored
         m.late_impressions += n_late_imp
@@ -199,10 +197,11 @@ class JoinCore:
         m.dead_letters += n_bad
         m.other_events_in += n_other
 
-    def _keep_flags(self, items: list[Any]) -> list[bool]:
-        ids = [ev.event_id for ev in items if type(ev) is WireImpression]
+    def _keep_flags(self, items: list[Any]) -> list[bool] | None:
+        """Each item's down-sampling decision (used for impressions only); None: keep all."""
         if self.rate == 1.0:
-            return [True] * len(ids)
+            return None
+        ids = [getattr(ev, "event_id", 0) for ev in items]  # a Bad record has none
         return keep_negatives(ids, self.rate, self.config.sampling_seed).tolist()
 
     def _join(self, key: Key, e: Entry, a: WireAction, bit: int, src: int, offset: int) -> None:
@@ -236,9 +235,12 @@ class JoinCore:
         """The watermark reached ``wm``: close the windows that end before it, and drop the held
         actions older than it."""
         if wm > self.next_close:
-            close = self._close
-            for e in self.store.closing(wm):
-                close(e)
+            closed = self.store.closing(wm)
+            # once per impression, so in comprehensions: most are dropped negatives
+            due = [e for e in closed if (e.labels or e.keep) and not e.emitted]
+            self.m.negatives_dropped += len(closed) - len(due) - sum([e.emitted for e in closed])
+            for e in due:
+                self._emit(e, positive=bool(e.labels))
             self.next_close = self.store.next_end()
         ph, pending = self.pending_heap, self.pending
         while ph and ph[0][0] < wm:
@@ -254,16 +256,6 @@ class JoinCore:
                     break
             if not waiting:
                 del pending[key]
-
-    def _close(self, e: Entry) -> None:
-        if e.emitted:
-            return
-        if e.labels:
-            self._emit(e, positive=True)
-        elif e.keep:
-            self._emit(e, positive=False)
-        else:
-            self.m.negatives_dropped += 1
 
     def _emit(self, e: Entry, *, positive: bool) -> None:
         imp = e.imp

@@ -31,10 +31,10 @@ On disk (``state_dir``)::
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import sqlite3
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +84,47 @@ _entry = msgspec.msgpack.Decoder(Entry)
 _part = msgspec.msgpack.Decoder(list[tuple[tuple[Id, Id], Entry]])
 
 
+class _Fifo:
+    """The close order of the entries that arrived in window-end order (almost all of them):
+    parallel lists (end, seq, key) consumed from ``head``, so closing is a bisect and a slice."""
+
+    __slots__ = ("ends", "head", "keys", "seqs")
+
+    def __init__(self, items: list[tuple[float, int, Key]] = ()) -> None:  # type: ignore[assignment]
+        self.ends = [t[0] for t in items]
+        self.seqs = [t[1] for t in items]
+        self.keys = [t[2] for t in items]
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.ends) - self.head
+
+    def first(self) -> tuple[float, int, Key]:
+        h = self.head
+        return (self.ends[h], self.seqs[h], self.keys[h])
+
+    def popleft(self) -> tuple[float, int, Key]:
+        out = self.first()
+        self.head += 1
+        self._compact()
+        return out
+
+    def pop_keys_before(self, end: float) -> list[Key]:
+        """Remove the items ending before ``end``; their keys, in order."""
+        h = self.head
+        k = bisect.bisect_left(self.ends, end, h)
+        keys = self.keys[h:k]
+        self.head = k
+        self._compact()
+        return keys
+
+    def _compact(self) -> None:
+        h = self.head
+        if h > 4096 and 2 * h > len(self.ends):  # amortised O(1) per item
+            del self.ends[:h], self.seqs[:h], self.keys[:h]
+            self.head = 0
+
+
 class StateStore:
     """Open impressions (memory + SQLite spill) and the checkpoint record. See the module doc.
 
@@ -99,7 +140,7 @@ class StateStore:
         # The close order of in-memory entries, (end, seq, key), lazily pruned of spilled ones: a
         # FIFO for entries that arrive in window-end order (almost all: input is in event-time
         # order), a heap for the others; closing merges the two.
-        self._fifo: deque[tuple[float, int, Key]] = deque()
+        self._fifo = _Fifo()
         self._heap: list[tuple[float, int, Key]] = []
         self._stale = 0  # order items whose entry was spilled
         self._first_new = 0  # entries with seq >= this were added since the last commit
@@ -197,8 +238,10 @@ class StateStore:
         end = entry.imp.event_time + self.window_s
         self._mem[key] = entry
         fifo = self._fifo
-        if not fifo or end >= fifo[-1][0]:
-            fifo.append((end, entry.seq, key))
+        if not fifo or end >= fifo.ends[-1]:
+            fifo.ends.append(end)
+            fifo.seqs.append(entry.seq)
+            fifo.keys.append(key)
         else:
             heapq.heappush(self._heap, (end, entry.seq, key))
         if len(self._mem) > self.memory_max:
@@ -217,17 +260,20 @@ class StateStore:
 
     def next_end(self) -> float:
         """The earliest window end of any open entry (inf if none); may be early, never late."""
-        top = min(self._fifo[0][0] if self._fifo else _INF, self._heap[0][0] if self._heap else _INF)
+        fifo = self._fifo
+        top = min(fifo.ends[fifo.head] if fifo else _INF, self._heap[0][0] if self._heap else _INF)
         return min(top, self._disk_min)
 
     def closing(self, watermark: float) -> list[Entry]:
         """Remove and return the entries whose window ends before ``watermark``, ordered by
         (end, seq) across memory and disk."""
-        mem: list[tuple[float, int, Entry]] = []
         fifo, heap, store = self._fifo, self._heap, self._mem
+        if not (heap or self._stale or self.n_spilled):  # the common case: in order, all in memory
+            return list(map(store.pop, fifo.pop_keys_before(watermark)))
+        mem: list[tuple[float, int, Entry]] = []
         popleft, heappop = fifo.popleft, heapq.heappop
         while True:
-            if fifo and fifo[0][0] < watermark and not (heap and heap[0] < fifo[0]):
+            if fifo and fifo.ends[fifo.head] < watermark and not (heap and heap[0] < fifo.first()):
                 end, seq, key = popleft()
             elif heap and heap[0][0] < watermark:
                 end, seq, key = heappop(heap)
@@ -276,7 +322,7 @@ class StateStore:
     def _rebuild_order(self) -> None:
         w = self.window_s
         order = sorted((e.imp.event_time + w, e.seq, k) for k, e in self._mem.items())
-        self._fifo, self._heap, self._stale = deque(order), [], 0
+        self._fifo, self._heap, self._stale = _Fifo(order), [], 0
 
     def _decode(self, blob: bytes) -> Entry:
         try:
@@ -319,7 +365,11 @@ class StateStore:
         ``next_seq``) or changed since the last commit, drop the snapshot files whose entries all
         ended before ``watermark``, store ``meta``, and commit (see the module docstring).
         ``next_seq`` is the seq the next new entry will get (entries arrive in seq order)."""
-        mem, w, first = self._mem, self.window_s, self._first_new
+        mem, first = self._mem, self._first_new
+        # every entry here ends at or before the last of the close order (ends only grow along
+        # the FIFO; the heap holds the few that came out of order)
+        fifo = self._fifo
+        top = max(fifo.ends[-1] if fifo else -_INF, max(self._heap)[0] if self._heap else -_INF)
         items = []  # the new entries are the tail of the (insertion-ordered) dict
         for k, e in reversed(mem.items()):
             if e.seq < first:
@@ -334,7 +384,6 @@ class StateStore:
                 chunk = items[i : i + _PART]
                 data = _encoder.encode(chunk)
                 write_durable(self._part_path(part), data)
-                top = max([e.imp.event_time for _, e in chunk]) + w
                 new.append((part, top, checksum_bytes(data)))
                 part += 1
             if new:
