@@ -69,6 +69,16 @@ def bench_train(quick: QuickOpt = False, json_path: JsonOpt = None) -> None:
     _finish(run(quick=quick), json_path)
 
 
+@bench_app.command("joiner")
+@_friendly
+def bench_joiner(quick: QuickOpt = False, json_path: JsonOpt = None) -> None:
+    """Online joiner: simulated impressions and actions through the event log and the joiner,
+    vs appending and reading the same events (embedded log, then Kafka on a local broker)."""
+    from freshrec.bench.joiner import run
+
+    _finish(run(quick=quick), json_path)
+
+
 @bench_app.command("serve")
 @_friendly
 def bench_serve(

@@ -31,7 +31,7 @@ from freshrec.stream.events import (
     encode_json,
     validate,
 )
-from freshrec.stream.log import EventLog, LogRecord, LogState, open_log, partition_for
+from freshrec.stream.log import EventLog, LogRecord, LogState, RecordColumns, open_log, partition_for
 
 if TYPE_CHECKING:
     from freshrec.stream.broker import LocalBroker
@@ -51,6 +51,7 @@ __all__ = [
     "LogConfig",
     "LogRecord",
     "LogState",
+    "RecordColumns",
     "decode",
     "decode_json",
     "decode_json_many",

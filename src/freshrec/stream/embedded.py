@@ -39,10 +39,12 @@ from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
 
+import numpy as np
+
 from freshrec.errors import BackendError, CorruptionError, InputError, StateError
 from freshrec.stream import _chunk
 from freshrec.stream.config import LogConfig
-from freshrec.stream.log import EventLog, LogRecord, PartitionBatch
+from freshrec.stream.log import EventLog, LogRecord, PartitionBatch, RecordColumns
 
 __all__ = ["DB_NAME", "FORMAT_VERSION", "EmbeddedLog"]
 
@@ -254,13 +256,33 @@ class EmbeddedLog(EventLog):
     def _read(
         self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float
     ) -> list[LogRecord]:
+        offsets, keys, values, ts = self._wait_scan(topic, partition, offset, max_records, timeout_s)
+        m = len(values)
+        return list(map(LogRecord, repeat(topic, m), repeat(partition, m), offsets, keys, values, ts))
+
+    def _read_columns(
+        self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float
+    ) -> RecordColumns:
+        offsets, keys, values, ts = self._wait_scan(topic, partition, offset, max_records, timeout_s)
+        n = len(values)
+        return RecordColumns(
+            np.arange(offsets.start, offsets.stop, dtype=np.int64),
+            keys,
+            values,
+            np.fromiter(ts, np.int64, n),
+        )
+
+    def _wait_scan(
+        self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float
+    ) -> tuple[range, list[bytes | None], list[bytes], list[int]]:
+        """:meth:`_scan`, waiting up to ``timeout_s`` for the first record if there is none."""
         tid, _ = self._topic(topic)
         deadline = time.monotonic() + timeout_s
         while True:
             generation = self._generation
             out = self._scan(topic, tid, partition, offset, max_records)
             remaining = deadline - time.monotonic()
-            if out or remaining <= 0:
+            if out[2] or remaining <= 0:
                 return out
             with self._appended:
                 self._check_open("read")
@@ -268,8 +290,15 @@ class EmbeddedLog(EventLog):
                     self._appended.wait(min(remaining, self.config.poll_interval_s))
             self._check_open("read")
 
-    def _scan(self, topic: str, tid: int, partition: int, offset: int, max_records: int) -> list[LogRecord]:
-        out: list[LogRecord] = []
+    def _scan(
+        self, topic: str, tid: int, partition: int, offset: int, max_records: int
+    ) -> tuple[range, list[bytes | None], list[bytes], list[int]]:
+        """(offsets, keys, values, timestamps) of up to ``max_records`` records from ``offset``
+        on; offsets are contiguous, so they come as a range."""
+        keys: list[bytes | None] = []
+        values: list[bytes] = []
+        ts: list[int] = []
+        first = None
         with self._reader() as con, self._sqlite("read"):
             cur = con.execute(_SCAN, (tid, partition, offset))
             try:
@@ -283,20 +312,21 @@ class EmbeddedLog(EventLog):
                     if _chunk.checksum(data, base) != cks:
                         raise CorruptionError(f"{where}: chunk fails its checksum")
                     start = max(offset - base, 0)
-                    stop = min(count, start + max_records - len(out))
+                    stop = min(count, start + max_records - len(values))
                     if start >= stop:
                         continue
-                    keys, values, ts = _chunk.unpack(data, count, start, stop, where)
-                    m = stop - start
-                    offsets = range(base + start, base + stop)
-                    out.extend(
-                        map(LogRecord, repeat(topic, m), repeat(partition, m), offsets, keys, values, ts)
-                    )
-                    if len(out) >= max_records:
+                    k, v, t = _chunk.unpack(data, count, start, stop, where)
+                    if first is None:
+                        first = base + start
+                    keys += k
+                    values += v
+                    ts += t
+                    if len(values) >= max_records:
                         break
             finally:
                 cur.close()  # ends the statement's read snapshot
-        return out
+        first = offset if first is None else first
+        return range(first, first + len(values)), keys, values, ts
 
     def _end_offset(self, topic: str, partition: int) -> int:
         tid, _ = self._topic(topic)

@@ -1,0 +1,185 @@
+"""The joiner over the embedded event log: a simulated stream end to end against the naive join,
+output that depends on the log only, dead letters, metrics, restarts, refusals, Parquet."""
+
+from __future__ import annotations
+
+import pytest
+
+from freshrec.errors import InputError, StateError
+from freshrec.joiner import Joiner, JoinerConfig, JoinerState, prometheus_collector, read_examples_parquet
+from freshrec.joiner.example import examples_to_columns
+from freshrec.stream import Impression, open_log, partition_for
+
+from .helpers import JOIN, read_dead, read_examples, run_naive, sim_events, write_stream
+
+
+@pytest.fixture(scope="module")
+def events():
+    return sim_events(25)
+
+
+def joined(tmp_path, events, name="a", bad=True, **cfg):
+    """Write ``events`` to a fresh log, run a joiner over it to the end, drain; (log path, metrics)."""
+    path = tmp_path / name
+    with open_log(path=path / "log") as log:
+        write_stream(log, events, bad=bad)
+        with Joiner(log, JoinerConfig(state_dir=path / "state", **{**JOIN, **cfg})) as j:
+            m = j.run(until_idle=True, drain=True)
+        return path, m, read_examples(log), read_dead(log)
+
+
+def processing_order(events):
+    """The order the joiner joins a sorted stream in: event time, then input partition, then offset."""
+    src = []
+    for e in events:
+        topic, n = ("impressions", 3) if isinstance(e, Impression) else ("actions", 2)
+        src.append((0 if topic == "impressions" else 3) + partition_for(str(e.request_id).encode(), n))
+    return [e for _, _, e in sorted(zip([e.event_time for e in events], src, events, strict=True),
+                                    key=lambda x: (x[0], x[1]))]  # fmt: skip
+
+
+def test_simulated_stream_matches_the_naive_join(tmp_path, events):
+    _, m, examples, dead = joined(tmp_path, events, bad=False, negative_rate=0.5, emit="window_close")
+    stream = [e for e in events if type(e).__name__ in ("Impression", "Action")]
+    want, _, counts = run_naive(
+        processing_order(stream), drain=True, negative_rate=0.5, emit="window_close", **JOIN
+    )
+    assert sorted(examples, key=lambda e: e.example_id) == sorted(want, key=lambda e: e.example_id)
+    assert dead == []
+    assert m.examples_out == len(examples) == counts["examples_out"] > 100
+    assert m.positives_out == counts["positives_out"] > 20
+    assert m.actions_joined == counts["actions_joined"] and m.join_rate > 0.9
+
+
+def test_output_is_a_function_of_the_log(tmp_path, events):
+    """Read batch sizes and the memory budget change nothing in what is written, nor its order."""
+    runs = [
+        joined(tmp_path, events, name=f"r{i}", negative_rate=0.3, read_batch=rb, memory_max_impressions=mm)
+        for i, (rb, mm) in enumerate([(8192, 10**6), (3, 10**6), (37, 0), (500, 60)])
+    ]
+    first = runs[0]
+    assert len(first[2]) > 100
+    for _, m, examples, dead in runs[1:]:
+        assert examples == first[2]
+        assert dead == first[3]
+        assert m.as_dict() | {"checkpoints": 0} == first[1].as_dict() | {"checkpoints": 0}
+    assert runs[2][1].open_impressions == 0  # drained, also from disk
+
+
+def test_bad_input_goes_to_the_dead_letter_topic(tmp_path, events):
+    _, m, examples, dead = joined(tmp_path, events)
+    dead.sort(key=lambda d: (d.topic, d.offset))  # written in join order, which interleaves topics
+    assert [d.field for d in dead] == ["type", "<record>", "event_time", "surprise"]
+    assert dead[0].reason == "action.type: invalid enum value 'like'"
+    assert dead[2].reason.startswith("impression.event_time: expected a finite float >= 0")
+    assert [(d.topic, d.partition) for d in dead] == [("actions", partition_for(b"bad", 2))] + [
+        ("impressions", partition_for(b"bad", 3))
+    ] * 3
+    assert dead[1].record == b"\xc1 not msgpack"
+    assert m.bad_records == m.dead_letters == 4
+    _, _, clean, _ = joined(tmp_path, events, name="clean", bad=False)
+    assert examples == clean  # bad records change nothing else
+
+
+def test_metrics_lag_and_prometheus(tmp_path, events):
+    from prometheus_client import CollectorRegistry
+
+    with open_log(path=tmp_path / "log") as log:
+        n = write_stream(log, events)
+        with Joiner(log, JoinerConfig(state_dir=tmp_path / "state", read_batch=500, **JOIN)) as j:
+            assert j.metrics().lag_records == n
+            j.step()
+            assert 0 < j.metrics().lag_records < n
+            j.run(until_idle=True)
+            m = j.metrics()
+            assert m.lag_records == 0 and m.events_in == n
+            assert (
+                m.open_impressions > 0
+                and m.event_time > m.watermark == m.event_time - JOIN["allowed_lateness_s"]
+            )
+            assert m.examples_out == len(read_examples(log))
+            reg = CollectorRegistry()
+            reg.register(prometheus_collector(j.metrics))
+            assert reg.get_sample_value("freshrec_joiner_events_in_total") == n
+            assert reg.get_sample_value("freshrec_joiner_open_impressions") == m.open_impressions
+            assert reg.get_sample_value("freshrec_joiner_join_rate") == pytest.approx(m.join_rate)
+
+
+def test_restart_resumes_where_the_checkpoint_left_off(tmp_path, events):
+    _, _, want, want_dead = joined(tmp_path, events, name="ref", negative_rate=0.5)
+    path = tmp_path / "restarted"
+    with open_log(path=path / "log") as log:
+        write_stream(log, events)
+        cfg = JoinerConfig(state_dir=path / "state", negative_rate=0.5, read_batch=700,
+                           checkpoint_every_records=2000, memory_max_impressions=300, **JOIN)  # fmt: skip
+        for steps in (1, 5, 3, 11):
+            with Joiner(log, cfg) as j:
+                for _ in range(steps):
+                    j.step()
+        with Joiner(log, cfg) as j:
+            m = j.run(until_idle=True, drain=True)
+            assert j.state is JoinerState.DRAINED
+        assert read_examples(log) == want
+        assert read_dead(log) == want_dead
+        assert m.examples_suppressed == 0  # clean closes checkpoint: nothing to suppress
+
+
+def test_settings_that_bind_a_checkpoint_cannot_change(tmp_path):
+    with open_log(path=tmp_path / "log") as log:
+        write_stream(log, [], bad=False)
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "s")).close()
+        with pytest.raises(StateError, match=r"window_s: 1800.0 -> 60.0; negative_rate: 1.0 -> 0.5"):
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "s", window_s=60, negative_rate=0.5))
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "s", read_batch=5, memory_max_impressions=0)).close()
+
+
+def test_one_joiner_per_state_dir_and_lifecycle(tmp_path):
+    with open_log(path=tmp_path / "log") as log:
+        write_stream(log, [], bad=False)
+        cfg = JoinerConfig(state_dir=tmp_path / "s")
+        j = Joiner(log, cfg)
+        with pytest.raises(StateError, match="in use by another joiner"):
+            Joiner(log, cfg)
+        j.drain()
+        with pytest.raises(StateError, match="cannot step: the joiner is drained"):
+            j.step()
+        j.close()
+        j.close()  # idempotent
+        with pytest.raises(StateError, match="cannot checkpoint: the joiner is closed"):
+            j.checkpoint()
+        with Joiner(log, cfg) as again:  # a drained joiner stays drained
+            assert again.state is JoinerState.DRAINED
+
+
+def test_missing_input_topic_and_bad_config(tmp_path):
+    with (
+        open_log(path=tmp_path / "log") as log,
+        pytest.raises(InputError, match="unknown topic 'impressions'"),
+    ):
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "s"))
+    with pytest.raises(ValueError, match="examples_topic 'impressions' is also an input topic"):
+        JoinerConfig(examples_topic="impressions")
+    with pytest.raises(ValueError, match="labels has a repeated action type"):
+        JoinerConfig(labels=["click", "click"])
+
+
+def test_parquet_files_hold_every_example_once(tmp_path, events):
+    path, _, examples, _ = joined(
+        tmp_path,
+        events,
+        negative_rate=0.2,
+        checkpoint_every_records=1500,
+        read_batch=400,
+        parquet_dir=tmp_path / "pq",
+    )
+    files = sorted((tmp_path / "pq").glob("examples-*.parquet"))
+    assert len(files) >= 3
+    table = read_examples_parquet(tmp_path / "pq")
+    cols = examples_to_columns(examples)
+    assert table.column("example_id").to_pylist() == cols["example_id"].tolist()
+    assert table.column("click").to_pylist() == cols["click"].tolist()
+    assert table.column("sample_weight").to_pylist() == cols["sample_weight"].tolist()
+    assert table.column("seller_id").to_pylist() == cols["seller_id"]
+    # a fresh state_dir must not silently mix its files with another run's
+    with open_log(path=path / "log") as log, pytest.raises(StateError, match="holds example files"):
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "other", parquet_dir=tmp_path / "pq", **JOIN))

@@ -1,0 +1,144 @@
+"""The state store: the close order across memory and disk, spilling, checkpoints that commit or
+vanish as a whole, snapshot files, and refusals."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from freshrec.errors import CorruptionError, StateError
+from freshrec.joiner._wire import decode_batch
+from freshrec.joiner.state import Entry, StateStore
+from freshrec.stream import encode
+
+from .helpers import imp
+
+
+def entries(times, reqs=None, first=0):
+    """(key, Entry) per time, seqs counting from ``first`` (entries arrive in seq order)."""
+    reqs = reqs or list(range(len(times)))
+    events = [imp(first + i, t, req=r) for i, (t, r) in enumerate(zip(times, reqs, strict=True))]
+    return [
+        ((w.request_id, w.item_id), Entry(w, first + i, 0, i, True))
+        for i, w in enumerate(decode_batch(encode(events)))
+    ]
+
+
+@pytest.mark.parametrize("memory_max", [0, 1, 3, 100])
+def test_closing_order_is_the_same_from_memory_and_disk(tmp_path, memory_max):
+    times = [5.0, 1.0, 3.0, 3.0, 9.0, 0.5, 7.0, 3.0, 2.0, 8.0]
+    store = StateStore(tmp_path / "s", memory_max, window_s=10.0)
+    for key, e in entries(times):
+        store.add(key, e)
+    assert len(store) == 10 == len(store.memory) + store.n_spilled
+    assert len(store.memory) <= memory_max
+    assert store.next_end() == 10.5
+    got = [e.seq for e in store.closing(13.0 + 1e-9)] + [e.seq for e in store.closing(float("inf"))]
+    want = sorted(range(10), key=lambda i: (times[i], i))
+    assert got == want
+    assert len(store) == 0 and store.n_spilled == 0 and store.next_end() == float("inf")
+    store.close()
+
+
+def test_spilled_entries_are_read_and_updated_on_disk(tmp_path):
+    store = StateStore(tmp_path / "s", 2, window_s=10.0)
+    for key, e in entries([1.0, 2.0, 3.0, 4.0, 5.0]):
+        store.add(key, e)
+    assert store.n_spilled >= 3
+    key = (0, "a")
+    assert key not in store.memory
+    e = store.get(key)
+    e.labels = 5
+    store.update(key, e)
+    assert store.get(key).labels == 5
+    assert store.closing(100.0)[0].labels == 5
+    store.close()
+
+
+def test_commit_and_restore_round_trip(tmp_path):
+    store = StateStore(tmp_path / "s", 4, window_s=10.0)
+    es = entries([float(t) for t in range(10)])
+    for key, e in es[:6]:
+        store.add(key, e)
+    store.commit(b"meta-1", watermark=-1.0, next_seq=6)
+    for key, e in es[6:]:
+        store.add(key, e)
+    es[7][1].labels = 1
+    store.update(*es[7])
+    store.closing(11.5)  # closes the windows ending at 10 and 11
+    store.commit(b"meta-2", watermark=11.5, next_seq=10)
+    for key, e in entries([20.0], reqs=[99], first=10):  # after the checkpoint: must vanish
+        store.add(key, e)
+    store.close()
+
+    again = StateStore(tmp_path / "s", 4, window_s=10.0)
+    assert again.load_meta() == b"meta-2"
+    again.restore(11.5)
+    got = {k: (e.seq, e.labels) for k, e in again.entries()}
+    assert got == {(i, "a"): (i, int(i == 7)) for i in range(2, 10)}
+    assert [e.seq for e in again.closing(float("inf"))] == list(range(2, 10))
+    again.close()
+
+
+def test_a_crash_before_commit_leaves_the_last_checkpoint(tmp_path):
+    store = StateStore(tmp_path / "s", 1, window_s=10.0)
+    es = entries([1.0, 2.0, 3.0])
+    store.add(*es[0])
+    store.commit(b"m", watermark=0.0, next_seq=1)
+    store.add(*es[1])
+    store.add(*es[2])  # spills: written into the open transaction
+    store._con.close()  # the process dies: SQLite drops the open transaction
+    again = StateStore(tmp_path / "s", 1, window_s=10.0)
+    again.restore(0.0)
+    assert [k for k, _ in again.entries()] == [(0, "a")]
+    again.close()
+
+
+def test_snapshot_files_orphans_and_corruption(tmp_path):
+    store = StateStore(tmp_path / "s", 100, window_s=10.0)
+    for key, e in entries([1.0, 2.0]):
+        store.add(key, e)
+    store.commit(b"m", watermark=0.0, next_seq=2)
+    store.close()
+    parts = sorted((tmp_path / "s" / "snapshot").iterdir())
+    assert len(parts) == 1
+    orphan = parts[0].with_name("part-000000000099.msgpack")
+    orphan.write_bytes(b"half-written")
+    again = StateStore(tmp_path / "s", 100, window_s=10.0)
+    assert not orphan.exists()  # not recorded by any checkpoint: removed
+    again.close()
+    data = bytearray(parts[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    parts[0].write_bytes(bytes(data))
+    again = StateStore(tmp_path / "s", 100, window_s=10.0)
+    with pytest.raises(CorruptionError, match="fails its checksum"):
+        again.restore(0.0)
+    again.close()
+
+
+def test_closed_windows_drop_their_snapshot_files(tmp_path):
+    store = StateStore(tmp_path / "s", 100, window_s=10.0)
+    for key, e in entries([1.0, 2.0]):
+        store.add(key, e)
+    store.commit(b"m", watermark=0.0, next_seq=2)
+    store.closing(100.0)
+    for key, e in entries([50.0], reqs=[7], first=2):
+        store.add(key, e)
+    store.commit(b"m", watermark=55.0, next_seq=3)
+    assert len(os.listdir(tmp_path / "s" / "snapshot")) == 1
+    store.close()
+
+
+def test_refusals(tmp_path):
+    store = StateStore(tmp_path / "s", 10, window_s=1.0)
+    with pytest.raises(StateError, match="in use by another joiner"):
+        StateStore(tmp_path / "s", 10, window_s=1.0)
+    store.close()
+    store.close()
+    other = tmp_path / "o"
+    other.mkdir()
+    sqlite3.connect(other / "state.sqlite").execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StateError, match="not a freshrec joiner state"):
+        StateStore(other, 10, window_s=1.0)
