@@ -85,9 +85,7 @@ def bench_serve(
     quick: QuickOpt = False,
     json_path: JsonOpt = None,
     rate: Annotated[float, typer.Option(help="Requests per second the load generator sends.")] = 200.0,
-    client: Annotated[
-        str, typer.Option(help="Load generator client: raw (asyncio streams) or httpx.")
-    ] = "raw",
+    client: Annotated[str, typer.Option(help="Load generator client: raw (asyncio streams) or httpx.")] = "raw",
 ) -> None:
     """Serving: /v1/rank p50/p99 at a fixed rate while deltas land every second; freshness."""
     from freshrec.bench.serve import run
@@ -105,12 +103,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML or YAML
 @app.command("train")
 @_friendly
 def train(
-    data: Annotated[
-        str | None, typer.Option(help="Data file or folder (default: ../shared/data/ml-100k).")
-    ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", help="movielens | criteo | open_bandit | table.")
-    ] = None,
+    data: Annotated[str | None, typer.Option(help="Data file or folder (default: ../shared/data/ml-100k).")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="movielens | criteo | open_bandit | table.")] = None,
     model: Annotated[str | None, typer.Option(help="deepfm | dcn | fm | lr | two_tower.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training split.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
@@ -164,9 +158,7 @@ def train(
 def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Port to listen on (default 8000; 0 = any free port).")
-    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000; 0 = any free port).")] = None,
     model_dir: Annotated[
         Path | None,
         typer.Option(help="Serve this model directory as the only arm (instead of the arms in --config)."),
@@ -193,10 +185,62 @@ def serve(
             arm["retrieval_dir"] = str(retrieval_dir)
         data["arms"] = [arm]
     cfg = ServeConfig.from_dict(data, source=str(config) if config else "config")
-    typer.echo(
-        f"freshrec serve: arms {[a.name for a in cfg.arms]}, http://{cfg.host}:{cfg.port}/docs", err=True
-    )
+    typer.echo(f"freshrec serve: arms {[a.name for a in cfg.arms]}, http://{cfg.host}:{cfg.port}/docs", err=True)
     run_server(cfg)
+
+
+@app.command("online")
+@_friendly
+def online(
+    run_dir: Annotated[Path | None, typer.Option(help="Where the log, state, checkpoints and snapshots live.")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: run until Ctrl-C).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Joiner + online trainers + sync publisher, reading the event log (resumes from its checkpoints)."""
+    import threading
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from freshrec.config import load_config
+    from freshrec.online import OnlineConfig, OnlinePipeline
+
+    overrides = list(set_ or [])
+    if run_dir is not None:
+        overrides.append(f"run_dir={run_dir}")
+    cfg = load_config(OnlineConfig, config, overrides)
+    console = Console(stderr=True)
+    pipeline = OnlinePipeline(cfg)
+    if pipeline.restored_from is not None:
+        console.print(f"resumed from {pipeline.restored_from}")
+    stop = threading.Event()
+    try:
+        with Live(console=console, refresh_per_second=2) as live:
+            end = None if duration is None else pipeline.clock() + duration
+            while end is None or pipeline.clock() < end:
+                pipeline.run(stop=stop, duration_s=1.0)
+                live.update(_online_line(pipeline.status()))
+    except KeyboardInterrupt:
+        console.print("stopping: final checkpoint")
+    finally:
+        pipeline.close()
+    console.print(f"checkpoints in {cfg.checkpoint_dir}, serving snapshots in {cfg.sync.snapshot_dir}")
+
+
+def _online_line(st: dict) -> str:
+    rank = st["model"].get("rank", {})
+    label = next((k.split("/")[0] for k in rank if k.endswith("/auc")), "click")
+    auc = rank.get(f"{label}/auc")
+    auc_s = f"{auc:.3f}" if isinstance(auc, float) and auc == auc else "-"
+    versions = ", ".join(f"{n} v{v['sparse_version']}" for n, v in st["sync"].items())
+    events = st["joiner"].get("events_in", 0)
+    return (
+        f"trained {st['examples_trained']:,} examples ({st['examples_per_s']:,.0f}/s) | "
+        f"progressive {label} AUC {auc_s} | joiner in {events:,} | sync {versions}"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

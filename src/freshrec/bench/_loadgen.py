@@ -110,12 +110,8 @@ async def run_load(
     timeout_s: float = 5.0,
 ) -> dict:
     if client == "raw":
-        return await _run_raw(
-            url, bodies, rate, seconds, warm=warm, connections=connections, timeout_s=timeout_s
-        )
-    return await _run_httpx(
-        url, bodies, rate, seconds, warm=warm, connections=connections, timeout_s=timeout_s
-    )
+        return await _run_raw(url, bodies, rate, seconds, warm=warm, connections=connections, timeout_s=timeout_s)
+    return await _run_httpx(url, bodies, rate, seconds, warm=warm, connections=connections, timeout_s=timeout_s)
 
 
 async def _open_loop(send, n: int, rate: float) -> tuple[list[float], list[int], float, float]:  # type: ignore[no-untyped-def]

@@ -103,9 +103,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_interleaved(
-    candidates: dict[str, Callable[[int], None]], n_items: int, rounds: int
-) -> dict[str, float]:
+def time_interleaved(candidates: dict[str, Callable[[int], None]], n_items: int, rounds: int) -> dict[str, float]:
     """Time each ``fn(round)`` in turn, ``rounds`` times, interleaved so that machine noise hits
     all candidates alike; return items per second from the median round of each."""
     samples: dict[str, list[float]] = {name: [] for name in candidates}

@@ -266,9 +266,7 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
     spec = _spec()
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-serve-") as tmp:
         root = Path(tmp)
-        trainer = Trainer(
-            spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=1, negative_sampling_rate=0.25)
-        )
+        trainer = Trainer(spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=1, negative_sampling_rate=0.25))
         for i in range(10 if quick else 30):
             trainer.step(spec.encode(world.columns(4096), event_time=np.full(4096, float(i))))
         trainer.save(root / "rank")
@@ -342,9 +340,7 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
     report.figure("rank_qps", float(ok.sum() / load["elapsed_s"]))
     report.figure("error_rate", float(1.0 - ok.mean()))
     report.params["client_failures"] = load.get("failures", {})
-    report.params["statuses"] = {
-        str(k): int(v) for k, v in zip(*np.unique(status, return_counts=True), strict=True)
-    }
+    report.params["statuses"] = {str(k): int(v) for k, v in zip(*np.unique(status, return_counts=True), strict=True)}
     report.figure("requests", float(len(lat)))
     fresh = np.concatenate(deltas.freshness) if deltas.freshness else np.array([np.nan])
     report.figure("freshness_p50_s", float(np.percentile(fresh, 50)))
@@ -382,10 +378,6 @@ def _server_quantile_ms(metrics_text: str, q: float) -> float:
 def _server_line(metrics_text: str) -> str:
     """The server's own count of /v1/rank requests with a 200, from its /metrics."""
     for line in metrics_text.splitlines():
-        if (
-            line.startswith("freshrec_serve_requests_total{")
-            and 'endpoint="/v1/rank"' in line
-            and '"200"' in line
-        ):
+        if line.startswith("freshrec_serve_requests_total{") and 'endpoint="/v1/rank"' in line and '"200"' in line:
             return line
     return "(no /v1/rank samples)"

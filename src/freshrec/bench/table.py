@@ -167,9 +167,7 @@ def _bench_50m(n: int) -> dict[str, float]:
     """Insert ``n`` distinct IDs (dim 16, row-wise Adagrad); resident bytes per row and peak RSS."""
     gc.collect()
     base = rss_bytes()
-    table = EmbeddingTable(
-        TableConfig(dim=16, optimizer=RowwiseAdagrad(), initializer=InitializerConfig(type="zeros"))
-    )
+    table = EmbeddingTable(TableConfig(dim=16, optimizer=RowwiseAdagrad(), initializer=InitializerConfig(type="zeros")))
     chunk = 1 << 20
     t0 = time.perf_counter()
     for lo in range(0, n, chunk):

@@ -103,9 +103,7 @@ def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
     )
     spec = _spec()
     batches = _batches(warm + steps, seed)
-    ours = Trainer(
-        spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=THREADS), ps_config=PSConfig(threads=THREADS)
-    )
+    ours = Trainer(spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=THREADS), ps_config=PSConfig(threads=THREADS))
     theirs = TorchBaseline(spec)
     for b in batches[:warm]:  # compile kernels, allocate state
         ours.step(b)

@@ -107,9 +107,7 @@ class Dataset:
         needed += [("label", lab) for lab in spec.labels]
         missing = [f"{what} {name!r}" for what, name in needed if name not in self._columns]
         if missing:
-            raise DataError(
-                f"{self.source}: no column for {', '.join(missing)}; columns: {sorted(self._columns)}"
-            )
+            raise DataError(f"{self.source}: no column for {', '.join(missing)}; columns: {sorted(self._columns)}")
 
     # ---- what it holds -----------------------------------------------------------------------
     @property

@@ -181,8 +181,7 @@ def dense_raw(feat: DenseFeature, col: Any, source: str | None) -> np.ndarray:
         if low.any():
             first = int(np.flatnonzero(low)[0])
             raise DataError(
-                f"{_where(source)}{what}: transform {feat.transform} needs values > -1, "
-                f"got {x[first]} at row {first}"
+                f"{_where(source)}{what}: transform {feat.transform} needs values > -1, got {x[first]} at row {first}"
             )
     return x
 
@@ -229,8 +228,7 @@ def encode(
             raise DataError(f"{_where(source)}{what} has {_length(col)} rows, {used[0][0]} has {b}")
 
     sparse = {
-        s.name: encode_slot(s, col, spec.hash_seed, source)
-        for s, (_, col) in zip(spec.sparse, used, strict=False)
+        s.name: encode_slot(s, col, spec.hash_seed, source) for s, (_, col) in zip(spec.sparse, used, strict=False)
     }
     n_sparse = len(spec.sparse)
     dense = np.empty((b, len(spec.dense)), np.float32)  # (B, F)

@@ -45,8 +45,7 @@ class Jagged:
             raise InputError(f"Jagged.values must be 1-D int64, got {self.values.dtype} {self.values.shape}")
         if self.offsets.dtype != np.int64 or self.offsets.ndim != 1 or self.offsets.size == 0:
             raise InputError(
-                f"Jagged.offsets must be 1-D int64 with B + 1 entries, got {self.offsets.dtype} "
-                f"{self.offsets.shape}"
+                f"Jagged.offsets must be 1-D int64 with B + 1 entries, got {self.offsets.dtype} {self.offsets.shape}"
             )
         if self.offsets[0] != 0 or self.offsets[-1] != self.values.size:
             raise InputError(

@@ -27,9 +27,7 @@ __all__ = ["Bad", "WireAction", "WireImpression", "decode_batch", "features", "r
 _EMPTY_MAP = msgspec.Raw(b"\x80")  # msgpack's empty map
 
 
-class _Base(
-    msgspec.Struct, tag_field="kind", kw_only=True, frozen=True, forbid_unknown_fields=True, gc=False
-):
+class _Base(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True, forbid_unknown_fields=True, gc=False):
     pass
 
 
@@ -96,9 +94,7 @@ def _bad(blob: bytes) -> Bad:
     refuses it too, and words the reason)."""
     _, bad = events.decode_many([blob])
     if not bad:  # pragma: no cover - only if the mirrors drift from the schema (a test pins them)
-        return Bad(
-            "<record>", "<record>: refused by the joiner's decoder, accepted by the event schema", blob
-        )
+        return Bad("<record>", "<record>: refused by the joiner's decoder, accepted by the event schema", blob)
     return Bad(bad[0].field, bad[0].reason, bad[0].blob)
 
 

@@ -80,8 +80,7 @@ class JoinCore:
         self.label_bit = {t: 1 << i for i, t in enumerate(config.labels)}
         # one labels dict per label bitmask, copied into each example
         self._labels = [
-            {t: (mask >> i) & 1 for i, t in enumerate(config.labels)}
-            for mask in range(1 << len(config.labels))
+            {t: (mask >> i) & 1 for i, t in enumerate(config.labels)} for mask in range(1 << len(config.labels))
         ]
         self.reserved = frozenset(RESERVED_COLUMNS) | frozenset(config.labels)
         self.rate = config.negative_rate

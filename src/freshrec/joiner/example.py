@@ -204,9 +204,7 @@ def examples_to_columns(examples: Sequence[Example]) -> dict[str, list[Any] | np
     label_names = list(examples[0].labels) if n else []
     for i, e in enumerate(examples):
         if len(e.labels) != len(label_names) or any(name not in e.labels for name in label_names):
-            raise InputError(
-                f"examples[{i}] has labels {sorted(e.labels)}, examples[0] has {sorted(label_names)}"
-            )
+            raise InputError(f"examples[{i}] has labels {sorted(e.labels)}, examples[0] has {sorted(label_names)}")
     for name in label_names:
         if name in cols:
             raise InputError(f"label {name!r} has the name of a column of its own")

@@ -178,9 +178,7 @@ class Joiner:
         changed = [k for k in _BINDING if ck.binding.get(k) != now[k]]
         if changed:
             diffs = "; ".join(f"{k}: {ck.binding.get(k)!r} -> {now[k]!r}" for k in changed)
-            raise StateError(
-                f"{where} was written under other join settings ({diffs}); use another state_dir"
-            )
+            raise StateError(f"{where} was written under other join settings ({diffs}); use another state_dir")
         for s in self._sources:
             offs = ck.inputs.get(s.topic)
             if offs is None or len(offs) != self.log.partitions(s.topic):
@@ -448,9 +446,7 @@ class Joiner:
         for s in self._sources:
             inputs[s.topic].append(s.consumed)
         self.core.m.checkpoints += 1
-        meta = Checkpoint(
-            CHECKPOINT_FORMAT, self._binding(), inputs, outputs, self._parquet_seq, self.core.snapshot()
-        )
+        meta = Checkpoint(CHECKPOINT_FORMAT, self._binding(), inputs, outputs, self._parquet_seq, self.core.snapshot())
         self._store.commit(msgspec.msgpack.encode(meta), self.core.watermark, self.core.seq)
         for topic, offs in inputs.items():
             self.log.commit(cfg.group, topic, dict(enumerate(offs)))

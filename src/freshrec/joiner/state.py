@@ -203,8 +203,7 @@ class StateStore:
                 raise StateError(f"{self.file} is a SQLite database but not a freshrec joiner state")
             elif version != FORMAT_VERSION:
                 raise StateError(
-                    f"joiner state {self.file} has format version {version}; "
-                    f"this freshrec reads {FORMAT_VERSION}"
+                    f"joiner state {self.file} has format version {version}; this freshrec reads {FORMAT_VERSION}"
                 )
             row = con.execute("SELECT count(*), min(end) FROM spill").fetchone()
             self.n_spilled = int(row[0])
@@ -228,9 +227,7 @@ class StateStore:
         if e is not None or not self.n_spilled:
             return e
         with self._sqlite("read a spilled entry"):
-            row = self._con.execute(
-                "SELECT entry FROM spill WHERE key = ?", (_encoder.encode(key),)
-            ).fetchone()
+            row = self._con.execute("SELECT entry FROM spill WHERE key = ?", (_encoder.encode(key),)).fetchone()
         return None if row is None else self._decode(row[0])
 
     def add(self, key: Key, entry: Entry) -> float:
@@ -328,9 +325,7 @@ class StateStore:
         try:
             return _entry.decode(blob)
         except msgspec.MsgspecError as exc:
-            raise CorruptionError(
-                f"joiner state {self.file}: a spilled entry does not decode: {exc}"
-            ) from exc
+            raise CorruptionError(f"joiner state {self.file}: a spilled entry does not decode: {exc}") from exc
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -356,9 +351,7 @@ class StateStore:
                 if not recorded:
                     p.unlink()
         except OSError as exc:
-            raise BackendError(
-                f"joiner state {self.parts_dir}: cannot tidy the snapshot files: {exc}"
-            ) from exc
+            raise BackendError(f"joiner state {self.parts_dir}: cannot tidy the snapshot files: {exc}") from exc
 
     def commit(self, meta: bytes, watermark: float, next_seq: int) -> None:
         """Make a checkpoint: snapshot the in-memory entries added (seq >= the last commit's
@@ -422,9 +415,7 @@ class StateStore:
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                raise CorruptionError(
-                    f"joiner state: snapshot file {path} is recorded but unreadable: {exc}"
-                ) from exc
+                raise CorruptionError(f"joiner state: snapshot file {path} is recorded but unreadable: {exc}") from exc
             if checksum_bytes(data) != checksum:
                 raise CorruptionError(f"joiner state: snapshot file {path} fails its checksum")
             try:

@@ -118,9 +118,7 @@ class TwoTowerConfig(Config):
     out_dim: int = Field(32, ge=1)
 
 
-ModelConfig = Annotated[
-    LRConfig | FMConfig | DeepFMConfig | DCNConfig | TwoTowerConfig, Field(discriminator="type")
-]
+ModelConfig = Annotated[LRConfig | FMConfig | DeepFMConfig | DCNConfig | TwoTowerConfig, Field(discriminator="type")]
 
 
 def build_model(config: ModelConfig, spec: FeatureSpec) -> RecModel:

@@ -17,15 +17,11 @@ __all__ = ["DeepFM"]
 
 
 class DeepFM(RecModel):
-    def __init__(
-        self, slot_dims: dict[str, int], n_dense: int, tasks: list[str], config: DeepFMConfig
-    ) -> None:
+    def __init__(self, slot_dims: dict[str, int], n_dense: int, tasks: list[str], config: DeepFMConfig) -> None:
         super().__init__(slot_dims, n_dense, tasks)
         dims = set(slot_dims.values())
         if len(dims) > 1:
-            raise ConfigError(
-                f"DeepFM's FM part needs one embedding width for every slot, got {sorted(dims)}"
-            )
+            raise ConfigError(f"DeepFM's FM part needs one embedding width for every slot, got {sorted(dims)}")
         dim = dims.pop() if dims else 0
         n_in = sum(slot_dims.values()) + n_dense
         self.first_order = nn.Linear(n_in, len(tasks))

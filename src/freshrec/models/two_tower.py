@@ -29,9 +29,7 @@ class TwoTower(RecModel):
         both = sorted(set(user) & set(item))
         missing = sorted(set(slot_dims) - set(user) - set(item))
         if unknown or both or missing:
-            raise ConfigError(
-                f"two_tower slots: unknown {unknown}, in both towers {both}, in neither {missing}"
-            )
+            raise ConfigError(f"two_tower slots: unknown {unknown}, in both towers {both}, in neither {missing}")
         for name in config.user_dense + config.item_dense:
             if name not in dense_names:
                 raise ConfigError(f"two_tower: unknown dense feature {name!r}; the spec has {dense_names}")

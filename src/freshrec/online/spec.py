@@ -19,7 +19,13 @@ USER_SLOTS = ["user_id", "segment", "age_bucket", "hour", "device"]  # user and 
 ITEM_SLOTS = ["item_id", "category", "seller_id", "price_bucket", "format"]
 
 
-def live_commerce_spec(dim: int = 16, labels: tuple[str, ...] = ("click", "purchase")) -> FeatureSpec:
+def live_commerce_spec(
+    dim: int = 16,
+    labels: tuple[str, ...] = ("click", "purchase"),
+    *,
+    item_ttl: float = 2 * 3600.0,
+    user_ttl: float = 24 * 3600.0,
+) -> FeatureSpec:
     """Slots for every categorical feature, ``price`` as a log1p dense feature, one label per action type.
 
     Tables: ``item_id`` admits an item at its 2nd impression and forgets it 2 h after its last
@@ -29,8 +35,8 @@ def live_commerce_spec(dim: int = 16, labels: tuple[str, ...] = ("click", "purch
     """
     base = {"dim": dim, "optimizer": {"type": "rowwise_adagrad", "lr": 0.05}}
     tables = [
-        TableConfig(name="item_id", ttl=2 * 3600.0, admission=AdmissionConfig(min_count=2), **base),
-        TableConfig(name="user_id", ttl=24 * 3600.0, admission=AdmissionConfig(min_count=2), **base),
+        TableConfig(name="item_id", ttl=item_ttl, admission=AdmissionConfig(min_count=2), **base),
+        TableConfig(name="user_id", ttl=user_ttl, admission=AdmissionConfig(min_count=2), **base),
         TableConfig(name="seller_id", ttl=7 * 24 * 3600.0, **base),
     ]
     return FeatureSpec(

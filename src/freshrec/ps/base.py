@@ -52,9 +52,7 @@ class ParameterServer(ABC):
 
     # ---- training and serving ----------------------------------------------------------------
     @abstractmethod
-    def pull(
-        self, table: str, ids: np.ndarray, *, train: bool = False, now: float | None = None
-    ) -> np.ndarray:
+    def pull(self, table: str, ids: np.ndarray, *, train: bool = False, now: float | None = None) -> np.ndarray:
         """Embeddings ``(n, dim)`` of ``ids``. ``train=True`` admits new IDs through the
         table's filter and refreshes last-seen times (``now`` required); inference never
         inserts. IDs without a row read the table's default vector."""

@@ -86,8 +86,7 @@ class LocalPS(ParameterServer):
         self._configs = {name: cfg.model_copy(update={"name": name}) for name, cfg in cfgs.items()}
         n = self.config.num_shards
         self._shards: dict[str, list[EmbeddingTable]] = {
-            name: [EmbeddingTable(_shard_config(cfg, n)) for _ in range(n)]
-            for name, cfg in self._configs.items()
+            name: [EmbeddingTable(_shard_config(cfg, n)) for _ in range(n)] for name, cfg in self._configs.items()
         }
         workers = self.config.worker_threads
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="freshrec-ps") if workers > 1 else None
@@ -298,14 +297,9 @@ class LocalPS(ParameterServer):
         """Restore a snapshot; with a different ``num_shards`` the rows are re-sharded."""
         folder = recover_dir(Path(path))
         manifest = _read_manifest(folder)
-        tables = {
-            t: TableConfig.from_dict(v["config"], source=str(folder)) for t, v in manifest["tables"].items()
-        }
+        tables = {t: TableConfig.from_dict(v["config"], source=str(folder)) for t, v in manifest["tables"].items()}
         config = config or PSConfig(num_shards=manifest["num_shards"])
-        shards = {
-            t: [EmbeddingTable.load(folder / rel) for rel in v["shards"]]
-            for t, v in manifest["tables"].items()
-        }
+        shards = {t: [EmbeddingTable.load(folder / rel) for rel in v["shards"]] for t, v in manifest["tables"].items()}
         ps = cls(tables, config)
         if config.num_shards == manifest["num_shards"]:
             ps._shards = shards
@@ -313,9 +307,7 @@ class LocalPS(ParameterServer):
         for t, parts in shards.items():  # re-shard: every row to its new owner
             for old in parts:
                 exp = old.export()
-                ps.assign(
-                    t, exp.ids, exp.embeddings, state=exp.state, last_seen=exp.last_seen, counts=exp.counts
-                )
+                ps.assign(t, exp.ids, exp.embeddings, state=exp.state, last_seen=exp.last_seen, counts=exp.counts)
         ps.drain_changes()
         return ps
 
@@ -364,7 +356,5 @@ def _sum_stats(parts: list[TableStats]) -> TableStats:
         return parts[0]
     fields = {k: sum(getattr(p, k) for p in parts) for k in parts[0].as_dict()}
     rows = fields["rows"]
-    fields["bytes_per_row_overhead"] = (
-        sum(p.bytes_per_row_overhead * p.rows for p in parts) / rows if rows else 0.0
-    )
+    fields["bytes_per_row_overhead"] = sum(p.bytes_per_row_overhead * p.rows for p in parts) / rows if rows else 0.0
     return TableStats(**fields)

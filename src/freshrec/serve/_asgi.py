@@ -56,9 +56,7 @@ class BodyLimit:
                 try:
                     length = int(value)
                 except ValueError:
-                    await _reply(
-                        send, 400, b'{"error":"BadRequest","message":"content-length: not an integer"}'
-                    )
+                    await _reply(send, 400, b'{"error":"BadRequest","message":"content-length: not an integer"}')
                     return
                 if length > cap:
                     msg = f'{{"error":"PayloadTooLarge","message":"body: {length} bytes, the cap is {cap}"}}'

@@ -283,9 +283,7 @@ def create_app(
     @app.get("/v1/healthz", response_model=Health, tags=["ops"])
     def healthz() -> Response:
         out = replica.health()
-        return Response(
-            _json.encode(out), 200 if out["status"] == "ok" else 503, media_type="application/json"
-        )
+        return Response(_json.encode(out), 200 if out["status"] == "ok" else 503, media_type="application/json")
 
     @app.get("/v1/model", tags=["ops"])
     def model() -> Response:
@@ -298,9 +296,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(components)
             for model in (RankRequest, RecommendRequest):

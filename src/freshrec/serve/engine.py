@@ -151,9 +151,7 @@ class ItemVectors:
             return True
 
     @torch.no_grad()
-    def item_vectors(
-        self, ids: Sequence[Any], feats: Sequence[Mapping[str, Any]]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def item_vectors(self, ids: Sequence[Any], feats: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """(rows kept, their vectors (n, K)); rows lacking an item-tower feature are left out."""
         n = len(ids)
         cols, missing = self.builder.raw(0, {}, {}, ids, feats)
@@ -205,9 +203,7 @@ class ArmEngine:
         return Ranked(probs, self.tasks, ModelInfo.of(self.arm, model))
 
     # ---- /v1/recommend ---------------------------------------------------------------------------
-    def recommend(
-        self, user_id: Any, user: Mapping[str, Any], context: Mapping[str, Any], k: int
-    ) -> Recommended:
+    def recommend(self, user_id: Any, user: Mapping[str, Any], context: Mapping[str, Any], k: int) -> Recommended:
         ids, feats, retrieval = self._retrieve(user_id, user, context)
         model = self.state.rank
         if not ids:

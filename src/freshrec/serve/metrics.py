@@ -124,9 +124,7 @@ class ServeMetrics:
                 meter = self.rates.setdefault(endpoint, RateMeter())
         return meter
 
-    def watch(
-        self, engines: dict[str, ArmEngine], items: LiveItems, tailer: Callable[[], ItemTailer | None]
-    ) -> None:
+    def watch(self, engines: dict[str, ArmEngine], items: LiveItems, tailer: Callable[[], ItemTailer | None]) -> None:
         """Register the scrape-time collector over the served state."""
         self.registry.register(_StateCollector(self, engines, items, tailer))
 
@@ -145,9 +143,7 @@ class _StateCollector(Collector):
         self.tailer = tailer
 
     def collect(self) -> Iterator[Metric]:
-        qps = GaugeMetricFamily(
-            "freshrec_serve_qps", "Requests per second over the last 10 s.", labels=["endpoint"]
-        )
+        qps = GaugeMetricFamily("freshrec_serve_qps", "Requests per second over the last 10 s.", labels=["endpoint"])
         for endpoint, meter in sorted(self.metrics.rates.items()):
             qps.add_metric([endpoint], meter.rate())
         yield qps
@@ -186,14 +182,10 @@ class _StateCollector(Collector):
                     rows.add_metric([arm, m.name, table], st.rows)
         yield from (version, event_time, lag, rows)
 
-        ctr = GaugeMetricFamily(
-            "freshrec_serve_ctr", "Clicks / impressions per arm since start.", labels=["arm"]
-        )
+        ctr = GaugeMetricFamily("freshrec_serve_ctr", "Clicks / impressions per arm since start.", labels=["arm"])
         shown = {s.labels["arm"]: s.value for s in _samples(self.metrics.impressions, "_total")}
         clicks = {
-            s.labels["arm"]: s.value
-            for s in _samples(self.metrics.actions, "_total")
-            if s.labels["type"] == "click"
+            s.labels["arm"]: s.value for s in _samples(self.metrics.actions, "_total") if s.labels["type"] == "click"
         }
         for arm in self.engines:
             if shown.get(arm):

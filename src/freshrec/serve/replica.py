@@ -75,15 +75,12 @@ class Replica:
     ) -> None:
         names = [a.name for a in config.arms]
         if sorted(states) != sorted(names):
-            raise ConfigError(
-                f"states are given for arms {sorted(states)}, the config has arms {sorted(names)}"
-            )
+            raise ConfigError(f"states are given for arms {sorted(states)}, the config has arms {sorted(names)}")
         self.config = config
         self.state = ReplicaState.CREATED
         self.items = LiveItems()
         self.engines = {
-            a.name: ArmEngine(a.name, states[a.name], self.items, retrieve_k=config.retrieve_k)
-            for a in config.arms
+            a.name: ArmEngine(a.name, states[a.name], self.items, retrieve_k=config.retrieve_k) for a in config.arms
         }
         self.router = ArmRouter([(a.name, a.weight) for a in config.arms], seed=config.arm_seed)
         self.ledger = RequestLedger(config.request_memory)
@@ -125,9 +122,7 @@ class Replica:
         for engine in self.engines.values():
             if engine.vectors is not None:
                 engine.vectors.refresh()
-        self._refresher = threading.Thread(
-            target=self._refresh_loop, name="freshrec-item-vectors", daemon=True
-        )
+        self._refresher = threading.Thread(target=self._refresh_loop, name="freshrec-item-vectors", daemon=True)
         self._refresher.start()
         for sub in self.subscribers:
             sub.start()
@@ -271,9 +266,7 @@ class Replica:
         events, bad = decode_json_many(body)
         if bad:
             shown = "; ".join(f"events[{b.index}].{b.reason}" for b in bad[:3])
-            exc = SchemaError(
-                f"{len(bad)} of {len(events) + len(bad)} events are invalid, none was written: {shown}"
-            )
+            exc = SchemaError(f"{len(bad)} of {len(events) + len(bad)} events are invalid, none was written: {shown}")
             exc.detail = [{"index": b.index, "field": b.field, "reason": b.reason} for b in bad[:100]]  # type: ignore[attr-defined]
             raise exc
         if len(events) > self.config.max_events:

@@ -58,9 +58,7 @@ def load_arms(
     def follow(arm: ArmConfig, model: str) -> ServedModel:
         sync = arm.sync
         assert sync is not None
-        sync_config = SyncConfig(
-            snapshot_dir=sync.snapshot_dir, apply_interval=sync.apply_interval, fp16=sync.fp16
-        )
+        sync_config = SyncConfig(snapshot_dir=sync.snapshot_dir, apply_interval=sync.apply_interval, fp16=sync.fp16)
         served = ServedModel.from_snapshot(sync_config.model_snapshot_dir(model), name=model, fp16=sync.fp16,
                                            ps_config=ps_config)  # fmt: skip
         log_config = sync.log or config.log
@@ -102,9 +100,7 @@ def serve(
     subscribers: Sequence[Subscriber] | None = None,
 ) -> None:
     """Load the models (unless given) and serve until interrupted (Ctrl-C / SIGTERM)."""
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     registry = CollectorRegistry()
     if states is None:
         states, loaded = load_arms(config, registry=registry)

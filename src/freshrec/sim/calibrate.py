@@ -132,9 +132,7 @@ def id_churn(events: list[Event], start_time: float, hours: float) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", default=os.environ.get("FRESHREC_DATA", str(Path.cwd().parent / "shared" / "data"))
-    )
+    parser.add_argument("--data", default=os.environ.get("FRESHREC_DATA", str(Path.cwd().parent / "shared" / "data")))
     parser.add_argument("--hours", type=float, default=4.0, help="event hours per policy run")
     parser.add_argument("--oracle-hours", type=float, default=1.0, help="the oracle is ~20x slower")
     parser.add_argument("--seed", type=int, default=0)
@@ -160,10 +158,7 @@ def _print(result: dict[str, Any]) -> None:
     ob = result["open_bandit"]
     for name in (*CAMPAIGNS, "pooled"):
         r = ob[name]
-        print(
-            f"open-bandit {name:7s} impressions {r['impressions']:7d} clicks {r['clicks']:4d} "
-            f"CTR {r['ctr']:.4%}"
-        )
+        print(f"open-bandit {name:7s} impressions {r['impressions']:7d} clicks {r['clicks']:4d} CTR {r['ctr']:.4%}")
     for policy, r in result["policies"].items():
         print(
             f"sim {policy:10s} {r['hours']:.1f} h: impressions {r['impressions']:8d} CTR {r['ctr']:.4%} "

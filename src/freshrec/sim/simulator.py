@@ -155,9 +155,7 @@ class Simulator:
 
         if recommender is not None:
             if not (hasattr(recommender, "recommend") or callable(recommender)):
-                raise ConfigError(
-                    "recommender must have a recommend(user_id, k, now, context) method or be callable"
-                )
+                raise ConfigError("recommender must have a recommend(user_id, k, now, context) method or be callable")
             self._external = getattr(recommender, "recommend", recommender)
             self._policy: BuiltinPolicy | None = None
             self._model_version: Id | None = None
@@ -404,12 +402,7 @@ class Simulator:
         stats.shown_not_live += int((~live).sum())
         aff = np.zeros(M)
         aff[live] = world.affinity(imp["user"][live], imp["item"][live][:, None])[:, 0]
-        logit = (
-            world.bias
-            + aff
-            + world.position_logit(imp["pos"])
-            + world.context_logit(imp["time"], imp["device"])
-        )
+        logit = world.bias + aff + world.position_logit(imp["pos"]) + world.context_logit(imp["time"], imp["device"])
         p = np.where(live, sigmoid(logit), 0.0)
         c = np.flatnonzero(rng.random(M) < p)  # clicked impressions
         n = len(c)
@@ -432,9 +425,7 @@ class Simulator:
         f, b = np.flatnonzero(follow), np.flatnonzero(buy)
         self._pending.push(
             time=np.concatenate([t_click, t_follow[f], t_buy[b]]),
-            kind=np.concatenate(
-                [np.full(n, _CLICK), np.where(auction[f], _BID, _CART), np.full(len(b), _PURCHASE)]
-            ),
+            kind=np.concatenate([np.full(n, _CLICK), np.where(auction[f], _BID, _CART), np.full(len(b), _PURCHASE)]),
             item=np.concatenate([items, items[f], items[b]]),
             user=np.concatenate([users, users[f], users[b]]),
             request=np.concatenate([serial, serial[f], serial[b]]),
@@ -493,9 +484,7 @@ class Simulator:
         nl, nd = len(listed_times), len(due["time"])
 
         events: list[Event] = [
-            ItemLifecycle(
-                event_id=e, event_time=t, item_id=item_ids[i], status="listed", features=item_feats[i]
-            )
+            ItemLifecycle(event_id=e, event_time=t, item_id=item_ids[i], status="listed", features=item_feats[i])
             for e, t, i in zip(eids[:nl], listed_times.tolist(), listed_items.tolist(), strict=True)
         ]
         kinds = due["kind"]
@@ -510,9 +499,7 @@ class Simulator:
             if kind in (_ENDED, _UPDATED):
                 status = "ended" if kind == _ENDED else "updated"
                 events.append(
-                    ItemLifecycle(
-                        event_id=e, event_time=t, item_id=item_ids[i], status=status, features=item_feats[i]
-                    )
+                    ItemLifecycle(event_id=e, event_time=t, item_id=item_ids[i], status=status, features=item_feats[i])
                 )
             else:
                 events.append(
@@ -608,9 +595,7 @@ def _check_recommendation(rec: object, k: int) -> list[Id]:
             raise InputError(f"recommendation.item_ids: {x!r} is not an int or str id")
     if len(set(ids)) != len(ids):
         raise InputError("recommendation.item_ids: an item appears twice in one slate")
-    if rec.request_id is not None and (
-        isinstance(rec.request_id, bool) or not isinstance(rec.request_id, int | str)
-    ):
+    if rec.request_id is not None and (isinstance(rec.request_id, bool) or not isinstance(rec.request_id, int | str)):
         raise InputError(f"recommendation.request_id: {rec.request_id!r} is not an int or str id")
     return ids
 

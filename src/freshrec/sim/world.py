@@ -72,9 +72,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 class World:
     """Users, sellers and items with their hidden parameters. Index = position in the columns."""
 
-    def __init__(
-        self, cfg: SimConfig, rng_users: np.random.Generator, rng_items: np.random.Generator
-    ) -> None:
+    def __init__(self, cfg: SimConfig, rng_users: np.random.Generator, rng_items: np.random.Generator) -> None:
         self.cfg = cfg
         self.rng_users = rng_users
         self.rng_items = rng_items
@@ -145,9 +143,7 @@ class World:
         seller = rng.choice(cfg.n_sellers, size=n, p=self.seller_weights).astype(np.int32)
         latent = rng.normal(0.0, cfg.latent_sigma, (n, cfg.latent_dim))  # (n, D)
         quality = rng.normal(0.0, cfg.item_quality_sigma, n)
-        price = np.round(
-            np.exp(np.log(cfg.price_median) + self.cat_price[cat] + rng.normal(0, cfg.price_sigma, n)), 2
-        )
+        price = np.round(np.exp(np.log(cfg.price_median) + self.cat_price[cat] + rng.normal(0, cfg.price_sigma, n)), 2)
         price = np.maximum(price, 0.01)
         auction = rng.random(n) < cfg.auction_share
         idx = self.items.append(
@@ -157,9 +153,7 @@ class World:
         self.item_ids.extend(f"it{i}" for i in idx.tolist())
         self.item_features.extend(
             self._item_feature_dict(c, s, p, a)
-            for c, s, p, a in zip(
-                cat.tolist(), seller.tolist(), price.tolist(), auction.tolist(), strict=True
-            )
+            for c, s, p, a in zip(cat.tolist(), seller.tolist(), price.tolist(), auction.tolist(), strict=True)
         )
         return idx
 
@@ -228,9 +222,7 @@ class World:
     def context_logit(self, times: np.ndarray, devices: np.ndarray) -> np.ndarray:
         hour = np.floor(times / 3600.0) % 24
         cfg = self.cfg
-        return (
-            cfg.hour_effect * np.cos(2 * np.pi * (hour - 21) / 24) + cfg.device_effect * _DEVICE_SIGN[devices]
-        )
+        return cfg.hour_effect * np.cos(2 * np.pi * (hour - 21) / 24) + cfg.device_effect * _DEVICE_SIGN[devices]
 
     def position_logit(self, positions: np.ndarray) -> np.ndarray:
         return -self.cfg.position_decay * np.log1p(positions)
@@ -257,9 +249,7 @@ class World:
         t = (rng.choice(24, size=M, p=w / w.sum()) + 0.5) * 3600.0
         devices = self.session_devices(users, rng)
         z = (
-            self.affinity(users, items[:, None])[:, 0]
-            + self.position_logit(pos)
-            + self.context_logit(t, devices)
+            self.affinity(users, items[:, None])[:, 0] + self.position_logit(pos) + self.context_logit(t, devices)
         )  # (M,)
         lo, hi = -40.0, 20.0
         for _ in range(80):  # bisection on a monotone mean: exact to float precision

@@ -70,9 +70,7 @@ class LocalBroker:
         binary: the tansu executable; None finds it with :func:`find_tansu`.
     """
 
-    def __init__(
-        self, port: int | None = None, startup_timeout_s: float = 10.0, binary: str | Path | None = None
-    ):
+    def __init__(self, port: int | None = None, startup_timeout_s: float = 10.0, binary: str | Path | None = None):
         self._want_port = port
         self.startup_timeout_s = startup_timeout_s
         self.binary = Path(binary) if binary is not None else None

@@ -63,18 +63,13 @@ _SCHEMA = (
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {FORMAT_VERSION}",
 )
-_END = (
-    "SELECT base_offset + count FROM chunks WHERE topic_id = ? AND partition = ?"
-    " ORDER BY base_offset DESC LIMIT 1"
-)
+_END = "SELECT base_offset + count FROM chunks WHERE topic_id = ? AND partition = ? ORDER BY base_offset DESC LIMIT 1"
 _SCAN = (
     "SELECT base_offset, count, checksum, data FROM chunks WHERE topic_id = ?1 AND partition = ?2"
     " AND base_offset >= coalesce((SELECT max(base_offset) FROM chunks"
     " WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0) ORDER BY base_offset"
 )
-_INSERT = (
-    "INSERT INTO chunks (topic_id, partition, base_offset, count, checksum, data) VALUES (?, ?, ?, ?, ?, ?)"
-)
+_INSERT = "INSERT INTO chunks (topic_id, partition, base_offset, count, checksum, data) VALUES (?, ?, ?, ?, ?, ?)"
 _UPSERT_OFFSET = (
     "INSERT INTO group_offsets (grp, topic_id, partition, next_offset) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (grp, topic_id, partition) DO UPDATE SET next_offset = excluded.next_offset"
@@ -119,9 +114,7 @@ class EmbeddedLog(EventLog):
             if "malformed" in text or "not a database" in text:
                 raise CorruptionError(f"event log {self.file}: cannot {what}: {text}") from exc
             if "locked" in text or "busy" in text:
-                text += (
-                    f" (another process held the write lock for busy_timeout_s={self.config.busy_timeout_s})"
-                )
+                text += f" (another process held the write lock for busy_timeout_s={self.config.busy_timeout_s})"
             raise BackendError(f"event log {self.file}: cannot {what}: {text}") from exc
         except sqlite3.Error as exc:
             raise BackendError(f"event log {self.file}: cannot {what}: {exc}") from exc
@@ -253,9 +246,7 @@ class EmbeddedLog(EventLog):
             self._generation += 1
             self._appended.notify_all()
 
-    def _read(
-        self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float
-    ) -> list[LogRecord]:
+    def _read(self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float) -> list[LogRecord]:
         offsets, keys, values, ts = self._wait_scan(topic, partition, offset, max_records, timeout_s)
         m = len(values)
         return list(map(LogRecord, repeat(topic, m), repeat(partition, m), offsets, keys, values, ts))
@@ -345,8 +336,7 @@ class EmbeddedLog(EventLog):
         tid, _ = self._topic(topic)
         with self._reader() as con, self._sqlite("fetch committed offsets"):
             rows = con.execute(
-                "SELECT partition, next_offset FROM group_offsets WHERE grp = ? AND topic_id = ?"
-                " ORDER BY partition",
+                "SELECT partition, next_offset FROM group_offsets WHERE grp = ? AND topic_id = ? ORDER BY partition",
                 (group, tid),
             ).fetchall()
         return {int(p): int(o) for p, o in rows}

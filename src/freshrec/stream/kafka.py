@@ -175,8 +175,7 @@ class KafkaLog(EventLog):
             raise BackendError(f"append to topic {topic!r}: {len(failed)} records failed: {failed[0].str()}")
         if left:
             raise BackendError(
-                f"append to topic {topic!r}: {left} records not acknowledged within "
-                f"timeout_s={self.config.timeout_s}"
+                f"append to topic {topic!r}: {left} records not acknowledged within timeout_s={self.config.timeout_s}"
             )
 
     def _reader(self, topic: str, partition: int) -> _Reader:
@@ -187,9 +186,7 @@ class KafkaLog(EventLog):
                     reader = self._readers[topic, partition] = self._new_consumer("freshrec.reader")
         return reader
 
-    def _read(
-        self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float
-    ) -> list[LogRecord]:
+    def _read(self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float) -> list[LogRecord]:
         reader = self._reader(topic, partition)
         tp = TopicPartition(topic, partition)
         now = time.monotonic()
@@ -236,9 +233,7 @@ class KafkaLog(EventLog):
                     self._take(reader, [msg], topic, partition, out)
         return out
 
-    def _take(
-        self, reader: _Reader, msgs: list[Message], topic: str, partition: int, out: list[LogRecord]
-    ) -> bool:
+    def _take(self, reader: _Reader, msgs: list[Message], topic: str, partition: int, out: list[LogRecord]) -> bool:
         """Append ``msgs`` to ``out`` (skipping any before the position); False if none came."""
         if not msgs:
             return False
@@ -291,14 +286,10 @@ class KafkaLog(EventLog):
                     # Done once a fetch response reported an end at least ListOffsets' (Kafka: the
                     # first one), or brought the record before it (Tansu). An earlier probe's
                     # cached value is below a new ListOffsets answer whenever records were added.
-                    if fetched >= high or (
-                        msg is not None and msg.error() is None and msg.offset() >= high - 1
-                    ):
+                    if fetched >= high or (msg is not None and msg.error() is None and msg.offset() >= high - 1):
                         break
                     if time.monotonic() > deadline:
-                        raise BackendError(
-                            f"no fetch response for the tail within timeout_s={self.config.timeout_s}"
-                        )
+                        raise BackendError(f"no fetch response for the tail within timeout_s={self.config.timeout_s}")
             finally:
                 c.unassign()
             return int(max(high, fetched))
@@ -320,9 +311,7 @@ class KafkaLog(EventLog):
             result = g.consumer.commit(offsets=tps, asynchronous=False)
         bad = [tp for tp in result or [] if tp.error is not None]
         if bad:
-            raise BackendError(
-                f"commit offsets of group {group!r}: partition {bad[0].partition}: {bad[0].error.str()}"
-            )
+            raise BackendError(f"commit offsets of group {group!r}: partition {bad[0].partition}: {bad[0].error.str()}")
 
     def _committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
         g = self._group(group)

@@ -122,9 +122,7 @@ def _partitions_of(keys: list[bytes | None], n: int) -> np.ndarray:
     """``partition_for`` of every key (None -> 0), as an (n,) int64 array."""
     digest = xxhash.xxh64_intdigest
     seed = PARTITION_SEED
-    hashes = np.fromiter(
-        (0 if k is None else digest(k, seed) for k in keys), dtype=np.uint64, count=len(keys)
-    )  # (N,)
+    hashes = np.fromiter((0 if k is None else digest(k, seed) for k in keys), dtype=np.uint64, count=len(keys))  # (N,)
     return (hashes % np.uint64(n)).astype(np.int64)
 
 
@@ -243,8 +241,7 @@ class EventLog(ABC):
         with self._call("commit offsets"):
             n_parts = self._partitions(topic)
             checked = {
-                _check_partition(p, topic, n_parts): _check_int(o, f"offsets[{p}]", 0, None)
-                for p, o in offsets.items()
+                _check_partition(p, topic, n_parts): _check_int(o, f"offsets[{p}]", 0, None) for p, o in offsets.items()
             }
             if checked:
                 self._commit(group, topic, checked)
@@ -321,9 +318,7 @@ class EventLog(ABC):
     def _append(self, topic: str, batches: list[PartitionBatch]) -> None: ...
 
     @abstractmethod
-    def _read(
-        self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float
-    ) -> list[LogRecord]: ...
+    def _read(self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float) -> list[LogRecord]: ...
 
     def _read_columns(
         self, topic: str, partition: int, offset: int, max_records: int, timeout_s: float
@@ -416,8 +411,7 @@ def _check_timeout(timeout_s: Any) -> float:
 def _check_values(values: Any) -> list[bytes]:
     if isinstance(values, bytes | bytearray | memoryview | str):
         raise InputError(
-            f"values must be a sequence of bytes, got one {type(values).__name__} "
-            "(wrap a single record in a list)"
+            f"values must be a sequence of bytes, got one {type(values).__name__} (wrap a single record in a list)"
         )
     if not isinstance(values, Sequence):
         raise InputError(f"values must be a sequence of bytes, got {type(values).__name__}")
@@ -466,9 +460,7 @@ def _check_timestamps(timestamps_ms: Any, n: int) -> np.ndarray:
     return ts
 
 
-def _split(
-    values: list[bytes], keys: list[bytes | None] | None, ts: np.ndarray, n_parts: int
-) -> list[PartitionBatch]:
+def _split(values: list[bytes], keys: list[bytes | None] | None, ts: np.ndarray, n_parts: int) -> list[PartitionBatch]:
     """Group a batch by partition (keys hashed, None -> 0), keeping append order in each."""
     n = len(values)
     if not n:
@@ -489,8 +481,6 @@ def _split(
         il = idx.tolist()
         sub_keys = [keys[i] for i in il]
         out.append(
-            PartitionBatch(
-                p, [values[i] for i in il], None if all(k is None for k in sub_keys) else sub_keys, ts[idx]
-            )
+            PartitionBatch(p, [values[i] for i in il], None if all(k is None for k in sub_keys) else sub_keys, ts[idx])
         )
     return out

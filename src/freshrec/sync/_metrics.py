@@ -34,9 +34,7 @@ class SyncMetrics:
         self.gaps = Counter("freshrec_sync_gaps", "Missing sparse versions detected", ["model"], **kw)
         self.errors = Counter("freshrec_sync_errors", "Failed polls and bootstraps", ["model"], **kw)
         self.version = Gauge("freshrec_sync_version", "Version applied", ["model", "kind"], **kw)
-        self.lag = Gauge(
-            "freshrec_sync_lag_records", "Sync-log records not yet read", ["model", "kind"], **kw
-        )
+        self.lag = Gauge("freshrec_sync_lag_records", "Sync-log records not yet read", ["model", "kind"], **kw)
         self.event_time = Gauge(
             "freshrec_sync_event_time_seconds",
             "Newest event time the served parameters reflect",

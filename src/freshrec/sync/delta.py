@@ -100,9 +100,7 @@ class DeltaHeader:
         return h
 
     def describe(self) -> str:
-        return (
-            f"{self.kind} delta v{self.version} of model {self.model!r} (part {self.part + 1}/{self.parts})"
-        )
+        return f"{self.kind} delta v{self.version} of model {self.model!r} (part {self.part + 1}/{self.parts})"
 
 
 @dataclass(frozen=True)

@@ -116,15 +116,11 @@ class Publisher:
         self.log = log
         self._logit_offset = logit_offset
         self._spec = None if spec is None else spec.model_dump(mode="json")
-        self._model_config = (
-            None if model_config is None else _MODEL_CONFIG.dump_python(model_config, mode="json")
-        )
+        self._model_config = None if model_config is None else _MODEL_CONFIG.dump_python(model_config, mode="json")
         self.clock = clock
         untracked = sorted(t for t, c in ps.tables.items() if not c.track_changes)
         if untracked:
-            raise ConfigError(
-                f"tables {untracked} do not track changes (track_changes=False): cannot publish"
-            )
+            raise ConfigError(f"tables {untracked} do not track changes (track_changes=False): cannot publish")
         self.sparse_topic, self.dense_topic = self.config.topics(self.model)
         for topic in (self.sparse_topic, self.dense_topic):
             log.create_topic(topic, 1)
@@ -254,9 +250,7 @@ class Publisher:
                                  time.perf_counter() - t0, full)  # fmt: skip
 
     # ---- dense ---------------------------------------------------------------------------------
-    def publish_dense(
-        self, *, event_time: float | None = None, newest_arrival_ms: int | None = None
-    ) -> PublishResult:
+    def publish_dense(self, *, event_time: float | None = None, newest_arrival_ms: int | None = None) -> PublishResult:
         """Publish the module's whole ``state_dict`` with the current logit offset."""
         with self._lock:
             self.flush()
@@ -280,9 +274,7 @@ class Publisher:
             size = sum(len(r) for r in records)
             self.stats.dense_versions += 1
             self.stats.bytes += size
-            return PublishResult(
-                "dense", version, len(records), len(state), 0, size, time.perf_counter() - t0
-            )
+            return PublishResult("dense", version, len(records), len(state), 0, size, time.perf_counter() - t0)
 
     # ---- cadences and snapshots ----------------------------------------------------------------
     def maybe_publish(

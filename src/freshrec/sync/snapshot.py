@@ -242,9 +242,7 @@ def newest_good_snapshot(root: str | Path) -> SnapshotInfo | None:
     return None
 
 
-def new_serving_ps(
-    tables: dict[str, TableConfig], *, fp16: bool, config: PSConfig | None = None
-) -> ParameterServer:
+def new_serving_ps(tables: dict[str, TableConfig], *, fp16: bool, config: PSConfig | None = None) -> ParameterServer:
     """An empty serving PS over the serving twins of ``tables`` (float16 storage if ``fp16``)."""
     from freshrec.sync.fp16 import Fp16PS
     from freshrec.sync.state import serving_table_config
@@ -283,14 +281,10 @@ def served_model_from_snapshot(
             return _served_model(read_snapshot(candidate), name, fp16, ps_config)
         except CorruptionError as exc:
             failure = exc
-    raise SyncError(
-        f"no good snapshot under {path}" + (f" (last: {failure})" if failure else "")
-    ) from failure
+    raise SyncError(f"no good snapshot under {path}" + (f" (last: {failure})" if failure else "")) from failure
 
 
-def _served_model(
-    info: SnapshotInfo, name: str | None, fp16: bool, ps_config: PSConfig | None
-) -> ServedModel:
+def _served_model(info: SnapshotInfo, name: str | None, fp16: bool, ps_config: PSConfig | None) -> ServedModel:
     from freshrec.features import FeatureSpec
     from freshrec.models import build_model
     from freshrec.sync.delta import load_dense
@@ -318,7 +312,5 @@ def _served_model(
         ps.close()
         raise
     served = ServedModel(name or info.model, spec, model_config, module, ps, info.logit_offset)
-    served.mark(
-        sparse_version=info.sparse_version, dense_version=info.dense_version, event_time=info.event_time
-    )
+    served.mark(sparse_version=info.sparse_version, dense_version=info.dense_version, event_time=info.event_time)
     return served

@@ -73,9 +73,7 @@ class ServedModel:
         self.applied_wall = time.time()  # wall clock of the last applied update
 
     @classmethod
-    def from_model_dir(
-        cls, path: str | Path, *, name: str = "rank", ps_config: PSConfig | None = None
-    ) -> ServedModel:
+    def from_model_dir(cls, path: str | Path, *, name: str = "rank", ps_config: PSConfig | None = None) -> ServedModel:
         """Load a model directory (``Trainer.save``) for serving: embeddings only."""
         from freshrec.train.model_dir import load_model_dir
 

@@ -446,9 +446,7 @@ class Subscriber:
             stage.ps = self._copy_to_fp16()  # nothing to load: store what is served as float16
         if stage.ps is not None:
             self._retire(self.state.swap_ps(stage.ps))
-        self.state.mark(
-            sparse_version=sparse.applied, dense_version=dense.applied, event_time=stage.event_time
-        )
+        self.state.mark(sparse_version=sparse.applied, dense_version=dense.applied, event_time=stage.event_time)
         self._sparse, self._dense, self._offsets = sparse, dense, offsets
         self._status = SubscriberState.LIVE
         self.stats.bootstraps += 1

@@ -115,9 +115,7 @@ def _uniform01(x):
 
 @njit(inline="always", **JIT)
 def _row_ts(meta, row, mo):
-    return np.int64(
-        (np.uint64(meta[row, mo + M_TS_HI]) << np.uint64(32)) | np.uint64(meta[row, mo + M_TS_LO])
-    )
+    return np.int64((np.uint64(meta[row, mo + M_TS_HI]) << np.uint64(32)) | np.uint64(meta[row, mo + M_TS_LO]))
 
 
 @njit(inline="always", **JIT)

@@ -31,9 +31,7 @@ def _map(nbytes: int, huge_pages: bool = False) -> mmap.mmap:
     return m
 
 
-def reserve(
-    min_rows: int, width: int, dtype: np.dtype | type, max_rows: int, huge_pages: bool = False
-) -> np.ndarray:
+def reserve(min_rows: int, width: int, dtype: np.dtype | type, max_rows: int, huge_pages: bool = False) -> np.ndarray:
     """A zero-filled ``(rows, width)`` array (1-D when ``width == 0``) with ``rows >= min_rows``,
     as many as fit ``RESERVE_BYTES`` (at most ``max_rows``). Falls back to smaller reservations
     where the OS refuses (strict overcommit)."""

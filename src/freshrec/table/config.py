@@ -256,9 +256,7 @@ class TableConfig(Config):
     @model_validator(mode="after")
     def _check_default(self) -> TableConfig:
         if isinstance(self.default_value, list) and len(self.default_value) != self.dim:
-            raise ValueError(
-                f"default_value has {len(self.default_value)} values, the table's dim is {self.dim}"
-            )
+            raise ValueError(f"default_value has {len(self.default_value)} values, the table's dim is {self.dim}")
         return self
 
     @property

@@ -141,9 +141,7 @@ def _verified(folder: Path, entry: dict[str, Any]) -> bytes:
     return blob
 
 
-def _arrays(
-    name: str, blob: bytes, spec: dict[str, tuple[Any, tuple[int | None, ...]]]
-) -> dict[str, np.ndarray]:
+def _arrays(name: str, blob: bytes, spec: dict[str, tuple[Any, tuple[int | None, ...]]]) -> dict[str, np.ndarray]:
     try:
         arrays = st_load(blob)
     except (SafetensorError, ValueError) as exc:

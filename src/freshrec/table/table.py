@@ -217,8 +217,7 @@ class EmbeddingTable:
         if arr.size == 0:
             return np.zeros(0, np.int64)
         raise InputError(
-            f"ids must be integers (int64); got dtype {arr.dtype}. Hash string IDs first "
-            "(freshrec.features.hash_ids)."
+            f"ids must be integers (int64); got dtype {arr.dtype}. Hash string IDs first (freshrec.features.hash_ids)."
         )
 
     def _rows_values(self, values: Any, n: int, width: int, what: str) -> np.ndarray:

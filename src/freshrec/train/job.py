@@ -143,9 +143,7 @@ def _metrics(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict
     }
 
 
-def run_train_job(
-    config: TrainJobConfig, *, on_step: Callable[[str, int, int], None] | None = None
-) -> JobResult:
+def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], None] | None = None) -> JobResult:
     """Run the job; ``on_step(model_name, step, total_steps)`` reports progress."""
     data = load_dataset(config.data, config.spec)
     train, test = data.split_by_time(1 - config.data.test_fraction)

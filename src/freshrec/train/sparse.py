@@ -66,9 +66,7 @@ class SparseBridge:
         per_table: dict[str, np.ndarray] = {}
         local: dict[str, np.ndarray] = {}  # slot -> (N_s,) row of each ID within its table
         for table, slots in self.slots_of.items():
-            ids = (
-                jags[slots[0]].values if len(slots) == 1 else np.concatenate([jags[s].values for s in slots])
-            )
+            ids = jags[slots[0]].values if len(slots) == 1 else np.concatenate([jags[s].values for s in slots])
             per_table[table], inv = _unique(ids)  # (U,), (N,)
             start = 0
             for s in slots:
@@ -113,6 +111,4 @@ class SparseBridge:
                 else:
                     dense += g.numpy()
             merged[dim] = dense
-        return {
-            t: (pulled.ids[t], merged[dim][first : first + n]) for t, (dim, first, n) in pulled.rows.items()
-        }
+        return {t: (pulled.ids[t], merged[dim][first : first + n]) for t, (dim, first, n) in pulled.rows.items()}

@@ -106,15 +106,11 @@ class Trainer:
         """Train on one batch (event time = its newest example)."""
         self._check("step")
         if batch.labels.shape[1] != len(self.tasks):
-            raise ConfigError(
-                f"batch has {batch.labels.shape[1]} label columns, the model has tasks {self.tasks}"
-            )
+            raise ConfigError(f"batch has {batch.labels.shape[1]} label columns, the model has tasks {self.tasks}")
         t0 = time.perf_counter()
         now = float(batch.event_time.max()) if batch.size else self.counters.last_event_time
         if not (
-            np.isfinite(batch.dense).all()
-            and np.isfinite(batch.labels).all()
-            and np.isfinite(batch.weights).all()
+            np.isfinite(batch.dense).all() and np.isfinite(batch.labels).all() and np.isfinite(batch.weights).all()
         ):
             # the usual cause of a NaN loss: refuse before the training pull admits any ID
             self.counters.skipped_nonfinite += 1
