@@ -189,6 +189,33 @@ def serve(
     run_server(cfg)
 
 
+@app.command("demo")
+@_friendly
+def demo(
+    duration: Annotated[float | None, typer.Option(help="Wall seconds of closed loop (default 180).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the simulated world.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the serving replica (default 8000).")] = None,
+    speed: Annotated[float | None, typer.Option(help="Event seconds per wall second (default 60).")] = None,
+    users: Annotated[int | None, typer.Option(help="Simulated users (default 10,000).")] = None,
+    items_per_hour: Annotated[int | None, typer.Option(help="New listings per event hour (default 3,000).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Resume the run in this directory (runs/<id>).")] = None,
+    dashboard: Annotated[bool, typer.Option(help="Live terminal dashboard.")] = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The main job: simulator, event log, joiner, online trainer, sync and a serving replica, in a closed loop."""
+    from freshrec.config import load_config
+    from freshrec.demo import DemoConfig, run_demo
+
+    overrides = list(set_ or [])
+    for key, value in (("duration_s", duration), ("seed", seed), ("port", port), ("speed", speed),
+                       ("sim.n_users", users), ("sim.items_per_hour", items_per_hour)):  # fmt: skip
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    overrides.append(f"dashboard={str(dashboard).lower()}")
+    run_demo(load_config(DemoConfig, config, overrides), resume=resume)
+
+
 @app.command("online")
 @_friendly
 def online(

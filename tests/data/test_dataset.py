@@ -36,9 +36,7 @@ def test_rows_are_sorted_by_time_with_every_column():
     order = np.argsort(t, kind="stable")
     np.testing.assert_array_equal(ds.columns["row"], order)
     np.testing.assert_array_equal(ds.event_time, t[order])
-    np.testing.assert_array_equal(
-        ds.columns["u"].to_numpy(zero_copy_only=False), [f"user{i % 7}" for i in order]
-    )
+    np.testing.assert_array_equal(ds.columns["u"].to_numpy(zero_copy_only=False), [f"user{i % 7}" for i in order])
 
 
 def test_split_fit_and_batches():

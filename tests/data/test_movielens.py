@@ -101,9 +101,7 @@ def test_ratings_dat_and_csv_layouts_match_u_data(tmp_path, raw):
     (tmp_path / "ml-1m").mkdir()
     (tmp_path / "ml-1m" / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in rows))
     (tmp_path / "ml-25m").mkdir()
-    csv_text = "userId,movieId,rating,timestamp\n" + "".join(
-        f"{u},{i},{r - 0.5},{t}\n" for u, i, r, t in rows
-    )
+    csv_text = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r - 0.5},{t}\n" for u, i, r, t in rows)
     (tmp_path / "ml-25m" / "ratings.csv").write_text(csv_text)
     (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
     tab = load_movielens(tmp_path / "u.data")  # no side files beside it: ids only

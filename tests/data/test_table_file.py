@@ -92,8 +92,7 @@ def test_stream_csv_in_small_blocks(tmp_path):
 
 def test_mapping_from_toml(tmp_path):
     (tmp_path / "m.toml").write_text(
-        'event_time = "ts"\n[columns]\nuser = "uid"\n[spec]\nlabels = ["clicked"]\n'
-        '[[spec.sparse]]\nname = "user"\n'
+        'event_time = "ts"\n[columns]\nuser = "uid"\n[spec]\nlabels = ["clicked"]\n[[spec.sparse]]\nname = "user"\n'
     )
     m = ColumnMapping.from_file(tmp_path / "m.toml")
     p = tmp_path / "e.csv"

@@ -14,9 +14,7 @@ def rows_of(j: Jagged) -> list[list[int]]:
 
 
 def jagged(rows: list[list[int]]) -> Jagged:
-    return Jagged.from_lengths(
-        np.array([v for r in rows for v in r], np.int64), np.array([len(r) for r in rows])
-    )
+    return Jagged.from_lengths(np.array([v for r in rows for v in r], np.int64), np.array([len(r) for r in rows]))
 
 
 ROWS = [[1, 2, 3], [], [4], [5, 6], [], [7, 8, 9, 10]]

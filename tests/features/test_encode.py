@@ -99,12 +99,8 @@ def test_dense_transforms_match_numpy(transform, formula):
 
 
 def test_nan_in_dense_names_the_feature(spec):
-    spec2 = FeatureSpec(
-        sparse=[SparseSlot(name="user")], dense=[DenseFeature(name="price")], labels=["click"]
-    )
-    with pytest.raises(
-        DataError, match=r"dense feature 'price' has 1 missing or non-finite values \(first at row 1"
-    ):
+    spec2 = FeatureSpec(sparse=[SparseSlot(name="user")], dense=[DenseFeature(name="price")], labels=["click"])
+    with pytest.raises(DataError, match=r"dense feature 'price' has 1 missing or non-finite values \(first at row 1"):
         spec2.encode(columns(), source="f.csv")
     with pytest.raises(DataError, match=r"^f.csv: dense feature 'price'.*set fill_missing"):
         spec2.encode(columns(), source="f.csv")
@@ -114,9 +110,7 @@ def test_nan_in_dense_names_the_feature(spec):
 
 
 def test_transform_domain_and_wrong_types(spec):
-    with pytest.raises(
-        DataError, match=r"dense feature 'price': transform log1p needs values > -1, got -2.0 at row 2"
-    ):
+    with pytest.raises(DataError, match=r"dense feature 'price': transform log1p needs values > -1, got -2.0 at row 2"):
         spec.encode({**columns(), "price": [1.0, 2.0, -2.0]})
     with pytest.raises(DataError, match=r"dense feature 'price' needs numbers, got string \(e.g. 'cheap'\)"):
         spec.encode({**columns(), "price": ["cheap", "dear", "free"]})
@@ -135,9 +129,7 @@ def test_transform_domain_and_wrong_types(spec):
 def test_missing_columns_and_row_mismatch(spec):
     cols = columns()
     del cols["price"]
-    with pytest.raises(
-        DataError, match=r"^data.csv: column 'price' \(needed by dense feature 'price'\) is missing"
-    ):
+    with pytest.raises(DataError, match=r"^data.csv: column 'price' \(needed by dense feature 'price'\) is missing"):
         spec.encode(cols, source="data.csv")
     with pytest.raises(DataError, match=r"column 'w' \(needed by weights\)"):
         spec.encode(columns(), weights="w")

@@ -49,9 +49,7 @@ def run_core(
 def run_naive(events: list[Any], *, drain: bool = True, **cfg: Any) -> tuple[list[Any], list[str], Any]:
     config = JoinerConfig(**cfg)
     ids = [e.event_id for e in events if isinstance(e, Impression)]
-    keep = dict(
-        zip(ids, keep_negatives(ids, config.negative_rate, config.sampling_seed).tolist(), strict=True)
-    )
+    keep = dict(zip(ids, keep_negatives(ids, config.negative_rate, config.sampling_seed).tolist(), strict=True))
     return naive_join(
         events,
         window_s=config.window_s,

@@ -137,9 +137,7 @@ def naive_join(
             if t < wm:
                 c["late_actions"] += 1
                 continue
-            if any(
-                h["a"].event_id == ev.event_id and (h["a"].request_id, h["a"].item_id) == key for h in held
-            ):
+            if any(h["a"].event_id == ev.event_id and (h["a"].request_id, h["a"].item_id) == key for h in held):
                 c["duplicates"] += 1
                 continue
             held.append({"a": ev, "seq": seq})

@@ -97,9 +97,7 @@ def test_drain_closes_every_window_and_drops_held_actions(tmp_path):
 
 def test_duplicates_are_dropped(tmp_path):
     i, a = imp(1, 100.0), act(2, 101.0)
-    ex, _, m = run_core(
-        [i, i, a, a, act(3, 102.0, req=2), act(3, 102.0, req=2), imp(4, 101.5, req=2)], tmp_path
-    )
+    ex, _, m = run_core([i, i, a, a, act(3, 102.0, req=2), act(3, 102.0, req=2), imp(4, 101.5, req=2)], tmp_path)
     assert m.duplicates == 3 and m.actions_joined == 2
     assert sorted(e.example_id for e in ex) == [1, 4]
 
@@ -127,9 +125,7 @@ def test_first_action_emits_at_the_first_action_and_counts_later_labels(tmp_path
 def test_window_close_emits_every_label_at_close(tmp_path):
     events = [imp(1, 0.0), act(2, 5.0), act(3, 50.0, type="add_to_cart"), act(4, 60.0, type="purchase")]
     events.append(imp(9, 200.0, req=9))  # moves the watermark past the first window's end
-    ex, _, m = run_core(
-        events, tmp_path, window_s=100.0, allowed_lateness_s=0.0, emit="window_close", drain=False
-    )
+    ex, _, m = run_core(events, tmp_path, window_s=100.0, allowed_lateness_s=0.0, emit="window_close", drain=False)
     assert len(ex) == 1 and ex[0].emitted_at == 200.0
     assert ex[0].labels == {"click": 1, "bid": 0, "purchase": 1, "add_to_cart": 1}
     assert m.late_label_updates == 0 and m.positives_out == 1
@@ -184,9 +180,7 @@ def test_a_feature_still_ambiguous_after_prefixing_is_dead_lettered(tmp_path):
 
 ids = st.sampled_from([1, 2, "r"])
 items = st.sampled_from(["a", "b", 3])
-features = st.dictionaries(
-    st.sampled_from(["x", "y", "position", "click", "user_x"]), st.integers(0, 3), max_size=2
-)
+features = st.dictionaries(st.sampled_from(["x", "y", "position", "click", "user_x"]), st.integers(0, 3), max_size=2)
 
 
 @st.composite
@@ -228,9 +222,7 @@ def event_lists(draw):
     memory_max=st.sampled_from([0, 2, 10**6]),
     drain=st.booleans(),
 )
-def test_random_sequences_match_the_naive_joiner(
-    tmp_path, events, window, lateness, emit, rate, memory_max, drain
-):
+def test_random_sequences_match_the_naive_joiner(tmp_path, events, window, lateness, emit, rate, memory_max, drain):
     cfg = dict(window_s=window, allowed_lateness_s=lateness, emit=emit, negative_rate=rate,
                labels=["click", "purchase"])  # fmt: skip
     ex, dead, m = run_core(events, tmp_path, memory_max=memory_max, drain=drain, **cfg)

@@ -104,9 +104,7 @@ def test_columns_encode_into_a_batch():
     assert batch.size == 6
     assert batch.sparse["user_id"].values.tolist() == [e.user_id for e in examples]
     assert batch.sparse["category"].values.tolist() == [e.features["category"] for e in examples]
-    np.testing.assert_array_equal(
-        batch.sparse["item_id"].values, hash_ids(np.array([f"it{i}" for i in range(6)]), 0)
-    )
+    np.testing.assert_array_equal(batch.sparse["item_id"].values, hash_ids(np.array([f"it{i}" for i in range(6)]), 0))
     np.testing.assert_allclose(batch.dense[:, 0], np.log1p([1.5 * i for i in range(6)]), rtol=1e-6)
     np.testing.assert_array_equal(batch.labels, [[e.labels["click"], e.labels["purchase"]] for e in examples])
     np.testing.assert_array_equal(batch.weights, [e.sample_weight for e in examples])

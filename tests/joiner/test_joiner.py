@@ -41,9 +41,7 @@ def processing_order(events):
 def test_simulated_stream_matches_the_naive_join(tmp_path, events):
     _, m, examples, dead = joined(tmp_path, events, bad=False, negative_rate=0.5, emit="window_close")
     stream = [e for e in events if type(e).__name__ in ("Impression", "Action")]
-    want, _, counts = run_naive(
-        processing_order(stream), drain=True, negative_rate=0.5, emit="window_close", **JOIN
-    )
+    want, _, counts = run_naive(processing_order(stream), drain=True, negative_rate=0.5, emit="window_close", **JOIN)
     assert sorted(examples, key=lambda e: e.example_id) == sorted(want, key=lambda e: e.example_id)
     assert dead == []
     assert m.examples_out == len(examples) == counts["examples_out"] > 100
@@ -93,10 +91,7 @@ def test_metrics_lag_and_prometheus(tmp_path, events):
             j.run(until_idle=True)
             m = j.metrics()
             assert m.lag_records == 0 and m.events_in == n
-            assert (
-                m.open_impressions > 0
-                and m.event_time > m.watermark == m.event_time - JOIN["allowed_lateness_s"]
-            )
+            assert m.open_impressions > 0 and m.event_time > m.watermark == m.event_time - JOIN["allowed_lateness_s"]
             assert m.examples_out == len(read_examples(log))
             reg = CollectorRegistry()
             reg.register(prometheus_collector(j.metrics))

@@ -20,9 +20,7 @@ def test_kafka_backend_runs_the_same_join(tmp_path, kafka_broker):
         want_examples, want_dead = read_examples(log), read_dead(log)
 
     tag = uuid.uuid4().hex[:8]
-    names = dict(
-        input_topics=[f"i-{tag}", f"a-{tag}"], examples_topic=f"x-{tag}", dead_letter_topic=f"d-{tag}"
-    )
+    names = dict(input_topics=[f"i-{tag}", f"a-{tag}"], examples_topic=f"x-{tag}", dead_letter_topic=f"d-{tag}")
     with open_log(kafka_broker.log_config(consumer_settings={"fetch.wait.max.ms": 10})) as log:
         write_stream(log, events, topics=tuple(names["input_topics"]))
         config = JoinerConfig(state_dir=tmp_path / "k", **cfg, **names)

@@ -32,9 +32,7 @@ def replay(tmp_path, events, **cfg):
         log.create_topic("impressions", 2)
         log.create_topic("actions", 1)
         append_events(log, events)
-        config = JoinerConfig(
-            state_dir=tmp_path / "state", labels=["click"], window_s=60, allowed_lateness_s=5, **cfg
-        )
+        config = JoinerConfig(state_dir=tmp_path / "state", labels=["click"], window_s=60, allowed_lateness_s=5, **cfg)
         with Joiner(log, config) as j:
             m = j.run(until_idle=True, drain=True)
         return read_examples(log), m

@@ -21,8 +21,7 @@ def entries(times, reqs=None, first=0):
     reqs = reqs or list(range(len(times)))
     events = [imp(first + i, t, req=r) for i, (t, r) in enumerate(zip(times, reqs, strict=True))]
     return [
-        ((w.request_id, w.item_id), Entry(w, first + i, 0, i, True))
-        for i, w in enumerate(decode_batch(encode(events)))
+        ((w.request_id, w.item_id), Entry(w, first + i, 0, i, True)) for i, w in enumerate(decode_batch(encode(events)))
     ]
 
 

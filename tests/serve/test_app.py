@@ -167,9 +167,7 @@ def test_caps_on_candidates_k_and_body(server):
     r = client.post("/v1/rank", json=rank_body(2, candidates=[{"item_id": i} for i in range(21)]))
     assert r.status_code == 422 and "candidates: List should have at most 20 items" in r.json()["message"]
     r = client.post("/v1/recommend", json={"user_id": 1, "k": 6})
-    assert r.status_code == 422 and r.json()["message"].startswith(
-        "k: Input should be less than or equal to 5"
-    )
+    assert r.status_code == 422 and r.json()["message"].startswith("k: Input should be less than or equal to 5")
     big = json.dumps(rank_body(1, padding="x" * 9000))
     r = client.post("/v1/rank", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
@@ -236,9 +234,7 @@ def test_events_are_all_or_nothing(server):
     ]
     r = client.post("/v1/events", json=ev, headers=KEY)
     assert r.status_code == 422
-    assert r.json()["message"].startswith(
-        "1 of 2 events are invalid, none was written: events[1].action.event_time"
-    )
+    assert r.json()["message"].startswith("1 of 2 events are invalid, none was written: events[1].action.event_time")
     assert r.json()["detail"][0]["index"] == 1
     assert len(read_topic(log_path, "actions")) == before
     r = client.post("/v1/events", json=[{"kind": "action"}] * 51, headers=KEY)
@@ -284,9 +280,7 @@ def test_recommend_logs_impressions_and_credits_actions(server):
         scores = [i["score"] for i in out["items"]]
         assert scores == sorted(scores, reverse=True)
     assert set(seen_arms) == {"two_tower", "newest"}  # 12 users land in both halves
-    assert (
-        seen_arms["two_tower"]["retrieval"]["name"] == "retrieve" and seen_arms["newest"]["retrieval"] is None
-    )
+    assert seen_arms["two_tower"]["retrieval"]["name"] == "retrieve" and seen_arms["newest"]["retrieval"] is None
     assert replica.writer.flush(10)
     out = seen_arms["two_tower"]
     imps = [e for e in read_topic(log_path, "impressions") if e.request_id == out["request_id"]]
@@ -344,14 +338,10 @@ def test_health_model_and_docs(server):
     arm = m["arms"][0]
     assert arm["rank"]["type"] == "deepfm" and arm["retrieve"]["type"] == "two_tower"
     assert arm["rank"]["tables"]["category"] == {"rows": 10, "dim": 8}
-    assert (
-        arm["rank"]["logit_offset"] == pytest.approx(-0.6931, abs=1e-4) and arm["item_vectors"]["items"] >= 39
-    )
+    assert arm["rank"]["logit_offset"] == pytest.approx(-0.6931, abs=1e-4) and arm["item_vectors"]["items"] >= 39
     assert "swagger-ui" in client.get("/docs").text
     spec = client.get("/openapi.json").json()
-    assert {"/v1/rank", "/v1/recommend", "/v1/events", "/v1/healthz", "/v1/model", "/metrics"} <= set(
-        spec["paths"]
-    )
+    assert {"/v1/rank", "/v1/recommend", "/v1/events", "/v1/healthz", "/v1/model", "/metrics"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
     assert schemas["RankRequest"]["properties"]["candidates"]["maxItems"] == 20
     assert "Impression" in schemas and "ItemLifecycle" in schemas

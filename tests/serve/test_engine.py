@@ -40,9 +40,7 @@ def catalog(n):
     items = LiveItems()
     items.apply(
         [
-            ItemLifecycle(
-                event_id=i, event_time=float(i), item_id=f"it{i}", status="listed", features=item_features(i)
-            )
+            ItemLifecycle(event_id=i, event_time=float(i), item_id=f"it{i}", status="listed", features=item_features(i))
             for i in range(n)
         ]
     )

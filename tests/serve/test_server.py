@@ -83,9 +83,7 @@ def test_serves_over_http_and_stops_cleanly(server_process):
         assert c.post("/v1/events", json=events).status_code == 401
         assert c.post("/v1/events", json=events, headers={"X-API-Key": "k"}).json()["items"] == 20
         ctx = {"user_features": {"segment": 2}, "context": {"hour": 1, "device": "ios"}}
-        r = c.post(
-            "/v1/rank", json={"user_id": 1, **ctx, "candidates": [{"item_id": "it1", "features": item(1)}]}
-        )
+        r = c.post("/v1/rank", json={"user_id": 1, **ctx, "candidates": [{"item_id": "it1", "features": item(1)}]})
         assert r.status_code == 200 and 0 < r.json()["scores"][0] < 1
         deadline = time.time() + 10  # item vectors are rebuilt within item_refresh_s (1 s)
         while c.get("/v1/model").json()["arms"][0]["item_vectors"]["items"] < 20 and time.time() < deadline:

@@ -361,3 +361,29 @@ def test_bad_arguments_are_rejected():
         sim.item_features("nope")
     assert sim.item_features("it0")["category"] >= 0
     assert set(sim.user_features(0)) == {"segment", "age_bucket"}
+
+
+def test_switching_to_a_recommender_mid_run_closes_the_loop():
+    """Warm up on the built-in policy, then hand the slates to a recommender: actions of earlier
+    requests keep their ids, later impressions are the recommender's."""
+    from freshrec.sim.policies import Recommendation
+    from freshrec.stream import Action, Impression
+
+    sim = Simulator(SimConfig(seed=3, random_ctr=0.05, n_users=5_000))
+    before = sim.run(600.0)
+    calls = []
+
+    def rec(user_id, k, now, context):
+        calls.append(now)
+        return Recommendation(request_id=f"r{len(calls)}", item_ids=sim.live_items(now)[:k], logged=False,
+                              model_version="test")  # fmt: skip
+
+    sim.set_recommender(rec)
+    after = sim.run(1200.0)
+    imps = [e for e in after if isinstance(e, Impression)]
+    assert calls and all(isinstance(e.request_id, str) for e in imps)
+    old_ids = {e.request_id for e in before if isinstance(e, Impression)}
+    late = [e for e in after if isinstance(e, Action) and not isinstance(e.request_id, str)]
+    assert late and all(e.request_id in old_ids for e in late)  # warm-up requests' actions land later
+    sim.set_recommender(None)
+    assert all(not isinstance(e.request_id, str) for e in sim.run(1300.0) if isinstance(e, Impression))

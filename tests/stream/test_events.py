@@ -39,9 +39,7 @@ def impression(**kw):
 
 
 def action(**kw):
-    base = dict(
-        event_id=2, request_id="r-1", event_time=15.0, user_id=7, item_id="it3", type="bid", value=21.5
-    )
+    base = dict(event_id=2, request_id="r-1", event_time=15.0, user_id=7, item_id="it3", type="bid", value=21.5)
     base.update(kw)
     return Action(**base)
 

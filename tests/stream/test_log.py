@@ -41,9 +41,7 @@ def log(request, tmp_path):
         lg = open_log(path=tmp_path / "log", chunk_records=37, chunk_bytes=2048)
     else:
         # short idle fetches: a read that seeks waits for the consumer's in-flight fetch
-        lg = open_log(
-            request.getfixturevalue("kafka_broker").log_config(consumer_settings={"fetch.wait.max.ms": 10})
-        )
+        lg = open_log(request.getfixturevalue("kafka_broker").log_config(consumer_settings={"fetch.wait.max.ms": 10}))
     yield lg
     lg.close()
 
@@ -306,9 +304,7 @@ def test_concurrent_appenders_lose_nothing(log):
 
     def appender(w: int) -> None:
         for b in range(batches):
-            log.append(
-                t, [b"%d:%d:%d" % (w, b, i) for i in range(size)], [b"w%d-%d" % (w, i) for i in range(size)]
-            )
+            log.append(t, [b"%d:%d:%d" % (w, b, i) for i in range(size)], [b"w%d-%d" % (w, i) for i in range(size)])
 
     workers = [threading.Thread(target=appender, args=(w,)) for w in range(threads)]
     for w in workers:

@@ -110,9 +110,7 @@ class LossyLog(LogProxy):
         from freshrec.sync.delta import read_header
 
         got = self._log.read(topic, partition, offset, max_records, timeout_s)
-        return [
-            r for r in got if not (topic.endswith(".sparse") and read_header(r.value).version in self.lost)
-        ]
+        return [r for r in got if not (topic.endswith(".sparse") and read_header(r.value).version in self.lost)]
 
 
 class FlakyLog(LogProxy):

@@ -16,9 +16,7 @@ CFG = PSConfig(num_shards=2, threads=1)
 
 
 def tables(*dims: int, default: float = 0.0) -> dict[str, TableConfig]:
-    return {
-        f"t{d}": serving_table_config(TableConfig(name=f"t{d}", dim=d, default_value=default)) for d in dims
-    }
+    return {f"t{d}": serving_table_config(TableConfig(name=f"t{d}", dim=d, default_value=default)) for d in dims}
 
 
 @pytest.mark.parametrize("dim", [1, 2, 5, 16])

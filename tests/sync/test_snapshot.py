@@ -95,9 +95,7 @@ def test_a_served_model_starts_from_a_snapshot_alone(log, tmp_path):
             np.testing.assert_allclose(got, want, atol=1e-3)
         else:
             np.testing.assert_array_equal(got, want)
-    bare = Publisher(
-        "bare", trainer.ps, lambda: trainer.model, log, SyncConfig(snapshot_dir=tmp_path / "snaps")
-    )
+    bare = Publisher("bare", trainer.ps, lambda: trainer.model, log, SyncConfig(snapshot_dir=tmp_path / "snaps"))
     with pytest.raises(SyncError, match="lacks the feature spec"):
         ServedModel.from_snapshot(bare.snapshot())
     with pytest.raises(SyncError, match="no good snapshot"):

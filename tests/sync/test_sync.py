@@ -41,9 +41,7 @@ def log(request, tmp_path):
     if request.param == "embedded":
         lg = open_log(path=tmp_path / "log")
     else:
-        lg = open_log(
-            request.getfixturevalue("kafka_broker").log_config(consumer_settings={"fetch.wait.max.ms": 10})
-        )
+        lg = open_log(request.getfixturevalue("kafka_broker").log_config(consumer_settings={"fetch.wait.max.ms": 10}))
     yield lg
     lg.close()
 
@@ -183,9 +181,7 @@ def test_a_gap_makes_the_replica_reload_from_the_snapshot_after_it(elog, tmp_pat
     assert (sub.stats.gaps, sub.stats.bootstraps, sub.status) == (1, 2, SubscriberState.LIVE)
     assert state.sparse_version == 9
     assert_same_rows(w.ps, state.ps)
-    assert (
-        w.registry.get_sample_value("freshrec_sync_bootstraps_total", {"model": w.name, "reason": "gap"}) == 1
-    )
+    assert w.registry.get_sample_value("freshrec_sync_bootstraps_total", {"model": w.name, "reason": "gap"}) == 1
     assert w.registry.get_sample_value("freshrec_sync_gaps_total", {"model": w.name}) == 1
 
 
@@ -330,9 +326,7 @@ def test_freshness_is_observed_per_live_delta(elog, tmp_path):
 
 def test_maybe_publish_follows_both_cadences(elog, tmp_path):
     clock = [1000.0]
-    w = World(
-        elog, config(tmp_path, sparse_sync_interval=1.0, dense_sync_interval=300.0, snapshot_interval=600.0)
-    )
+    w = World(elog, config(tmp_path, sparse_sync_interval=1.0, dense_sync_interval=300.0, snapshot_interval=600.0))
     w.pub = Publisher(w.name, w.ps, lambda: w.module, elog, w.cfg, clock=lambda: clock[0])
 
     def kinds(t: float) -> list[str]:

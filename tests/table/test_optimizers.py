@@ -34,9 +34,7 @@ TORCH_CASES = [
     (Adagrad(lr=0.1), lambda p: torch.optim.Adagrad([p], lr=0.1)),
     (
         Adagrad(lr=0.1, eps=1e-6, weight_decay=0.01, initial_accumulator_value=0.1),
-        lambda p: torch.optim.Adagrad(
-            [p], lr=0.1, eps=1e-6, weight_decay=0.01, initial_accumulator_value=0.1
-        ),
+        lambda p: torch.optim.Adagrad([p], lr=0.1, eps=1e-6, weight_decay=0.01, initial_accumulator_value=0.1),
     ),
     (Adam(lr=0.01), lambda p: torch.optim.Adam([p], lr=0.01)),
     (

@@ -106,9 +106,7 @@ class TableVsDict(RuleBasedStateMachine):
             return
         exp = self.table.export()
         assert sorted(exp.ids.tolist()) == sorted(self.ref.rows)
-        for key, emb, ts, cnt in zip(
-            exp.ids.tolist(), exp.embeddings, exp.last_seen, exp.counts, strict=True
-        ):
+        for key, emb, ts, cnt in zip(exp.ids.tolist(), exp.embeddings, exp.last_seen, exp.counts, strict=True):
             row = self.ref.rows[key]
             self._check(emb, row["emb"])
             assert ts == row["ts"]

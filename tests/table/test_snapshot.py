@@ -43,9 +43,7 @@ def test_round_trip_is_exact_and_training_continues_identically(tmp_path, monkey
     _same(t, u)
     assert u.config == t.config
     assert u.stats().admitted == t.stats().admitted and u.stats().pending_changes == 0
-    np.testing.assert_array_equal(
-        u.sketch_estimate(np.arange(-50, 50)), t.sketch_estimate(np.arange(-50, 50))
-    )
+    np.testing.assert_array_equal(u.sketch_estimate(np.arange(-50, 50)), t.sketch_estimate(np.arange(-50, 50)))
     # the same further steps give the same table, bit for bit (sketch and RNG restored too)
     rng = np.random.default_rng(9)
     ids = rng.integers(-(2**40), 2**40, size=3000).astype(np.int64)

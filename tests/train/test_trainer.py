@@ -101,9 +101,7 @@ def _ps_state(tr: Trainer) -> dict[str, dict[int, np.ndarray]]:
     out = {}
     for t in tr.ps.tables:
         exp = tr.ps.export(t)
-        out[t] = {
-            int(k): np.concatenate([e, s]) for k, e, s in zip(exp.ids, exp.embeddings, exp.state, strict=True)
-        }
+        out[t] = {int(k): np.concatenate([e, s]) for k, e, s in zip(exp.ids, exp.embeddings, exp.state, strict=True)}
     return out
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes, replace_dir, temp_dir_beside, write_durable
 from freshrec.errors import CorruptionError
 
@@ -60,6 +61,7 @@ class CheckpointStore:
         path = self.root / f"ckpt-{seq:06d}"
         with temp_dir_beside(path) as tmp:
             write_models(tmp)
+            crash_point("checkpoint.mid")  # models written, no manifest, not in place yet
             body = {**manifest, "sequence": seq, "written_at": time.time()}
             write_durable(tmp / MANIFEST, json.dumps(body, indent=1, default=float).encode())
             replace_dir(tmp, path)

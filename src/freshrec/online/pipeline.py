@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes
 from freshrec.errors import CorruptionError, StateError
 from freshrec.features import Batch
@@ -167,6 +168,7 @@ class OnlinePipeline:
         for name, trainer in self.trainers.items():
             b = batch if name == "rank" else _first_label(batch)
             trainer.step(b, progressive=True)
+        crash_point("train.step")
         event_time = float(batch.event_time.max())
         for pub in self.publishers.values():
             pub.note(event_time=event_time, newest_arrival_ms=buf.arrival_ms)
@@ -269,6 +271,7 @@ class OnlinePipeline:
                 self.checkpoint()
                 for pub in self.publishers.values():
                     pub.publish_sparse()
+            self._write_status(self.clock())  # the final word, not the last periodic one
         finally:
             self.state = PipelineState.CLOSED
             self.joiner.close()

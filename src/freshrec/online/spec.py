@@ -23,13 +23,14 @@ def live_commerce_spec(
     dim: int = 16,
     labels: tuple[str, ...] = ("click", "purchase"),
     *,
-    item_ttl: float = 2 * 3600.0,
+    item_ttl: float = 3600.0,
     user_ttl: float = 24 * 3600.0,
 ) -> FeatureSpec:
     """Slots for every categorical feature, ``price`` as a log1p dense feature, one label per action type.
 
-    Tables: ``item_id`` admits an item at its 2nd impression and forgets it 2 h after its last
-    one (listings live ~30 min); ``user_id`` admits at the 2nd impression (most users are seen
+    Tables: ``item_id`` admits an item at its 2nd impression and forgets it an hour after its
+    last one (listings live a median 30 min, so an item unseen for an hour is almost surely over);
+    ``user_id`` admits at the 2nd impression (most users are seen
     once) and forgets after a day; sellers after a week. Row-wise Adagrad keeps one float of
     optimizer state per row.
     """

@@ -169,6 +169,7 @@ class Simulator:
                 "oracle": lambda: OraclePolicy(world),
             }[cfg.policy]()
             self._model_version = f"sim-{cfg.policy}"
+        self._builtin = self._policy  # kept for set_recommender(None)
         self._ext_ids: dict[int, Id] = {}  # request serial -> a recommender's own request id
         self._ext_lo = 0
 
@@ -182,6 +183,19 @@ class Simulator:
         self._context_table = [{"hour": h, "device": d} for h in range(24) for d in DEVICES]
 
     # ---- public: time -------------------------------------------------------------------------
+
+    def set_recommender(self, recommender: RecommenderLike | None) -> None:
+        """Show slates from ``recommender`` from the next chunk on (None: back to the built-in
+        policy). A demo warms a model up on the built-in policy's traffic, then closes the loop."""
+        if recommender is None:
+            if self._builtin is None:
+                raise ConfigError("this simulator was built with a recommender and has no built-in policy")
+            self._external, self._policy = None, self._builtin
+            return
+        if not (hasattr(recommender, "recommend") or callable(recommender)):
+            raise ConfigError("recommender must have a recommend(user_id, k, now, context) method or be callable")
+        self._external = getattr(recommender, "recommend", recommender)
+        self._policy = None
 
     @property
     def now(self) -> float:
@@ -542,7 +556,7 @@ class Simulator:
         if self._external is None:
             return serials.tolist()
         ext = self._ext_ids
-        return [ext[s] for s in serials.tolist()]
+        return [ext.get(s, s) for s in serials.tolist()]  # requests before set_recommender keep theirs
 
     def _forget_request_ids(self) -> None:
         """Drop recommender request ids no pending action refers to any more."""

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter
 
+from freshrec._faults import crash_point
 from freshrec.errors import ConfigError, FreshrecError, SchemaError
 from freshrec.models import ModelConfig
 from freshrec.ps import ParameterServer
@@ -237,7 +238,9 @@ class Publisher:
             self._published_arrival_ms = _max(self._published_arrival_ms, pending[1])
             keys = [record_key(DeltaHeader(self.model, "sparse", version, k, len(records), 0))
                     for k in range(len(records))]  # fmt: skip
+            crash_point("sync.before_append")  # drained from the PS, not yet in the log
             self._append(self.sparse_topic, records, keys)
+            crash_point("sync.after_append")
             rows = sum(int(s.ids.size) for s in shares)
             removed = sum(int(s.removed.size) for s in shares)
             size = sum(len(r) for r in records)

@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
+from freshrec._faults import crash_point
 from freshrec._io import (
     atomic_write_bytes,
     checksum_bytes,
@@ -177,6 +178,7 @@ def write_snapshot(
             "spec": spec,
             "model_config": model_config,
         }
+        crash_point("snapshot.mid")  # tables and dense state written, no manifest yet
         write_durable(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
         replace_dir(tmp, path)
     atomic_write_bytes(root / POINTER, json.dumps({"snapshot": name}).encode())

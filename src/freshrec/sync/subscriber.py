@@ -391,8 +391,8 @@ class Subscriber:
         self.stats.rows_upserted += rows
         self.stats.rows_removed += removed
         m = self.metrics
-        m.rows.labels(self.model, "upsert").inc(rows)
-        m.rows.labels(self.model, "tombstone").inc(removed)
+        m.rows.labels(self.label, "upsert").inc(rows)
+        m.rows.labels(self.label, "tombstone").inc(removed)
         self._applied_one(h)
 
     def _apply_dense_live(self, parts: Parts) -> None:
@@ -408,13 +408,13 @@ class Subscriber:
 
     def _applied_one(self, h: DeltaHeader) -> None:
         m = self.metrics
-        m.applied.labels(self.model, h.kind).inc()
-        m.version.labels(self.model, h.kind).set(h.version)
+        m.applied.labels(self.label, h.kind).inc()
+        m.version.labels(self.label, h.kind).set(h.version)
         if h.event_time is not None:
             m.event_time.labels(self.label).set(self.state.event_time)
         if h.newest_arrival_ms is not None:
             fresh = time.time() - h.newest_arrival_ms / 1000.0
-            m.freshness.labels(self.model, h.kind).observe(fresh)
+            m.freshness.labels(self.label, h.kind).observe(fresh)
             if h.kind == "sparse":
                 self.freshness.append(fresh)
         with self._applied:
@@ -451,9 +451,9 @@ class Subscriber:
         self._status = SubscriberState.LIVE
         self.stats.bootstraps += 1
         m = self.metrics
-        m.bootstraps.labels(self.model, reason).inc()
-        m.version.labels(self.model, "sparse").set(self.state.sparse_version)
-        m.version.labels(self.model, "dense").set(self.state.dense_version)
+        m.bootstraps.labels(self.label, reason).inc()
+        m.version.labels(self.label, "sparse").set(self.state.sparse_version)
+        m.version.labels(self.label, "dense").set(self.state.dense_version)
         _log.info("sync subscriber of model %r bootstrapped (%s) from %s to sparse v%d, dense v%d in %.2f s",
                   self.model, reason, info.path if info else "the log's start", self.state.sparse_version,
                   self.state.dense_version, time.perf_counter() - t0)  # fmt: skip
@@ -543,4 +543,4 @@ class Subscriber:
         for kind, topic in self.topics.items():
             lag = max(0, self.log.end_offset(topic, 0) - self._offsets[kind])
             self.stats.lag_records[kind] = lag
-            self.metrics.lag.labels(self.model, kind).set(lag)
+            self.metrics.lag.labels(self.label, kind).set(lag)

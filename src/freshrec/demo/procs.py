@@ -1,0 +1,76 @@
+"""The demo's child processes: started in their own session, logged to files, always stopped.
+
+Each child runs with ``start_new_session`` so a terminal's Ctrl-C reaches only the demo, which
+then stops the children itself: SIGTERM (a clean stop: the trainer checkpoints), then SIGKILL
+after a grace period. ``atexit`` covers an exception on the way out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from freshrec.errors import StateError
+
+__all__ = ["Child", "wait_for"]
+
+
+class Child:
+    def __init__(self, name: str, args: list[str], log_file: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_file = log_file
+        self._out = open(log_file, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, *args], stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        atexit.register(self.stop)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check(self) -> None:
+        if not self.alive:
+            tail = self.log_file.read_text(errors="replace")[-2000:]
+            raise StateError(f"the {self.name} process exited with {self.proc.returncode}; its log ends:\n{tail}")
+
+    def stop(self, grace_s: float = 30.0) -> int | None:
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if not self._out.closed:
+            self._out.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, no clean-up (the recovery tests)."""
+        if self.alive:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def wait_for(what: str, ready, timeout_s: float, children: list[Child]) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``ready()`` until true; fail early if a child died."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for c in children:
+            c.check()
+        try:
+            if ready():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.2)
+    raise StateError(f"timed out after {timeout_s:.0f} s waiting for {what}")
