@@ -153,6 +153,28 @@ def test_one_joiner_per_state_dir_and_lifecycle(tmp_path):
             assert again.state is JoinerState.DRAINED
 
 
+def test_a_failed_step_fails_the_joiner_and_a_new_one_resumes(tmp_path, events):
+    _, _, want, _ = joined(tmp_path, events, name="ref")
+    log = open_log(path=tmp_path / "log")
+    write_stream(log, events)
+    cfg = JoinerConfig(state_dir=tmp_path / "s", read_batch=300, checkpoint_every_records=1000, **JOIN)
+    j = Joiner(log, cfg)
+    for _ in range(5):
+        j.step()
+    done = sum(j.offsets()["impressions"]) + sum(j.offsets()["actions"])
+    assert 0 < done < len(events)
+    log.close()  # the log goes away under the joiner
+    with pytest.raises(StateError, match="the event log is closed"):
+        j.step()
+    assert j.state is JoinerState.FAILED
+    with pytest.raises(StateError, match="cannot step: the joiner is failed"):
+        j.step()
+    j.close()  # no checkpoint of a failed joiner
+    with open_log(path=tmp_path / "log") as log, Joiner(log, cfg) as again:
+        again.run(until_idle=True, drain=True)
+        assert read_examples(log) == want
+
+
 def test_missing_input_topic_and_bad_config(tmp_path):
     with (
         open_log(path=tmp_path / "log") as log,
