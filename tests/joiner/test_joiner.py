@@ -74,7 +74,9 @@ def test_bad_input_goes_to_the_dead_letter_topic(tmp_path, events):
         ("impressions", partition_for(b"bad", 3))
     ] * 3
     assert dead[1].record == b"\xc1 not msgpack"
-    assert m.bad_records == m.dead_letters == 4
+    assert dead[3].reason == "impression.surprise: object contains unknown field `surprise`"
+    # the unknown field is found when the impression's example is built (rejected, not bad bytes)
+    assert (m.bad_records, m.rejected_events, m.dead_letters) == (3, 1, 4)
     _, _, clean, _ = joined(tmp_path, events, name="clean", bad=False)
     assert examples == clean  # bad records change nothing else
 
@@ -144,6 +146,28 @@ def test_one_joiner_per_state_dir_and_lifecycle(tmp_path):
             j.checkpoint()
         with Joiner(log, cfg) as again:  # a drained joiner stays drained
             assert again.state is JoinerState.DRAINED
+
+
+def test_a_failed_step_fails_the_joiner_and_a_new_one_resumes(tmp_path, events):
+    _, _, want, _ = joined(tmp_path, events, name="ref")
+    log = open_log(path=tmp_path / "log")
+    write_stream(log, events)
+    cfg = JoinerConfig(state_dir=tmp_path / "s", read_batch=300, checkpoint_every_records=1000, **JOIN)
+    j = Joiner(log, cfg)
+    for _ in range(5):
+        j.step()
+    done = sum(j.offsets()["impressions"]) + sum(j.offsets()["actions"])
+    assert 0 < done < len(events)
+    log.close()  # the log goes away under the joiner
+    with pytest.raises(StateError, match="the event log is closed"):
+        j.step()
+    assert j.state is JoinerState.FAILED
+    with pytest.raises(StateError, match="cannot step: the joiner is failed"):
+        j.step()
+    j.close()  # no checkpoint of a failed joiner
+    with open_log(path=tmp_path / "log") as log, Joiner(log, cfg) as again:
+        again.run(until_idle=True, drain=True)
+        assert read_examples(log) == want
 
 
 def test_missing_input_topic_and_bad_config(tmp_path):

@@ -19,9 +19,11 @@ from .helpers import imp
 def entries(times, reqs=None, first=0):
     """(key, Entry) per time, seqs counting from ``first`` (entries arrive in seq order)."""
     reqs = reqs or list(range(len(times)))
-    events = [imp(first + i, t, req=r) for i, (t, r) in enumerate(zip(times, reqs, strict=True))]
+    blobs = encode([imp(first + i, t, req=r) for i, (t, r) in enumerate(zip(times, reqs, strict=True))])
+    heads = decode_batch(blobs)
     return [
-        ((w.request_id, w.item_id), Entry(w, first + i, 0, i, True)) for i, w in enumerate(decode_batch(encode(events)))
+        ((h.request_id, h.item_id), Entry(b, h.event_id, h.event_time, h.user_id, first + i, 0, i, True))
+        for i, (h, b) in enumerate(zip(heads, blobs, strict=True))
     ]
 
 

@@ -1,13 +1,16 @@
-"""How the joiner decodes input records: everything it joins on at once, feature maps when used.
+"""How the joiner decodes input records: what it joins on when a record is read, the rest when
+an example is built.
 
-:class:`WireImpression` and :class:`WireAction` mirror :class:`~freshrec.stream.events.Impression`
-and :class:`~freshrec.stream.events.Action` field for field, with the same validation, except that
-an impression's three feature maps stay undecoded (``msgspec.Raw``: a view of the record's bytes).
-Decoding and validating those maps is ~70% of the cost of decoding an impression, and most
-impressions never need them: a negative dropped by down-sampling, a late or duplicate
-impression. :func:`features` decodes and validates them when an example is built; a bad feature
-map then sends the impression to the dead-letter topic with the reason the event decoder gives.
-A test pins the mirrors to the event schema.
+On read, an impression is decoded as a :class:`Header`: its kind, event, request, user and item
+ids and its event time, validated as the event schema validates them; its other fields are
+skipped, not even parsed into objects. The joiner keeps the record's bytes. When the impression
+becomes an example, :func:`impression` decodes the record as a :class:`WireImpression` (every
+field, unknown fields refused, as :class:`~freshrec.stream.events.Impression`, with the feature
+maps left as ``msgspec.Raw``) and then the three feature maps, so the example is built from a
+fully validated event; a bad one goes to the dead-letter topic then, with the event decoder's
+reason. Decoding everything is ~5x the cost of the header, and most impressions never become
+examples (negatives dropped by down-sampling, late or duplicate ones). Actions are decoded and
+validated whole on read (:class:`WireAction`). Tests pin these mirrors to the event schema.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from freshrec.errors import SchemaError
 from freshrec.stream import events
 from freshrec.stream.events import ActionType, EventTime, Finite, Id, ItemLifecycle, Version
 
-__all__ = ["Bad", "WireAction", "WireImpression", "decode_batch", "features", "record_of"]
+__all__ = ["Bad", "Header", "WireAction", "WireImpression", "decode_batch", "impression"]
 
 _EMPTY_MAP = msgspec.Raw(b"\x80")  # msgpack's empty map
 
@@ -31,8 +34,20 @@ class _Base(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True, forbid_
     pass
 
 
+class Header(
+    msgspec.Struct, tag_field="kind", tag="impression", kw_only=True, frozen=True, gc=False
+):  # unknown (= undeclared) fields are skipped
+    """What the join needs of an impression, validated as the schema validates it."""
+
+    event_id: Id
+    request_id: Id
+    event_time: EventTime
+    user_id: Id
+    item_id: Id
+
+
 class WireImpression(_Base, tag="impression"):
-    """An impression as the joiner holds it: validated ids and times, feature maps undecoded."""
+    """A whole impression, validated, with its feature maps undecoded."""
 
     event_id: Id
     request_id: Id
@@ -70,14 +85,14 @@ class Bad:
         self.field, self.reason, self.record = field, reason, record
 
 
-Wire = WireImpression | WireAction | ItemLifecycle
-_decoder = msgspec.msgpack.Decoder(Wire)
+_decoder = msgspec.msgpack.Decoder(Header | WireAction | ItemLifecycle)
+_impression = msgspec.msgpack.Decoder(WireImpression)
 _features = msgspec.msgpack.Decoder(events.Features)
-_encoder = msgspec.msgpack.Encoder()
 
 
 def decode_batch(values: Sequence[bytes]) -> list[Any]:
-    """Decode a batch of input records: a :data:`Wire` event or a :class:`Bad` per record."""
+    """Decode a batch of input records: a :class:`Header`, :class:`WireAction`,
+    :class:`~freshrec.stream.events.ItemLifecycle` or :class:`Bad` per record."""
     dec = _decoder.decode
     out: list[Any] = []
     add = out.append
@@ -90,7 +105,7 @@ def decode_batch(values: Sequence[bytes]) -> list[Any]:
 
 
 def _bad(blob: bytes) -> Bad:
-    """The event decoder's verdict on a record the wire decoder refused (same rules, so it
+    """The event decoder's verdict on a record the joiner's decoder refused (same rules, so it
     refuses it too, and words the reason)."""
     _, bad = events.decode_many([blob])
     if not bad:  # pragma: no cover - only if the mirrors drift from the schema (a test pins them)
@@ -98,18 +113,14 @@ def _bad(blob: bytes) -> Bad:
     return Bad(bad[0].field, bad[0].reason, bad[0].blob)
 
 
-def features(imp: WireImpression) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The impression's (user, item, context) feature dicts, validated; :class:`SchemaError`
-    with the event decoder's reason if one is bad."""
-    dec = _features.decode
+def impression(record: bytes) -> tuple[WireImpression, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The whole impression of ``record`` and its (user, item, context) feature dicts, validated;
+    :class:`SchemaError` with the event decoder's reason if anything is wrong."""
     try:
-        return dec(imp.user_features), dec(imp.item_features), dec(imp.context)
+        imp = _impression.decode(record)
+        dec = _features.decode
+        return imp, dec(imp.user_features), dec(imp.item_features), dec(imp.context)
     except (msgspec.MsgspecError, TypeError):
         pass
-    events.decode(record_of(imp))  # raises SchemaError with the schema's reason
-    raise SchemaError("impression.<record>: feature maps refused by the joiner, accepted by the event schema")
-
-
-def record_of(event: Any) -> bytes:
-    """The msgpack record of a decoded wire event (the same fields and values as it was read)."""
-    return _encoder.encode(event)
+    events.decode(record)  # raises SchemaError with the schema's reason
+    raise SchemaError("impression.<record>: refused by the joiner, accepted by the event schema")

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from freshrec.errors import SchemaError
-from freshrec.joiner._wire import Bad, WireAction, WireImpression, features, record_of
+from freshrec.joiner._wire import Bad, Header, WireAction, impression
 from freshrec.joiner.config import JoinerConfig
 from freshrec.joiner.example import RESERVED_COLUMNS, Example, merge_features
 from freshrec.joiner.metrics import COUNTERS, JoinerMetrics
@@ -47,6 +47,7 @@ class Held(msgspec.Struct, array_like=True, gc=False):
     seq: int
     src: int
     offset: int
+    record: bytes  # as read, for a dead letter
 
 
 class CoreState(msgspec.Struct, array_like=True):
@@ -105,9 +106,9 @@ class JoinCore:
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def process(self, items: list[Any], srcs: list[int], offsets: list[int]) -> None:
-        """Join ``items`` (decoded records, in processing order); ``srcs[i]``/``offsets[i]`` say
-        where item ``i`` was read (for dead letters and held actions)."""
+    def process(self, items: list[Any], records: list[bytes], srcs: list[int], offsets: list[int]) -> None:
+        """Join ``items`` (decoded records, in processing order); ``records[i]`` is item ``i`` as
+        read, from partition ``srcs[i]`` at ``offsets[i]`` (kept for examples and dead letters)."""
         # The hot loop (once per input record): counters and the clock live in locals here.
         store, label_bit, pending, ph = self.store, self.label_bit, self.pending, self.pending_heap
         mem_get = store.memory.get
@@ -123,7 +124,7 @@ class JoinCore:
                     if watermark > self.next_close or (ph and ph[0][0] < watermark):
                         self._advance(watermark)
             cls = type(ev)
-            if cls is WireImpression:
+            if cls is Header:
                 if t < watermark:
                     n_late_imp += 1
                     continue
@@ -132,16 +133,25 @@ class JoinCore:
                 if e is None and store.n_spilled:
                     e = store.get(key)
                 if e is not None:
-                    if e.imp.event_id == ev.event_id:
+                    if e.event_id == ev.event_id:
                         n_dup += 1
                     else:
                         self._refuse(
-                            srcs[i], offsets[i], ev, "item_id",
+                            srcs[i], offsets[i], records[i], "item_id",
                             f"impression.item_id: request {ev.request_id!r} already has an impression of "
-                            f"item {ev.item_id!r} (event_id {e.imp.event_id!r})",
+                            f"item {ev.item_id!r} (event_id {e.event_id!r})",
                         )  # fmt: skip
                     continue
-                e = Entry(ev, seq, srcs[i], offsets[i], keeps is None or keeps[i])
+                e = Entry(
+                    records[i],
+                    ev.event_id,
+                    t,
+                    ev.user_id,
+                    seq,
+                    srcs[i],
+                    offsets[i],
+                    keeps is None or keeps[i],
+                )
                 seq += 1
                 end = store.add(key, e)
                 if end < self.next_close:
@@ -151,7 +161,7 @@ class JoinCore:
                     if held:
                         self.n_held -= len(held)
                         for h in held:
-                            self._join(key, e, h.action, label_bit[h.action.type], h.src, h.offset)
+                            self._join(key, e, h.action, label_bit[h.action.type], h.src, h.offset, h.record)
             elif cls is WireAction:
                 n_act += 1
                 bit = label_bit.get(ev.type)
@@ -163,7 +173,7 @@ class JoinCore:
                 if e is None and store.n_spilled:
                     e = store.get(key)
                 if e is not None:
-                    self._join(key, e, ev, bit, srcs[i], offsets[i])
+                    self._join(key, e, ev, bit, srcs[i], offsets[i], records[i])
                     continue
                 if t < watermark:
                     n_late_act += 1
@@ -174,13 +184,13 @@ class JoinCore:
                 elif any(h.action.event_id == ev.event_id for h in waiting):
                     n_dup += 1
                     continue
-                waiting.append(Held(ev, seq, srcs[i], offsets[i]))
+                waiting.append(Held(ev, seq, srcs[i], offsets[i], records[i]))
                 heapq.heappush(ph, (t, seq, key))
                 seq += 1
                 self.n_held += 1
             elif cls is Bad:
                 n_bad += 1
-                self.dead.append((srcs[i], offsets[i], ev.field, ev.reason, ev.record))
+                self.dead.append((srcs[i], offsets[i], ev.field, ev.reason, records[i]))
             else:  # an item lifecycle event
                 n_other += 1
         self.seq = seq
@@ -203,20 +213,21 @@ class JoinCore:
         ids = [getattr(ev, "event_id", 0) for ev in items]  # a Bad record has none
         return keep_negatives(ids, self.rate, self.config.sampling_seed).tolist()
 
-    def _join(self, key: Key, e: Entry, a: WireAction, bit: int, src: int, offset: int) -> None:
+    def _join(
+        self, key: Key, e: Entry, a: WireAction, bit: int, src: int, offset: int, record: bytes
+    ) -> None:
         m = self.m
         if a.event_id in e.action_ids:
             m.duplicates += 1
             return
-        imp = e.imp
-        if a.user_id != imp.user_id:
+        if a.user_id != e.user_id:
             self._refuse(
-                src, offset, a, "user_id",
+                src, offset, record, "user_id",
                 f"action.user_id: {a.user_id!r} is not the user of its impression "
-                f"(event_id {imp.event_id!r}, user_id {imp.user_id!r})",
+                f"(event_id {e.event_id!r}, user_id {e.user_id!r})",
             )  # fmt: skip
             return
-        if not imp.event_time <= a.event_time <= imp.event_time + self.window_s:
+        if not e.event_time <= a.event_time <= e.event_time + self.window_s:
             m.out_of_window_actions += 1
             return
         e.action_ids = (*e.action_ids, a.event_id)
@@ -257,16 +268,15 @@ class JoinCore:
                 del pending[key]
 
     def _emit(self, e: Entry, *, positive: bool) -> None:
-        imp = e.imp
         try:
-            user, item, context = features(imp)
+            imp, user, item, context = impression(e.record)
             feats = merge_features(user, item, context, self.reserved)
         except SchemaError as exc:
             reason = str(exc)
             field = reason.split(":", 1)[0].partition(".")[2] or "<record>"
             self.m.rejected_events += 1
             self.m.dead_letters += 1
-            self.dead.append((e.src, e.offset, field, reason, record_of(imp)))
+            self.dead.append((e.src, e.offset, field, reason, e.record))
             return
         m = self.m
         if positive:
@@ -309,10 +319,10 @@ class JoinCore:
     def pending_output(self) -> int:
         return len(self.out_blobs) + len(self.dead)
 
-    def _refuse(self, src: int, offset: int, event: Any, field: str, reason: str) -> None:
+    def _refuse(self, src: int, offset: int, record: bytes, field: str, reason: str) -> None:
         self.m.rejected_events += 1
         self.m.dead_letters += 1
-        self.dead.append((src, offset, field, reason, record_of(event)))
+        self.dead.append((src, offset, field, reason, record))
 
     # ---- end of stream, checkpoints ----------------------------------------------------------
 

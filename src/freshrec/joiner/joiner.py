@@ -94,6 +94,7 @@ class _Source:
     next_read: int = 0  # offset of the next record to read
     consumed: int = 0  # offset after the last joined record: the checkpoint's input offset
     items: list[Any] = field(default_factory=list)  # decoded records read and not joined
+    records: list[bytes] = field(default_factory=list)  # the same, as read
     times: np.ndarray = field(default_factory=lambda: np.empty(0))  # (n,) their order times
     offsets: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (n,)
     pos: int = 0  # items[:pos] are joined
@@ -300,11 +301,11 @@ class Joiner:
 
     def _step(self) -> int:
         self._fill()
-        items, srcs, offs = self._ready()
+        items, records, srcs, offs = self._ready()
         while not items and self._force_read():
-            items, srcs, offs = self._ready()
+            items, records, srcs, offs = self._ready()
         if items:
-            self.core.process(items, srcs, offs)
+            self.core.process(items, records, srcs, offs)
             self._since_checkpoint += len(items)
         # Catching up, outputs go out a read batch at a time (one log append, one fsync, each);
         # at the head of the log, after every step.
@@ -336,8 +337,16 @@ class Joiner:
         times = np.where(bad, order_times, times) if bad.any() else times
         s.high = max(s.high, float(order_times[-1]))
         if s.pos:
-            s.items, s.times, s.offsets, s.pos = s.items[s.pos :], s.times[s.pos :], s.offsets[s.pos :], 0
+            p = s.pos
+            s.items, s.records, s.times, s.offsets, s.pos = (
+                s.items[p:],
+                s.records[p:],
+                s.times[p:],
+                s.offsets[p:],
+                0,
+            )
         s.items += decoded
+        s.records += cols.values
         s.times = np.concatenate((s.times, times))
         s.offsets = np.concatenate((s.offsets, cols.offsets))
         s.next_read = int(cols.offsets[-1]) + 1
@@ -355,7 +364,7 @@ class Joiner:
                 self._read(s)
         return True
 
-    def _ready(self) -> tuple[list[Any], list[int], list[int]]:
+    def _ready(self) -> tuple[list[Any], list[bytes], list[int], list[int]]:
         """Take the buffered records older than the frontier, in (time, source, offset) order."""
         front = self._frontier()
         picks = []
@@ -371,29 +380,30 @@ class Joiner:
             if k:
                 picks.append((s, k))
         if not picks:
-            return [], [], []
+            return [], [], [], []
         if len(picks) == 1:
             s, k = picks[0]
             lo, hi = s.pos, s.pos + k
             times, offs = s.times[lo:hi], s.offsets[lo:hi]
-            items = s.items[lo:hi]
+            items, records = s.items[lo:hi], s.records[lo:hi]
             srcs = np.full(k, s.index, np.int64)
             if k > 1 and bool((times[1:] < times[:-1]).any()):
                 order = np.argsort(times, kind="stable")
-                items = _gather(items, order)
+                items, records = _gather(items, order), _gather(records, order)
                 offs = offs[order]
         else:
             times = np.concatenate([s.times[s.pos : s.pos + k] for s, k in picks])
             offs_all = np.concatenate([s.offsets[s.pos : s.pos + k] for s, k in picks])
             src_all = np.concatenate([np.full(k, s.index, np.int64) for s, k in picks])
             pool = [it for s, k in picks for it in s.items[s.pos : s.pos + k]]
+            pool_records = [r for s, k in picks for r in s.records[s.pos : s.pos + k]]
             order = np.lexsort((offs_all, src_all, times))
-            items = _gather(pool, order)
+            items, records = _gather(pool, order), _gather(pool_records, order)
             offs, srcs = offs_all[order], src_all[order]
         for s, k in picks:
             s.pos += k
             s.consumed = int(s.offsets[s.pos - 1]) + 1
-        return items, srcs.tolist(), offs.tolist()
+        return items, records, srcs.tolist(), offs.tolist()
 
     # ---- writing -----------------------------------------------------------------------------
 

@@ -43,7 +43,6 @@ import msgspec
 
 from freshrec._io import checksum_bytes, fsync_dir, write_durable
 from freshrec.errors import BackendError, CorruptionError, StateError
-from freshrec.joiner._wire import WireImpression
 from freshrec.stream.events import Id
 
 __all__ = ["DB_NAME", "Entry", "StateStore"]
@@ -69,7 +68,10 @@ Key = tuple[Id, Id]  # (request_id, item_id)
 class Entry(msgspec.Struct, array_like=True, gc=False):
     """One open impression and what has been joined to it so far (mutable)."""
 
-    imp: WireImpression
+    record: bytes  # the impression as read; decoded whole only when its example is built
+    event_id: Id
+    event_time: float
+    user_id: Id
     seq: int  # arrival order: the tie-break of the close order
     src: int  # index of the input partition it was read from (for dead letters)
     offset: int  # its offset there
@@ -232,7 +234,7 @@ class StateStore:
 
     def add(self, key: Key, entry: Entry) -> float:
         """Add a new entry (``key`` must not be open); returns its window end."""
-        end = entry.imp.event_time + self.window_s
+        end = entry.event_time + self.window_s
         self._mem[key] = entry
         fifo = self._fifo
         if not fifo or end >= fifo.ends[-1]:
@@ -305,7 +307,7 @@ class StateStore:
         low = self._disk_min
         for key, e in victims:
             del self._mem[key]
-            end = e.imp.event_time + w
+            end = e.event_time + w
             low = min(low, end)
             rows.append((enc(key), end, e.seq, enc(e)))
         with self._sqlite("spill entries"):
@@ -318,7 +320,7 @@ class StateStore:
 
     def _rebuild_order(self) -> None:
         w = self.window_s
-        order = sorted((e.imp.event_time + w, e.seq, k) for k, e in self._mem.items())
+        order = sorted((e.event_time + w, e.seq, k) for k, e in self._mem.items())
         self._fifo, self._heap, self._stale = _Fifo(order), [], 0
 
     def _decode(self, blob: bytes) -> Entry:
@@ -423,7 +425,7 @@ class StateStore:
             except msgspec.MsgspecError as exc:  # pragma: no cover - the checksum catches damage first
                 raise CorruptionError(f"joiner state: snapshot file {path} does not decode: {exc}") from exc
             for key, e in chunk:
-                if e.imp.event_time + w >= watermark:
+                if e.event_time + w >= watermark:
                     mem[key] = e
         if spilled:
             enc = _encoder.encode
