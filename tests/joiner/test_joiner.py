@@ -202,3 +202,30 @@ def test_parquet_files_hold_every_example_once(tmp_path, events):
     # a fresh state_dir must not silently mix its files with another run's
     with open_log(path=path / "log") as log, pytest.raises(StateError, match="holds example files"):
         Joiner(log, JoinerConfig(state_dir=tmp_path / "other", parquet_dir=tmp_path / "pq", **JOIN))
+
+
+def test_an_examples_record_time_is_when_its_cause_reached_the_log(tmp_path):
+    """Sync measures freshness from the examples' record times: a positive carries its action's
+    arrival, a negative the arrival of the event that closed its window."""
+    from freshrec.joiner import decode_examples
+    from freshrec.stream import Action, encode
+
+    log = open_log(path=tmp_path / "log")
+    for t in ("impressions", "actions"):
+        log.create_topic(t, 1)
+    imp = [Impression(event_id=i, request_id=i, event_time=float(i), user_id=1, item_id=i, position=0)
+           for i in range(2)]  # fmt: skip
+    log.append("impressions", encode(imp), timestamps_ms=[1_000, 2_000])
+    log.append("actions", encode([Action(event_id=10, request_id=0, event_time=5.0, user_id=1, item_id=0,
+                                         type="click")]), timestamps_ms=[7_000])  # fmt: skip
+    late = Impression(event_id=20, request_id=20, event_time=500.0, user_id=1, item_id=9, position=0)
+    log.append("impressions", encode([late]), timestamps_ms=[9_000])  # moves the watermark past both windows
+    cfg = JoinerConfig(state_dir=tmp_path / "state", window_s=60, allowed_lateness_s=0, labels=["click"])
+    with Joiner(log, cfg) as j:
+        j.run(until_idle=True)
+    recs = log.read("examples", 0, 0)
+    by_id = {
+        ex.example_id: r.timestamp_ms for ex, r in zip(decode_examples([r.value for r in recs]), recs, strict=True)
+    }
+    assert by_id == {0: 7_000, 1: 9_000}
+    log.close()

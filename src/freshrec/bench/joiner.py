@@ -84,9 +84,7 @@ def _rebatch(
     return out
 
 
-def _baseline(
-    log: Any, batches: list[tuple[str, list[bytes], list[bytes]]], n: int, suffix: str
-) -> dict[str, float]:
+def _baseline(log: Any, batches: list[tuple[str, list[bytes], list[bytes]]], n: int, suffix: str) -> dict[str, float]:
     """Append + read of the same records through ``log`` (columns, then records), to the topics
     named with ``suffix``."""
     for topic, parts in TOPICS:
@@ -221,9 +219,7 @@ def _backend(
         tag = "" if rate == JOIN["negative_rate"] else f"[negative_rate={rate:g}]"
         med = {name: float(np.median(v)) for name, v in res[rate].items()}
         report.figure(f"{prefix}joiner_events_per_s{tag}", med["events_per_s"])
-        report.ratio(
-            f"{prefix}joiner_vs_log{tag}", med["events_per_s"] / base_med["log_append_read_events_per_s"]
-        )
+        report.ratio(f"{prefix}joiner_vs_log{tag}", med["events_per_s"] / base_med["log_append_read_events_per_s"])
         report.ratio(
             f"{prefix}joiner_vs_log_records{tag}",
             med["events_per_s"] / base_med["log_append_read_records_events_per_s"],

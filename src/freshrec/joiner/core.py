@@ -101,14 +101,27 @@ class JoinCore:
         self.out_ids: list[Any] = []
         self.out_users: list[Any] = []
         self.out_examples: list[Example] | None = [] if keep_examples else None
+        # wall clock (ms) at which the event that caused each example reached the log: the action
+        # for a positive, the event that moved the watermark past the window for a negative. The
+        # examples topic records it, so sync can measure freshness from the action's arrival.
+        self.out_arrivals: list[int] = []
+        self.arrival_ms = 0  # the arrival of the event being processed
         self._encode = msgspec.msgpack.Encoder().encode
         self.dead: list[DeadRecord] = []
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def process(self, items: list[Any], records: list[bytes], srcs: list[int], offsets: list[int]) -> None:
+    def process(
+        self,
+        items: list[Any],
+        records: list[bytes],
+        srcs: list[int],
+        offsets: list[int],
+        arrivals: list[int] | None = None,
+    ) -> None:
         """Join ``items`` (decoded records, in processing order); ``records[i]`` is item ``i`` as
-        read, from partition ``srcs[i]`` at ``offsets[i]`` (kept for examples and dead letters)."""
+        read, from partition ``srcs[i]`` at ``offsets[i]`` (kept for examples and dead letters);
+        ``arrivals[i]`` is when it reached the log (wall ms; stamped on the examples it causes)."""
         # The hot loop (once per input record): counters and the clock live in locals here.
         store, label_bit, pending, ph = self.store, self.label_bit, self.pending, self.pending_heap
         mem_get = store.memory.get
@@ -116,6 +129,8 @@ class JoinCore:
         keeps = self._keep_flags(items)
         n_act = n_ignored = n_late_imp = n_late_act = n_dup = n_bad = n_other = 0
         for i, ev in enumerate(items):
+            if arrivals is not None:
+                self.arrival_ms = arrivals[i]
             t = ev.event_time
             if t > now:
                 self.event_time = now = t
@@ -213,9 +228,7 @@ class JoinCore:
         ids = [getattr(ev, "event_id", 0) for ev in items]  # a Bad record has none
         return keep_negatives(ids, self.rate, self.config.sampling_seed).tolist()
 
-    def _join(
-        self, key: Key, e: Entry, a: WireAction, bit: int, src: int, offset: int, record: bytes
-    ) -> None:
+    def _join(self, key: Key, e: Entry, a: WireAction, bit: int, src: int, offset: int, record: bytes) -> None:
         m = self.m
         if a.event_id in e.action_ids:
             m.duplicates += 1
@@ -302,10 +315,17 @@ class JoinCore:
         )
         # encoded now, so the example's dicts are freed before the collector could scan them
         self.out_blobs.append(self._encode(ex))
+        self.out_arrivals.append(self.arrival_ms)
         self.out_ids.append(imp.event_id)
         self.out_users.append(imp.user_id)
         if self.out_examples is not None:
             self.out_examples.append(ex)
+
+    def take_arrivals(self) -> list[int]:
+        """The arrival (wall ms) of what caused each example since the last take; call just
+        before :meth:`take`, whose blobs it parallels."""
+        out, self.out_arrivals = self.out_arrivals, []
+        return out
 
     def take(self) -> tuple[list[bytes], list[Any], list[Any], list[Example] | None, list[DeadRecord]]:
         """(blobs, ids, users, examples or None, dead records) emitted since the last take."""

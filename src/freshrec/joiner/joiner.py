@@ -97,6 +97,7 @@ class _Source:
     records: list[bytes] = field(default_factory=list)  # the same, as read
     times: np.ndarray = field(default_factory=lambda: np.empty(0))  # (n,) their order times
     offsets: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (n,)
+    arrivals: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (n,) wall ms appended
     pos: int = 0  # items[:pos] are joined
     caught_up: bool = False  # the last read came back short: at the log's end then
     high: float = float("-inf")  # newest event time read from it
@@ -305,7 +306,7 @@ class Joiner:
         while not items and self._force_read():
             items, records, srcs, offs = self._ready()
         if items:
-            self.core.process(items, records, srcs, offs)
+            self.core.process(items, records, srcs, offs, self._arrivals(srcs, offs))
             self._since_checkpoint += len(items)
         # Catching up, outputs go out a read batch at a time (one log append, one fsync, each);
         # at the head of the log, after every step.
@@ -315,6 +316,15 @@ class Joiner:
         return len(items)
 
     # ---- reading -----------------------------------------------------------------------------
+
+    def _arrivals(self, srcs: list[int], offs: list[int]) -> list[int]:
+        """When each record to join reached the log (wall ms), looked up by (source, offset)."""
+        src, off = np.asarray(srcs, np.int64), np.asarray(offs, np.int64)
+        out = np.zeros(src.shape[0], np.int64)
+        for i in np.unique(src).tolist():
+            s, mask = self._sources[i], src == i
+            out[mask] = s.arrivals[np.searchsorted(s.offsets, off[mask])]
+        return out.tolist()
 
     def _fill(self) -> None:
         low = self.config.read_batch // 2
@@ -338,17 +348,19 @@ class Joiner:
         s.high = max(s.high, float(order_times[-1]))
         if s.pos:
             p = s.pos
-            s.items, s.records, s.times, s.offsets, s.pos = (
+            s.items, s.records, s.times, s.offsets, s.arrivals, s.pos = (
                 s.items[p:],
                 s.records[p:],
                 s.times[p:],
                 s.offsets[p:],
+                s.arrivals[p:],
                 0,
             )
         s.items += decoded
         s.records += cols.values
         s.times = np.concatenate((s.times, times))
         s.offsets = np.concatenate((s.offsets, cols.offsets))
+        s.arrivals = np.concatenate((s.arrivals, cols.timestamps_ms))
         s.next_read = int(cols.offsets[-1]) + 1
 
     def _frontier(self) -> float:
@@ -409,6 +421,7 @@ class Joiner:
 
     def _write(self) -> None:
         cfg = self.config
+        arrivals = self.core.take_arrivals()
         blobs, ids, users, examples, dead = self.core.take()
         m = self.core.m
         if examples:
@@ -419,9 +432,11 @@ class Joiner:
             m.examples_suppressed += len(ids) - len(keep)
             sup.difference_update(ids)
             blobs, users = [blobs[i] for i in keep], [users[i] for i in keep]
+            arrivals = [arrivals[i] for i in keep]
         if blobs:
             keys = [str(u).encode() for u in users] if self._out_parts[cfg.examples_topic] > 1 else None
-            self.log.append(cfg.examples_topic, blobs, keys)
+            # an example's record time is its cause's arrival: sync measures freshness from it
+            self.log.append(cfg.examples_topic, blobs, keys, timestamps_ms=[max(1, a) for a in arrivals])
         if dead:
             src = self._sources
             letters = [
