@@ -176,7 +176,7 @@ def _experiment(
 
         result = run_experiment(name, cfg, folder, on_progress)
     result.print(console)
-    files = ["results.csv", "runs.csv", "results.json", *result.plots]
+    files = ["results.csv", "runs.csv", "results.json", "results.md", *result.plots]
     console.print(f"wrote {', '.join(files)} to {folder} in {result.seconds:.0f} s")
 
 

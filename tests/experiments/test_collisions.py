@@ -107,6 +107,7 @@ def test_quick_form(data_dir, tmp_path):
         "results.csv",
         "runs.csv",
         "results.json",
+        "results.md",
         "collisions.png",
     }
     rows = {r["setting"]: r for r in res.summary}

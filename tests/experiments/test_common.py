@@ -131,7 +131,9 @@ def _result(tmp_path) -> ExperimentResult:
 def test_result_files_are_strict_json_and_csv(tmp_path):
     res = _result(tmp_path)
     paths = res.write(tmp_path / "out")
-    assert [p.name for p in paths] == ["results.csv", "runs.csv", "results.json"]
+    assert [p.name for p in paths] == ["results.csv", "runs.csv", "results.json", "results.md"]
+    md = (tmp_path / "out" / "results.md").read_text().splitlines()
+    assert md[2:5] == ["| k | x |", "|---|---:|", "| a | 1.0000 |"]
     doc = json.loads((tmp_path / "out" / "results.json").read_text())  # strict: NaN/Inf written as null
     assert doc["experiment"] == "demo" and doc["summary"][0]["x_std"] is None
     assert doc["series"]["curve"] == [1.0, None] and doc["config"]["data"] == str(tmp_path)

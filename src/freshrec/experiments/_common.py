@@ -32,7 +32,7 @@ from rich.table import Table
 
 from freshrec._io import atomic_write_bytes
 from freshrec.config import Config
-from freshrec.data import Dataset, load_criteo, load_movielens
+from freshrec.data import Dataset, load_criteo, load_movielens, movielens_spec
 from freshrec.errors import ConfigError, DataError
 from freshrec.features import FeatureSpec, Jagged
 from freshrec.models import ModelConfig
@@ -48,6 +48,7 @@ __all__ = [
     "detect_format",
     "drop_repeats",
     "duration",
+    "id_spec",
     "load_data",
     "make_trainer",
     "mean_std",
@@ -134,6 +135,14 @@ def open_dataset(
         raise DataError(f"{path}: no such file or folder (set --data, or FRESHREC_DATA for the default)")
     data = load_movielens(path, spec) if fmt == "movielens" else load_criteo(path, spec)
     return drop_repeats(data) if dedupe else (data, 0)
+
+
+def id_spec(cfg: ExperimentConfig, side_features: bool) -> FeatureSpec | None:
+    """For MovieLens, the ``user_id`` and ``item_id`` slots alone unless ``side_features`` (the
+    experiments are about ID embeddings, and the 1M/25M files have no side features); for other
+    formats None: the loader's default spec."""
+    fmt = detect_format(cfg.data) if cfg.format == "auto" else cfg.format
+    return movielens_spec() if fmt == "movielens" and not side_features else None
 
 
 def load_data(cfg: ExperimentConfig, spec: FeatureSpec | None = None) -> tuple[Dataset, list[str]]:
@@ -327,15 +336,28 @@ class ExperimentResult:
         }
 
     def write(self, out: str | Path) -> list[Path]:
-        """Write ``results.csv`` (summary), ``runs.csv`` (per seed) and ``results.json`` to ``out``."""
+        """Write ``results.csv`` (summary), ``runs.csv`` (per seed), ``results.json`` (all of it)
+        and ``results.md`` (the printed table and notes, for docs) to ``out``."""
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / "results.csv", folder / "runs.csv", folder / "results.json"]
+        paths = [folder / n for n in ("results.csv", "runs.csv", "results.json", "results.md")]
         atomic_write_bytes(paths[0], _csv(self.summary))
         atomic_write_bytes(paths[1], _csv(self.runs))
         text = json.dumps(_json_safe(self.to_dict()), indent=1, allow_nan=False)
         atomic_write_bytes(paths[2], (text + "\n").encode())
+        atomic_write_bytes(paths[3], self.markdown().encode())
         return paths
+
+    def markdown(self) -> str:
+        """The table as GitHub markdown, then the notes as a list."""
+        lines = [f"*{self.title}*", "", "| " + " | ".join(c.header for c in self.columns) + " |"]
+        lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|")
+        lines += [
+            "| " + " | ".join(c.show(r).replace("|", "\\|") for c in self.columns) + " |"
+            for r in self.summary
+        ]
+        lines += ["", *(f"- {n}" for n in self.notes)]
+        return "\n".join(lines) + "\n"
 
     def table(self) -> Table:
         table = Table(title=escape(self.title), title_justify="left")

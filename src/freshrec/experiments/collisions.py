@@ -29,14 +29,13 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from freshrec.config import Config
-from freshrec.data import movielens_spec
 from freshrec.errors import ConfigError, InputError
 from freshrec.experiments._common import (
     Column,
     ExperimentConfig,
     ExperimentResult,
     ProgressFn,
-    detect_format,
+    id_spec,
     load_data,
     make_trainer,
     mean_std,
@@ -44,7 +43,7 @@ from freshrec.experiments._common import (
     summarize,
 )
 from freshrec.experiments.stream import minibatches
-from freshrec.features import Batch, FeatureSpec, Jagged
+from freshrec.features import Batch, Jagged
 from freshrec.features.hashing import hash_strings
 from freshrec.models import DeepFMConfig
 
@@ -159,6 +158,8 @@ def _rates(users: float, items: float, name: str) -> HashSetting:
 
 def _default_settings() -> list[HashSetting]:
     return [
+        # a control: the hashing path with (almost surely) no collision must match collisionless
+        HashSetting(name="hashed, 2^30 rows", table_size={"user_id": 2**30, "item_id": 2**30}),
         _rates(0.0773, 0.0286, "paper rates"),  # Monolith Table 1: 7.73% of users, 2.86% of movies
         _rates(0.25, 0.25, "25%"),
         _rates(0.50, 0.50, "50%"),
@@ -208,16 +209,9 @@ class CollisionsConfig(ExperimentConfig):
 # ---- the experiment ------------------------------------------------------------------------
 
 
-def _spec(cfg: CollisionsConfig) -> FeatureSpec | None:
-    fmt = detect_format(cfg.data) if cfg.format == "auto" else cfg.format
-    if fmt == "movielens" and not cfg.side_features:
-        return movielens_spec()
-    return None  # the loader's default (MovieLens with side features, or Criteo)
-
-
 def run(cfg: CollisionsConfig, progress: ProgressFn | None = None) -> ExperimentResult:
     t_start = time.perf_counter()
-    data, data_notes = load_data(cfg, _spec(cfg))
+    data, data_notes = load_data(cfg, id_spec(cfg, cfg.side_features))
     missing = [s for s in cfg.slots if s not in data.spec.slot_names]
     if missing:
         raise ConfigError(f"slots {missing} are not in the data's features {data.spec.slot_names}")
@@ -311,7 +305,7 @@ def _result(
     columns = [Column("setting", "setting")]
     for s in cfg.slots:
         columns += [
-            Column(f"{s}_rows", f"{s} rows", "int"),
+            Column(f"{s}_rows", f"{s} table size", "int"),
             Column(f"{s}_collision_rate", f"{s} collisions", "pct", 2),
         ]
     columns += [

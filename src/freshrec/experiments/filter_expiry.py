@@ -27,14 +27,13 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from freshrec.data import movielens_spec
 from freshrec.experiments._common import (
     Column,
     ExperimentConfig,
     ExperimentResult,
     ProgressFn,
-    detect_format,
     duration,
+    id_spec,
     load_data,
     make_trainer,
     seeded_spec,
@@ -124,10 +123,7 @@ def replay(
 
 def run(cfg: FilterExpiryConfig, progress: ProgressFn | None = None) -> ExperimentResult:
     t_start = time.perf_counter()
-    fmt = detect_format(cfg.data) if cfg.format == "auto" else cfg.format
-    data, data_notes = load_data(
-        cfg, movielens_spec() if fmt == "movielens" and not cfg.side_features else None
-    )
+    data, data_notes = load_data(cfg, id_spec(cfg, cfg.side_features))
     stream: ExampleStream = DatasetStream(data.fit())
     batches = list(stream.batches(cfg.batch_size))
     span = float(batches[-1].event_time.max() - batches[0].event_time.min())
