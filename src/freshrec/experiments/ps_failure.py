@@ -15,10 +15,11 @@ runs are identical up to ``F``, bit for bit, so the gap after it is the failure'
 
 Reported per (N, T): the *dip* (largest windowed-AUC gap to the baseline after the failure),
 the mean gap over the ``horizon`` steps after it and over the last ``horizon`` steps of the
-stream, the *recovery* (steps, and event time, until the gap stays within ``tolerance`` for a
-full window; per seed, and for the gap averaged over seeds) and the rows the restore reverted or
-lost. After the restore the two runs follow different trajectories for good, so a gap of a few
-thousandths of AUC either way is the noise between two equally good models, not damage.
+stream, the *recovery* (steps, and event time, from the failure until the gap, past its
+deepest point, stays within ``tolerance`` for a full window; per seed, and for the gap averaged
+over seeds) and the rows the restore reverted or lost. After the restore the two runs follow
+different trajectories for good, so a gap of a few thousandths of AUC either way is the noise
+between two equally good models, not damage.
 """
 
 from __future__ import annotations
@@ -224,8 +225,10 @@ def run(cfg: PSFailureConfig, progress: ProgressFn | None = None) -> ExperimentR
                 gap = base_auc - window_auc(fail.probs, labels, cfg.window)  # (S,) 0 before the failure
                 after = gap[fail_step:]
                 dip = float(np.nanmax(after))
-                # recovered from step r on: the gap is small for every prediction from r's batch on
-                r = fail_step if dip <= cfg.tolerance else recovery_step(gap, fail_step, cfg.tolerance, hold)
+                # recovered from step r on: the gap stays small from r's batch on. Sought from the
+                # deepest point: the window still holds pre-failure examples right after the restore
+                peak = fail_step + int(np.nanargmax(after))
+                r = fail_step if dip <= cfg.tolerance else recovery_step(gap, peak, cfg.tolerance, hold)
                 rec_steps = math.nan if r is None else float(r - fail_step)
                 rec_time = math.nan if r is None else float(end_time[r - 1] - fail.fail_time)
                 runs.append(
@@ -301,7 +304,8 @@ def _result(
         if np.nanmax(mean_gap[fail_step:]) <= cfg.tolerance:
             row["recovery_of_mean"] = 0
         else:
-            r = recovery_step(mean_gap, fail_step, cfg.tolerance, hold)
+            peak = fail_step + int(np.nanargmax(mean_gap[fail_step:]))
+            r = recovery_step(mean_gap, peak, cfg.tolerance, hold)
             row["recovery_of_mean"] = None if r is None else r - fail_step
     series = {
         "fail_step": fail_step,

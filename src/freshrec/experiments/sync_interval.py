@@ -355,7 +355,7 @@ def plot(result: ExperimentResult, out: str | Path) -> list[Path]:
             linestyle=style,
         )
     ax.set_xlabel("online shard (time order)")
-    ax.set_ylabel("serving AUC on the shard" + (f" ({smooth}-shard moving average)" if smooth > 1 else ""))
+    ax.set_ylabel("serving AUC on the shard" + (f", {smooth}-shard mean" if smooth > 1 else ""))
     rows = [r for r in result.summary if r["interval_shards"] is not None]
     labels = [f"{r['interval_shards']}\n({r['sync_every']})" for r in rows]
     ax2.bar(
