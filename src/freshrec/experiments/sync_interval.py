@@ -44,7 +44,7 @@ from freshrec.experiments._common import (
     summarize,
 )
 from freshrec.experiments.stream import minibatches, shards_by_count, shards_by_time
-from freshrec.features import Batch
+from freshrec.features import Batch, FeatureSpec
 from freshrec.models import DeepFMConfig, build_model
 from freshrec.ps import LocalPS, PSChanges, PSConfig
 from freshrec.sync import ServedModel, serving_table_config
@@ -178,6 +178,81 @@ def _shards(cfg: SyncIntervalConfig, tail: Batch, has_time: bool) -> list[Batch]
     return list(shards_by_time(minibatches(tail, 4096), cfg.shard_seconds))
 
 
+def _run_seed(
+    cfg: SyncIntervalConfig,
+    spec: FeatureSpec,
+    head_batch: Batch,
+    shards: list[Batch],
+    intervals: list[int | None],
+    seed: int,
+    per_shard: list[dict[str, Any]],
+    progress: ProgressFn | None,
+) -> list[dict[str, Any]]:
+    """Algorithm 1 for one seed: the batch stage, then each shard scored by every replica,
+    trained on, and synced to the replicas whose interval divides its number. Appends one row
+    per (replica, shard) to ``per_shard``; returns one row per replica."""
+    label = 0  # the first task
+    trainer = make_trainer(spec, cfg.model, seed=seed, threads=cfg.threads, batch_size=cfg.batch_size)
+    replicas = {k: served_replica(trainer, _setting(k), cfg.threads) for k in intervals}
+    runs: list[dict[str, Any]] = []
+    try:
+        for epoch in range(cfg.batch_epochs):
+            for b in minibatches(head_batch, cfg.batch_size, shuffle=True, seed=seed * 1_000_003 + epoch):
+                trainer.step(b)
+        log = SyncLog()
+        for r in replicas.values():
+            log.register(r)
+        log.publish(trainer)
+        for r in replicas.values():  # every replica starts as the batch model
+            log.sync(trainer, r)
+        log.unregister(replicas[None])
+        preds: dict[int | None, list[np.ndarray]] = {k: [] for k in intervals}
+        for i, shard in enumerate(shards, 1):
+            y, w = shard.labels[:, label], shard.weights
+            for k, r in replicas.items():  # 1. the serving model scores the shard
+                p = r.predict(shard)[:, label]
+                preds[k].append(p)
+                per_shard.append(
+                    {
+                        "setting": r.name,
+                        "interval_shards": k,
+                        "seed": seed,
+                        "shard": i,
+                        "examples": shard.size,
+                        "auc": weighted_auc(p, y, w),
+                        "logloss": logloss(p, y, w),
+                    }
+                )
+            for b in minibatches(shard, cfg.online_batch_size):  # 2. the training model learns it
+                trainer.step(b)
+            log.publish(trainer)
+            for k, r in replicas.items():  # 3. sync every k shards
+                if k is not None and i % k == 0:
+                    log.sync(trainer, r)
+            if progress is not None:
+                progress(i, len(shards), f"seed {seed}: shard {i}")
+        y_all = np.concatenate([s.labels[:, label] for s in shards])
+        w_all = np.concatenate([s.weights for s in shards])
+        for k, r in replicas.items():
+            p = np.concatenate(preds[k])
+            shard_aucs = [row["auc"] for row in per_shard if row["seed"] == seed and row["setting"] == r.name]
+            runs.append(
+                {
+                    "setting": r.name,
+                    "interval_shards": k,
+                    "seed": seed,
+                    "auc_shard_mean": float(np.nanmean(shard_aucs)),
+                    "auc_pooled": weighted_auc(p, y_all, w_all),
+                    "logloss": logloss(p, y_all, w_all),
+                }
+            )
+    finally:
+        for r in replicas.values():
+            r.close()
+        trainer.close()
+    return runs
+
+
 def run(cfg: SyncIntervalConfig, progress: ProgressFn | None = None) -> ExperimentResult:
     t_start = time.perf_counter()
     data, data_notes = load_data(cfg)
@@ -186,77 +261,18 @@ def run(cfg: SyncIntervalConfig, progress: ProgressFn | None = None) -> Experime
     tail = tail.with_spec(head.spec)
     head_batch = head.encode()
     shards = _shards(cfg, tail.encode(), data.has_time)
-    label = 0  # first task
     intervals: list[int | None] = [None, *cfg.intervals]
     total = len(cfg.seed_list) * len(shards)
     runs: list[dict[str, Any]] = []
     per_shard: list[dict[str, Any]] = []
-    for seed in cfg.seed_list:
-        trainer = make_trainer(
-            seeded_spec(head.spec, seed, dim=cfg.dim),
-            cfg.model,
-            seed=seed,
-            threads=cfg.threads,
-            batch_size=cfg.batch_size,
+    for j, seed in enumerate(cfg.seed_list):
+        spec = seeded_spec(head.spec, seed, dim=cfg.dim)
+        step = (
+            None
+            if progress is None
+            else (lambda i, _n, what, j=j: progress(j * len(shards) + i, total, what))
         )
-        replicas = {k: served_replica(trainer, _setting(k), cfg.threads) for k in intervals}
-        try:
-            for epoch in range(cfg.batch_epochs):
-                for b in minibatches(head_batch, cfg.batch_size, shuffle=True, seed=seed * 1_000_003 + epoch):
-                    trainer.step(b)
-            log = SyncLog()
-            for r in replicas.values():
-                log.register(r)
-            log.publish(trainer)
-            for r in replicas.values():  # every replica starts as the batch model
-                log.sync(trainer, r)
-            log.unregister(replicas[None])
-            preds: dict[int | None, list[np.ndarray]] = {k: [] for k in intervals}
-            for i, shard in enumerate(shards, 1):
-                y, w = shard.labels[:, label], shard.weights
-                for k, r in replicas.items():  # 1. the serving model scores the shard
-                    p = r.predict(shard)[:, label]
-                    preds[k].append(p)
-                    per_shard.append(
-                        {
-                            "setting": r.name,
-                            "interval_shards": k,
-                            "seed": seed,
-                            "shard": i,
-                            "examples": shard.size,
-                            "auc": weighted_auc(p, y, w),
-                            "logloss": logloss(p, y, w),
-                        }
-                    )
-                for b in minibatches(shard, cfg.online_batch_size):  # 2. the training model learns it
-                    trainer.step(b)
-                log.publish(trainer)
-                for k, r in replicas.items():  # 3. sync every k shards
-                    if k is not None and i % k == 0:
-                        log.sync(trainer, r)
-                if progress is not None:
-                    progress((seed - cfg.first_seed) * len(shards) + i, total, f"seed {seed}: shard {i}")
-            y_all = np.concatenate([s.labels[:, label] for s in shards])
-            w_all = np.concatenate([s.weights for s in shards])
-            for k, r in replicas.items():
-                p = np.concatenate(preds[k])
-                shard_aucs = [
-                    row["auc"] for row in per_shard if row["seed"] == seed and row["setting"] == r.name
-                ]
-                runs.append(
-                    {
-                        "setting": r.name,
-                        "interval_shards": k,
-                        "seed": seed,
-                        "auc_shard_mean": float(np.nanmean(shard_aucs)),
-                        "auc_pooled": weighted_auc(p, y_all, w_all),
-                        "logloss": logloss(p, y_all, w_all),
-                    }
-                )
-        finally:
-            for r in replicas.values():
-                r.close()
-            trainer.close()
+        runs += _run_seed(cfg, spec, head_batch, shards, intervals, seed, per_shard, step)
     base = {r["seed"]: r for r in runs if r["interval_shards"] is None}
     for r in runs:
         b = base[r["seed"]]
