@@ -71,6 +71,9 @@ def test_event_time_shards_on_movielens(data_dir):
         intervals=[2],
         model={"hidden": [16]},
         dim=8,
+        batch_size=2048,
+        online_batch_size=512,
+        batch_epochs=1,
     )
     res = run(cfg)
     per_shard = res.series["per_shard"]
