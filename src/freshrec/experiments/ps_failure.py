@@ -188,6 +188,30 @@ def _hold(cfg: PSFailureConfig) -> int:
     return max(1, math.ceil(cfg.window / cfg.batch_size))
 
 
+def _measure(
+    gap: np.ndarray, fail: Replay, fail_step: int, end_time: np.ndarray, cfg: PSFailureConfig
+) -> dict[str, Any]:
+    """The failure's cost from ``gap`` (baseline minus failed windowed AUC, per step)."""
+    after = gap[fail_step:]
+    dip = float(np.nanmax(after))
+    # recovered from step r on: the gap stays small from r's batch on. Sought from the deepest
+    # point: right after the restore the window still holds mostly pre-failure examples
+    peak = fail_step + int(np.nanargmax(after))
+    r = fail_step if dip <= cfg.tolerance else recovery_step(gap, peak, cfg.tolerance, _hold(cfg))
+    return {
+        "age_seconds": fail.fail_time - fail.snapshot_time,
+        "rows_reverted": fail.rows_reverted,
+        "rows_lost": fail.rows_lost,
+        "dip": dip,
+        "mean_gap": float(np.nanmean(after[: cfg.horizon])),
+        "late_gap": float(np.nanmean(gap[-cfg.horizon :])),
+        "recovered": r is not None,
+        "recovery_steps": math.nan if r is None else float(r - fail_step),
+        "recovery_seconds": math.nan if r is None else float(end_time[r - 1] - fail.fail_time),
+        "pre_failure_identical": bool(np.array_equal(gap[:fail_step], np.zeros(fail_step))),
+    }
+
+
 def run(cfg: PSFailureConfig, progress: ProgressFn | None = None) -> ExperimentResult:
     t_start = time.perf_counter()
     data, data_notes = load_data(cfg, id_spec(cfg, cfg.side_features))
@@ -201,7 +225,6 @@ def run(cfg: PSFailureConfig, progress: ProgressFn | None = None) -> ExperimentR
             f"snapshot_age_steps {max(cfg.snapshot_age_steps)} reaches before the stream's start: "
             f"the failure is at step {fail_step} of {n_steps}"
         )
-    hold = _hold(cfg)
     end_time = np.array([float(b.event_time.max()) for b in batches])  # (S,)
     total = len(cfg.seed_list) * len(cfg.num_shards) * (1 + len(cfg.snapshot_age_steps))
     done = 0
@@ -223,29 +246,12 @@ def run(cfg: PSFailureConfig, progress: ProgressFn | None = None) -> ExperimentR
             for age in cfg.snapshot_age_steps:
                 fail = replay(s_spec, batches, cfg, seed=seed, num_shards=n, fail_step=fail_step, age=age)
                 gap = base_auc - window_auc(fail.probs, labels, cfg.window)  # (S,) 0 before the failure
-                after = gap[fail_step:]
-                dip = float(np.nanmax(after))
-                # recovered from step r on: the gap stays small from r's batch on. Sought from the
-                # deepest point: the window still holds pre-failure examples right after the restore
-                peak = fail_step + int(np.nanargmax(after))
-                r = fail_step if dip <= cfg.tolerance else recovery_step(gap, peak, cfg.tolerance, hold)
-                rec_steps = math.nan if r is None else float(r - fail_step)
-                rec_time = math.nan if r is None else float(end_time[r - 1] - fail.fail_time)
                 runs.append(
                     {
                         "num_shards": n,
                         "age_steps": age,
                         "seed": seed,
-                        "age_seconds": fail.fail_time - fail.snapshot_time,
-                        "rows_reverted": fail.rows_reverted,
-                        "rows_lost": fail.rows_lost,
-                        "dip": dip,
-                        "mean_gap": float(np.nanmean(after[: cfg.horizon])),
-                        "late_gap": float(np.nanmean(gap[-cfg.horizon :])),
-                        "recovered": r is not None,
-                        "recovery_steps": rec_steps,
-                        "recovery_seconds": rec_time,
-                        "pre_failure_identical": bool(np.array_equal(gap[:fail_step], np.zeros(fail_step))),
+                        **_measure(gap, fail, fail_step, end_time, cfg),
                     }
                 )
                 curves.setdefault(_key({"num_shards": n, "age_steps": age}), []).append(gap.tolist())
