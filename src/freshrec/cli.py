@@ -141,8 +141,9 @@ def train(
             progress.update(tasks[name], completed=step)
 
         result = run_train_job(job, on_step=on_step)
+    dropped = f"; {result.duplicates_dropped:,} exact repeats dropped" if result.duplicates_dropped else ""
     table = Table(title=f"held-out metrics ({result.test_examples:,} newest examples; "
-                        f"trained on {result.train_examples:,})", title_justify="left")  # fmt: skip
+                        f"trained on {result.train_examples:,}{dropped})", title_justify="left")  # fmt: skip
     for col in ("model", "AUC", "logloss", "calibration", "seconds"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in result.rows:

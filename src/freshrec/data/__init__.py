@@ -9,7 +9,7 @@ else in freshrec imports it except the trainer, experiments and the CLI.
 """
 
 from freshrec.data.criteo import criteo_spec, load_criteo, stream_criteo
-from freshrec.data.dataset import Column, Dataset, rebatch
+from freshrec.data.dataset import Column, Dataset, drop_repeats, rebatch
 from freshrec.data.movielens import load_movielens, movielens_spec
 from freshrec.data.open_bandit import load_open_bandit, open_bandit_spec
 from freshrec.data.table_file import ColumnMapping, load_table_file, stream_table_file
@@ -19,6 +19,7 @@ __all__ = [
     "ColumnMapping",
     "Dataset",
     "criteo_spec",
+    "drop_repeats",
     "load_criteo",
     "load_movielens",
     "load_open_bandit",
