@@ -163,3 +163,18 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, stream
     q = OnlinePipeline(config(run))
     assert q.restored_from == first
     q.close(checkpoint=False)
+
+
+def test_metrics_port_serves_the_training_side(tmp_path, stream):
+    import urllib.request
+
+    run = fresh_run(tmp_path, stream, "m")
+    p = OnlinePipeline(config(run, metrics_port=0, status_interval_s=0.01))
+    for _ in range(30):
+        p.round()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=10).read().decode()
+    for name in ("freshrec_train_examples_total", "freshrec_train_progressive", "freshrec_table",
+                 "freshrec_sync_published_version", "freshrec_joiner_events_in"):  # fmt: skip
+        assert name in body, name
+    assert 'freshrec_table{table="item_id",what="filtered"}' in body
+    p.close(checkpoint=False)

@@ -111,6 +111,8 @@ class DenseFeature(Config):
     * ``log1p_standardize``: ``(log1p(x) - mean) / std``, mean and std of ``log1p(x)``
 
     Args:
+        name: the feature, and the data column it is read from.
+        transform: one of the transforms above.
         fill_missing: value for missing (null/NaN) entries; None makes a missing value a
             :class:`DataError` naming the feature.
         mean, std: standardization statistics; given here, or fitted by

@@ -33,7 +33,8 @@ class OnlineConfig(Config):
         joiner: the online joiner (its state directory defaults to ``run_dir/joiner``).
         spec: the features; None = :func:`freshrec.online.spec.live_commerce_spec`.
         rank_model: the ranking model (served by /v1/rank and /v1/recommend).
-        retrieval_model: the two-tower retriever for /v1/recommend (None = no retriever);
+        retrieval: train a retriever at all (False: /v1/recommend ranks recent live items).
+        retrieval_model: the two-tower retriever's config (None = the live-commerce default);
             trained on the same examples, on its own tables, for the first label.
         train: trainer settings (both models).
         ps: parameter-server settings (both models).

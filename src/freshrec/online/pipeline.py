@@ -89,6 +89,10 @@ class OnlinePipeline:
         self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0}
         self._rate = (self.clock(), self.trainers["rank"].counters.examples)
         self._examples_per_s = 0.0
+        self.last_status: dict[str, Any] | None = None
+        self.metrics_server = None
+        if config.metrics_port is not None:
+            self._serve_metrics(config.metrics_port)
 
     # ---- start ---------------------------------------------------------------------------------
     def _new_trainers(self) -> dict[str, Trainer]:
@@ -249,9 +253,22 @@ class OnlinePipeline:
             "restored_from": str(self.restored_from) if self.restored_from else None,
         }
 
+    def _serve_metrics(self, port: int) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from freshrec.joiner import prometheus_collector
+        from freshrec.online.metrics import PipelineCollector
+
+        registry = CollectorRegistry()
+        registry.register(PipelineCollector(lambda: self.last_status))
+        registry.register(prometheus_collector(lambda: self.joiner.metrics(lag=False)))
+        self.metrics_server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+        self.metrics_port = self.metrics_server.server_port
+
     def _write_status(self, now: float) -> None:
-        status = self.status()
-        blob = json.dumps(_clean(status)).encode()
+        status = _clean(self.status())
+        self.last_status = status  # what /metrics reads: one dict swap, no shared state with the loop
+        blob = json.dumps(status).encode()
         atomic_write_bytes(self.config.run_dir / "status.json", blob)
         with open(self.config.run_dir / "timeline.jsonl", "ab") as f:
             f.write(blob + b"\n")
@@ -274,6 +291,8 @@ class OnlinePipeline:
             self._write_status(self.clock())  # the final word, not the last periodic one
         finally:
             self.state = PipelineState.CLOSED
+            if self.metrics_server is not None:
+                self.metrics_server.shutdown()
             self.joiner.close()
             for trainer in self.trainers.values():
                 trainer.close()

@@ -96,7 +96,14 @@ class ArmConfig(Config):
 
 
 class TopicsConfig(Config):
-    """Event-log topics the server writes and reads (the joiner reads impressions and actions)."""
+    """Event-log topics the server writes and reads (the joiner reads impressions and actions).
+
+    Args:
+        impressions: /v1/recommend's impressions and posted impressions go here.
+        actions: posted actions (click, bid, add_to_cart, purchase).
+        items: item lifecycle events (listed, updated, ended): the live catalog.
+        partitions: partitions of the topics the server creates.
+    """
 
     impressions: str = Field("impressions", pattern=_TOPIC)
     actions: str = Field("actions", pattern=_TOPIC)
@@ -135,6 +142,7 @@ class ServeConfig(Config):
             request's tables in the request's own thread (a pool hand-off per lookup costs more
             than the lookup at serving batch sizes).
         warmup_candidates: candidate count of the synthetic requests that warm the path at start.
+        log_level: uvicorn's and freshrec's log level.
     """
 
     host: str = "127.0.0.1"

@@ -35,7 +35,14 @@ __all__ = [
 
 
 class SGD(Config):
-    """Plain SGD, with optional (lazy, per-row) momentum, as ``torch.optim.SGD``."""
+    """Plain SGD, with optional (lazy, per-row) momentum, as ``torch.optim.SGD``.
+
+    Args:
+        lr: learning rate.
+        momentum: momentum factor (0 = none; > 0 keeps ``dim`` floats of state per row).
+        weight_decay: L2 penalty added to the gradient.
+        nesterov: Nesterov momentum.
+    """
 
     type: Literal["sgd"] = "sgd"
     lr: float = Field(0.01, gt=0)
@@ -54,7 +61,14 @@ class SGD(Config):
 
 
 class Adagrad(Config):
-    """Per-coordinate Adagrad, as ``torch.optim.Adagrad`` (lr_decay fixed at 0)."""
+    """Per-coordinate Adagrad, as ``torch.optim.Adagrad`` (lr_decay fixed at 0).
+
+    Args:
+        lr: learning rate.
+        eps: added to the root of the accumulator.
+        weight_decay: L2 penalty added to the gradient.
+        initial_accumulator_value: a new row's accumulator.
+    """
 
     type: Literal["adagrad"] = "adagrad"
     lr: float = Field(0.05, gt=0)
@@ -74,7 +88,14 @@ class Adagrad(Config):
 
 class RowwiseAdagrad(Config):
     """Row-wise Adagrad (one accumulator per row: mean of g^2), as FBGEMM/TorchRec use for large
-    tables: one float of state per row instead of ``dim``."""
+    tables: one float of state per row instead of ``dim``.
+
+    Args:
+        lr: learning rate.
+        eps: added to the root of the accumulator.
+        weight_decay: L2 penalty added to the gradient.
+        initial_accumulator_value: a new row's accumulator.
+    """
 
     type: Literal["rowwise_adagrad"] = "rowwise_adagrad"
     lr: float = Field(0.05, gt=0)
@@ -94,7 +115,14 @@ class RowwiseAdagrad(Config):
 
 class Adam(Config):
     """Adam, as ``torch.optim.Adam``; bias correction counts this row's own steps (lazy Adam),
-    which equals torch's global step when every row is updated every step."""
+    which equals torch's global step when every row is updated every step.
+
+    Args:
+        lr: learning rate.
+        beta1, beta2: decay rates of the first and second moment estimates.
+        eps: added to the root of the second moment.
+        weight_decay: L2 penalty added to the gradient.
+    """
 
     type: Literal["adam"] = "adam"
     lr: float = Field(0.001, gt=0)
@@ -116,7 +144,14 @@ class Adam(Config):
 class FTRL(Config):
     """FTRL-Proximal (McMahan et al. 2013), per coordinate. The embedding is the closed-form
     weight of the accumulators ``z`` and ``n``; as in TensorFlow's FTRL, the first update
-    replaces the initial value."""
+    replaces the initial value.
+
+    Args:
+        alpha: learning rate.
+        beta: smoothing of the per-coordinate learning rate.
+        l1: L1 regularisation (drives coordinates to exactly 0).
+        l2: L2 regularisation.
+    """
 
     type: Literal["ftrl"] = "ftrl"
     alpha: float = Field(0.05, gt=0)
@@ -148,6 +183,8 @@ class InitializerConfig(Config):
     or rebuilt row is reproducible.
 
     Args:
+        low, high: the range of ``uniform``.
+        mean, std: the centre and spread of ``normal`` and ``truncated_normal``.
         type: ``zeros``; ``uniform`` in [low, high); ``normal`` (mean, std); or
             ``truncated_normal`` (mean, std, redrawn beyond 2 std: TensorFlow's and BERT's usual
             embedding initializer). Truncated normal is the default because it is as cheap as
@@ -229,6 +266,7 @@ class TableConfig(Config):
         max_rows: optional memory cap; when full, ``eviction`` frees ``evict_fraction`` of it.
         eviction: ``lru`` (oldest last-seen first) or ``lfu`` (fewest occurrences first, then
             oldest).
+        evict_fraction: share of ``max_rows`` freed per eviction round (one scan frees many rows).
         default_value: what a filtered or unknown ID reads (a scalar or ``dim`` values).
         seed: seeds the initializer, the sketch hashes and the admission RNG.
         track_changes: record touched and removed IDs for train->serve sync; serving tables
