@@ -23,6 +23,7 @@ __all__ = [
     "checksum_bytes",
     "checksum_file",
     "fsync_dir",
+    "read_manifest",
     "recover_dir",
     "replace_dir",
     "temp_dir_beside",
@@ -110,3 +111,21 @@ def recover_dir(path: Path) -> Path:
         return path
     aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
     return aside[-1] if aside else path
+
+
+def read_manifest(folder: Path, fmt: str, version: int, what: str) -> dict:
+    """``folder/manifest.json``, parsed and checked to be format ``fmt`` at ``version``; any
+    problem (missing, torn, foreign, another version) is a :class:`CorruptionError` naming it."""
+    import json
+
+    from freshrec.errors import CorruptionError
+
+    try:
+        manifest = json.loads((folder / "manifest.json").read_bytes())
+    except FileNotFoundError as exc:
+        raise CorruptionError(f"{folder} is not a {what} (no manifest.json)") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptionError(f"{folder}/manifest.json is not valid JSON (torn write?): {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt or manifest.get("format_version") != version:
+        raise CorruptionError(f"{folder}: not a {fmt} v{version} {what}")
+    return manifest

@@ -29,15 +29,13 @@ JIT: dict[str, object] = {
 _PREFETCH = "llvm.prefetch.p0" if _llvm.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
 
 
-@intrinsic
-def prefetch(typingctx, arr, i, j):
-    """Prefetch the cache line holding ``arr[i, j]`` (2-D array) for reading. A hint only."""
-    sig = types.void(arr, i, j)
+def _prefetch_codegen(n_index: int):
+    """Code generation of a prefetch of ``arr[idx...]`` with ``n_index`` indices."""
 
     def codegen(context, builder, signature, args):
         arrty = signature.args[0]
         ary = context.make_array(arrty)(context, builder, args[0])
-        idx = [context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2)]
+        idx = [context.cast(builder, args[k], signature.args[k], types.intp) for k in range(1, n_index + 1)]
         ptr = cgutils.get_item_pointer(context, builder, arrty, ary, idx, wraparound=False)
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
@@ -47,24 +45,16 @@ def prefetch(typingctx, arr, i, j):
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i, j):
+    """Prefetch the cache line holding ``arr[i, j]`` (2-D array) for reading. A hint only."""
+    return types.void(arr, i, j), _prefetch_codegen(2)
 
 
 @intrinsic
 def prefetch1(typingctx, arr, i):
     """Prefetch the cache line holding ``arr[i]`` (1-D array) for reading. A hint only."""
-    sig = types.void(arr, i)
-
-    def codegen(context, builder, signature, args):
-        arrty = signature.args[0]
-        ary = context.make_array(arrty)(context, builder, args[0])
-        idx = [context.cast(builder, args[1], signature.args[1], types.intp)]
-        ptr = cgutils.get_item_pointer(context, builder, arrty, ary, idx, wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.void(arr, i), _prefetch_codegen(1)

@@ -66,7 +66,7 @@ def test_clashing_names_are_prefixed_like_the_joiner():
 
 
 def test_merge_refuses_a_name_that_becomes_ambiguous():
-    with pytest.raises(InputError, match="becomes 'user_color' after prefixing"):
+    with pytest.raises(InputError, match="both end up as 'user_color'"):
         merge_features({"color": 1, "user_color": 2}, {"color": 3}, {}, frozenset())
 
 

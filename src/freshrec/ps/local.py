@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from freshrec._io import recover_dir, replace_dir, temp_dir_beside, write_durable
-from freshrec.errors import ConfigError, CorruptionError, InputError, NonFiniteError, StateError
+from freshrec._io import read_manifest, recover_dir, replace_dir, temp_dir_beside, write_durable
+from freshrec.errors import ConfigError, InputError, NonFiniteError, StateError
 from freshrec.ps import _kernels as K
 from freshrec.ps.base import ParameterServer, PSChanges
 from freshrec.ps.config import PSConfig
@@ -333,15 +333,7 @@ class LocalPS(ParameterServer):
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / "manifest.json").read_bytes())
-    except FileNotFoundError as exc:
-        raise CorruptionError(f"{folder} is not a parameter-server snapshot (no manifest.json)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptionError(f"{folder}/manifest.json is not valid JSON: {exc}") from exc
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptionError(f"{folder}: not a {FORMAT} v{FORMAT_VERSION} snapshot")
-    return manifest
+    return read_manifest(folder, FORMAT, FORMAT_VERSION, "parameter-server snapshot")
 
 
 def _concat_exports(parts: list[TableExport]) -> TableExport:

@@ -27,52 +27,15 @@ import numpy as np
 
 from freshrec.errors import InputError
 from freshrec.features import Batch, FeatureSpec, hash_ids
+from freshrec.joiner.example import RESERVED_COLUMNS as _JOINER_RESERVED
+from freshrec.joiner.example import merge_features
 from freshrec.stream.events import ACTION_TYPES
 
 __all__ = ["RESERVED_COLUMNS", "ColumnBuilder", "Missing", "merge_features"]
 
-# The joiner's columns made from an example's own fields: no feature may take these names.
-RESERVED_COLUMNS: frozenset[str] = frozenset(
-    (
-        "example_id",
-        "request_id",
-        "event_time",
-        "emitted_at",
-        "user_id",
-        "item_id",
-        "position",
-        "model_version",
-        "sample_weight",
-        "sampling_rate",
-    )
-)
-_PREFIXES = ("user_", "item_", "context_")
+# The joiner's naming rule is the contract between training and serving: use it, don't restate it.
+RESERVED_COLUMNS: frozenset[str] = frozenset(_JOINER_RESERVED)
 _IDS = ("user_id", "item_id", "position")
-
-
-def merge_features(
-    user: Mapping[str, Any], item: Mapping[str, Any], context: Mapping[str, Any], reserved: frozenset[str]
-) -> dict[str, Any]:
-    """One candidate's flat feature dict (the rule in the module docstring)."""
-    merged = {**user, **item, **context}
-    if len(merged) == len(user) + len(item) + len(context) and reserved.isdisjoint(merged):
-        return merged
-    seen: dict[str, int] = {}
-    for d in (user, item, context):
-        for name in d:
-            seen[name] = seen.get(name, 0) + 1
-    clash = {name for name, count in seen.items() if count > 1 or name in reserved}
-    out: dict[str, Any] = {}
-    for prefix, d in zip(_PREFIXES, (user, item, context), strict=True):
-        for name, value in d.items():
-            key = prefix + name if name in clash else name
-            if key in out or key in reserved:
-                raise InputError(
-                    f"features: {name!r} becomes {key!r} after prefixing, which another feature or "
-                    "column already uses; rename one of them"
-                )
-            out[key] = value
-    return out
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from freshrec._faults import crash_point
 from freshrec._io import (
     atomic_write_bytes,
     checksum_bytes,
+    read_manifest,
     recover_dir,
     replace_dir,
     temp_dir_beside,
@@ -213,14 +214,7 @@ def snapshot_candidates(root: str | Path) -> list[Path]:
 def read_snapshot(path: str | Path) -> SnapshotInfo:
     """A snapshot's manifest, checked; the files are verified as they are read."""
     folder = Path(path)
-    try:
-        m = json.loads((folder / "manifest.json").read_bytes())
-    except FileNotFoundError as exc:
-        raise CorruptionError(f"{folder} is not a sync snapshot (no manifest.json)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptionError(f"{folder}/manifest.json is not valid JSON: {exc}") from exc
-    if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
-        raise CorruptionError(f"{folder}: not a {FORMAT} v{FORMAT_VERSION} snapshot")
+    m = read_manifest(folder, FORMAT, FORMAT_VERSION, "sync snapshot")
     try:
         return SnapshotInfo(
             path=folder, model=m["model"], sparse_version=int(m["sparse_version"]),

@@ -28,6 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from freshrec._io import checksum_bytes, recover_dir, replace_dir, temp_dir_beside, write_durable
+from freshrec._io import read_manifest as _read_manifest
 from freshrec.errors import ConfigError, CorruptionError
 from freshrec.features import FeatureSpec
 from freshrec.models import ModelConfig
@@ -103,16 +104,7 @@ def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] 
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    folder = recover_dir(Path(path))
-    try:
-        manifest = json.loads((folder / "manifest.json").read_bytes())
-    except FileNotFoundError as exc:
-        raise CorruptionError(f"{folder} is not a model directory (no manifest.json)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptionError(f"{folder}/manifest.json is not valid JSON: {exc}") from exc
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptionError(f"{folder}: not a {FORMAT} v{FORMAT_VERSION} directory")
-    return manifest
+    return _read_manifest(recover_dir(Path(path)), FORMAT, FORMAT_VERSION, "model directory")
 
 
 def _verified(folder: Path, name: str, entry: dict[str, Any]) -> bytes:
