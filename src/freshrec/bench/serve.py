@@ -11,11 +11,11 @@ from each request's scheduled send time, so a stall cannot hide behind a slow cl
 
 Meanwhile a training process plays the training side: examples arrive at ``examples_per_s``
 (arrival times spread over each second), and every second a :class:`Trainer` steps on what
-arrived, drains the rows it touched (``ps.drain_changes()``) and sends them over a pipe; a
-thread of the serving process applies them with ``ServedModel.apply_sparse`` (the sync
-subscriber, which does this from the event log, is a separate component). Freshness of an
-example = wall time the delta holding it was applied - its arrival. The trainer shares the
-machine's 2 cores with the server and the load generator, as it would not in production.
+arrived and a ``sync.Publisher`` publishes the sparse delta into an embedded event log; in the
+serving process a ``sync.Subscriber`` thread applies each delta to the served model, as in
+production. Freshness (the issue's definition) = for each applied delta, the wall time it was
+applied minus the arrival of the newest example it reflects. The trainer shares the machine's 2
+cores with the server and the load generator, as it would not in production.
 
 Baseline, same run: the 100-candidate forward pass in-process (``ServedModel.predict`` on an
 encoded batch), so ``rank_p99_vs_forward`` is what HTTP, parsing, features and contention add.
@@ -46,7 +46,7 @@ from freshrec.serve.features import ColumnBuilder
 from freshrec.sync import ServedModel, ServingState
 from freshrec.train import TrainConfig, Trainer
 
-__all__ = ["DeltaApplier", "run"]
+__all__ = ["SyncSide", "run"]
 
 DIM, HIDDEN, CANDIDATES = 16, [400, 400, 400], 100
 USERS, ITEMS, SELLERS, CATEGORIES = 50_000, 20_000, 500, 40
@@ -137,20 +137,25 @@ class World:
 
 
 def _training_side(
-    model_dir: str, conn, stop, seed: int, examples_per_s: float, interval_s: float, new_users_per_s: float
-) -> None:  # type: ignore[no-untyped-def]
+    model_dir: str, log_path: str, snapshot_dir: str, conn, stop, seed: int, examples_per_s: float,
+    interval_s: float, new_users_per_s: float,
+) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
     """The training side, in its own process: every ``interval_s``, train on the examples that
-    arrived since the last tick and send the rows that changed (``ps.drain_changes()``) down
-    ``conn`` with the examples' arrival times."""
+    arrived since the last tick and publish the sparse delta (``sync.Publisher``) into the event
+    log, with the newest example's arrival time, as ``freshrec online`` does."""
+    from freshrec.stream import open_log
+    from freshrec.sync import Publisher, SyncConfig
     from freshrec.train.model_dir import load_model_dir
 
     torch.set_num_threads(1)
     trainer = load_model_dir(model_dir)
-    trainer.ps.drain_changes()  # what loading wrote is already in the served copy
+    log = open_log(path=log_path, synchronous="normal")
+    pub = Publisher.for_trainer(trainer, log, SyncConfig(snapshot_dir=Path(snapshot_dir)), name="rank")
     world, rng = World(seed), np.random.default_rng(seed)
-    trainer.step(trainer.spec.encode(world.columns(64), event_time=np.zeros(64)))  # warm (ships in delta 1)
+    trainer.step(trainer.spec.encode(world.columns(64), event_time=np.zeros(64)))  # warm
+    pub.snapshot()  # the replica bootstraps from it (and the first delta is a full one)
     conn.send("ready")
-    last, version = time.time(), 0
+    last = time.time()
     while not stop.wait(max(0.0, last + interval_s - time.time())):
         now = time.time()
         n = int(rng.poisson(examples_per_s * (now - last)))
@@ -161,50 +166,57 @@ def _training_side(
         cols = world.columns(n, new_users=min(n, int(rng.poisson(new_users_per_s))))
         t0 = time.perf_counter()
         trainer.step(trainer.spec.encode(cols, event_time=arrivals))
-        changes = trainer.ps.drain_changes()
-        version += 1
-        tables = {t: (c.upserts.ids, c.upserts.embeddings, c.removed) for t, c in changes.tables.items()}
-        conn.send((version, arrivals, tables, changes.num_rows, time.perf_counter() - t0))
+        res = pub.publish_sparse(event_time=float(arrivals[-1]), newest_arrival_ms=int(arrivals[-1] * 1000))
+        conn.send((res.rows, time.perf_counter() - t0))
     conn.send(None)
+    log.close()
     trainer.close()
 
 
-class DeltaApplier:
-    """The serving side of sync for the benchmark: a training process (``_training_side``) sends
-    a delta every ``interval_s``; a thread here applies it to the served model with
-    ``ServedModel.apply_sparse`` and records each example's freshness (applied - arrived)."""
+class SyncSide:
+    """Sync for the benchmark, as in production: a training process (``_training_side``)
+    publishes a sparse delta into the event log every ``interval_s``; the served model follows
+    it through a ``sync.Subscriber`` thread, which records each delta's freshness (applied minus
+    the arrival of the newest example it reflects)."""
 
-    def __init__(self, model_dir: Path, served: ServedModel, *, seed: int, examples_per_s: float,
+    def __init__(self, model_dir: Path, root: Path, served: ServedModel, *, seed: int, examples_per_s: float,
                  interval_s: float = 1.0, new_users_per_s: float = 20.0) -> None:  # fmt: skip
+        from freshrec.stream import open_log
+        from freshrec.sync import SyncConfig
+
         ctx = mp.get_context("spawn")
         self.served = served
+        self.log_path, self.snapshot_dir = root / "synclog", root / "snapshots"
+        self.log = open_log(path=self.log_path, synchronous="normal")
+        self.config = SyncConfig(snapshot_dir=self.snapshot_dir, poll_interval=0.02)
         self._conn, child = ctx.Pipe(duplex=False)
         self._stop = ctx.Event()
         self._proc = ctx.Process(
             target=_training_side,
-            args=(str(model_dir), child, self._stop, seed, examples_per_s, interval_s, new_users_per_s),
+            args=(str(model_dir), str(self.log_path), str(self.snapshot_dir), child, self._stop, seed,
+                  examples_per_s, interval_s, new_users_per_s),
             name="bench-trainer",
             daemon=True,
-        )
-        self._thread = threading.Thread(target=self._run, name="bench-deltas", daemon=True)
-        self.freshness: list[np.ndarray] = []
+        )  # fmt: skip
+        self.subscriber = None
         self.rows: list[int] = []
-        self.apply_s: list[float] = []
         self.step_s: list[float] = []
+        self._thread = threading.Thread(target=self._stats, name="bench-sync-stats", daemon=True)
 
     def start(self, timeout_s: float = 120.0) -> None:
-        """Start the training process; returns once it is ready to train."""
+        """Start the training process and, once it published its snapshot, the subscriber."""
+        from prometheus_client import CollectorRegistry
+
+        from freshrec.sync import Subscriber
+
         self._proc.start()
         if not self._conn.poll(timeout_s) or self._conn.recv() != "ready":
             raise StateError(f"the training process did not start within {timeout_s} s")
+        self.subscriber = Subscriber(self.served, self.log, self.config, registry=CollectorRegistry())
+        self.subscriber.start()
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        self._proc.join(30)
-
-    def _run(self) -> None:
+    def _stats(self) -> None:
         while True:
             try:
                 msg = self._conn.recv()
@@ -212,16 +224,20 @@ class DeltaApplier:
                 return
             if msg is None:
                 return
-            version, arrivals, tables, rows, step_s = msg
-            t0 = time.perf_counter()
-            for table, (ids, embeddings, removed) in tables.items():
-                self.served.apply_sparse(table, ids, embeddings, removed)
-            self.served.mark(sparse_version=version, event_time=float(arrivals[-1]))
-            applied = time.time()
-            self.apply_s.append(time.perf_counter() - t0)
-            self.step_s.append(step_s)
-            self.rows.append(rows)
-            self.freshness.append(applied - arrivals)
+            self.rows.append(msg[0])
+            self.step_s.append(msg[1])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self._proc.join(30)
+        if self.subscriber is not None:
+            self.subscriber.close()
+        self.log.close()
+
+    @property
+    def freshness(self) -> np.ndarray:
+        return np.asarray(self.subscriber.freshness if self.subscriber else [], np.float64)
 
 
 def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -254,9 +270,8 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
             "scheduled send time",
             "server": "uvicorn in this process (uvloop, httptools when installed); /v1/rank on the event "
             "loop; torch_threads=1, ps_threads=1",
-            "sync": "a Trainer in another process steps every 1 s on the examples that arrived and sends "
-            "the rows it changed (ps.drain_changes) over a pipe; a server thread applies them with "
-            "ServedModel.apply_sparse: the event-log sync subscriber is not used",
+            "sync": "a Trainer in another process steps every 1 s and publishes the sparse delta (sync.Publisher) "
+            "into an embedded event log; a sync.Subscriber thread applies it to the served model",
             "examples_per_s": examples_per_s,
         },
     )
@@ -304,7 +319,7 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
             }
         )
         trainer.close()
-        deltas = DeltaApplier(root / "rank", served, seed=seed + 1, examples_per_s=examples_per_s)
+        deltas = SyncSide(root / "rank", root, served, seed=seed + 1, examples_per_s=examples_per_s)
         with BackgroundServer(config, {"control": ServingState(served)}) as server:
             deltas.start()
             out = root / "load.json"
@@ -342,13 +357,13 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
     report.params["client_failures"] = load.get("failures", {})
     report.params["statuses"] = {str(k): int(v) for k, v in zip(*np.unique(status, return_counts=True), strict=True)}
     report.figure("requests", float(len(lat)))
-    fresh = np.concatenate(deltas.freshness) if deltas.freshness else np.array([np.nan])
+    fresh = deltas.freshness if deltas.freshness.size else np.array([np.nan])
     report.figure("freshness_p50_s", float(np.percentile(fresh, 50)))
     report.figure("freshness_p99_s", float(np.percentile(fresh, 99)))
-    report.figure("deltas_applied", float(len(deltas.rows)))
+    report.figure("deltas_published", float(len(deltas.rows)))
+    report.figure("deltas_applied", float(deltas.freshness.size))
     report.figure("delta_rows_mean", float(np.mean(deltas.rows)) if deltas.rows else 0.0)
     report.figure("delta_train_step_ms_p50", float(np.median(deltas.step_s)) * 1e3 if deltas.step_s else 0.0)
-    report.figure("delta_apply_ms_p50", float(np.median(deltas.apply_s)) * 1e3 if deltas.apply_s else 0.0)
     report.figure("served_sparse_version", float(served.sparse_version))
     report.ratio("rank_p99_vs_forward", report.figures["rank_p99_ms"] / report.figures["forward_only_ms"])
     report.ratio("rank_p50_vs_forward", report.figures["rank_p50_ms"] / report.figures["forward_only_ms"])

@@ -90,6 +90,10 @@ def _uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:  # type: ignore
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # keep idle connections longer than clients and load balancers do (60 s is common): a
+        # server closing first races a client reusing the connection (seen: 7 failed requests in
+        # 8,000 at 200 QPS with uvicorn's 5 s default)
+        timeout_keep_alive=75,
     )
 
 
