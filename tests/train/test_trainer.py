@@ -180,3 +180,17 @@ def test_closed_trainer_refuses_work():
     tr.close()
     with pytest.raises(StateError, match="cannot step: the trainer is closed"):
         tr.step(synthetic(8, 0))
+
+
+def test_the_frequency_filter_counts_occurrences_not_distinct_ids_per_batch():
+    """The bridge deduplicates a batch's IDs before pulling; admission must still see every
+    occurrence: an ID seen twice in one batch is admitted at min_count=2."""
+    spec = FeatureSpec(sparse=[SparseSlot(name="item")], labels=["y"],
+                       table_defaults={"dim": 2, "admission": {"min_count": 2}})  # fmt: skip
+    tr = Trainer(spec, LRConfig())
+    batch = Batch({"item": Jagged.single(np.array([7, 7, 8]))}, np.zeros((3, 0), np.float32),
+                  np.array([[1], [0], [1]], np.float32), np.ones(3, np.float32), np.zeros(3))  # fmt: skip
+    tr.step(batch)
+    st = tr.ps.stats()["item"]
+    assert 7 in set(tr.ps.export("item").ids.tolist()) and st.rows == 1  # 7 twice: admitted; 8 once: not
+    assert st.filtered == 1 and tr.ps.export("item", [7]).counts.tolist() == [2]

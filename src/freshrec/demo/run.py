@@ -94,6 +94,14 @@ def _append(log, events) -> None:  # type: ignore[no-untyped-def]
             log.append(topic, encode(part))
 
 
+def _caught_up(run_dir: Path, batch_size: int) -> bool:
+    try:
+        st = json.loads((run_dir / "status.json").read_bytes())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return st.get("joiner", {}).get("lag_records", 1) == 0 and st.get("examples_lag", batch_size) < batch_size
+
+
 def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = None) -> Path:
     """Run the demo; returns the run directory (with ``report.html`` and ``metrics.json``)."""
     from rich.console import Console
@@ -144,6 +152,10 @@ def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = N
         children.append(trainer)
         snaps = [online.sync.snapshot_dir / m / "LATEST" for m in ("rank", "retrieve")]
         wait_for("the trainer's first serving snapshots", lambda: all(p.is_file() for p in snaps), 180, children)
+        # the batch stage ends before the online one starts: live actions must not queue behind
+        # the warm-up backlog (freshness is measured from their arrival)
+        wait_for("the trainer to catch up with the warm-up traffic",
+                 lambda: _caught_up(run_dir, online.train.batch_size), 600, children)  # fmt: skip
         server = Child("server", ["-m", "freshrec.cli", "serve", "--config", str(run_dir / "serve.json")],
                        run_dir / "server.log")  # fmt: skip
         children.append(server)

@@ -241,6 +241,8 @@ class OnlinePipeline:
             "model": {name: tr.metrics.compute() for name, tr in self.trainers.items()},
             "examples_trained": rank.counters.examples,
             "examples_per_s": self._examples_per_s,
+            # examples written by the joiner and not trained on yet: the trainer's lag
+            "examples_lag": sum(self.log.end_offset(self.topic, p) - off for p, off in enumerate(self.trained_offsets)),
             "steps": rank.counters.steps,
             "skipped_nonfinite": rank.counters.skipped_nonfinite,
             "tables": tables,

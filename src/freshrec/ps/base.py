@@ -63,9 +63,16 @@ class ParameterServer(ABC):
         NaN/Inf gradients reject the whole push with NonFiniteError, changing nothing."""
 
     def pull_many(
-        self, ids: Mapping[str, np.ndarray], *, train: bool = False, now: float | None = None
+        self,
+        ids: Mapping[str, np.ndarray],
+        *,
+        train: bool = False,
+        now: float | None = None,
+        counts: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        return {t: self.pull(t, i, train=train, now=now) for t, i in ids.items()}
+        """Pull several tables at once. ``counts[table][i]`` (training only) says ``ids[table][i]``
+        stands for that many occurrences (a deduplicated batch): admission sees them all."""
+        return {t: self.pull(t, i, train=train, now=now, counts=(counts or {}).get(t)) for t, i in ids.items()}
 
     def push_many(self, grads: Mapping[str, tuple[np.ndarray, np.ndarray]], *, now: float) -> int:
         """Push ``{table: (ids, grads)}``. Every table's gradients are checked before any table

@@ -138,10 +138,11 @@ class LocalPS(ParameterServer):
         return order, starts
 
     # ---- pull / push -------------------------------------------------------------------------
-    def _pull_jobs(self, table: str, ids: np.ndarray, train: bool, now: float | None, out: np.ndarray):
+    def _pull_jobs(self, table: str, ids: np.ndarray, train: bool, now: float | None, out: np.ndarray,
+                   counts: np.ndarray | None):  # fmt: skip
         shards = self._shards[table]
         if len(shards) == 1:
-            return [lambda: out.__setitem__(slice(None), shards[0].lookup(ids, train=train, now=now))]
+            return [lambda: out.__setitem__(slice(None), shards[0].lookup(ids, train=train, now=now, counts=counts))]
         order, starts = self._groups(ids)
         jobs = []
         for s, shard in enumerate(shards):
@@ -149,16 +150,26 @@ class LocalPS(ParameterServer):
             if pos.size:
 
                 def job(shard=shard, pos=pos) -> None:
-                    out[pos] = shard.lookup(ids[pos], train=train, now=now)
+                    c = None if counts is None else counts[pos]
+                    out[pos] = shard.lookup(ids[pos], train=train, now=now, counts=c)
 
                 jobs.append(job)
         return jobs
 
-    def pull(self, table: str, ids: Any, *, train: bool = False, now: float | None = None) -> np.ndarray:
-        return self.pull_many({table: ids}, train=train, now=now)[table]
+    def pull(
+        self, table: str, ids: Any, *, train: bool = False, now: float | None = None, counts: Any | None = None
+    ) -> np.ndarray:
+        return self.pull_many({table: ids}, train=train, now=now, counts=None if counts is None else {table: counts})[
+            table
+        ]
 
     def pull_many(
-        self, ids: Mapping[str, Any], *, train: bool = False, now: float | None = None
+        self,
+        ids: Mapping[str, Any],
+        *,
+        train: bool = False,
+        now: float | None = None,
+        counts: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
         if train and now is None:
             raise InputError("a training pull needs the event time: pull(..., train=True, now=t)")
@@ -167,7 +178,10 @@ class LocalPS(ParameterServer):
         for table, raw in ids.items():
             keys = _ids(raw)
             outs[table] = np.empty((keys.shape[0], self._configs[self._table(table, "pull")].dim), np.float32)
-            jobs += self._pull_jobs(table, keys, train, now, outs[table])
+            occ = None if counts is None or counts.get(table) is None else np.asarray(counts[table])
+            if occ is not None and occ.shape != keys.shape:
+                raise InputError(f"table {table!r}: counts must align with ids, got {occ.shape} for {keys.shape}")
+            jobs += self._pull_jobs(table, keys, train, now, outs[table], occ)
         self._run(jobs)
         return outs
 

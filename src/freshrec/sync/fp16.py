@@ -89,11 +89,18 @@ class Fp16PS(ParameterServer):
         return self._configs[table].dim
 
     # ---- reads -------------------------------------------------------------------------------
-    def pull(self, table: str, ids: Any, *, train: bool = False, now: float | None = None) -> np.ndarray:
+    def pull(
+        self, table: str, ids: Any, *, train: bool = False, now: float | None = None, counts: Any | None = None
+    ) -> np.ndarray:
         return self.pull_many({table: ids}, train=train, now=now)[table]
 
     def pull_many(
-        self, ids: Mapping[str, Any], *, train: bool = False, now: float | None = None
+        self,
+        ids: Mapping[str, Any],
+        *,
+        train: bool = False,
+        now: float | None = None,
+        counts: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
         if train:
             raise StateError("cannot pull for training: a float16 serving PS is inference-only")

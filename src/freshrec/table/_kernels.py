@@ -314,8 +314,9 @@ def init_values(data, row, key, off, dim, kind, a, b, seed):
 
 
 @njit(inline="always", **JIT)
-def _sketch_add(sk, seeds, key):
-    """Count-min sketch with conservative update; returns the new estimate of key's count."""
+def _sketch_add(sk, seeds, key, n):
+    """Count-min sketch with conservative update: ``n`` more occurrences of ``key``; returns the
+    new estimate of its count."""
     depth, width = sk.shape
     wmask = np.uint64(width - 1)
     u = np.uint64(key)
@@ -324,8 +325,7 @@ def _sketch_add(sk, seeds, key):
         c = sk[d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
         if c < est:
             est = c
-    if est < np.uint32(0xFFFFFFFF):
-        est += np.uint32(1)
+    est = np.uint32(min(np.uint64(est) + np.uint64(n), np.uint64(0xFFFFFFFF)))  # saturating
     for d in range(depth):
         idx = np.int64(_mix64(u ^ seeds[d]) & wmask)
         if sk[d, idx] < est:
@@ -333,18 +333,23 @@ def _sketch_add(sk, seeds, key):
     return est
 
 
-@njit(**JIT)
-def sketch_estimate(sk, seeds, keys, out):
+@njit(inline="always", **JIT)
+def _sketch_min(sk, seeds, key):
     depth, width = sk.shape
     wmask = np.uint64(width - 1)
+    u = np.uint64(key)
+    est = np.uint32(0xFFFFFFFF)
+    for d in range(depth):
+        c = sk[d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
+        if c < est:
+            est = c
+    return est
+
+
+@njit(**JIT)
+def sketch_estimate(sk, seeds, keys, out):
     for i in range(keys.shape[0]):
-        u = np.uint64(keys[i])
-        est = np.uint32(0xFFFFFFFF)
-        for d in range(depth):
-            c = sk[d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
-            if c < est:
-                est = c
-        out[i] = est
+        out[i] = _sketch_min(sk, seeds, keys[i])
 
 
 @njit(**JIT)
@@ -395,7 +400,7 @@ def find_rows(slots, cap, ids, rows_out):
 @njit(**JIT)
 def lookup_train(
     slots, cap, meta, data, free, dirty, ctr,
-    ids, start, pending, now_ms, out, copy_out, rows_out, default, dim, state_n,
+    ids, occ, start, pending, now_ms, out, copy_out, rows_out, default, dim, state_n,
     sk, sk_seeds, min_count, decay_every, p_admit,
     init_kind, init_a, init_b, seed, state_init, max_rows, rows_cap, track,
 ):  # fmt: skip
@@ -403,6 +408,10 @@ def lookup_train(
 
     Admitted or known IDs get their row in ``rows_out`` (and embedding in ``out`` when
     ``copy_out``); filtered IDs get -1 and ``default``. Known rows: count+1, last-seen = max.
+
+    ``occ[i]`` (when ``occ`` is not empty) says ``ids[i]`` stands for that many occurrences (a
+    caller that deduplicated its batch): counts, the sketch and ``min_count`` see them all, and
+    ``admit_probability`` applies per occurrence (1 - (1 - p) ** occurrences at or past the k-th).
     """
     mo = dim + state_n  # metadata column
     n = ids.shape[0]
@@ -413,41 +422,46 @@ def lookup_train(
             g0 = i
             _prefetch_group(slots, cap, data, ids, i, min(n, i + GROUP), 0, dim, mo, cand)
         key = ids[i]
+        c_i = occ[i] if occ.shape[0] else 1
         row = cand[i - g0]
         pos = -1
         if row < 0:  # absent at the group's start; an earlier key of the group may have inserted it
             row, pos = _find(slots, cap, key)
         if row >= 0:
             f = meta[row, mo + M_FLAGS]
-            if (f & COUNT_MASK) < COUNT_MASK:
-                meta[row, mo + M_FLAGS] = f + np.uint32(1)
+            c_new = min(np.uint64(f & COUNT_MASK) + np.uint64(c_i), np.uint64(COUNT_MASK))
+            meta[row, mo + M_FLAGS] = (f & F_DIRTY) | np.uint32(c_new)
             if _row_ts(meta, row, mo) < now_ms:
                 _set_ts(meta, row, mo, now_ms)
-            ctr[C_HITS] += 1
+            ctr[C_HITS] += c_i
         else:
-            count = np.uint32(1)
+            count = np.uint32(c_i)
             if not (pending == 1 and i == start):
                 admit = True
+                eligible = c_i  # occurrences at or past the min_count-th
                 if min_count > 1:
-                    est = _sketch_add(sk, sk_seeds, key)
-                    ctr[C_SKETCH_INCS] += 1
+                    est = _sketch_add(sk, sk_seeds, key, c_i)
+                    ctr[C_SKETCH_INCS] += c_i
                     if decay_every > 0 and ctr[C_SKETCH_INCS] >= decay_every:
                         _sketch_halve(sk)
                         ctr[C_SKETCH_INCS] = 0
                         ctr[C_SKETCH_DECAYS] += 1
                     admit = est >= np.uint32(min_count)
                     count = est
+                    eligible = min(c_i, np.int64(est) - min_count + 1)
                 if admit and p_admit < 1.0:
-                    admit = _next_random(ctr) < p_admit
+                    admit = _next_random(ctr) < 1.0 - (1.0 - p_admit) ** eligible
                 if not admit:
-                    ctr[C_FILTERED] += 1
+                    ctr[C_FILTERED] += c_i
                     rows_out[i] = -1
                     if copy_out:
                         for j in range(dim):
                             out[i, j] = default[j]
                     continue
             elif min_count > 1:
-                count = np.uint32(min_count)
+                # resumed after growth or eviction: the decision (and the sketch update) was made
+                # before the pause; the sketch's minimum is the estimate it reached
+                count = _sketch_min(sk, sk_seeds, key)
             # admitted: make sure there is room, else hand back to Python and resume here
             if max_rows > 0 and ctr[C_LIVE] >= max_rows:
                 return NEED_EVICT, i

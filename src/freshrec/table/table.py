@@ -230,19 +230,23 @@ class EmbeddingTable:
 
     # ---- lookups -----------------------------------------------------------------------------
 
-    def lookup(self, ids: Any, *, train: bool = False, now: float | None = None) -> np.ndarray:
+    def lookup(
+        self, ids: Any, *, train: bool = False, now: float | None = None, counts: Any | None = None
+    ) -> np.ndarray:
         """Embeddings of ``ids``, shape ``(n, dim)``; duplicates allowed.
 
         With ``train=True`` (``now`` required) unseen IDs pass through the admission filter
         and known ones count an occurrence and refresh their last-seen time. IDs without a
-        row read the default vector.
+        row read the default vector. ``counts`` (training only): ``ids[i]`` stands for
+        ``counts[i]`` occurrences, for callers that deduplicated a batch; admission and counts
+        see every occurrence.
         """
         keys = self._ids(ids)
         out = np.empty((keys.shape[0], self.dim), np.float32)
         if train:
             if now is None:
                 raise InputError("a training lookup needs the event time: lookup(ids, train=True, now=t)")
-            self._find_or_insert(keys, _to_ms(now), out, True)
+            self._find_or_insert(keys, _to_ms(now), out, True, self._counts(counts, keys))
             return out
         with self._lock.read():
             hits = K.lookup_infer(self._slots, self._cap, self._data, keys, out,
@@ -252,23 +256,34 @@ class EmbeddingTable:
             self._ctr[K.C_HITS] += hits
         return out
 
+    def _counts(self, counts: Any | None, keys: np.ndarray) -> np.ndarray:
+        if counts is None:
+            return np.zeros(0, np.int64)
+        occ = np.asarray(counts)
+        if occ.shape != keys.shape or (occ.size and (occ.dtype.kind not in "iu" or occ.min() < 1)):
+            raise InputError(f"counts must be {keys.shape[0]} integers >= 1 (one per ID), got {occ.dtype} {occ.shape}")
+        return np.ascontiguousarray(occ, dtype=np.int64)
+
     def find_or_insert(self, ids: Any, *, now: float) -> np.ndarray:
         """Row handles of ``ids`` after admission (-1 where filtered), as a training lookup
         without copying embeddings. Handles are valid until the next removal or growth."""
         keys = self._ids(ids)
-        return self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False)
+        return self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False,
+                                    np.zeros(0, np.int64))  # fmt: skip
 
-    def _find_or_insert(self, keys: np.ndarray, now_ms: int, out: np.ndarray, copy: bool) -> np.ndarray:
+    def _find_or_insert(
+        self, keys: np.ndarray, now_ms: int, out: np.ndarray, copy: bool, occ: np.ndarray
+    ) -> np.ndarray:
         rows = np.empty(keys.shape[0], np.int64)
         kind, a, b = self._init
         start, pending = 0, 0
         with self._lock.write():
-            self._ctr[K.C_LOOKUPS] += keys.shape[0]
+            self._ctr[K.C_LOOKUPS] += int(occ.sum()) if occ.size else keys.shape[0]
             while True:
                 self._ensure_dirty(keys.shape[0])
                 status, start = K.lookup_train(
                     self._slots, self._cap, self._meta, self._data, self._free,
-                    self._dirty, self._ctr, keys, start, pending, now_ms, out, copy, rows,
+                    self._dirty, self._ctr, keys, occ, start, pending, now_ms, out, copy, rows,
                     self._default, self.dim, self.state_width, self._sketch, self._sk_seeds,
                     self._min_count, self._decay_every, self._p_admit, kind, a, b,
                     self.config.seed, self._state_init, self.config.max_rows or 0,

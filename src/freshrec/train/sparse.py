@@ -64,15 +64,18 @@ class SparseBridge:
     def pull(self, batch: Batch, *, train: bool, now: float | None = None) -> PulledSparse:
         jags = {s: self._jagged(batch, s) for s in self.table_of}
         per_table: dict[str, np.ndarray] = {}
+        occurrences: dict[str, np.ndarray] = {}  # table -> (U,) how often each distinct ID occurs
         local: dict[str, np.ndarray] = {}  # slot -> (N_s,) row of each ID within its table
         for table, slots in self.slots_of.items():
             ids = jags[slots[0]].values if len(slots) == 1 else np.concatenate([jags[s].values for s in slots])
             per_table[table], inv = _unique(ids)  # (U,), (N,)
+            occurrences[table] = np.bincount(inv, minlength=per_table[table].size)
             start = 0
             for s in slots:
                 local[s] = inv[start : start + jags[s].values.size]
                 start += jags[s].values.size
-        pulled = self.ps.pull_many(per_table, train=train, now=now)
+        # the frequency filter counts occurrences, not distinct IDs per batch: pass the counts
+        pulled = self.ps.pull_many(per_table, train=train, now=now, counts=occurrences if train else None)
         # stack the tables of each width into one leaf
         rows: dict[str, tuple[int, int, int]] = {}
         parts: dict[int, list[np.ndarray]] = {}
