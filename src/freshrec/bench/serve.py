@@ -148,6 +148,9 @@ def _training_side(
     from freshrec.train.model_dir import load_model_dir
 
     torch.set_num_threads(1)
+    # in production the trainer runs on other machines; here it shares the 2 cores with the server,
+    # so it yields the CPU to it (its deltas still go out every second: freshness is measured)
+    os.nice(10)
     trainer = load_model_dir(model_dir)
     log = open_log(path=log_path, synchronous="normal")
     pub = Publisher.for_trainer(trainer, log, SyncConfig(snapshot_dir=Path(snapshot_dir)), name="rank")
@@ -270,8 +273,9 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
             "scheduled send time",
             "server": "uvicorn in this process (uvloop, httptools when installed); /v1/rank on the event "
             "loop; torch_threads=1, ps_threads=1",
-            "sync": "a Trainer in another process steps every 1 s and publishes the sparse delta (sync.Publisher) "
-            "into an embedded event log; a sync.Subscriber thread applies it to the served model",
+            "sync": "a Trainer in another process (nice 10: a stand-in for remote training machines) steps every "
+            "1 s and publishes the sparse delta (sync.Publisher) into an embedded event log; a sync.Subscriber "
+            "thread applies it to the served model",
             "examples_per_s": examples_per_s,
         },
     )
