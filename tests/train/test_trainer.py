@@ -68,7 +68,7 @@ def test_pushed_gradients_are_autograd_gradients():
     equal a dense torch computation of the same loss."""
     spec = FeatureSpec(sparse=[SparseSlot(name="tags", multi_valued=True, pooling="mean")], labels=["y"],
                        table_defaults={"dim": 2, "optimizer": SGD(lr=1.0), "initializer": {"type": "uniform"}})  # fmt: skip
-    tr = Trainer(spec, LRConfig(), TrainConfig(dense_optimizer="sgd", dense_lr=1e-9))
+    tr = Trainer(spec, LRConfig(), TrainConfig(dense_optimizer="sgd", dense_lr=1e-9, init_bias_from_data=False))
     values, lengths = np.array([5, 5, 7, 7, 9, 5]), np.array([2, 3, 0, 1])
     batch = Batch({"tags": Jagged.from_lengths(values, lengths)}, np.zeros((4, 0), np.float32),
                   np.array([[1], [0], [1], [0]], np.float32), np.ones(4, np.float32), np.zeros(4))  # fmt: skip
@@ -194,3 +194,18 @@ def test_the_frequency_filter_counts_occurrences_not_distinct_ids_per_batch():
     st = tr.ps.stats()["item"]
     assert 7 in set(tr.ps.export("item").ids.tolist()) and st.rows == 1  # 7 twice: admitted; 8 once: not
     assert st.filtered == 1 and tr.ps.export("item", [7]).counts.tolist() == [2]
+
+
+@pytest.mark.parametrize("model", [LRConfig(), DeepFMConfig(hidden=[8])], ids=lambda m: m.type)
+def test_the_first_step_starts_the_model_at_the_base_rate(model):
+    """A fresh model predicts ~0.5; the first batch's label rate becomes its output bias, so the
+    first progressive predictions are calibrated (with the negative-sampling correction on top)."""
+    b = synthetic(512, 0)
+    b.labels[:] = (np.arange(512) % 50 == 0)[:, None]  # a 2% rate
+    tr = Trainer(SPEC, model, TrainConfig(negative_sampling_rate=0.5))
+    res = tr.step(b, progressive=True)
+    sampled = 0.02
+    want = sampled * 0.5 / (sampled * 0.5 + (1 - sampled))  # the true rate behind a 1:2 sample
+    assert abs(float(res.probs.mean()) - want) < 0.005, res.probs.mean()
+    cold = Trainer(SPEC, model, TrainConfig(init_bias_from_data=False)).step(b).probs.mean()
+    assert abs(float(cold) - want) > 0.1  # without it, the first predictions are far off

@@ -44,6 +44,19 @@ class RecModel(nn.Module):
     def forward(self, sparse: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:  # (B, T)
         raise NotImplementedError
 
+    def output_biases(self) -> list[torch.Tensor]:
+        """The bias parameters added to the logits, ``(T,)`` each (the first carries the prior)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_output_bias(self, logits: torch.Tensor) -> None:
+        """Start the model at the base rate: the output bias = the prior log-odds per task ``(T,)``,
+        so the first predictions are calibrated instead of 0.5 (a CTR of 1% starts 50x off)."""
+        first, *rest = self.output_biases()
+        first.copy_(logits.to(first.dtype).expand_as(first))
+        for b in rest:
+            b.zero_()
+
 
 def mlp(n_in: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
     """Linear-ReLU(-Dropout) layers; returns the block and its output width."""

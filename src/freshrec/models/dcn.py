@@ -31,6 +31,9 @@ class DCN(RecModel):
         self.deep, deep_width = mlp(width, config.hidden, config.dropout)
         self.head = nn.Linear(width + deep_width, len(tasks))
 
+    def output_biases(self) -> list[torch.Tensor]:
+        return [self.head.bias]
+
     def forward(self, sparse: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
         x0 = self.concat_inputs(sparse, dense)  # (B, d)
         x = x0

@@ -30,6 +30,9 @@ class DeepFM(RecModel):
         self.deep, width = mlp(n_in, config.hidden, config.dropout)
         self.head = nn.Linear(width, len(tasks))
 
+    def output_biases(self) -> list[torch.Tensor]:
+        return [self.head.bias, self.first_order.bias]
+
     def forward(self, sparse: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
         x = self.concat_inputs(sparse, dense)  # (B, S*D + F)
         stacked = torch.stack([sparse[s] for s in self.slots], dim=1)  # (B, S, D)

@@ -18,6 +18,9 @@ class LogisticRegression(RecModel):
         super().__init__(slot_dims, n_dense, tasks)
         self.linear = nn.Linear(sum(slot_dims.values()) + n_dense, len(tasks))
 
+    def output_biases(self) -> list[torch.Tensor]:
+        return [self.linear.bias]
+
     def forward(self, sparse: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
         return self.linear(self.concat_inputs(sparse, dense))  # (B, T)
 
@@ -41,6 +44,9 @@ class FM(RecModel):
         self.first_order = nn.Linear(sum(slot_dims.values()) + n_dense, len(tasks))
         self.pair = nn.Linear(self.dim, len(tasks), bias=False)
         nn.init.constant_(self.pair.weight, 1.0)  # starts as the classic FM sum over factors
+
+    def output_biases(self) -> list[torch.Tensor]:
+        return [self.first_order.bias]
 
     def forward(self, sparse: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([sparse[s] for s in self.slots], dim=1)  # (B, S, D)

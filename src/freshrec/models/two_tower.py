@@ -41,6 +41,9 @@ class TwoTower(RecModel):
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.bias = nn.Parameter(torch.zeros(1))
 
+    def output_biases(self) -> list[torch.Tensor]:
+        return [self.bias]
+
     @staticmethod
     def _tower(n_in: int, config: TwoTowerConfig) -> nn.Sequential:
         body, width = mlp(n_in, config.hidden, 0.0)

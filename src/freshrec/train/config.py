@@ -25,6 +25,8 @@ class TrainConfig(Config):
         negative_sampling_rate: the rate r at which the joiner kept negatives. Training sees the
             sampled stream unweighted; predictions are corrected by logit + log(r), so reported
             and served probabilities estimate the true rate (He et al., 2014).
+        init_bias_from_data: before the first step, set the model's output bias to the first
+            batch's label log-odds per task (the base rate), so predictions start calibrated.
         metrics_window: examples in the progressive-validation window.
         threads: torch intra-op threads (0 = torch's default).
         seed: dense initialisation and shuffling.
@@ -38,6 +40,7 @@ class TrainConfig(Config):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     negative_sampling_rate: float = Field(1.0, gt=0, le=1)
+    init_bias_from_data: bool = True
     metrics_window: int = Field(100_000, ge=100)
     threads: int = Field(0, ge=0)
     seed: int = 0

@@ -115,6 +115,10 @@ class Trainer:
             # the usual cause of a NaN loss: refuse before the training pull admits any ID
             self.counters.skipped_nonfinite += 1
             return StepResult(float("nan"), np.full((batch.size, len(self.tasks)), np.nan, np.float32), True)
+        if self.counters.steps == 0 and self.config.init_bias_from_data and batch.size:
+            # the sampled stream's rate: predictions add log(r) on top, which recovers the true rate
+            rate = np.clip(batch.labels.mean(axis=0), 1e-4, 1 - 1e-4)
+            self.model.init_output_bias(torch.from_numpy(np.log(rate / (1 - rate))).float())
         self.model.train()
         pulled = self.sparse.pull(batch, train=True, now=now)
         t_pull = time.perf_counter() - t0
