@@ -279,7 +279,8 @@ app.add_typer(experiment_app, name="experiment")
 
 ExpOutOpt = Annotated[Path | None, typer.Option("--out", help="Output folder (default: runs/experiments/NAME).")]
 ExpDataOpt = Annotated[
-    str | None, typer.Option("--data", help="Data file or folder (MovieLens ratings or Criteo TSV).")
+    str | None,
+    typer.Option("--data", help="Data file or folder (MovieLens ratings or Criteo TSV), or 'sim' (the simulator)."),
 ]
 SeedsOpt = Annotated[int | None, typer.Option("--seeds", help="Number of seeds (mean ± std over them).")]
 
@@ -368,6 +369,19 @@ def experiment_filter_expiry(
 ) -> None:
     """Sweep admission min_count and expiry ttl: rows held vs progressive AUC, and the knee."""
     _experiment("filter-expiry", quick, out, data, seeds, config, set_)
+
+
+@experiment_app.command("ab")
+@_friendly
+def experiment_ab(
+    quick: QuickOpt = False,
+    out: ExpOutOpt = None,
+    seeds: SeedsOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """A/B arms in the closed-loop simulator (fresh sync, stale sync, batch-only): CTR per arm with 95% CIs."""
+    _experiment("ab", quick, out, None, seeds, config, set_)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -26,7 +26,7 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_help_lists_every_experiment():
     res = _cli("--help")
     assert res.returncode == 0, res.stderr
-    for name in ("collisions", "sync-interval", "ps-failure", "filter-expiry"):
+    for name in ("collisions", "sync-interval", "ps-failure", "filter-expiry", "ab"):
         assert name in res.stdout
 
 

@@ -20,9 +20,11 @@ from freshrec.experiments._common import (
     detect_format,
     drop_repeats,
     duration,
+    mean_ci,
     mean_std,
     open_dataset,
     summarize,
+    wilson,
 )
 from freshrec.features import FeatureSpec, Jagged, SparseSlot
 
@@ -41,6 +43,22 @@ def test_summarize_groups_in_first_appearance_order():
     assert [r["k"] for r in out] == ["b", "a"]
     assert out[0]["seeds"] == 2 and out[0]["x_mean"] == 1.5 and out[0]["x_std"] == pytest.approx(0.5**0.5)
     assert out[1]["x_std"] == 0.0
+
+
+def test_confidence_intervals_match_textbook_values():
+    m, h = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0, float("nan")])  # t(0.975, 4) = 2.7764
+    assert m == 3.0 and h == pytest.approx(2.7764 * math.sqrt(2.5) / math.sqrt(5), abs=1e-3)
+    assert mean_ci([2.0])[0] == 2.0 and math.isnan(mean_ci([2.0])[1])
+    assert mean_ci(np.ones(50))[1] == 0.0
+    lo, hi = wilson(0, 10)  # the Wilson interval of 0/10 and 5/10 (Agresti & Coull 1998)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.2775, abs=1e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert all(math.isnan(x) for x in wilson(0, 0))
+    out = summarize([{"k": 1, "x": 1.0}, {"k": 1, "x": 3.0}], ["k"], ["x"], ci=True)
+    assert out[0]["x_ci95"] == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))
+    row = {"ctr_mean": 0.03, "ctr_ci95": 0.002}
+    assert Column("ctr", "CTR", "cipct", 3).show(row) == "3.000% ± 0.200%"
+    assert Column("ctr", "CTR", "ci", 3).show(row) == "0.030 ± 0.002"
 
 
 def test_column_and_duration_formatting():

@@ -42,3 +42,23 @@ def test_quick_form(data_dir, tmp_path):
     assert len(knees) == 1
     eligible = [r for r in res.summary if r["auc_mean"] >= base["auc_mean"] - cfg.knee_tolerance]
     assert knees[0]["rows_mean_mean"] == min(r["rows_mean_mean"] for r in eligible)
+
+
+def test_simulator_replay_shrinks_the_tables(tmp_path):
+    sim = {
+        "world": {"n_users": 2000, "new_users_per_hour": 40.0, "items_per_hour": 200.0, "start_time": 72_000.0},
+        "hours": 0.5,
+        "window_s": 120.0,
+        "negative_rate": 0.2,
+    }
+    cfg = FilterExpiryConfig.from_dict(
+        {"data": "sim", "sim": sim, "seeds": 1, "min_counts": [1, 3], "ttl_fractions": [0.1],
+         "model": {"hidden": [16]}, "dim": 8, "batch_size": 128}
+    )  # fmt: skip
+    res = run_experiment("filter-expiry", cfg, tmp_path)
+    rows = {(r["min_count"], r["ttl"]): r for r in res.summary}
+    base, ttl, filtered = rows[(1, "none")], rows[(1, "3 min")], rows[(3, "none")]
+    assert ttl["rows_final_mean"] < base["rows_final_mean"] and ttl["expired_mean"] > 0
+    assert filtered["rows_mean_mean"] < base["rows_mean_mean"]
+    assert "span 30 min" in res.title
+    assert any(n.startswith("ceiling:") for n in res.notes) and "simulator" in res.notes[0]

@@ -9,8 +9,9 @@ import pytest
 from freshrec.errors import ConfigError, StateError
 from freshrec.experiments import build_config, run_experiment
 from freshrec.experiments._common import make_trainer, open_dataset, seeded_spec
+from freshrec.experiments.sim_stream import SimStream
 from freshrec.experiments.stream import minibatches, shards_by_count
-from freshrec.experiments.sync_interval import SyncIntervalConfig, SyncLog, run, served_replica
+from freshrec.experiments.sync_interval import SyncIntervalConfig, SyncLog, _sim_shards, run, served_replica
 from freshrec.models import DeepFMConfig
 
 
@@ -94,3 +95,39 @@ def test_quick_form(data_dir, tmp_path):
     assert base["delta_auc_pooled_mean"] == 0.0 and base["sync_every"] == "never"
     assert any("exact repeats" in n for n in res.notes)  # the tiled sample is deduplicated
     assert len(res.series["auc_per_shard"]["batch-only"]["mean"]) == cfg.num_shards
+
+
+SIM = {
+    "world": {"n_users": 2000, "new_users_per_hour": 40.0, "items_per_hour": 200.0, "start_time": 72_000.0},
+    "hours": 0.5,
+    "window_s": 120.0,
+    "negative_rate": 0.2,
+}
+
+
+def test_simulator_shards_score_each_impression_before_training_on_it():
+    cfg = SyncIntervalConfig.from_dict({"data": "sim", "sim": SIM, "shard_seconds": 60, "batch_fraction": 0.5})
+    stream = SimStream(cfg.sim, seed=2)
+    batch, emitted = stream.examples()
+    head, scored, trained, ends, span = _sim_shards(cfg, stream)
+    assert span == 60 and ends[0] == stream.start_time + 900 + 60
+    t0 = ends[0] - span
+    assert head.size == int((emitted < t0).sum())
+    assert sum(s.size for s in scored) == int((batch.event_time >= t0).sum())  # each online impression once
+    assert head.size + sum(s.size for s in trained) == batch.size  # each example trained once
+    for s, t, end in zip(scored, trained, ends, strict=True):
+        assert np.all((s.event_time >= end - span) & (s.event_time < end))
+        # what shard k trains on was shown before k ended: scored in shard k or earlier
+        assert np.all(t.event_time < end)
+    assert any(s.size == 0 for s in scored[-2:])  # past the last impression only labels arrive
+
+
+def test_simulator_quick_form_runs(tmp_path):
+    cfg = build_config("sync-interval", quick=True, data="sim", overrides=[f"sim.hours={SIM['hours']}"])
+    cfg = SyncIntervalConfig.from_dict(cfg.model_dump() | {"sim": SIM, "model": {"hidden": [16]}, "dim": 8})
+    res = run_experiment("sync-interval", cfg, tmp_path)
+    names = [r["setting"] for r in res.summary]
+    assert names == ["batch-only", "sync every 1 shard", "sync every 3 shards"]
+    assert res.summary[1]["sync_every"] == "2.5 min"  # the online quarter hour in 6 shards
+    assert any(n.startswith("ceiling:") for n in res.notes)
+    assert res.summary[0]["delta_auc_pooled_mean"] == 0.0

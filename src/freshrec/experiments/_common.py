@@ -51,10 +51,12 @@ __all__ = [
     "id_spec",
     "load_data",
     "make_trainer",
+    "mean_ci",
     "mean_std",
     "open_dataset",
     "seeded_spec",
     "summarize",
+    "wilson",
 ]
 
 ProgressFn = Callable[[int, int, str], None]  # (units done, units in total, what is running)
@@ -200,9 +202,43 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
 
 
-def summarize(runs: Sequence[dict[str, Any]], by: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then 1.96 is within 4%)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)  # fmt: skip
+
+
+def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its 95% confidence interval (Student's t over the finite values;
+    NaN half-width for fewer than two values)."""
+    if level != 0.95:
+        raise ConfigError(f"only 95% intervals are tabulated, got level={level}")
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), float("nan")
+    t = _T975[x.size - 2] if x.size - 1 <= len(_T975) else 1.96
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def wilson(successes: float, trials: float, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion; (NaN, NaN) for no trials."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    denom = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return centre - half, centre + half
+
+
+def summarize(
+    runs: Sequence[dict[str, Any]], by: Sequence[str], metrics: Sequence[str], *, ci: bool = False
+) -> list[dict[str, Any]]:
     """Group ``runs`` by the ``by`` keys (first-appearance order) and give each metric as
-    ``{metric}_mean`` and ``{metric}_std`` over the group, plus ``seeds`` (the group's size)."""
+    ``{metric}_mean`` and ``{metric}_std`` over the group, plus ``seeds`` (the group's size);
+    with ``ci``, also ``{metric}_ci95``, the half-width of the 95% interval of the mean."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault(tuple(r[k] for k in by), []).append(r)
@@ -212,6 +248,8 @@ def summarize(runs: Sequence[dict[str, Any]], by: Sequence[str], metrics: Sequen
         row["seeds"] = len(rows)
         for m in metrics:
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std(r[m] for r in rows)
+            if ci:
+                row[f"{m}_ci95"] = mean_ci(r[m] for r in rows)[1]
         out.append(row)
     return out
 
@@ -231,19 +269,21 @@ def duration(seconds: float) -> str:
 class Column:
     """One column of the printed table: ``kind`` says how to show ``key`` of a summary row.
 
-    ``pm``: ``{key}_mean ± {key}_std``; ``pct``: the same in percent; ``float``, ``int``, ``str``:
-    the value itself.
+    ``pm``: ``{key}_mean ± {key}_std``; ``pct``: the same in percent; ``ci``, ``cipct``:
+    ``{key}_mean ± {key}_ci95`` (the 95% interval of the mean), plain or in percent; ``float``,
+    ``int``, ``str``: the value itself.
     """
 
     key: str
     header: str
-    kind: Literal["pm", "pct", "float", "int", "str"] = "str"
+    kind: Literal["pm", "pct", "ci", "cipct", "float", "int", "str"] = "str"
     digits: int = 4
 
     def show(self, row: dict[str, Any]) -> str:
-        if self.kind in ("pm", "pct"):
-            scale, unit = (100.0, "%") if self.kind == "pct" else (1.0, "")
-            m, s = row.get(f"{self.key}_mean"), row.get(f"{self.key}_std")
+        if self.kind in ("pm", "pct", "ci", "cipct"):
+            scale, unit = (100.0, "%") if self.kind in ("pct", "cipct") else (1.0, "")
+            spread = "ci95" if self.kind in ("ci", "cipct") else "std"
+            m, s = row.get(f"{self.key}_mean"), row.get(f"{self.key}_{spread}")
             if m is None or not math.isfinite(m):
                 return "-"
             text = f"{m * scale:.{self.digits}f}{unit}"

@@ -15,6 +15,12 @@ final count. The *knee* is the setting with the fewest mean rows whose AUC is wi
 The ttls are given in seconds of event time, or as shares of the stream's time span (default),
 so the same config means something on any data set; on data without time (Criteo) event time is
 the row number and a ttl counts examples.
+
+With ``data = "sim"`` the replay is the simulator's examples through the event log and the joiner
+(:class:`~freshrec.experiments.sim_stream.SimStream`, one world per seed) in the order the joiner
+emitted them, each stamped with its impression's event time: most item IDs there live half an
+hour and most users come once, the churn the paper's filter and expiry are for. The filter and
+ttl of the sweep replace the live-commerce spec's own on every table.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from freshrec.experiments._common import (
     id_spec,
     load_data,
     make_trainer,
+    mean_std,
     seeded_spec,
     summarize,
 )
+from freshrec.experiments.sim_stream import SimSource, SimStream, is_sim, sim_spec
 from freshrec.experiments.stream import DatasetStream, ExampleStream
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import DeepFMConfig
@@ -51,6 +59,8 @@ class FilterExpiryConfig(ExperimentConfig):
     """Sweep ``min_count`` x ``ttl`` on an online replay.
 
     Args:
+        data: a data file (MovieLens ratings, Criteo TSV), or ``sim``: the simulator (``sim``).
+        sim: the simulated world and joiner when ``data = "sim"``.
         min_counts: admission thresholds (1 = every ID gets a row at once).
         ttls: expiry times in seconds of event time; None: from ``ttl_fractions``.
         ttl_fractions: expiry times as shares of the stream's event-time span.
@@ -66,8 +76,14 @@ class FilterExpiryConfig(ExperimentConfig):
         dim: embedding width.
     """
 
-    QUICK: ClassVar[dict[str, Any]] = {"seeds": 1, "min_counts": [1, 3], "ttl_fractions": [0.05]}
+    QUICK: ClassVar[dict[str, Any]] = {
+        "seeds": 1,
+        "min_counts": [1, 3],
+        "ttl_fractions": [0.05],
+        "sim": {"hours": 2.0},
+    }
 
+    sim: SimSource = Field(default_factory=SimSource)
     min_counts: list[int] = Field(default_factory=lambda: [1, 2, 3, 5, 10], min_length=1)
     ttls: list[float] | None = None
     ttl_fractions: list[float] = Field(default_factory=lambda: [0.3, 0.1, 0.03, 0.01])
@@ -123,22 +139,44 @@ def replay(
 
 def run(cfg: FilterExpiryConfig, progress: ProgressFn | None = None) -> ExperimentResult:
     t_start = time.perf_counter()
-    data, data_notes = load_data(cfg, id_spec(cfg, cfg.side_features))
-    stream: ExampleStream = DatasetStream(data.fit())
-    batches = list(stream.batches(cfg.batch_size))
-    span = float(batches[-1].event_time.max() - batches[0].event_time.min())
+    sim = is_sim(cfg.data)
+    if sim:
+        spec = sim_spec(cfg.dim)
+        span = cfg.sim.hours * 3600.0
+        data_notes: list[str] = []
+    else:
+        data, data_notes = load_data(cfg, id_spec(cfg, cfg.side_features))
+        stream: ExampleStream = DatasetStream(data.fit())
+        batches = list(stream.batches(cfg.batch_size))
+        span = float(batches[-1].event_time.max() - batches[0].event_time.min())
     ttls: list[float | None] = [None]
     ttls += list(cfg.ttls) if cfg.ttls is not None else [f * span for f in cfg.ttl_fractions]
     grid = [(m, t) for m in cfg.min_counts for t in ttls]
     total = len(cfg.seed_list) * len(grid)
     runs: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    ceilings: list[float] = []  # simulator: AUC of the ground-truth probabilities
     for seed in cfg.seed_list:
+        if sim:  # one world per seed
+            stream = SimStream(cfg.sim, seed, spec)
+            batches = list(stream.batches(cfg.batch_size))
+            if not data_notes:
+                data_notes = [stream.describe() + f" (seed {seed}); one simulated world per seed"]
+            b = stream.examples()[0]
+            ceilings.append(weighted_auc(stream.true_probs(), b.labels[:, 0], b.weights))
+        sizes.append(sum(b.size for b in batches))
         for min_count, ttl in grid:
             m = replay(stream.spec, batches, cfg, seed=seed, min_count=min_count, ttl=ttl)
             runs.append({"min_count": min_count, "ttl_seconds": ttl, "seed": seed, **m})
             if progress is not None:
                 progress(len(runs), total, f"seed {seed}: min_count {min_count}, ttl {_ttl(ttl, stream.has_time)}")
-    return _result(cfg, runs, span, stream.has_time, len(data), data_notes, time.perf_counter() - t_start)
+    n = round(float(np.mean(sizes)))
+    if ceilings:
+        data_notes.append(
+            "ceiling: the simulator's ground-truth click probabilities score AUC {:.4f} ± {:.4f} on the same "
+            "examples (a perfect model)".format(*mean_std(ceilings))
+        )
+    return _result(cfg, runs, span, stream.has_time, n, data_notes, time.perf_counter() - t_start)
 
 
 def _ttl(ttl: float | None, has_time: bool) -> str:

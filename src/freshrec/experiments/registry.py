@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from freshrec.config import apply_overrides, read_config_file
 from freshrec.errors import ConfigError
-from freshrec.experiments import collisions, filter_expiry, ps_failure, sync_interval
+from freshrec.experiments import ab, collisions, filter_expiry, ps_failure, sync_interval
 from freshrec.experiments._common import ExperimentConfig, ExperimentResult, ProgressFn
 
 __all__ = ["EXPERIMENTS", "Experiment", "build_config", "run_experiment"]
@@ -62,6 +62,13 @@ EXPERIMENTS: dict[str, Experiment] = {
             filter_expiry.FilterExpiryConfig,
             filter_expiry.run,
             filter_expiry.plot,
+        ),
+        Experiment(
+            "ab",
+            "A/B arms in the closed-loop simulator (fresh sync vs stale sync vs batch-only): CTR per arm.",
+            ab.ABConfig,
+            ab.run,
+            ab.plot,
         ),
     ]
 }

@@ -15,12 +15,19 @@ weights every ``k`` shards. A replica that is never synced after the batch stage
 batch-only model. Settings are compared on the same examples with the same training model,
 so the difference to batch-only is paired by seed.
 
-The online examples come as batches in event-time order (:mod:`freshrec.experiments.stream`),
-so the simulator with the joiner can feed the same loop, sync intervals in seconds of event time.
+With ``data = "sim"`` the examples come from the simulator through the event log and the joiner
+(:class:`~freshrec.experiments.sim_stream.SimStream`, a new world per seed), and labels arrive
+late: a click seconds after its impression, a negative when its join window closes. Each shard
+is then two sets on the same event-time grid: the impressions made during it, which the serving
+replicas score (as they would have when serving them), and the examples the joiner emitted during
+it, which the trainer learns (and expires rows after). Every example is scored before it is
+trained on; the examples of impressions made during the batch stage but emitted after it are
+trained on, never scored.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +50,7 @@ from freshrec.experiments._common import (
     seeded_spec,
     summarize,
 )
+from freshrec.experiments.sim_stream import SimSource, SimStream, is_sim, sim_spec
 from freshrec.experiments.stream import minibatches, shards_by_count, shards_by_time
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import DeepFMConfig, build_model
@@ -59,9 +67,13 @@ class SyncIntervalConfig(ExperimentConfig):
     """Batch training, then online training with train -> serve sync every ``k`` shards.
 
     Args:
-        batch_fraction: the oldest share of the examples, trained on in the batch stage.
+        data: a data file (Criteo TSV, MovieLens ratings), or ``sim``: the simulator (``sim``).
+        sim: the simulated world and joiner when ``data = "sim"``.
+        batch_fraction: the oldest share of the examples, trained on in the batch stage (of the
+            simulated event time, with ``data = "sim"``).
         batch_epochs: passes over it (shuffled).
-        num_shards: cut the rest into this many equal shards (data without time: Criteo) ...
+        num_shards: cut the rest into this many equal shards (data without time: Criteo; equal
+            spans of event time with ``data = "sim"``) ...
         shard_seconds: ... or into shards of this much event time (data with time); set one.
         intervals: sync every ``k`` shards, one setting per ``k`` (plus batch-only, never synced).
         model: DeepFM's MLP.
@@ -71,9 +83,10 @@ class SyncIntervalConfig(ExperimentConfig):
             hundred examples and should still be several steps).
     """
 
-    QUICK: ClassVar[dict[str, Any]] = {"seeds": 1, "num_shards": 6, "intervals": [1, 3]}
+    QUICK: ClassVar[dict[str, Any]] = {"seeds": 1, "num_shards": 6, "intervals": [1, 3], "sim": {"hours": 2.0}}
 
     data: str = Field(default_factory=lambda: default_data("criteo-sample/train.txt"))
+    sim: SimSource = Field(default_factory=SimSource)
     batch_fraction: float = Field(0.5, gt=0, lt=1)
     batch_epochs: int = Field(3, ge=1)
     num_shards: int | None = Field(10, ge=1)
@@ -187,10 +200,16 @@ def _run_seed(
     seed: int,
     per_shard: list[dict[str, Any]],
     progress: ProgressFn | None,
+    train_shards: list[Batch] | None = None,
+    expire_at: list[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Algorithm 1 for one seed: the batch stage, then each shard scored by every replica,
     trained on, and synced to the replicas whose interval divides its number. Appends one row
-    per (replica, shard) to ``per_shard``; returns one row per replica."""
+    per (replica, non-empty shard) to ``per_shard``; returns one row per replica.
+
+    ``train_shards`` (default: ``shards``) are what the trainer learns at the end of each shard,
+    when labels come later than the scored impressions; ``expire_at``: expire rows at this
+    event time after each shard's training."""
     label = 0  # the first task
     trainer = make_trainer(spec, cfg.model, seed=seed, threads=cfg.threads, batch_size=cfg.batch_size)
     replicas = {k: served_replica(trainer, _setting(k), cfg.threads) for k in intervals}
@@ -207,9 +226,10 @@ def _run_seed(
             log.sync(trainer, r)
         log.unregister(replicas[None])
         preds: dict[int | None, list[np.ndarray]] = {k: [] for k in intervals}
+        first_row = len(per_shard)  # this seed's rows start here
         for i, shard in enumerate(shards, 1):
             y, w = shard.labels[:, label], shard.weights
-            for k, r in replicas.items():  # 1. the serving model scores the shard
+            for k, r in replicas.items() if shard.size else ():  # 1. the serving model scores the shard
                 p = r.predict(shard)[:, label]
                 preds[k].append(p)
                 per_shard.append(
@@ -223,8 +243,11 @@ def _run_seed(
                         "logloss": logloss(p, y, w),
                     }
                 )
-            for b in minibatches(shard, cfg.online_batch_size):  # 2. the training model learns it
+            learn = shard if train_shards is None else train_shards[i - 1]
+            for b in minibatches(learn, cfg.online_batch_size):  # 2. the training model learns it
                 trainer.step(b)
+            if expire_at is not None:
+                trainer.expire(expire_at[i - 1])
             log.publish(trainer)
             for k, r in replicas.items():  # 3. sync every k shards
                 if k is not None and i % k == 0:
@@ -235,7 +258,7 @@ def _run_seed(
         w_all = np.concatenate([s.weights for s in shards])
         for k, r in replicas.items():
             p = np.concatenate(preds[k])
-            shard_aucs = [row["auc"] for row in per_shard if row["seed"] == seed and row["setting"] == r.name]
+            shard_aucs = [row["auc"] for row in per_shard[first_row:] if row["setting"] == r.name]
             runs.append(
                 {
                     "setting": r.name,
@@ -253,7 +276,73 @@ def _run_seed(
     return runs
 
 
+def _sim_shards(
+    cfg: SyncIntervalConfig, stream: SimStream
+) -> tuple[Batch, list[Batch], list[Batch], list[float], float]:
+    """The simulator's examples cut for Algorithm 1 (module docstring): the batch stage (emitted
+    before the split), and per shard of the grid from the split, the impressions made during it
+    and the examples emitted during it. Returns (batch stage, scored shards, trained shards,
+    shard ends, shard span)."""
+    batch, emitted = stream.examples()
+    t0 = stream.start_time + cfg.batch_fraction * (stream.end_time - stream.start_time)
+    last = max(float(emitted.max()), stream.end_time)
+    span = cfg.shard_seconds if cfg.shard_seconds is not None else (stream.end_time - t0) / cfg.num_shards
+    n = max(1, math.ceil((last - t0) / span))
+    scored = np.floor((batch.event_time - t0) / span).astype(np.int64)  # (B,) shard of the impression
+    trained = np.floor((emitted - t0) / span).astype(np.int64)  # (B,) shard of the emission
+    head = batch.take(np.flatnonzero(trained < 0))
+    eval_shards = [batch.take(np.flatnonzero(scored == k)) for k in range(n)]
+    train_shards = [batch.take(np.flatnonzero(trained == k)) for k in range(n)]
+    ends = [t0 + (k + 1) * span for k in range(n)]
+    return head, eval_shards, train_shards, ends, span
+
+
+def _run_sim(cfg: SyncIntervalConfig, progress: ProgressFn | None) -> ExperimentResult:
+    t_start = time.perf_counter()
+    intervals: list[int | None] = [None, *cfg.intervals]
+    runs: list[dict[str, Any]] = []
+    per_shard: list[dict[str, Any]] = []
+    notes: list[str] = []
+    n_batch: list[int] = []
+    ceilings: list[float] = []  # AUC of the ground-truth probabilities on the scored impressions
+    for j, seed in enumerate(cfg.seed_list):
+        stream = SimStream(cfg.sim, seed, sim_spec(cfg.dim))
+        head, shards, train_shards, ends, span = _sim_shards(cfg, stream)
+        batch, _ = stream.examples()
+        online = batch.event_time >= ends[0] - span  # every impression the replicas score
+        ceilings.append(weighted_auc(stream.true_probs()[online], batch.labels[online, 0], batch.weights[online]))
+        spec = seeded_spec(stream.spec, seed)
+        n = len(shards)
+        step = (
+            None
+            if progress is None
+            else (lambda i, _n, what, j=j, n=n: progress(j * n + i, len(cfg.seed_list) * n, what))
+        )
+        runs += _run_seed(cfg, spec, head, shards, intervals, seed, per_shard, step, train_shards, ends)
+        notes.append(stream.describe() + f" (seed {seed})")
+        n_batch.append(head.size)
+    _pair(runs)
+    return _result(
+        cfg, runs, per_shard, shards, intervals, round(float(np.mean(n_batch))), time.perf_counter() - t_start,
+        [notes[0], "one simulated world per seed (world.seed = seed); each shard: the replicas score the "
+         "impressions made during it, the trainer learns the examples the joiner emitted during it, then "
+         "expires rows",
+         "ceiling: the simulator's ground-truth click probabilities score AUC {:.4f} ± {:.4f} on the same "
+         "online examples (a perfect model)".format(*mean_std(ceilings))], span,
+    )  # fmt: skip
+
+
+def _pair(runs: list[dict[str, Any]]) -> None:
+    base = {r["seed"]: r for r in runs if r["interval_shards"] is None}
+    for r in runs:
+        b = base[r["seed"]]
+        r["delta_auc_shard_mean"] = r["auc_shard_mean"] - b["auc_shard_mean"]
+        r["delta_auc_pooled"] = r["auc_pooled"] - b["auc_pooled"]
+
+
 def run(cfg: SyncIntervalConfig, progress: ProgressFn | None = None) -> ExperimentResult:
+    if is_sim(cfg.data):
+        return _run_sim(cfg, progress)
     t_start = time.perf_counter()
     data, data_notes = load_data(cfg)
     head, tail = data.split_by_time(cfg.batch_fraction)
@@ -269,12 +358,11 @@ def run(cfg: SyncIntervalConfig, progress: ProgressFn | None = None) -> Experime
         spec = seeded_spec(head.spec, seed, dim=cfg.dim)
         step = None if progress is None else (lambda i, _n, what, j=j: progress(j * len(shards) + i, total, what))
         runs += _run_seed(cfg, spec, head_batch, shards, intervals, seed, per_shard, step)
-    base = {r["seed"]: r for r in runs if r["interval_shards"] is None}
-    for r in runs:
-        b = base[r["seed"]]
-        r["delta_auc_shard_mean"] = r["auc_shard_mean"] - b["auc_shard_mean"]
-        r["delta_auc_pooled"] = r["auc_pooled"] - b["auc_pooled"]
-    return _result(cfg, runs, per_shard, shards, intervals, len(head), time.perf_counter() - t_start, data_notes)
+    _pair(runs)
+    return _result(
+        cfg, runs, per_shard, shards, intervals, len(head), time.perf_counter() - t_start, data_notes,
+        cfg.shard_seconds,
+    )  # fmt: skip
 
 
 def _result(
@@ -286,6 +374,7 @@ def _result(
     n_batch: int,
     seconds: float,
     data_notes: list[str],
+    shard_seconds: float | None,
 ) -> ExperimentResult:
     metrics = ["auc_shard_mean", "auc_pooled", "logloss", "delta_auc_shard_mean", "delta_auc_pooled"]
     summary = summarize(runs, ["setting", "interval_shards"], metrics)
@@ -294,17 +383,18 @@ def _result(
         k = row["interval_shards"]
         if k is None:
             row["sync_every"] = "never"
-        elif cfg.shard_seconds is not None:
-            row["sync_every"] = duration(k * cfg.shard_seconds)
+        elif shard_seconds is not None:
+            row["sync_every"] = duration(k * shard_seconds)
         else:
             row["sync_every"] = f"{k * rows_per_shard:,.0f} examples"
     curves: dict[str, Any] = {}
     n = len(shards)
+    by_shard: dict[tuple[str, int], list[float]] = {}
+    for r in per_shard:
+        by_shard.setdefault((r["setting"], r["shard"]), []).append(r["auc"])
     for k in intervals:
         name = _setting(k)
-        stats = [
-            mean_std(r["auc"] for r in per_shard if r["setting"] == name and r["shard"] == i) for i in range(1, n + 1)
-        ]
+        stats = [mean_std(by_shard.get((name, i), [])) for i in range(1, n + 1)]
         curves[name] = {"mean": [m for m, _ in stats], "std": [s for _, s in stats]}
     columns = [
         Column("setting", "setting"),
@@ -316,8 +406,8 @@ def _result(
         Column("logloss", "logloss", "pm"),
     ]
     span = (
-        f"{n} shards of {duration(cfg.shard_seconds)}"
-        if cfg.shard_seconds is not None
+        f"{n} shards of {duration(shard_seconds)}"
+        if shard_seconds is not None
         else f"{n} shards of ~{rows_per_shard:,.0f} examples"
     )
     return ExperimentResult(
