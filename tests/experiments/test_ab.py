@@ -11,7 +11,8 @@ import pytest
 
 from freshrec.errors import ConfigError
 from freshrec.experiments import build_config, run_experiment
-from freshrec.experiments.ab import ABConfig, reference_run, run_world
+from freshrec.experiments.ab import ABConfig
+from freshrec.experiments.closed_loop import reference_run, run_world
 from freshrec.experiments.sim_stream import experiment_world
 from freshrec.online import live_commerce_two_tower
 from freshrec.serve.arms import ArmRouter

@@ -1,9 +1,10 @@
 """The input of the online experiments: labelled examples in event-time order, as batches.
 
 An :class:`ExampleStream` is anything with a feature ``spec`` and ``batches(batch_size)`` that
-yields :class:`~freshrec.features.Batch` es in event-time order. A data file gives one now
-(:class:`DatasetStream`); the simulator with the online joiner gives one later (its joined
-examples), and ``sync_interval``, ``ps_failure`` and ``filter_expiry`` run on it unchanged.
+yields :class:`~freshrec.features.Batch` es in the order a trainer receives them. A data file
+gives one in event-time order (:class:`DatasetStream`); the simulator through the event log and
+the online joiner gives one in the joiner's emission order, each example stamped with its
+impression's event time (:class:`~freshrec.experiments.sim_stream.SimStream`).
 
 Helpers cut a stream or a batch the ways the experiments need: minibatches (shuffled for batch
 training), a fixed number of equal shards (Algorithm 1 on data without time), or shards of a
@@ -27,7 +28,9 @@ __all__ = ["DatasetStream", "ExampleStream", "minibatches", "shards_by_count", "
 
 @runtime_checkable
 class ExampleStream(Protocol):
-    """Labelled examples in event-time order."""
+    """Labelled examples in the order a trainer receives them (event-time order for a file; for
+    a joined stream, emission order: an example's event time is its impression's, at most the
+    join window older than its emission)."""
 
     @property
     def spec(self) -> FeatureSpec: ...
@@ -38,7 +41,7 @@ class ExampleStream(Protocol):
         ...
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Batches of ``batch_size`` examples (the last may be smaller), oldest first."""
+        """Batches of ``batch_size`` examples (the last may be smaller), in that order."""
         ...
 
 
