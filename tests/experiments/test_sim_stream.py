@@ -85,3 +85,13 @@ def test_partial_world_goes_onto_the_experiment_world():
     assert merge_world(experiment_world()) == experiment_world()
     with pytest.raises(ValueError, match="click"):
         SimStream(SOURCE, 0, spec=live_commerce_spec())  # two labels
+
+
+def test_window_close_emits_clicks_with_their_negatives(stream):
+    late = SimStream(SOURCE.model_copy(update={"emit": "window_close"}), seed=5)
+    batch, emitted = late.examples()
+    first, _ = stream.examples()
+    assert batch.size == first.size and int(batch.labels[:, 0].sum()) == int(first.labels[:, 0].sum())
+    lag = emitted - batch.event_time
+    assert np.all(lag >= SOURCE.window_s)  # nothing leaves before its window closes, clicks included
+    assert "window close" in late.describe()

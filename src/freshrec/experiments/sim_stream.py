@@ -85,6 +85,9 @@ class SimSource(Config):
         hours: event hours of impressions.
         window_s, allowed_lateness_s: the joiner's window and watermark lag (event seconds).
         negative_rate: share of negatives kept (weight ``1 / negative_rate``).
+        emit: the joiner's: ``first_action`` emits a click seconds after its impression and a
+            negative only when its window closes, so the newest examples are mostly clicks;
+            ``window_close`` emits both when the window closes.
     """
 
     world: SimConfig = Field(default_factory=experiment_world)
@@ -93,6 +96,7 @@ class SimSource(Config):
     window_s: float = Field(300.0, gt=0)  # a click comes within ~1 min in the sim (median 5 s)
     allowed_lateness_s: float = Field(10.0, ge=0)
     negative_rate: float = Field(0.1, gt=0, le=1)  # keep a tenth of the negatives, weight 10
+    emit: Literal["first_action", "window_close"] = "first_action"  # the joiner's default
 
     @field_validator("world", mode="before")
     @classmethod
@@ -155,7 +159,7 @@ class SimStream:
         with tempfile.TemporaryDirectory(prefix="freshrec-simstream-") as tmp:
             joiner_cfg = JoinerConfig(
                 state_dir=Path(tmp) / "joiner", labels=["click"], window_s=src.window_s,
-                allowed_lateness_s=src.allowed_lateness_s, negative_rate=src.negative_rate,
+                allowed_lateness_s=src.allowed_lateness_s, negative_rate=src.negative_rate, emit=src.emit,
                 sampling_seed=self.seed, checkpoint_interval_s=1e15, checkpoint_every_records=1 << 60,
             )  # fmt: skip
             with open_log(path=Path(tmp) / "log", synchronous="normal") as log:
@@ -220,7 +224,8 @@ class SimStream:
             f"data: the simulator ({src.policy} policy, {src.hours:g} event h, {w.n_users:,} users, "
             f"~{live:,.0f} live items living {w.item_lifetime_median / 60:g} min (median), random-slate CTR "
             f"{w.random_ctr:.1%}) through the event log and the joiner (window {src.window_s:g} s, "
-            f"negatives kept at {src.negative_rate:g}, weight {1 / src.negative_rate:g})"
+            f"emit at {src.emit.replace('_', ' ')}, negatives kept at {src.negative_rate:g}, "
+            f"weight {1 / src.negative_rate:g})"
         )
         if st:
             text += f": {st['impressions']:,} impressions -> {st['examples']:,} examples ({st['positives']:,} clicks)"
