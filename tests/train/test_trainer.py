@@ -209,3 +209,24 @@ def test_the_first_step_starts_the_model_at_the_base_rate(model):
     assert abs(float(res.probs.mean()) - want) < 0.005, res.probs.mean()
     cold = Trainer(SPEC, model, TrainConfig(init_bias_from_data=False)).step(b).probs.mean()
     assert abs(float(cold) - want) > 0.1  # without it, the first predictions are far off
+
+
+def test_the_base_rate_waits_for_a_batch_with_negatives(tmp_path):
+    """A stream joined at first action starts with clicks only; the bias must not be taken from
+    those (it would start the model near p = 1), but from the first batch that holds negatives.
+    A saved and reloaded model keeps its bias."""
+    from freshrec.train.model_dir import load_model_dir
+
+    clicks, mixed = synthetic(256, 0), synthetic(512, 1)
+    clicks.labels[:] = 1.0
+    mixed.labels[:] = (np.arange(512) % 50 == 0)[:, None]  # 2%
+    tr = Trainer(SPEC, LRConfig(), TrainConfig(dense_lr=1e-9))
+    tr.step(clicks)
+    assert tr.bias_pending
+    tr.save(tmp_path / "early")
+    assert load_model_dir(tmp_path / "early").bias_pending  # still waiting after a restore
+    res = tr.step(mixed)
+    assert not tr.bias_pending and abs(float(res.probs.mean()) - 0.02) < 0.005, res.probs.mean()
+    tr.step(clicks)  # set once: later batches only train it
+    tr.save(tmp_path / "late")
+    assert not load_model_dir(tmp_path / "late").bias_pending

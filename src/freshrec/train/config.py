@@ -25,8 +25,9 @@ class TrainConfig(Config):
         negative_sampling_rate: the rate r at which the joiner kept negatives. Training sees the
             sampled stream unweighted; predictions are corrected by logit + log(r), so reported
             and served probabilities estimate the true rate (He et al., 2014).
-        init_bias_from_data: before the first step, set the model's output bias to the first
-            batch's label log-odds per task (the base rate), so predictions start calibrated.
+        init_bias_from_data: set the model's output bias to the label log-odds per task (the
+            base rate) of the first batch that holds a negative, so predictions start calibrated
+            (a stream joined at first action starts with clicks only).
         metrics_window: examples in the progressive-validation window.
         threads: torch intra-op threads (0 = torch's default).
         seed: dense initialisation and shuffling.

@@ -92,6 +92,7 @@ def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] 
             "ps": getattr(trainer.ps, "config", PSConfig()).model_dump(mode="json"),
             "tasks": trainer.tasks,
             "logit_offset": trainer.logit_offset,
+            "bias_pending": trainer.bias_pending,
             "counters": {"steps": c.steps, "examples": c.examples, "skipped_nonfinite": c.skipped_nonfinite,
                          "last_event_time": c.last_event_time if c.last_event_time > float("-inf") else None},
             "metrics": trainer.metrics.compute(),
@@ -144,4 +145,6 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
     if c.get("last_event_time") is not None:
         trainer.counters.last_event_time = c["last_event_time"]
     trainer.logit_offset = manifest["logit_offset"]
+    # older model dirs lack the flag: a model that has trained keeps its bias
+    trainer.bias_pending = bool(manifest.get("bias_pending", trainer.bias_pending and c["steps"] == 0))
     return trainer

@@ -86,6 +86,8 @@ class Trainer:
         self.metrics = StreamingMetrics(self.tasks, self.config.metrics_window)
         self.counters = TrainerCounters()
         self.logit_offset = math.log(self.config.negative_sampling_rate)
+        # True until the output bias is set from data (init_bias_from_data); a loaded model has its own
+        self.bias_pending = self.config.init_bias_from_data
         self.state = TrainerState.READY
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -115,10 +117,8 @@ class Trainer:
             # the usual cause of a NaN loss: refuse before the training pull admits any ID
             self.counters.skipped_nonfinite += 1
             return StepResult(float("nan"), np.full((batch.size, len(self.tasks)), np.nan, np.float32), True)
-        if self.counters.steps == 0 and self.config.init_bias_from_data and batch.size:
-            # the sampled stream's rate: predictions add log(r) on top, which recovers the true rate
-            rate = np.clip(batch.labels.mean(axis=0), 1e-4, 1 - 1e-4)
-            self.model.init_output_bias(torch.from_numpy(np.log(rate / (1 - rate))).float())
+        if self.bias_pending:
+            self._init_bias(batch)
         self.model.train()
         pulled = self.sparse.pull(batch, train=True, now=now)
         t_pull = time.perf_counter() - t0
@@ -151,6 +151,19 @@ class Trainer:
         if progressive:
             self.metrics.update(probs, batch.labels, batch.weights)
         return StepResult(float(loss.detach()), probs)
+
+    def _init_bias(self, batch: Batch) -> None:
+        """Set the output bias to the batch's label log-odds, at the first batch that holds a
+        negative. A stream joined with ``emit = first_action`` starts with clicks only (their
+        negatives come when the window closes): a bias taken from those would start the model
+        near p = 1, and it would spend its first hours unlearning it."""
+        y = batch.labels  # (B, T)
+        if not batch.size or not (y.max(axis=1) == 0).any():
+            return
+        # the sampled stream's rate: predictions add log(r) on top, which recovers the true rate
+        rate = np.clip(y.mean(axis=0), 1e-4, 1 - 1e-4)
+        self.model.init_output_bias(torch.from_numpy(np.log(rate / (1 - rate))).float())
+        self.bias_pending = False
 
     def _skip(self, probs: np.ndarray) -> StepResult:
         self.counters.skipped_nonfinite += 1
