@@ -118,3 +118,12 @@ def test_quick_form(tmp_path):
     assert rows["oracle (reference)"]["ctr_mean"] > rows["random (reference)"]["ctr_mean"]
     for r in res.runs:  # the binomial interval holds the observed rate
         assert r["ctr_lo"] <= r["ctr"] <= r["ctr_hi"]
+
+
+def test_the_joiner_emit_mode_reaches_the_pipeline(tmp_path):
+    """``emit`` is the online pipeline's joiner setting (first_action by default, as the joiner's)."""
+    from freshrec.experiments.closed_loop import _online_config
+
+    cfg = tiny(emit="window_close")
+    assert _online_config(cfg, 1200.0, 0, tmp_path).joiner.emit == "window_close"
+    assert _online_config(tiny(), 1200.0, 0, tmp_path).joiner.emit == "first_action"

@@ -94,6 +94,10 @@ class ABConfig(ExperimentConfig):
         sparse_sync_s, dense_sync_s: the publisher's cadences (event seconds).
         window_s, allowed_lateness_s, negative_rate: the joiner's (clicks come seconds after
             the impression; negatives are emitted when the window closes).
+        emit: the joiner's emit mode: ``first_action`` (its default: a click is trained on
+            seconds after it happens, its impression's negatives only when the window closes) or
+            ``window_close`` (every example when its window closes: labels ``window_s`` older,
+            but unbiased).
         model: the two-tower retriever that every arm serves.
         dim: embedding width.
         batch_size, dense_lr: the online trainer's.
@@ -126,6 +130,7 @@ class ABConfig(ExperimentConfig):
     window_s: float = Field(300.0, gt=0)  # a click comes within ~1 min of its impression in the sim
     allowed_lateness_s: float = Field(10.0, ge=0)
     negative_rate: float = Field(0.1, gt=0, le=1)  # CTR ~1%: keep a tenth of the negatives, weight 10
+    emit: Literal["first_action", "window_close"] = "first_action"
     model: TwoTowerConfig = Field(default_factory=live_commerce_two_tower)
     dim: int = Field(16, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -203,6 +208,8 @@ def _arm_rows(cfg: ABConfig, lifetime: float, seed: int, out: dict[str, Any]) ->
                 "syncs": out["syncs"][a.name],
                 "trainer_auc_warmup": out["warm_auc"],
                 "trainer_auc_end": out["end_auc"],
+                "trainer_calibration_warmup": out["warm_calibration"],
+                "trainer_calibration_end": out["end_calibration"],
             }
         )
         s = np.bincount(bins[m], shown[m], n_bins)
@@ -259,7 +266,7 @@ def run(cfg: ABConfig, progress: ProgressFn | None = None) -> ExperimentResult:
 def _result(cfg: ABConfig, runs: list[dict[str, Any]], curves: dict, seconds: float) -> ExperimentResult:
     metrics = ["ctr", "expected_ctr", "lift", "expected_lift", "expected_lift_next", "model_age_s", "impressions"]
     metrics += ["clicks"]
-    metrics += ["trainer_auc_end"]
+    metrics += ["trainer_auc_warmup", "trainer_auc_end", "trainer_calibration_warmup", "trainer_calibration_end"]
     full = [{m: r.get(m, math.nan) for m in metrics} | r for r in runs]
     summary = summarize(full, ["churn", "arm", "sync_every"], metrics, ci=True)
     for row in summary:  # the binomial interval of all seeds' impressions pooled
@@ -289,11 +296,17 @@ def _result(cfg: ABConfig, runs: list[dict[str, Any]], curves: dict, seconds: fl
         Column("impressions", "impressions / seed", "pm", 0),
     ]
     arms = ", ".join(f"{a.name} ({'never' if a.sync_every_s is None else duration(a.sync_every_s)})" for a in cfg.arms)
+    trainer = []  # one trainer per world: its progressive metrics are the same on every arm's row
+    for row in summary:
+        if "reference" not in row["arm"] and row["churn"] not in {t[0] for t in trainer}:
+            trainer.append((row["churn"], *(row[f"trainer_{m}_mean"] for m in (
+                "auc_warmup", "auc_end", "calibration_warmup", "calibration_end"))))  # fmt: skip
     return ExperimentResult(
         name="ab",
         config=cfg,
         title=f"ab: closed-loop CTR per arm, mean and 95% CI over {len(cfg.seed_list)} seed(s); "
-        f"warm-up {duration(cfg.warmup_s)} (random policy), then {duration(cfg.eval_s)} closed loop",
+        f"warm-up {duration(cfg.warmup_s)} (random policy), then {duration(cfg.eval_s)} closed loop; "
+        f"joiner emits at {cfg.emit.replace('_', ' ')}",
         columns=columns,
         summary=summary,
         runs=runs,
@@ -309,6 +322,11 @@ def _result(cfg: ABConfig, runs: list[dict[str, Any]], curves: dict, seconds: fl
             f"~{live_catalog(cfg.world):,.0f} "
             "items; items_per_hour scaled per churn setting to keep it",
             "references: the simulator's random and oracle policies on the same worlds and window",
+            "the trainer's progressive metrics (mean over seeds), at the end of the random-policy warm-up -> at the "
+            "end of the closed loop: "
+            + "; ".join(
+                f"{c}: AUC {a0:.3f} -> {a1:.3f}, calibration {c0:.2f} -> {c1:.2f}" for c, a0, a1, c0, c1 in trainer
+            ),
         ],
         seconds=seconds,
     )

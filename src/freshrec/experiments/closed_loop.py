@@ -214,7 +214,7 @@ def _online_config(cfg: ABConfig, lifetime: float, seed: int, folder: Path) -> O
             "log": {"path": str(folder / "log"), "synchronous": "normal"},  # a temp dir: no fsync needed
             "spec": seeded_spec(spec, seed).model_dump(mode="json"),
             "joiner": {"labels": ["click"], "window_s": cfg.window_s, "allowed_lateness_s": cfg.allowed_lateness_s,
-                       "negative_rate": cfg.negative_rate, "sampling_seed": seed,
+                       "negative_rate": cfg.negative_rate, "sampling_seed": seed, "emit": cfg.emit,
                        "checkpoint_interval_s": huge, "checkpoint_every_records": 1 << 60},
             "rank_model": cfg.model.model_dump(mode="json"),
             "retrieval": False,  # the one model is the retriever: arms score every live item with it
@@ -323,6 +323,8 @@ def run_world(cfg: ABConfig, lifetime: float, seed: int, progress: ProgressFn | 
         "syncs": {a.name: a.syncs for a in arms},
         "warm_auc": warm_metrics.get("click/auc", math.nan),
         "end_auc": end_metrics.get("click/auc", math.nan),
+        "warm_calibration": warm_metrics.get("click/calibration", math.nan),
+        "end_calibration": end_metrics.get("click/calibration", math.nan),
         "sim_stats": stats,
         "t0": t_end_warm,
     }
