@@ -178,3 +178,22 @@ def test_metrics_port_serves_the_training_side(tmp_path, stream):
         assert name in body, name
     assert 'freshrec_table{table="item_id",what="filtered"}' in body
     p.close(checkpoint=False)
+
+
+def test_the_log_odds_correction_follows_how_the_loss_treats_sampled_negatives(tmp_path, stream):
+    """Unweighted loss: predictions add log(r). Weighted loss over the joiner's reweighted
+    negatives (weight 1/r): already unbiased, no correction. Weighted loss without reweighting:
+    the weights are 1, so the correction stays."""
+    import math
+
+    cases = [({}, {}, math.log(0.3)), ({"weighted_loss": True}, {}, 0.0),
+             ({"weighted_loss": True}, {"reweight_negatives": False}, math.log(0.3))]  # fmt: skip
+    for i, (train, joiner, offset) in enumerate(cases):
+        base = config(fresh_run(tmp_path, stream, f"c{i}"))
+        cfg = base.model_copy(update={"train": base.train.model_copy(update=train),
+                                      "joiner": base.joiner.model_copy(update=joiner)})  # fmt: skip
+        p = OnlinePipeline(cfg)
+        try:
+            assert p.trainers["rank"].logit_offset == pytest.approx(offset)
+        finally:
+            p.close(checkpoint=False)

@@ -230,3 +230,23 @@ def test_the_base_rate_waits_for_a_batch_with_negatives(tmp_path):
     tr.step(clicks)  # set once: later batches only train it
     tr.save(tmp_path / "late")
     assert not load_model_dir(tmp_path / "late").bias_pending
+
+
+def test_weighted_loss_counts_an_example_of_weight_k_as_k_copies():
+    """With weighted_loss, a batch whose example i has integer weight k_i trains exactly like the
+    batch holding k_i copies of it (loss, base rate, dense and sparse updates); without it the
+    weights change nothing but the metrics."""
+    b = synthetic(64, 3)
+    k = np.random.default_rng(0).integers(1, 4, 64)
+    weighted = Batch(b.sparse, b.dense, b.labels, k.astype(np.float32), b.event_time)
+    copies = b.take(np.repeat(np.arange(64), k))
+    cfg = TrainConfig(dense_optimizer="sgd", dense_lr=0.1, weighted_loss=True, seed=1)
+    a, c = Trainer(SPEC, DeepFMConfig(hidden=[8]), cfg), Trainer(SPEC, DeepFMConfig(hidden=[8]), cfg)
+    la, lc = a.step(weighted).loss, c.step(copies).loss
+    assert abs(la - lc) < 1e-5
+    for pa, pc in zip(a.model.parameters(), c.model.parameters(), strict=True):
+        np.testing.assert_allclose(pa.detach().numpy(), pc.detach().numpy(), atol=1e-5)
+    ids = np.unique(b.sparse["item"].values)
+    np.testing.assert_allclose(a.ps.export("ids", ids).embeddings, c.ps.export("ids", ids).embeddings, atol=1e-5)
+    plain = Trainer(SPEC, DeepFMConfig(hidden=[8]), cfg.model_copy(update={"weighted_loss": False}))
+    assert abs(plain.step(weighted).loss - la) > 1e-4  # the weights did change the loss above

@@ -6,11 +6,12 @@ decision that is a pure function of the impression's event id and a seed, so a r
 restart or another joiner decides the same. Each example records ``sampling_rate = r``
 (1 for positives). Then either
 
-* train with ``sample_weight = 1/r`` on the kept negatives (the default): the loss is unbiased
-  and the model's scores need no correction; or
-* train unweighted (``reweight_negatives = False``): the model sees negatives ``r`` times too
-  rarely, its odds are ``1/r`` times too high, and serving corrects with
-  ``logit + log(r)`` (:func:`correct_logits`). Do one or the other, never both.
+* train with ``sample_weight = 1/r`` on the kept negatives (what the joiner writes by default,
+  used by the loss with ``TrainConfig.weighted_loss``): the loss is unbiased and the model's
+  scores need no correction; or
+* train unweighted (the trainer's default, or ``reweight_negatives = False``): the model sees
+  negatives ``r`` times too rarely, its odds are ``1/r`` times too high, and serving corrects
+  with ``logit + log(r)`` (:func:`correct_logits`). Do one or the other, never both.
 
 The decision: ``u = (h >> 11) / 2**53`` with ``h`` a seeded 64-bit hash of the event id, keep iff
 ``u < r``. Integer ids: ``h = splitmix64(id ^ splitmix64(seed))`` (two's complement for negative

@@ -97,7 +97,9 @@ class OnlinePipeline:
     # ---- start ---------------------------------------------------------------------------------
     def _new_trainers(self) -> dict[str, Trainer]:
         c = self.config
-        neg = c.joiner.negative_rate
+        # the log-odds correction undoes sampling the loss did not: with a weighted loss over the
+        # joiner's reweighted negatives (1/r) there is nothing to undo
+        neg = 1.0 if c.train.weighted_loss and c.joiner.reweight_negatives else c.joiner.negative_rate
         train = c.train.model_copy(update={"negative_sampling_rate": neg})
         trainers = {"rank": Trainer(self.spec, c.rank_model, train, ps_config=c.ps)}
         if c.retrieval:

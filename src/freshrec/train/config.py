@@ -25,6 +25,11 @@ class TrainConfig(Config):
         negative_sampling_rate: the rate r at which the joiner kept negatives. Training sees the
             sampled stream unweighted; predictions are corrected by logit + log(r), so reported
             and served probabilities estimate the true rate (He et al., 2014).
+        weighted_loss: weigh each example's loss by its sample weight (a table file's
+            ``weights`` column, the joiner's ``sample_weight``). Off by default: the loss is the
+            plain mean and weights count in the metrics only. With the joiner's reweighted
+            negatives (weight 1/r) a weighted loss is already unbiased, so leave
+            ``negative_sampling_rate`` at 1 then (``freshrec online`` does this by itself).
         init_bias_from_data: set the model's output bias to the label log-odds per task (the
             base rate) of the first batch that holds a negative, so predictions start calibrated
             (a stream joined at first action starts with clicks only).
@@ -41,6 +46,7 @@ class TrainConfig(Config):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     negative_sampling_rate: float = Field(1.0, gt=0, le=1)
+    weighted_loss: bool = False
     init_bias_from_data: bool = True
     metrics_window: int = Field(100_000, ge=100)
     threads: int = Field(0, ge=0)

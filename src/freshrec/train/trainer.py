@@ -125,7 +125,12 @@ class Trainer:
         dense = torch.from_numpy(batch.dense)
         labels = torch.from_numpy(batch.labels)
         logits = self.model(pulled.pooled, dense)  # (B, T)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        if self.config.weighted_loss:
+            w = torch.from_numpy(batch.weights)[:, None]  # (B, 1)
+            per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B, T)
+            loss = (per * w).sum() / (w.sum().clamp_min(1e-12) * per.shape[1])
+        else:
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
         probs = torch.sigmoid(logits.detach() + self.logit_offset).numpy()
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
@@ -160,8 +165,13 @@ class Trainer:
         y = batch.labels  # (B, T)
         if not batch.size or not (y.max(axis=1) == 0).any():
             return
-        # the sampled stream's rate: predictions add log(r) on top, which recovers the true rate
-        rate = np.clip(y.mean(axis=0), 1e-4, 1 - 1e-4)
+        # the rate the loss sees (weighted or not); predictions add log(r) on top, which recovers
+        # the true rate of a sampled stream
+        if self.config.weighted_loss:
+            w = batch.weights.astype(np.float64)[:, None]
+            rate = np.clip((w * y).sum(axis=0) / max(float(w.sum()), 1e-12), 1e-4, 1 - 1e-4)
+        else:
+            rate = np.clip(y.mean(axis=0), 1e-4, 1 - 1e-4)
         self.model.init_output_bias(torch.from_numpy(np.log(rate / (1 - rate))).float())
         self.bias_pending = False
 
