@@ -51,7 +51,8 @@ class ColumnMapping(Config):
         spec: the features and labels to build.
         columns: feature or label name -> file column; unlisted ones read the column of their name.
         event_time: the column of event times (seconds or timestamps); None = row order.
-        weights: the column of sample weights; None = 1.0.
+        weights: the column of sample weights; None = 1.0. The metrics always weigh by it; the
+            loss does with ``train.weighted_loss``.
         format: ``auto`` picks by suffix (``.parquet``/``.pq`` is Parquet, anything else CSV).
         delimiter: CSV field delimiter (one character).
         list_separator: separator inside a CSV cell of a multi-valued slot.
