@@ -77,6 +77,32 @@ def test_duplicates_are_summed_before_the_step():
     np.testing.assert_allclose(table.lookup(ids), p.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+ALL_OPTIMIZERS = [SGD(lr=0.05, momentum=0.9, weight_decay=0.01), Adagrad(lr=0.1, weight_decay=0.01),
+                  RowwiseAdagrad(lr=0.1, weight_decay=0.01), Adam(lr=0.01, weight_decay=0.01), FTRL()]
+
+
+@pytest.mark.parametrize("opt", ALL_OPTIMIZERS, ids=lambda o: o.type)
+def test_a_batch_with_repeats_steps_like_its_merged_batch(opt):
+    """Every optimizer, over several steps: IDs repeated up to three times in scattered order
+    update exactly like one occurrence each with the summed gradient (the kernel reads a row seen
+    once from the batch and sums only the repeated ones)."""
+    a, ids, w0 = _table(opt)
+    b = EmbeddingTable(TableConfig(dim=DIM, optimizer=opt))
+    b.assign(ids, w0)
+    rng = np.random.default_rng(7)
+    for step in range(5):
+        extra = rng.choice(N, 10)  # some rows twice or three times, some once
+        order = rng.permutation(N + extra.size)
+        rows = np.concatenate([np.arange(N), extra])[order]
+        g = rng.normal(size=(rows.size, DIM)).astype(np.float32)
+        merged = np.zeros((N, DIM), np.float32)
+        np.add.at(merged, rows, g)
+        a.apply_gradients(ids[rows], g, now=step)
+        b.apply_gradients(ids, merged, now=step)
+    np.testing.assert_allclose(a.lookup(ids), b.lookup(ids), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.export(ids).state, b.export(ids).state, rtol=1e-5, atol=1e-6)
+
+
 def test_rowwise_adagrad_reference_formula():
     opt = RowwiseAdagrad(lr=0.1, eps=1e-8, weight_decay=0.01)
     table, ids, w0 = _table(opt)

@@ -646,7 +646,11 @@ def gather_rows(meta, data, rows, width, mo, values_out, ts_out, counts_out):
 def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, grads, now_ms, kind, hp,
                     dim, mo, track):  # fmt: skip
     """Merge duplicate IDs (sum their gradients), then one optimizer step per distinct row.
-    IDs without a row (filtered, expired) are skipped and counted. Returns rows updated."""
+    IDs without a row (filtered, expired) are skipped and counted. Returns rows updated.
+
+    A row seen once reads its gradient where it is (``grads[i]``); only a row seen again gets a
+    row of ``acc``, where its gradients are summed: most IDs of a batch are distinct, and copying
+    every gradient first would add a write and a read of the whole gradient matrix."""
     n = ids.shape[0]
     hcap = 16
     while hcap < 2 * n:
@@ -656,8 +660,10 @@ def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, grads, now_ms, kind
     hvals = np.empty(hcap, np.int64)
     urows = np.empty(n, np.int64)
     ukeys = np.empty(n, np.int64)
-    acc = np.empty((n, dim), np.float32)
+    usrc = np.empty(n, np.int64)  # >= 0: the row's gradient is grads[usrc]; < 0: acc[-1 - usrc]
+    acc = np.empty((n, dim), np.float32)  # pages are touched only for duplicated rows
     nu = 0
+    nacc = 0
     for lo in range(0, n, GROUP):
         hi = min(n, lo + GROUP)
         for i in range(lo, hi):
@@ -676,18 +682,28 @@ def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, grads, now_ms, kind
                 hvals[h] = nu
                 urows[nu] = row
                 ukeys[nu] = ids[i]
-                for j in range(dim):
-                    acc[nu, j] = grads[i, j]
+                usrc[nu] = i
                 nu += 1
             else:
                 u = hvals[h]
+                if usrc[u] >= 0:  # its second occurrence: start its sum
+                    first = usrc[u]
+                    for j in range(dim):
+                        acc[nacc, j] = grads[first, j]
+                    usrc[u] = -1 - nacc
+                    nacc += 1
+                k = -1 - usrc[u]
                 for j in range(dim):
-                    acc[u, j] += grads[i, j]
+                    acc[k, j] += grads[i, j]
     for u in range(nu):
         if u + AHEAD < nu:
             _prefetch_row(data, urows[u + AHEAD], 0, mo + META)
         row = urows[u]
-        _optimizer_step(data, row, acc, u, dim, kind, hp)
+        src = usrc[u]
+        if src >= 0:
+            _optimizer_step(data, row, grads, src, dim, kind, hp)
+        else:
+            _optimizer_step(data, row, acc, -1 - src, dim, kind, hp)
         if _row_ts(meta, row, mo) < now_ms:
             _set_ts(meta, row, mo, now_ms)
         if track:
@@ -698,6 +714,7 @@ def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, grads, now_ms, kind
 
 @njit(inline="always", **JIT)
 def _optimizer_step(data, row, acc, u, dim, kind, hp):
+    """One optimizer step of ``row`` with the gradient ``acc[u]`` (read only)."""
     s = dim  # state offset; the embedding starts at 0
     if kind == OPT_SGD:
         lr, mom, wd, nesterov = hp[0], hp[1], hp[2], hp[3]
@@ -720,13 +737,12 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
         sq = 0.0
         for j in range(dim):
             g = acc[u, j] + wd * data[row, j]
-            acc[u, j] = g
             sq += g * g
         h = data[row, s] + sq / dim
         data[row, s] = h
         step = lr / (np.sqrt(h) + eps)
-        for j in range(dim):
-            data[row, j] -= step * acc[u, j]
+        for j in range(dim):  # the same g again: data[row, :dim] is unchanged until here
+            data[row, j] -= step * (acc[u, j] + wd * data[row, j])
     elif kind == OPT_ADAM:
         lr, b1, b2, eps, wd = hp[0], hp[1], hp[2], hp[3], hp[4]
         t = data[row, s + 2 * dim] + 1.0
