@@ -77,8 +77,13 @@ def test_duplicates_are_summed_before_the_step():
     np.testing.assert_allclose(table.lookup(ids), p.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
-ALL_OPTIMIZERS = [SGD(lr=0.05, momentum=0.9, weight_decay=0.01), Adagrad(lr=0.1, weight_decay=0.01),
-                  RowwiseAdagrad(lr=0.1, weight_decay=0.01), Adam(lr=0.01, weight_decay=0.01), FTRL()]
+ALL_OPTIMIZERS = [
+    SGD(lr=0.05, momentum=0.9, weight_decay=0.01),
+    Adagrad(lr=0.1, weight_decay=0.01),
+    RowwiseAdagrad(lr=0.1, weight_decay=0.01),
+    Adam(lr=0.01, weight_decay=0.01),
+    FTRL(),
+]
 
 
 @pytest.mark.parametrize("opt", ALL_OPTIMIZERS, ids=lambda o: o.type)
