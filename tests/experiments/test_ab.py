@@ -72,6 +72,11 @@ def test_clicks_counted_match_the_ground_truth_expectation(tiny_run):
     assert clicks > 50
     assert abs(clicks - expected) < 4 * math.sqrt(expected)  # Poisson-binomial: var <= mean
     assert max(led.clicks) < len(led.arm)  # every click is credited to a request of the loop
+    arm = np.asarray(led.arm)
+    for a in set(led.arm):  # and to the right arm: each arm's clicks match its own slates' truth
+        mine = float(np.asarray(led.expected)[arm == a].sum())
+        got = sum(c for serial, c in led.clicks.items() if led.arm[serial] == a)
+        assert abs(got - mine) < 4 * math.sqrt(mine) + 1, (a, got, mine)
 
 
 def test_same_seed_same_run_bit_for_bit(tiny_run):

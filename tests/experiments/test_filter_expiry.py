@@ -60,5 +60,9 @@ def test_simulator_replay_shrinks_the_tables(tmp_path):
     base, ttl, filtered = rows[(1, "none")], rows[(1, "3 min")], rows[(3, "none")]
     assert ttl["rows_final_mean"] < base["rows_final_mean"] and ttl["expired_mean"] > 0
     assert filtered["rows_mean_mean"] < base["rows_mean_mean"]
+    # the joiner kept a fifth of the negatives: predictions carry log(0.2), so they are calibrated
+    # against the stream weighted back to every impression (not ~4x too high)
+    cal = [r["calibration"] for r in res.runs]
+    assert all(0.5 < c < 2.0 for c in cal), cal
     assert "span 30 min" in res.title
     assert any(n.startswith("ceiling:") for n in res.notes) and "simulator" in res.notes[0]

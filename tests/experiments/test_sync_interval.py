@@ -131,3 +131,6 @@ def test_simulator_quick_form_runs(tmp_path):
     assert res.summary[1]["sync_every"] == "2.5 min"  # the online quarter hour in 6 shards
     assert any(n.startswith("ceiling:") for n in res.notes)
     assert res.summary[0]["delta_auc_pooled_mean"] == 0.0
+    # a CTR of a few percent, predicted with the sampling correction: log loss near the entropy of
+    # the click rate (~0.1-0.15), not that of the sampled stream (> 0.2 without the correction)
+    assert all(r["logloss_mean"] < 0.17 for r in res.summary), [r["logloss_mean"] for r in res.summary]

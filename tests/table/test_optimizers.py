@@ -102,8 +102,10 @@ def test_a_batch_with_repeats_steps_like_its_merged_batch(opt):
         g = rng.normal(size=(rows.size, DIM)).astype(np.float32)
         merged = np.zeros((N, DIM), np.float32)
         np.add.at(merged, rows, g)
+        g_before = g.copy()
         a.apply_gradients(ids[rows], g, now=step)
         b.apply_gradients(ids, merged, now=step)
+        np.testing.assert_array_equal(g, g_before)  # the caller's gradients are read, never written
     np.testing.assert_allclose(a.lookup(ids), b.lookup(ids), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.export(ids).state, b.export(ids).state, rtol=1e-5, atol=1e-6)
 

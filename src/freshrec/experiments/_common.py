@@ -183,10 +183,16 @@ def make_trainer(
     batch_size: int,
     metrics_window: int = 100_000,
     num_shards: int = 1,
+    negative_sampling_rate: float = 1.0,
 ) -> Trainer:
     """A trainer seeded by ``seed`` on a new :class:`LocalPS` of ``num_shards`` shards; torch and
-    the PS use ``threads`` threads (1: no PS thread pool at all)."""
-    train = TrainConfig(batch_size=batch_size, seed=seed, threads=threads, metrics_window=metrics_window)
+    the PS use ``threads`` threads (1: no PS thread pool at all). ``negative_sampling_rate``: the
+    share of negatives the examples kept (the simulator's joiner samples them); predictions add
+    its log, so metrics weighted back to the full stream see calibrated probabilities."""
+    train = TrainConfig(
+        batch_size=batch_size, seed=seed, threads=threads, metrics_window=metrics_window,
+        negative_sampling_rate=negative_sampling_rate,
+    )  # fmt: skip
     return Trainer(spec, model, train, ps_config=PSConfig(num_shards=num_shards, threads=threads))
 
 

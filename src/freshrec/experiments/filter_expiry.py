@@ -50,7 +50,7 @@ from freshrec.experiments.sim_stream import SimSource, SimStream, is_sim, sim_sp
 from freshrec.experiments.stream import DatasetStream, ExampleStream
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import DeepFMConfig
-from freshrec.train import logloss, weighted_auc
+from freshrec.train import calibration, logloss, weighted_auc
 
 __all__ = ["FilterExpiryConfig", "plot", "replay", "run"]
 
@@ -110,7 +110,10 @@ def replay(
     s = seeded_spec(
         spec, seed, dim=cfg.dim, ttl=ttl, admission={"min_count": min_count, "sketch_width": cfg.sketch_width}
     )
-    trainer = make_trainer(s, cfg.model, seed=seed, threads=cfg.threads, batch_size=cfg.batch_size)
+    rate = cfg.sim.negative_rate if is_sim(cfg.data) else 1.0  # the simulator's joiner samples negatives
+    trainer = make_trainer(
+        s, cfg.model, seed=seed, threads=cfg.threads, batch_size=cfg.batch_size, negative_sampling_rate=rate
+    )
     probs, rows = [], []
     try:
         for i, b in enumerate(batches, 1):
@@ -129,6 +132,7 @@ def replay(
     return {
         "auc": weighted_auc(p, y, w),
         "logloss": logloss(p, y, w),
+        "calibration": calibration(p, y, w),
         "rows_mean": float(np.mean(rows)),
         "rows_peak": float(max(rows)),
         "rows_final": float(rows[-1]),

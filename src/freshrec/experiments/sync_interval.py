@@ -211,7 +211,10 @@ def _run_seed(
     when labels come later than the scored impressions; ``expire_at``: expire rows at this
     event time after each shard's training."""
     label = 0  # the first task
-    trainer = make_trainer(spec, cfg.model, seed=seed, threads=cfg.threads, batch_size=cfg.batch_size)
+    rate = cfg.sim.negative_rate if is_sim(cfg.data) else 1.0  # the simulator's joiner samples negatives
+    trainer = make_trainer(
+        spec, cfg.model, seed=seed, threads=cfg.threads, batch_size=cfg.batch_size, negative_sampling_rate=rate
+    )
     replicas = {k: served_replica(trainer, _setting(k), cfg.threads) for k in intervals}
     runs: list[dict[str, Any]] = []
     try:
