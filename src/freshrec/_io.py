@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import xxhash
 
-from freshrec.errors import BackendError
+from freshrec.errors import BackendError, CorruptionError, FreshrecError
 
 __all__ = [
     "atomic_write_bytes",
@@ -26,6 +27,7 @@ __all__ = [
     "read_manifest",
     "recover_dir",
     "replace_dir",
+    "sqlite_errors",
     "temp_dir_beside",
     "write_durable",
 ]
@@ -129,3 +131,24 @@ def read_manifest(folder: Path, fmt: str, version: int, what: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != fmt or manifest.get("format_version") != version:
         raise CorruptionError(f"{folder}: not a {fmt} v{version} {what}")
     return manifest
+
+
+@contextlib.contextmanager
+def sqlite_errors(
+    name: str, what: str, *, locked: type[FreshrecError] = BackendError, locked_hint: str = ""
+) -> Iterator[None]:
+    """Translate the sqlite3 errors raised while doing ``what`` to the database ``name`` (e.g.
+    ``"event log /x/log.sqlite"``) into ours: a damaged file is a :class:`CorruptionError`, a lock
+    held by another process is ``locked`` (the message ends with ``locked_hint``), anything else
+    a :class:`BackendError`."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "malformed" in text or "not a database" in text:
+            raise CorruptionError(f"{name}: cannot {what}: {text}") from exc
+        if "locked" in text or "busy" in text:
+            raise locked(f"{name}: cannot {what}: {text}{locked_hint}") from exc
+        raise BackendError(f"{name}: cannot {what}: {text}") from exc
+    except sqlite3.Error as exc:
+        raise BackendError(f"{name}: cannot {what}: {exc}") from exc

@@ -36,12 +36,12 @@ import heapq
 import itertools
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import msgspec
 
-from freshrec._io import checksum_bytes, fsync_dir, write_durable
+from freshrec._io import checksum_bytes, fsync_dir, sqlite_errors, write_durable
 from freshrec.errors import BackendError, CorruptionError, StateError
 from freshrec.stream.events import Id
 
@@ -168,21 +168,9 @@ class StateStore:
 
     # ---- SQLite ------------------------------------------------------------------------------
 
-    @contextmanager
-    def _sqlite(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if "malformed" in text or "not a database" in text:
-                raise CorruptionError(f"joiner state {self.file}: cannot {what}: {text}") from exc
-            if "locked" in text or "busy" in text:
-                raise StateError(
-                    f"joiner state {self.file} is in use by another joiner (cannot {what}: {text})"
-                ) from exc
-            raise BackendError(f"joiner state {self.file}: cannot {what}: {text}") from exc
-        except sqlite3.Error as exc:
-            raise BackendError(f"joiner state {self.file}: cannot {what}: {exc}") from exc
+    def _sqlite(self, what: str) -> AbstractContextManager[None]:
+        return sqlite_errors(f"joiner state {self.file}", what, locked=StateError,
+                             locked_hint=" (in use by another joiner)")  # fmt: skip
 
     def _init(self) -> None:
         con = self._con

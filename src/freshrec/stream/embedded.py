@@ -35,12 +35,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
+from freshrec._io import sqlite_errors
 from freshrec.errors import BackendError, CorruptionError, InputError, StateError
 from freshrec.stream import _chunk
 from freshrec.stream.config import LogConfig
@@ -104,20 +105,10 @@ class EmbeddedLog(EventLog):
 
     # ---- connections -------------------------------------------------------------------------
 
-    @contextmanager
-    def _sqlite(self, what: str) -> Iterator[None]:
+    def _sqlite(self, what: str) -> AbstractContextManager[None]:
         """Translate sqlite3 errors raised by ``what`` into ours."""
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if "malformed" in text or "not a database" in text:
-                raise CorruptionError(f"event log {self.file}: cannot {what}: {text}") from exc
-            if "locked" in text or "busy" in text:
-                text += f" (another process held the write lock for busy_timeout_s={self.config.busy_timeout_s})"
-            raise BackendError(f"event log {self.file}: cannot {what}: {text}") from exc
-        except sqlite3.Error as exc:
-            raise BackendError(f"event log {self.file}: cannot {what}: {exc}") from exc
+        hint = f" (another process held the write lock for busy_timeout_s={self.config.busy_timeout_s})"
+        return sqlite_errors(f"event log {self.file}", what, locked_hint=hint)
 
     def _connect(self) -> sqlite3.Connection:
         with self._sqlite("open the database"):
