@@ -314,26 +314,6 @@ def init_values(data, row, key, off, dim, kind, a, b, seed):
 
 
 @njit(inline="always", **JIT)
-def _sketch_add(sk, seeds, key, n):
-    """Count-min sketch with conservative update: ``n`` more occurrences of ``key``; returns the
-    new estimate of its count."""
-    depth, width = sk.shape
-    wmask = np.uint64(width - 1)
-    u = np.uint64(key)
-    est = np.uint32(0xFFFFFFFF)
-    for d in range(depth):
-        c = sk[d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
-        if c < est:
-            est = c
-    est = np.uint32(min(np.uint64(est) + np.uint64(n), np.uint64(0xFFFFFFFF)))  # saturating
-    for d in range(depth):
-        idx = np.int64(_mix64(u ^ seeds[d]) & wmask)
-        if sk[d, idx] < est:
-            sk[d, idx] = est
-    return est
-
-
-@njit(inline="always", **JIT)
 def _sketch_min(sk, seeds, key):
     depth, width = sk.shape
     wmask = np.uint64(width - 1)
@@ -343,6 +323,21 @@ def _sketch_min(sk, seeds, key):
         c = sk[d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
         if c < est:
             est = c
+    return est
+
+
+@njit(inline="always", **JIT)
+def _sketch_add(sk, seeds, key, n):
+    """Count-min sketch with conservative update: ``n`` more occurrences of ``key``; returns the
+    new estimate of its count."""
+    depth, width = sk.shape
+    wmask = np.uint64(width - 1)
+    u = np.uint64(key)
+    est = np.uint32(min(np.uint64(_sketch_min(sk, seeds, key)) + np.uint64(n), np.uint64(0xFFFFFFFF)))  # saturating
+    for d in range(depth):
+        idx = np.int64(_mix64(u ^ seeds[d]) & wmask)
+        if sk[d, idx] < est:
+            sk[d, idx] = est
     return est
 
 
