@@ -296,11 +296,11 @@ def _result(cfg: ABConfig, runs: list[dict[str, Any]], curves: dict, seconds: fl
         Column("impressions", "impressions / seed", "pm", 0),
     ]
     arms = ", ".join(f"{a.name} ({'never' if a.sync_every_s is None else duration(a.sync_every_s)})" for a in cfg.arms)
-    trainer = []  # one trainer per world: its progressive metrics are the same on every arm's row
+    # one trainer per world: its progressive metrics are the same on every arm's row (keep the first)
+    trainer: dict[str, dict[str, Any]] = {}
     for row in summary:
-        if "reference" not in row["arm"] and row["churn"] not in {t[0] for t in trainer}:
-            trainer.append((row["churn"], *(row[f"trainer_{m}_mean"] for m in (
-                "auc_warmup", "auc_end", "calibration_warmup", "calibration_end"))))  # fmt: skip
+        if "reference" not in row["arm"]:
+            trainer.setdefault(row["churn"], row)
     return ExperimentResult(
         name="ab",
         config=cfg,
@@ -325,7 +325,9 @@ def _result(cfg: ABConfig, runs: list[dict[str, Any]], curves: dict, seconds: fl
             "the trainer's progressive metrics (mean over seeds), at the end of the random-policy warm-up -> at the "
             "end of the closed loop: "
             + "; ".join(
-                f"{c}: AUC {a0:.3f} -> {a1:.3f}, calibration {c0:.2f} -> {c1:.2f}" for c, a0, a1, c0, c1 in trainer
+                f"{c}: AUC {r['trainer_auc_warmup_mean']:.3f} -> {r['trainer_auc_end_mean']:.3f}, calibration "
+                f"{r['trainer_calibration_warmup_mean']:.2f} -> {r['trainer_calibration_end_mean']:.2f}"
+                for c, r in trainer.items()
             ),
         ],
         seconds=seconds,
