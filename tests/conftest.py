@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _beside_origin() -> Path | None:
+    """``shared/data`` beside the checkout this one was cloned from, when that is a local folder
+    (``git clone /work/main /tmp/x`` finds ``/work/shared/data``)."""
+    try:
+        url = subprocess.run(
+            ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not url or "://" in url or not Path(url).is_dir():
+        return None
+    found = Path(url).resolve().parent / "shared" / "data"
+    return found if found.is_dir() else None
+
+
+_found = None if "FRESHREC_DATA" in os.environ or (ROOT.parent / "shared" / "data").is_dir() else _beside_origin()
+if _found is not None:  # also for the package's defaults and the subprocesses tests start
+    os.environ["FRESHREC_DATA"] = str(_found)
 
 
 def data_root() -> Path:
