@@ -8,6 +8,7 @@ import pytest
 
 from freshrec.errors import InputError, NonFiniteError, StateError
 from freshrec.ps import LocalPS, PSConfig, shard_of
+from freshrec.ps.local import INLINE_KEYS
 from freshrec.table import SGD, AdmissionConfig, TableConfig
 
 TABLES = [
@@ -16,13 +17,13 @@ TABLES = [
 ]
 
 
-def _drive(ps: LocalPS, seed: int = 0) -> None:
+def _drive(ps: LocalPS, seed: int = 0, n: int = 64) -> None:
     rng = np.random.default_rng(seed)
     for step in range(20):
-        ids = {"user": rng.integers(-50, 50, 64), "item": rng.integers(0, 30, 64)}
+        ids = {"user": rng.integers(-50, 50, n), "item": rng.integers(0, 30, n)}
         rows = ps.pull_many(ids, train=True, now=step)
-        assert rows["user"].shape == (64, 4) and rows["item"].shape == (64, 3)
-        ps.push_many({t: (i, rng.normal(size=(64, ps.dim(t))).astype(np.float32)) for t, i in ids.items()},
+        assert rows["user"].shape == (n, 4) and rows["item"].shape == (n, 3)
+        ps.push_many({t: (i, rng.normal(size=(n, ps.dim(t))).astype(np.float32)) for t, i in ids.items()},
                      now=step)  # fmt: skip
     ps.expire(110)
 
@@ -32,14 +33,15 @@ def _rows(ps: LocalPS, table: str) -> dict[int, np.ndarray]:
     return {int(k): e for k, e in zip(exp.ids, exp.embeddings, strict=True)}
 
 
-@pytest.mark.parametrize("shards", [2, 3, 8])
-def test_sharding_is_invisible(shards):
+# n: a small batch runs its shards on the caller's thread, a large one (>= INLINE_KEYS) on the pool
+@pytest.mark.parametrize(("shards", "n"), [(2, 64), (3, 64), (8, 64), (3, INLINE_KEYS)])
+def test_sharding_is_invisible(shards, n):
     one, many = (
         LocalPS(TABLES, PSConfig(num_shards=1)),
         LocalPS(TABLES, PSConfig(num_shards=shards, threads=2)),
     )
-    _drive(one)
-    _drive(many)
+    _drive(one, n=n)
+    _drive(many, n=n)
     for table in ("user", "item"):
         a, b = _rows(one, table), _rows(many, table)
         assert a.keys() == b.keys() and a

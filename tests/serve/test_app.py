@@ -4,6 +4,7 @@ by /v1/recommend, actions credited to arms, /metrics and the OpenAPI docs."""
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 
 import pytest
@@ -360,3 +361,21 @@ def test_requests_before_start_are_refused(model_dirs, tmp_path):
     r = client.post("/v1/rank", json=rank_body(1))
     assert r.status_code == 503 and r.json()["message"] == "cannot rank: the server is created"
     assert client.get("/v1/healthz").status_code == 503
+
+
+def test_the_gil_switch_interval_is_set_while_serving_and_restored_after(model_dirs, tmp_path):
+    """Requests run on the event loop beside the sync and tailer threads: serving shortens the
+    GIL's switch interval (at 5 ms a request waits that long behind a delta), then gives the
+    process its own back."""
+    before = sys.getswitchinterval()
+    config = ServeConfig.from_dict(
+        {
+            "arms": [{"name": "a", "model_dir": str(model_dirs["rank"])}],
+            "log": {"path": str(tmp_path / "log")},
+            "gil_switch_interval_ms": 0.25,
+        }
+    )
+    with TestClient(create_app(config, load_states(config))) as client:
+        assert client.post("/v1/rank", json=rank_body(2)).status_code == 200
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    assert sys.getswitchinterval() == before

@@ -41,6 +41,7 @@ from freshrec.bench._report import BenchReport
 from freshrec.errors import ConfigError, StateError
 from freshrec.features import DenseFeature, FeatureSpec, SparseSlot
 from freshrec.models import DeepFMConfig
+from freshrec.ps import PSConfig
 from freshrec.serve import BackgroundServer, ServeConfig
 from freshrec.serve.features import ColumnBuilder
 from freshrec.sync import ServedModel, ServingState
@@ -272,7 +273,7 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
             "load_generator": f"separate process, asyncio ({client} client), open loop, latency from the "
             "scheduled send time",
             "server": "uvicorn in this process (uvloop, httptools when installed); /v1/rank on the event "
-            "loop; torch_threads=1, ps_threads=1",
+            "loop; ServeConfig defaults: torch_threads=1, ps_threads=1, gil_switch_interval_ms=0.5",
             "sync": "a Trainer in another process (nice 10: a stand-in for remote training machines) steps every "
             "1 s and publishes the sparse delta (sync.Publisher) into an embedded event log; a sync.Subscriber "
             "thread applies it to the served model",
@@ -289,7 +290,16 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
         for i in range(10 if quick else 30):
             trainer.step(spec.encode(world.columns(4096), event_time=np.full(4096, float(i))))
         trainer.save(root / "rank")
-        served = ServedModel.from_model_dir(root / "rank")
+        config = ServeConfig.from_dict(
+            {
+                "port": 0,
+                "arms": [{"name": "control", "model_dir": str(root / "rank")}],
+                "log": {"path": str(root / "log"), "synchronous": "normal"},
+                "tail_items": False,
+            }
+        )
+        # built as `freshrec serve` builds an arm's model (its parameter server included)
+        served = ServedModel.from_model_dir(root / "rank", ps_config=PSConfig(num_shards=1, threads=config.ps_threads))
         torch.set_num_threads(1)
         served.warmup()
 
@@ -314,14 +324,6 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
 
         bodies = root / "bodies.jsonl"
         bodies.write_text("\n".join(json.dumps(world.request()) for _ in range(256)) + "\n")
-        config = ServeConfig.from_dict(
-            {
-                "port": 0,
-                "arms": [{"name": "control", "model_dir": str(root / "rank")}],
-                "log": {"path": str(root / "log"), "synchronous": "normal"},
-                "tail_items": False,
-            }
-        )
         trainer.close()
         deltas = SyncSide(root / "rank", root, served, seed=seed + 1, examples_per_s=examples_per_s)
         with BackgroundServer(config, {"control": ServingState(served)}) as server:

@@ -35,6 +35,10 @@ __all__ = ["LocalPS", "shard_of"]
 T = TypeVar("T")
 FORMAT = "freshrec.ps"
 FORMAT_VERSION = 1
+# A pull or push of fewer keys than this runs on the caller's thread: a future and the GIL
+# hand-offs around it cost tens of microseconds, more than looking up a serving request's
+# few hundred keys (a 100-candidate /v1/rank spent ~20% of its time waiting on the pool).
+INLINE_KEYS = 4096
 
 
 class PSState(enum.Enum):
@@ -118,11 +122,12 @@ class LocalPS(ParameterServer):
             raise InputError(f"unknown table {table!r}; the parameter server has {sorted(self._shards)}")
         return table
 
-    def _run(self, jobs: list[Callable[[], T]]) -> list[T]:
+    def _run(self, jobs: list[Callable[[], T]], n_keys: int | None = None) -> list[T]:
         """Run jobs on the pool, batched into one composite job per worker (a future costs
-        ~20 us; a step of 26 tables would otherwise pay it 52 times)."""
+        ~20 us; a step of 26 tables would otherwise pay it 52 times). Jobs over fewer than
+        ``INLINE_KEYS`` keys in all run here."""
         workers = self.config.worker_threads
-        if self._pool is None or len(jobs) <= 1:
+        if self._pool is None or len(jobs) <= 1 or (n_keys is not None and n_keys < INLINE_KEYS):
             return [job() for job in jobs]
         chunks = [jobs[w::workers] for w in range(min(workers, len(jobs)))]
         futures = [self._pool.submit(lambda c=c: [job() for job in c]) for c in chunks]
@@ -182,7 +187,7 @@ class LocalPS(ParameterServer):
             if occ is not None and occ.shape != keys.shape:
                 raise InputError(f"table {table!r}: counts must align with ids, got {occ.shape} for {keys.shape}")
             jobs += self._pull_jobs(table, keys, train, now, outs[table], occ)
-        self._run(jobs)
+        self._run(jobs, sum(o.shape[0] for o in outs.values()))
         return outs
 
     def push(self, table: str, ids: Any, grads: Any, *, now: float) -> int:
@@ -213,7 +218,7 @@ class LocalPS(ParameterServer):
                 pos = order[starts[s] : starts[s + 1]]
                 if pos.size:
                     jobs.append(lambda sh=shard, k=keys[pos], gg=g[pos]: sh.apply_gradients(k, gg, now=now))
-        return int(sum(self._run(jobs)))
+        return int(sum(self._run(jobs, sum(k.shape[0] for _, k, _ in prepared))))
 
     # ---- maintenance -------------------------------------------------------------------------
     def _each_shard(self, what: str, fn: Callable[[str, int, EmbeddingTable], T]) -> dict[str, list[T]]:

@@ -141,6 +141,11 @@ class ServeConfig(Config):
         ps_threads: worker threads of each served model's parameter server; 1 looks up a
             request's tables in the request's own thread (a pool hand-off per lookup costs more
             than the lookup at serving batch sizes).
+        gil_switch_interval_ms: how long a thread holding the GIL may run before one waiting for
+            it gets its turn (``sys.setswitchinterval``; Python's default is 5 ms). Requests run
+            on the event loop while the sync subscriber, the item tailer and the impression
+            writer run Python in other threads: at 5 ms a request that arrives during a delta
+            waits up to 5 ms for the GIL. Set at start for the whole process, restored at stop.
         warmup_candidates: candidate count of the synthetic requests that warm the path at start.
         log_level: uvicorn's and freshrec's log level.
     """
@@ -163,6 +168,7 @@ class ServeConfig(Config):
     item_refresh_s: float = Field(1.0, gt=0, allow_inf_nan=False)  # the sparse sync cadence
     torch_threads: int = Field(1, ge=1, le=256)
     ps_threads: int = Field(1, ge=1, le=256)
+    gil_switch_interval_ms: float = Field(0.5, ge=0.05, le=100.0, allow_inf_nan=False)
     warmup_candidates: int = Field(100, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
 

@@ -16,6 +16,7 @@ import enum
 import gc
 import itertools
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -92,6 +93,7 @@ class Replica:
         self.writer: EventWriter | None = None
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._switch_interval: float | None = None  # the process's, while start() overrides it
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:10]  # this process's requests; a counter within
         self.started_wall = time.time()
@@ -106,6 +108,8 @@ class Replica:
         self.state = ReplicaState.STARTING
         c = self.config
         torch.set_num_threads(c.torch_threads)
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(c.gil_switch_interval_ms / 1000.0)
         warm_features()
         for engine in self.engines.values():
             engine.warmup(c.warmup_candidates)
@@ -151,6 +155,9 @@ class Replica:
             self.log.close()
         for engine in self.engines.values():
             engine.state.close()
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
         self.state = ReplicaState.STOPPED
 
     def _ensure_topic(self, topic: str) -> None:
