@@ -107,6 +107,8 @@ def test_config_checks():
         ABConfig.from_dict({"arms": [{"name": "a"}, {"name": "a", "sync_every_s": 5}]})
     with pytest.raises(ConfigError, match="lifetimes"):
         ABConfig.from_dict({"lifetimes": [0]})
+    with pytest.raises(ConfigError, match=r"3 significant digits .*'30 min', '30 min'"):
+        ABConfig.from_dict({"lifetimes": [1800.0, 1800.5]})  # one label: their results would merge
     w = ABConfig().world_for(900.0, seed=4, policy="oracle")
     live = experiment_world().items_per_hour * experiment_world().item_lifetime_median
     assert (w.seed, w.policy, w.items_per_hour * w.item_lifetime_median) == (4, "oracle", live)

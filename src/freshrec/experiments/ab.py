@@ -150,6 +150,9 @@ class ABConfig(ExperimentConfig):
     def _positive(cls, v: list[float]) -> list[float]:
         if any(not (x > 0 and math.isfinite(x)) for x in v) or len(set(v)) != len(v):
             raise ValueError(f"lifetimes must be distinct positive seconds, got {v}")
+        labels = [duration(x) for x in v]
+        if len(set(labels)) != len(labels):  # results are keyed by the label: two would merge
+            raise ValueError(f"lifetimes must differ at 3 significant digits (they are reported as {labels}), got {v}")
         return v
 
     @model_validator(mode="after")
