@@ -280,13 +280,16 @@ def _init_uniform01(base, j):
 
 
 @njit(**JIT)
-def init_values(data, row, key, off, dim, kind, a, b, seed):
+def init_values(data, row, key, off, dim, kind, a, b, seed, ubuf):
     """Initialise ``dim`` values of ``row`` from ``off``: a pure function of (seed, key).
 
-    Uniform maps the row's stream of uniforms linearly; normal maps it through the inverse CDF,
-    first the branch-free central formula for every value (vectorised), then the tail formula
-    for the ~5% of values that need it (log + sqrt: ~12x the cost of the rest); truncated normal
-    stays in the central formula and costs as little as uniform.
+    Uniform maps the row's stream of uniforms linearly; normal maps it through the inverse CDF:
+    the uniforms into ``ubuf`` (scratch of at least ``dim + 1`` float64), then the branch-free
+    central formula for every value (vectorised), then the tail formula for the ~5% of values
+    that need it (log + sqrt). That last pass is a search loop on purpose: written as a loop
+    over every value with an ``if``, LLVM if-converts it and calls ``log`` for all of them
+    (measured: 590 ns per row of 64, against 190 ns this way). Truncated normal stays in the
+    central formula and costs as little as uniform.
     """
     if kind == INIT_ZEROS:
         for j in range(dim):
@@ -302,12 +305,20 @@ def init_values(data, row, key, off, dim, kind, a, b, seed):
         for j in range(dim):
             data[row, off + j] = a + b * _ppf_central(_PHI_M2 + _PHI_SPAN * _init_uniform01(base, j))
         return
+    for k in range((dim + 1) // 2):  # the stream of _init_uniform01, one 64-bit hash per two values
+        h = _mix64(base + np.uint64(k + 1) * _GOLDEN)
+        ubuf[2 * k] = (np.float64(h & _U32) + 0.5) * (1.0 / 4294967296.0)
+        ubuf[2 * k + 1] = (np.float64(h >> np.uint64(32)) + 0.5) * (1.0 / 4294967296.0)
     for j in range(dim):
-        data[row, off + j] = a + b * _ppf_central(_init_uniform01(base, j))
-    for j in range(dim):
-        u = _init_uniform01(base, j)
-        if u < _P_LOW or u > 1.0 - _P_LOW:
-            data[row, off + j] = a + b * _ppf_tail(u)
+        data[row, off + j] = a + b * _ppf_central(ubuf[j])
+    j = 0
+    while True:
+        while j < dim and _P_LOW <= ubuf[j] <= 1.0 - _P_LOW:
+            j += 1
+        if j >= dim:
+            return
+        data[row, off + j] = a + b * _ppf_tail(ubuf[j])
+        j += 1
 
 
 # ---- admission sketch ------------------------------------------------------------------------
@@ -411,6 +422,7 @@ def lookup_train(
     mo = dim + state_n  # metadata column
     n = ids.shape[0]
     cand = np.empty(GROUP, np.int64)
+    ubuf = np.empty(dim + 1, np.float64)  # init_values' scratch
     g0 = start
     for i in range(start, n):
         if (i - start) % GROUP == 0:
@@ -475,7 +487,7 @@ def lookup_train(
             _set_ts(meta, row, mo, now_ms)
             meta[row, mo + M_FLAGS] = count & COUNT_MASK
             if not (fresh and init_kind == INIT_ZEROS):
-                init_values(data, row, key, 0, dim, init_kind, init_a, init_b, seed)
+                init_values(data, row, key, 0, dim, init_kind, init_a, init_b, seed, ubuf)
             if not (fresh and state_init == 0.0):  # a fresh row's state is zero already
                 for j in range(state_n):
                     data[row, dim + j] = state_init

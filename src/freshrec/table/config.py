@@ -187,9 +187,9 @@ class InitializerConfig(Config):
         mean, std: the centre and spread of ``normal`` and ``truncated_normal``.
         type: ``zeros``; ``uniform`` in [low, high); ``normal`` (mean, std); or
             ``truncated_normal`` (mean, std, redrawn beyond 2 std: TensorFlow's and BERT's usual
-            embedding initializer). Truncated normal is the default because it is as cheap as
-            uniform; exact normal needs a log per ~20 values and makes admitting new IDs ~3x
-            slower at dim 32.
+            embedding initializer). Truncated normal is the default: it needs no log, and a row
+            of 64 values starts in ~90 ns, against ~190 ns for exact normal (a log per ~20
+            values) and ~35 ns for uniform.
     """
 
     type: Literal["zeros", "uniform", "normal", "truncated_normal"] = "truncated_normal"
