@@ -269,3 +269,85 @@ def test_bad_config_is_a_config_error():
         EmbeddingTable(dim=3, default_value=[1.0, 2.0])
     with pytest.raises(ConfigError, match="Extra inputs"):
         EmbeddingTable(dim=3, optimiser="sgd")
+
+
+# ---- apply_gradients after a training lookup of the same IDs reuses its rows -------------------
+
+
+def _sgd_table(**kw) -> EmbeddingTable:
+    return EmbeddingTable(dim=2, optimizer=SGD(lr=1.0), initializer=InitializerConfig(type="zeros"), **kw)
+
+
+def _step_both(ids, grads, between=lambda t: None, **kw) -> tuple[EmbeddingTable, EmbeddingTable]:
+    """The same lookup -> (between) -> apply on two tables; the second forgets the lookup's rows
+    before applying, so it probes the index: the reference."""
+    a, b = _sgd_table(**kw), _sgd_table(**kw)
+    for t in (a, b):
+        t.lookup(np.arange(10), train=True, now=0)
+        t.lookup(ids, train=True, now=1)
+        between(t)
+    b._last = None
+    for t in (a, b):
+        t.apply_gradients(ids, grads, now=2)
+    return a, b
+
+
+def _same(a: EmbeddingTable, b: EmbeddingTable) -> None:
+    ea, eb = a.export(), b.export()
+    assert dict(zip(ea.ids.tolist(), ea.embeddings.tolist(), strict=True)) == dict(
+        zip(eb.ids.tolist(), eb.embeddings.tolist(), strict=True)
+    )
+    assert a.stats().grad_rows == b.stats().grad_rows and a.stats().grad_missing == b.stats().grad_missing
+
+
+def test_apply_after_a_lookup_of_the_same_ids_uses_its_rows():
+    ids = np.array([3, 50, 3, 7, 50, 3])
+    t = _sgd_table()
+    t.lookup(ids, train=True, now=0)
+    assert t._known_rows(ids).shape == (6,)  # the hand-off is taken
+    assert t._known_rows(ids[::-1].copy()).shape == (0,)  # other IDs: probe
+    grads = np.arange(12, dtype=np.float32).reshape(6, 2)
+    _same(*_step_both(ids, grads))
+    a, _ = _step_both(ids, grads)
+    np.testing.assert_array_equal(a.lookup([3, 50, 7]), -np.array([[14, 17], [10, 12], [6, 7]], np.float32))
+
+
+@pytest.mark.parametrize(
+    "between",
+    [
+        lambda t: t.remove([50]),  # its row is freed...
+        lambda t: (t.remove([50]), t.lookup([999], train=True, now=1)),  # ...and reused by another ID
+        lambda t: t.expire(1000.0),
+        lambda t: t.assign([50, 12345], np.ones((2, 2), np.float32)),
+        lambda t: t.lookup([1, 2], train=True, now=1),  # another lookup: its rows are the known ones
+    ],
+    ids=["remove", "remove-reuse", "expire", "assign", "other-lookup"],
+)
+def test_rows_found_by_a_lookup_are_not_trusted_after_a_change(between):
+    ids = np.array([3, 50, 3, 7])
+    grads = np.ones((4, 2), np.float32)
+    a, b = _step_both(ids, grads, between, ttl=10.0)
+    _same(a, b)
+    assert 999 not in a or np.array_equal(a.lookup([999]), np.zeros((1, 2), np.float32))
+
+
+def test_ids_changed_in_place_after_the_lookup_are_probed():
+    ids = np.array([3, 50, 7])
+    t = _sgd_table()
+    t.lookup(np.arange(100), train=True, now=0)
+    t.lookup(ids, train=True, now=1)
+    ids[1] = 60  # the caller reuses its buffer
+    t.apply_gradients(ids, np.ones((3, 2), np.float32), now=2)
+    np.testing.assert_array_equal(t.lookup([50, 60]), [[0, 0], [-1, -1]])
+
+
+def test_rows_reused_by_an_eviction_inside_the_lookup_are_not_trusted():
+    t = _sgd_table(max_rows=4, evict_fraction=0.5)
+    t.lookup([1, 2, 3, 4], train=True, now=0)
+    ids = np.array([1, 5, 6, 7])  # admitting 5..7 evicts inside this lookup: 1's row may be reused
+    t.lookup(ids, train=True, now=1)
+    assert t._known_rows(ids).shape == (0,)
+    t.apply_gradients(ids, np.ones((4, 2), np.float32), now=2)
+    exp = t.export()
+    for k, e in zip(exp.ids.tolist(), exp.embeddings.tolist(), strict=True):  # each row got its own step
+        assert e == ([-1.0, -1.0] if k in (1, 5, 6, 7) else [0.0, 0.0])

@@ -391,6 +391,15 @@ def lookup_infer(slots, cap, data, ids, out, default, dim):
 
 
 @njit(**JIT)
+def same_ids(a, b):
+    """``a`` and ``b`` (int64, same length) hold the same IDs in the same order."""
+    for i in range(a.shape[0]):  # noqa: SIM110 - a plain loop is what nopython compiles well
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+@njit(**JIT)
 def find_rows(slots, cap, ids, rows_out):
     n = ids.shape[0]
     for lo in range(0, n, GROUP):
@@ -650,10 +659,11 @@ def gather_rows(meta, data, rows, width, mo, values_out, ts_out, counts_out):
 
 
 @njit(**JIT)
-def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, grads, now_ms, kind, hp,
+def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, rows_in, grads, now_ms, kind, hp,
                     dim, mo, track):  # fmt: skip
     """Merge duplicate IDs (sum their gradients), then one optimizer step per distinct row.
     IDs without a row (filtered, expired) are skipped and counted. Returns rows updated.
+    ``rows_in``: the IDs' rows (-1: none) when the caller knows them, else empty (probe).
 
     A row seen once reads its gradient where it is (``grads[i]``); only a row seen again gets a
     row of ``acc``, where its gradients are summed: most IDs of a batch are distinct, and copying
@@ -671,13 +681,18 @@ def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, grads, now_ms, kind
     acc = np.empty((n, dim), np.float32)  # pages are touched only for duplicated rows
     nu = 0
     nacc = 0
+    known = rows_in.shape[0] == n and n > 0
     for lo in range(0, n, GROUP):
         hi = min(n, lo + GROUP)
+        if not known:
+            for i in range(lo, hi):
+                h = _hash(ids[i])
+                prefetch1(slots, 3 * _home(h, cap))
         for i in range(lo, hi):
-            h = _hash(ids[i])
-            prefetch1(slots, 3 * _home(h, cap))
-        for i in range(lo, hi):
-            row, _ = _find(slots, cap, ids[i])
+            if known:
+                row = rows_in[i]
+            else:
+                row, _ = _find(slots, cap, ids[i])
             if row < 0:
                 ctr[C_GRAD_MISSING] += 1
                 continue

@@ -20,6 +20,9 @@ Contract
   hold it alone. A reader therefore never sees a half-written row and never crashes on a
   growing table; it sees each write entirely or not at all. The kernels release the GIL, so
   concurrent readers run in parallel.
+* **Training steps.** :meth:`apply_gradients` right after a training lookup of the same IDs
+  reuses the rows that lookup found (no second index probe), unless a removal or an assignment
+  came between them.
 * **Cost.** Batch operations run in compiled kernels, O(1) expected per ID (linear probing,
   load factor <= 3/4); :meth:`expire`, :meth:`export` of all rows and an eviction round scan
   the index, O(rows). Growth doubles (amortised O(1) per insert).
@@ -54,6 +57,7 @@ _MIN_SLOTS = 16
 _MAX_SLOTS = 2**32 - 1  # homes scale the top 32 hash bits: at most 2**32 slots
 _GROWTH = 1.5  # index growth factor: load stays in [1/2, 3/4] (doubling would reach 3/8)
 _MAX_ROWS = 2**31 - 2  # row ids are stored as row + 1 in 32 bits
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,12 @@ class EmbeddingTable:
         self._ctr = np.zeros(K.N_CTR, np.int64)
         self._ctr[K.C_RNG] = int(rng.integers(0, 2**63))
         self._removed: list[np.ndarray] = []
+        # The rows the last training lookup found, so that apply_gradients on the same IDs (a
+        # training step: lookup, forward, backward, apply) skips probing the index again. Valid
+        # while ``_epoch`` is unchanged: any removal (and so any reuse of a row) or assignment
+        # moves it. Read and written under the write lock.
+        self._epoch = 0
+        self._last: tuple[np.ndarray, np.ndarray, int] | None = None  # (ids copy, rows, epoch)
         self._alloc(rows=16, slots=_MIN_SLOTS)
 
     # ---- storage -----------------------------------------------------------------------------
@@ -279,6 +289,7 @@ class EmbeddingTable:
         start, pending = 0, 0
         with self._lock.write():
             self._ctr[K.C_LOOKUPS] += int(occ.sum()) if occ.size else keys.shape[0]
+            epoch = self._epoch
             while True:
                 self._ensure_dirty(keys.shape[0])
                 status, start = K.lookup_train(
@@ -290,6 +301,9 @@ class EmbeddingTable:
                     self._data.shape[0], self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
+                    # an eviction during this lookup may have reused a row found earlier in it
+                    # copies: the caller may change its IDs in place, find_or_insert's caller its rows
+                    self._last = (keys.copy(), rows.copy(), epoch) if self._epoch == epoch else None
                     return rows
                 pending = 1
                 if status == K.NEED_ROWS:
@@ -329,9 +343,17 @@ class EmbeddingTable:
             self._ensure_dirty(keys.shape[0])
             return int(K.apply_gradients(
                 self._slots, self._cap, self._meta, self._data, self._dirty,
-                self._ctr, keys, g, now_ms, self._opt_kind, self._opt_hp, self.dim, self._mo,
-                self.config.track_changes,
+                self._ctr, keys, self._known_rows(keys), g, now_ms, self._opt_kind, self._opt_hp,
+                self.dim, self._mo, self.config.track_changes,
             ))  # fmt: skip
+
+    def _known_rows(self, keys: np.ndarray) -> np.ndarray:
+        """The rows of ``keys`` if the last training lookup was of these IDs and no row was
+        removed or assigned since (the caller holds the write lock); else empty: probe."""
+        last = self._last
+        if last is not None and last[2] == self._epoch and last[0].shape == keys.shape and K.same_ids(last[0], keys):
+            return last[1]
+        return _NO_ROWS
 
     def assign(
         self,
@@ -369,6 +391,7 @@ class EmbeddingTable:
         else:
             cnt = np.ones(n, np.int64)
         with self._lock.write():
+            self._epoch += 1  # an ID the last lookup filtered may get a row here
             start = 0
             while True:
                 self._ensure_dirty(n)
@@ -395,6 +418,7 @@ class EmbeddingTable:
     def _remove_locked(self, keys: np.ndarray) -> np.ndarray:
         if keys.shape[0] == 0:
             return keys
+        self._epoch += 1  # freed rows are reused: no row found before this is known any more
         keys = np.unique(keys)
         mask = np.empty(keys.shape[0], np.uint8)
         K.remove_keys(self._slots, self._cap, self._meta, self._mo, self._free,
