@@ -316,7 +316,7 @@ def test_apply_after_a_lookup_of_the_same_ids_uses_its_rows():
     "between",
     [
         lambda t: t.remove([50]),  # its row is freed...
-        lambda t: (t.remove([50]), t.lookup([999], train=True, now=1)),  # ...and reused by another ID
+        lambda t: (t.remove([50]), t.assign([999], np.full((1, 2), 5.0, np.float32))),  # ...and reused
         lambda t: t.expire(1000.0),
         lambda t: t.assign([50, 12345], np.ones((2, 2), np.float32)),
         lambda t: t.lookup([1, 2], train=True, now=1),  # another lookup: its rows are the known ones
@@ -328,7 +328,7 @@ def test_rows_found_by_a_lookup_are_not_trusted_after_a_change(between):
     grads = np.ones((4, 2), np.float32)
     a, b = _step_both(ids, grads, between, ttl=10.0)
     _same(a, b)
-    assert 999 not in a or np.array_equal(a.lookup([999]), np.zeros((1, 2), np.float32))
+    assert 999 not in a or np.array_equal(a.lookup([999]), np.full((1, 2), 5.0, np.float32))
 
 
 def test_ids_changed_in_place_after_the_lookup_are_probed():
@@ -351,3 +351,43 @@ def test_rows_reused_by_an_eviction_inside_the_lookup_are_not_trusted():
     exp = t.export()
     for k, e in zip(exp.ids.tolist(), exp.embeddings.tolist(), strict=True):  # each row got its own step
         assert e == ([-1.0, -1.0] if k in (1, 5, 6, 7) else [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "admission",
+    [AdmissionConfig(min_count=2), AdmissionConfig(admit_probability=0.3)],
+    ids=["min_count", "probability"],
+)
+def test_an_id_filtered_then_admitted_within_one_lookup_gets_every_gradient(admission):
+    """Earlier copies of an ID in a batch may be filtered and a later one admitted: apply must
+    find the row for every copy, as a probe after the lookup would."""
+    ids = np.array([42, 42, 7, 5, 5, 5, 5, 5, 5])
+    a, b = _step_both(ids, np.ones((ids.size, 2), np.float32), admission=admission, seed=1)
+    _same(a, b)
+    assert 42 in a or 5 in a  # the case arose: something was admitted after being filtered
+
+
+def test_an_id_filtered_by_the_lookup_and_assigned_before_apply_gets_its_gradient():
+    t = _sgd_table(admission=AdmissionConfig(min_count=2))
+    ids = np.array([9, 8])
+    t.lookup(ids, train=True, now=0)  # both filtered
+    t.assign([9], np.zeros((1, 2), np.float32))
+    t.apply_gradients(ids, np.ones((2, 2), np.float32), now=1)
+    np.testing.assert_array_equal(t.lookup([9]), [[-1, -1]])
+    assert 8 not in t
+
+
+def test_a_lookup_that_fails_half_way_forgets_the_rows_of_the_one_before(monkeypatch):
+    t = _sgd_table(admission=AdmissionConfig(min_count=2))
+    many = np.arange(100, 10_000)
+    t.lookup(many, train=True, now=0)  # seen once: filtered
+    ids = np.array([3, 4])
+    t.lookup(ids, train=True, now=0)  # filtered: their -1 rows are the known ones
+
+    def fail(*args, **kwargs):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(t, "_grow_index", fail)  # the next lookup admits 3 and 4, then cannot grow
+    with pytest.raises(MemoryError):
+        t.lookup(np.concatenate([ids, many]), train=True, now=0)
+    assert 3 in t and t._known_rows(ids).shape == (0,)

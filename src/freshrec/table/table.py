@@ -288,6 +288,7 @@ class EmbeddingTable:
         kind, a, b = self._init
         start, pending = 0, 0
         with self._lock.write():
+            self._last = None  # until this lookup completes (it may raise half-way)
             self._ctr[K.C_LOOKUPS] += int(occ.sum()) if occ.size else keys.shape[0]
             epoch = self._epoch
             while True:
@@ -301,9 +302,8 @@ class EmbeddingTable:
                     self._data.shape[0], self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
-                    # an eviction during this lookup may have reused a row found earlier in it
-                    # copies: the caller may change its IDs in place, find_or_insert's caller its rows
-                    self._last = (keys.copy(), rows.copy(), epoch) if self._epoch == epoch else None
+                    if self._epoch == epoch:  # else an eviction in this lookup may have reused a row it found
+                        self._last = (keys.copy(), self._rows_now(keys, rows), epoch)
                     return rows
                 pending = 1
                 if status == K.NEED_ROWS:
@@ -312,6 +312,18 @@ class EmbeddingTable:
                     self._grow_index()
                 else:
                     self._evict_locked()
+
+    def _rows_now(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """A copy of a finished lookup's ``rows`` as a probe would find them now: an ID filtered at
+        one position of the batch may have been admitted at a later one (``min_count``,
+        ``admit_probability``), so positions left at -1 are probed again."""
+        rows = rows.copy()  # the caller may change its own (find_or_insert returns them)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            found = np.empty(missing.size, np.int64)
+            K.find_rows(self._slots, self._cap, np.ascontiguousarray(keys[missing]), found)
+            rows[missing] = found
+        return rows
 
     def contains(self, ids: Any) -> np.ndarray:
         """Boolean mask: which IDs have a row."""
