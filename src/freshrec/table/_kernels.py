@@ -798,14 +798,15 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
                 data[row, j] = -(z - sign * l1) / ((beta + np.sqrt(n_new)) / alpha + l2)
 
 
-@njit(**JIT)
-def all_finite(a):
-    """True when a 2-D float32 array holds no NaN or Inf (one pass, no temporaries)."""
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            if not np.isfinite(a[i, j]):
-                return False
-    return True
+_FINITE_CHUNK = 1 << 20  # values per isfinite pass: bounds the temporary to 1 MB of bools
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """True when a 2-D float32 array holds no NaN or Inf. numpy's vectorised ``isfinite`` in
+    chunks of rows, not a compiled loop: the loop's early exit kept LLVM from vectorising it
+    (1.45 ms against 0.53 ms for 65,536 x 64, where the check was ~12% of a sparse step)."""
+    rows = max(1, _FINITE_CHUNK // max(1, a.shape[1]))
+    return all(bool(np.isfinite(a[i : i + rows]).all()) for i in range(0, a.shape[0], rows))
 
 
 @njit(**JIT)
