@@ -379,3 +379,17 @@ def test_the_gil_switch_interval_is_set_while_serving_and_restored_after(model_d
         assert client.post("/v1/rank", json=rank_body(2)).status_code == 200
         assert sys.getswitchinterval() == pytest.approx(0.00025)
     assert sys.getswitchinterval() == before
+
+
+def test_overlapping_replicas_share_the_switch_interval_and_the_last_one_restores_it():
+    from freshrec.serve.replica import _SwitchInterval
+
+    switch = _SwitchInterval()  # not the module's: replicas of other tests may hold claims there
+    before = sys.getswitchinterval()
+    switch.claim(0.001)
+    switch.claim(0.0002)
+    assert sys.getswitchinterval() == pytest.approx(0.0002)  # the shortest asked for
+    switch.release(0.0002)
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+    switch.release(0.001)
+    assert sys.getswitchinterval() == before

@@ -145,7 +145,8 @@ class ServeConfig(Config):
             it gets its turn (``sys.setswitchinterval``; Python's default is 5 ms). Requests run
             on the event loop while the sync subscriber, the item tailer and the impression
             writer run Python in other threads: at 5 ms a request that arrives during a delta
-            waits up to 5 ms for the GIL. Set at start for the whole process, restored at stop.
+            waits up to 5 ms for the GIL. Process-wide while replicas serve (the shortest any running
+            replica asks for); the process's own value comes back when the last one stops.
         warmup_candidates: candidate count of the synthetic requests that warm the path at start.
         log_level: uvicorn's and freshrec's log level.
     """

@@ -58,6 +58,32 @@ class Subscriber(Protocol):
     def stop(self) -> None: ...
 
 
+class _SwitchInterval:
+    """The process's GIL switch interval while replicas serve: the shortest any running replica
+    asked for; the process's own comes back when the last one stops (replicas may overlap, as
+    in tests and benchmarks that run several in one process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: list[float] = []
+        self._saved = 0.0
+
+    def claim(self, seconds: float) -> None:
+        with self._lock:
+            if not self._claims:
+                self._saved = sys.getswitchinterval()
+            self._claims.append(seconds)
+            sys.setswitchinterval(min(self._claims))
+
+    def release(self, seconds: float) -> None:
+        with self._lock:
+            self._claims.remove(seconds)
+            sys.setswitchinterval(min(self._claims) if self._claims else self._saved)
+
+
+_SWITCH = _SwitchInterval()
+
+
 def _key(value: Any) -> bytes:
     return str(value).encode()
 
@@ -93,7 +119,7 @@ class Replica:
         self.writer: EventWriter | None = None
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
-        self._switch_interval: float | None = None  # the process's, while start() overrides it
+        self._switched: float | None = None  # this replica's claim on the GIL switch interval
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:10]  # this process's requests; a counter within
         self.started_wall = time.time()
@@ -108,8 +134,8 @@ class Replica:
         self.state = ReplicaState.STARTING
         c = self.config
         torch.set_num_threads(c.torch_threads)
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(c.gil_switch_interval_ms / 1000.0)
+        self._switched = c.gil_switch_interval_ms / 1000.0
+        _SWITCH.claim(self._switched)
         warm_features()
         for engine in self.engines.values():
             engine.warmup(c.warmup_candidates)
@@ -155,9 +181,9 @@ class Replica:
             self.log.close()
         for engine in self.engines.values():
             engine.state.close()
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
+        if self._switched is not None:
+            _SWITCH.release(self._switched)
+            self._switched = None
         self.state = ReplicaState.STOPPED
 
     def _ensure_topic(self, topic: str) -> None:
