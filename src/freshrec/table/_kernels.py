@@ -391,15 +391,6 @@ def lookup_infer(slots, cap, data, ids, out, default, dim):
 
 
 @njit(**JIT)
-def same_ids(a, b):
-    """``a`` and ``b`` (int64, same length) hold the same IDs in the same order."""
-    for i in range(a.shape[0]):  # noqa: SIM110 - a plain loop is what nopython compiles well
-        if a[i] != b[i]:
-            return False
-    return True
-
-
-@njit(**JIT)
 def find_rows(slots, cap, ids, rows_out):
     n = ids.shape[0]
     for lo in range(0, n, GROUP):

@@ -148,12 +148,11 @@ class EmbeddingTable:
         self._ctr = np.zeros(K.N_CTR, np.int64)
         self._ctr[K.C_RNG] = int(rng.integers(0, 2**63))
         self._removed: list[np.ndarray] = []
-        # The rows the last training lookup found, so that apply_gradients on the same IDs (a
-        # training step: lookup, forward, backward, apply) skips probing the index again. Valid
-        # while ``_epoch`` is unchanged: any removal (and so any reuse of a row) or assignment
-        # moves it. Read and written under the write lock.
-        self._epoch = 0
-        self._last: tuple[np.ndarray, np.ndarray, int] | None = None  # (ids copy, rows, epoch)
+        # (IDs, rows) of the last training lookup, so that apply_gradients on the same IDs (a
+        # training step: lookup, forward, backward, apply) skips probing the index again. Any
+        # removal (a freed row may go to another ID) or assignment forgets it. Read and written
+        # under the write lock.
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
         self._alloc(rows=16, slots=_MIN_SLOTS)
 
     # ---- storage -----------------------------------------------------------------------------
@@ -290,7 +289,7 @@ class EmbeddingTable:
         with self._lock.write():
             self._last = None  # until this lookup completes (it may raise half-way)
             self._ctr[K.C_LOOKUPS] += int(occ.sum()) if occ.size else keys.shape[0]
-            epoch = self._epoch
+            evicted = False  # an eviction in this lookup may have reused a row it found
             while True:
                 self._ensure_dirty(keys.shape[0])
                 status, start = K.lookup_train(
@@ -302,8 +301,8 @@ class EmbeddingTable:
                     self._data.shape[0], self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
-                    if self._epoch == epoch:  # else an eviction in this lookup may have reused a row it found
-                        self._last = (keys.copy(), self._rows_now(keys, rows), epoch)
+                    if not evicted:
+                        self._last = (keys.copy(), self._rows_now(keys, rows))
                     return rows
                 pending = 1
                 if status == K.NEED_ROWS:
@@ -312,6 +311,7 @@ class EmbeddingTable:
                     self._grow_index()
                 else:
                     self._evict_locked()
+                    evicted = True
 
     def _rows_now(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """A copy of a finished lookup's ``rows`` as a probe would find them now: an ID filtered at
@@ -363,9 +363,7 @@ class EmbeddingTable:
         """The rows of ``keys`` if the last training lookup was of these IDs and no row was
         removed or assigned since (the caller holds the write lock); else empty: probe."""
         last = self._last
-        if last is not None and last[2] == self._epoch and last[0].shape == keys.shape and K.same_ids(last[0], keys):
-            return last[1]
-        return _NO_ROWS
+        return last[1] if last is not None and np.array_equal(last[0], keys) else _NO_ROWS
 
     def assign(
         self,
@@ -403,7 +401,7 @@ class EmbeddingTable:
         else:
             cnt = np.ones(n, np.int64)
         with self._lock.write():
-            self._epoch += 1  # an ID the last lookup filtered may get a row here
+            self._last = None  # an ID the last lookup filtered may get a row here
             start = 0
             while True:
                 self._ensure_dirty(n)
@@ -430,7 +428,7 @@ class EmbeddingTable:
     def _remove_locked(self, keys: np.ndarray) -> np.ndarray:
         if keys.shape[0] == 0:
             return keys
-        self._epoch += 1  # freed rows are reused: no row found before this is known any more
+        self._last = None  # freed rows are reused: no row found before this is known any more
         keys = np.unique(keys)
         mask = np.empty(keys.shape[0], np.uint8)
         K.remove_keys(self._slots, self._cap, self._meta, self._mo, self._free,
