@@ -41,7 +41,6 @@ from freshrec.bench._report import BenchReport
 from freshrec.errors import ConfigError, StateError
 from freshrec.features import DenseFeature, FeatureSpec, SparseSlot
 from freshrec.models import DeepFMConfig
-from freshrec.ps import PSConfig
 from freshrec.serve import BackgroundServer, ServeConfig
 from freshrec.serve.features import ColumnBuilder
 from freshrec.sync import ServedModel, ServingState
@@ -299,7 +298,7 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
             }
         )
         # built as `freshrec serve` builds an arm's model (its parameter server included)
-        served = ServedModel.from_model_dir(root / "rank", ps_config=PSConfig(num_shards=1, threads=config.ps_threads))
+        served = ServedModel.from_model_dir(root / "rank", ps_config=config.ps_config())
         torch.set_num_threads(1)
         served.warmup()
 

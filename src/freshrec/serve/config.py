@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 
 from freshrec.config import Config
+from freshrec.ps.config import PSConfig
 from freshrec.stream.config import LogConfig
 
 __all__ = ["API_KEY_ENV", "ArmConfig", "ArmSyncConfig", "ServeConfig", "TopicsConfig", "is_loopback"]
@@ -172,6 +173,10 @@ class ServeConfig(Config):
     gil_switch_interval_ms: float = Field(0.5, ge=0.05, le=100.0, allow_inf_nan=False)
     warmup_candidates: int = Field(100, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
+
+    def ps_config(self) -> PSConfig:
+        """The parameter server of each served model: one shard, ``ps_threads`` workers."""
+        return PSConfig(num_shards=1, threads=self.ps_threads)
 
     @model_validator(mode="before")
     @classmethod

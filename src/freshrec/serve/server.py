@@ -16,7 +16,6 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from freshrec.errors import StateError
-from freshrec.ps import PSConfig
 from freshrec.serve.app import create_app
 from freshrec.serve.config import ArmConfig, ServeConfig
 from freshrec.serve.replica import Subscriber
@@ -45,7 +44,7 @@ def load_arms(
     A sync arm loads its models from the newest serving snapshot; each arm gets its own copy, so
     arms can follow the log at different cadences."""
     cache: dict[Path, ServedModel] = {}
-    ps_config = PSConfig(num_shards=1, threads=config.ps_threads)
+    ps_config = config.ps_config()
     logs: dict[str, EventLog] = {}
     subscribers: list[SyncSubscriber] = []
 
