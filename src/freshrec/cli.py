@@ -86,11 +86,14 @@ def bench_serve(
     json_path: JsonOpt = None,
     rate: Annotated[float, typer.Option(help="Requests per second the load generator sends.")] = 200.0,
     client: Annotated[str, typer.Option(help="Load generator client: raw (asyncio streams) or httpx.")] = "raw",
+    gil_switch_ms: Annotated[
+        float | None, typer.Option(help="The server's gil_switch_interval_ms (default: ServeConfig's).")
+    ] = None,
 ) -> None:
     """Serving: /v1/rank p50/p99 at a fixed rate while deltas land every second; freshness."""
     from freshrec.bench.serve import run
 
-    _finish(run(quick=quick, rate=rate, client=client), json_path)
+    _finish(run(quick=quick, rate=rate, client=client, gil_switch_ms=gil_switch_ms), json_path)
 
 
 SetOpt = Annotated[

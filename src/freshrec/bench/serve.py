@@ -252,7 +252,9 @@ def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return float(np.median(times)) * 1e3
 
 
-def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str = "raw") -> BenchReport:
+def run(
+    *, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str = "raw", gil_switch_ms: float | None = None
+) -> BenchReport:
     if client not in ("raw", "httpx"):
         raise ConfigError(f"client must be 'raw' or 'httpx', got {client!r}")
     seconds = 10.0 if quick else 40.0
@@ -272,7 +274,7 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
             "load_generator": f"separate process, asyncio ({client} client), open loop, latency from the "
             "scheduled send time",
             "server": "uvicorn in this process (uvloop, httptools when installed); /v1/rank on the event "
-            "loop; ServeConfig defaults: torch_threads=1, ps_threads=1, gil_switch_interval_ms=0.5",
+            "loop; ServeConfig defaults: torch_threads=1, ps_threads=1",
             "sync": "a Trainer in another process (nice 10: a stand-in for remote training machines) steps every "
             "1 s and publishes the sparse delta (sync.Publisher) into an embedded event log; a sync.Subscriber "
             "thread applies it to the served model",
@@ -295,8 +297,10 @@ def run(*, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str 
                 "arms": [{"name": "control", "model_dir": str(root / "rank")}],
                 "log": {"path": str(root / "log"), "synchronous": "normal"},
                 "tail_items": False,
+                **({} if gil_switch_ms is None else {"gil_switch_interval_ms": gil_switch_ms}),
             }
         )
+        report.params["gil_switch_interval_ms"] = config.gil_switch_interval_ms
         # built as `freshrec serve` builds an arm's model (its parameter server included)
         served = ServedModel.from_model_dir(root / "rank", ps_config=config.ps_config())
         torch.set_num_threads(1)
