@@ -3,7 +3,8 @@
 For each configuration (Zipf(1.1) and uniform IDs over 10M, dim 32 and 64; batches of 65,536):
 
 * find-or-insert (ID -> row, admitting new IDs, growth included) vs a Python dict doing the same
-  mapping (``d.setdefault(id, len(d))``);
+  mapping (``d.setdefault(id, len(d))``); then both again over the same batches, every ID now
+  present (``find_present_vs_dict``: the index alone, no row to write; not a target);
 * lookup (IDs -> embeddings) vs ``numpy.take`` of the same rows from a plain ``(rows, dim)`` matrix
   (same access pattern, so the ratio is the price of hashing, not of a different distribution);
 * sparse step (training lookup + duplicate merge + Adagrad update) vs ``torch.nn.EmbeddingBag
@@ -97,6 +98,16 @@ def _phase_insert(
     for b in batches:
         [d.setdefault(k, len(d)) for k in b.tolist()]
     out["dict_find_or_insert_keys_per_s"] = n_keys / (time.perf_counter() - t0)
+    # the same batches again, every ID now present: the index's own speed (no row is written but
+    # each row's count and last-seen time), against the dict finding its keys the same way
+    t0 = time.perf_counter()
+    for b in batches:
+        table.find_or_insert(b, now=0)
+    out["find_present_keys_per_s"] = n_keys / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for b in batches:
+        [d.setdefault(k, len(d)) for k in b.tolist()]
+    out["dict_find_present_keys_per_s"] = n_keys / (time.perf_counter() - t0)
     return table, rows
 
 
@@ -213,6 +224,7 @@ def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
         "sparse_step_vs_torch": ("sparse_step_keys_per_s", "torch_embeddingbag_adagrad_keys_per_s"),
     }
     pairs["lookup_huge_pages_vs_numpy_take"] = ("lookup_huge_pages_keys_per_s", "numpy_take_rows_per_s")
+    pairs["find_present_vs_dict"] = ("find_present_keys_per_s", "dict_find_present_keys_per_s")
     for ratio, (fig, base) in pairs.items():
         worst = min(per, key=lambda c: per[c][fig] / per[c][base])
         report.figure(fig, per[worst][fig])
