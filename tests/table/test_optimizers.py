@@ -61,6 +61,21 @@ def test_matches_torch_optim(opt, make_torch):
     np.testing.assert_allclose(table.lookup(ids), p.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("beta2", [0.9999, 0.99999])
+def test_adam_with_beta2_near_one_matches_torch_over_many_steps(beta2):
+    """The float32 constants must be rounded as torch rounds them: float32(1 - beta2), not
+    1 - float32(beta2), which is 1e-4..1e-3 off at these betas and drifts over 200 steps."""
+    table, ids, w0 = _table(Adam(lr=0.01, beta2=beta2))
+    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    topt = torch.optim.Adam([p], lr=0.01, betas=(0.9, beta2))
+    for step in range(200):
+        g = _grads(step)
+        table.apply_gradients(ids, g, now=step)
+        p.grad = torch.from_numpy(g.copy())
+        topt.step()
+    np.testing.assert_allclose(table.lookup(ids), p.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_duplicates_are_summed_before_the_step():
     """Adagrad is not linear in g: one step on the merged gradient differs from two steps."""
     table, ids, w0 = _table(Adagrad(lr=0.1))

@@ -4,7 +4,7 @@ For each configuration (Zipf(1.1) and uniform IDs over 10M, dim 32 and 64; batch
 
 * find-or-insert (ID -> row, admitting new IDs, growth included) vs a Python dict doing the same
   mapping (``d.setdefault(id, len(d))``); then both again over the same batches, every ID now
-  present (``find_present_vs_dict``: the index alone, no row to write; not a target);
+  present (``find_present_vs_dict``: no new row to write, only each row's count; not a target);
 * lookup (IDs -> embeddings) vs ``numpy.take`` of the same rows from a plain ``(rows, dim)`` matrix
   (same access pattern, so the ratio is the price of hashing, not of a different distribution);
 * sparse step (training lookup + duplicate merge + Adagrad update) vs ``torch.nn.EmbeddingBag
@@ -98,8 +98,8 @@ def _phase_insert(
     for b in batches:
         [d.setdefault(k, len(d)) for k in b.tolist()]
     out["dict_find_or_insert_keys_per_s"] = n_keys / (time.perf_counter() - t0)
-    # the same batches again, every ID now present: the index's own speed (no row is written but
-    # each row's count and last-seen time), against the dict finding its keys the same way
+    # the same batches again, every ID now present: no new rows, only the probe and each row's
+    # count (now=0: last-seen stays), against the dict finding its keys the same way
     t0 = time.perf_counter()
     for b in batches:
         table.find_or_insert(b, now=0)

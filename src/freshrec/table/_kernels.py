@@ -732,8 +732,10 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
     The per-element math is float32, as torch.optim does it for float32 parameters: with the
     float64 hyper-parameters as they come, every operation was widened to float64, which halves
     the SIMD width and makes ``sqrt`` and the division several times slower (Adagrad at dim 64
-    was compute-bound; 15% of a sparse step). FTRL keeps float64: its ``sqrt(n + g*g) - sqrt(n)``
-    cancels, and float32 would lose the small steps."""
+    was compute-bound; 15% of a sparse step). Constants such as ``1 - beta2`` are rounded to
+    float32 after the subtraction, as torch passes them (``1 - float32(beta2)`` is off by 1e-3
+    relative at beta2 = 0.99999). FTRL's math is as it was (float32 state, float64 from the
+    division by alpha on)."""
     s = dim  # state offset; the embedding starts at 0
     if kind == OPT_SGD:
         lr, mom, wd, nesterov = np.float32(hp[0]), np.float32(hp[1]), np.float32(hp[2]), hp[3]
@@ -770,11 +772,11 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
         step = np.float32(lr / (1.0 - b1d**t))
         bc2 = np.float32(np.sqrt(1.0 - b2d**t))
         b1, b2 = np.float32(b1d), np.float32(b2d)
-        one = np.float32(1.0)
+        c1, c2 = np.float32(1.0 - b1d), np.float32(1.0 - b2d)
         for j in range(dim):
             g = acc[u, j] + wd * data[row, j]
-            m = b1 * data[row, s + j] + (one - b1) * g
-            v = b2 * data[row, s + dim + j] + (one - b2) * g * g
+            m = b1 * data[row, s + j] + c1 * g
+            v = b2 * data[row, s + dim + j] + c2 * g * g
             data[row, s + j] = m
             data[row, s + dim + j] = v
             data[row, j] -= step * m / (np.sqrt(v) / bc2 + eps)
