@@ -40,6 +40,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from freshrec._io import checksum_bytes, fsync_dir, sqlite_errors, write_durable
 from freshrec.errors import BackendError, CorruptionError, StateError
@@ -84,6 +85,7 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
 _encoder = msgspec.msgpack.Encoder()
 _entry = msgspec.msgpack.Decoder(Entry)
 _part = msgspec.msgpack.Decoder(list[tuple[tuple[Id, Id], Entry]])
+_key = msgspec.msgpack.Decoder(tuple[Id, Id])
 
 
 class _Fifo:
@@ -127,6 +129,50 @@ class _Fifo:
             self.head = 0
 
 
+class _DiskKeys:
+    """A Bloom filter of the keys in the spill table, so that a key absent from memory costs a
+    SQLite lookup only when it may be on disk (every impression looks its key up, to refuse a
+    second one; at 1M impressions with a third spilled, those lookups were a fifth of the run).
+
+    16-32 bits per key it was sized for, 4 probes: at most 0.24% false positives when full (0.09%
+    measured at 21 bits). It cannot forget a key, so closed entries leave their bits set;
+    :meth:`StateStore._rebuild_disk_keys` starts it afresh from the spill table once it is full,
+    sized for four times the keys on disk then: O(1) amortised per spilled entry, and 8-16 bytes
+    per key on disk against ~1.7 KB per entry held in memory, so the memory budget still bounds
+    the state. Keys hash with Python's ``hash`` (salted per process): the filter is never stored."""
+
+    __slots__ = ("added", "bits", "capacity", "mask", "view")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1 << 12, capacity)
+        n_bits = 1 << (16 * self.capacity - 1).bit_length()
+        self.bits = bytearray(n_bits >> 3)  # read per key in Python (fast on a bytearray) ...
+        self.view = np.frombuffer(self.bits, np.uint8)  # ... and written per batch in numpy
+        self.mask = n_bits - 1
+        self.added = 0
+
+    def add(self, keys: list[Key]) -> None:
+        h = np.fromiter(map(hash, keys), np.int64, len(keys)).view(np.uint64)
+        step = (h >> np.uint64(32)) | np.uint64(1)
+        mask = np.uint64(self.mask)
+        for _ in range(4):
+            b = h & mask
+            np.bitwise_or.at(self.view, b >> np.uint64(3), np.left_shift(1, b & np.uint64(7)).astype(np.uint8))
+            h += step
+        self.added += len(keys)
+
+    def __contains__(self, key: Key) -> bool:
+        bits, mask = self.bits, self.mask
+        h = hash(key) & 0xFFFFFFFFFFFFFFFF  # as the uint64 that add() used
+        step = (h >> 32) | 1
+        for _ in range(4):
+            b = h & mask
+            if not bits[b >> 3] & (1 << (b & 7)):
+                return False
+            h = (h + step) & 0xFFFFFFFFFFFFFFFF
+        return True
+
+
 class StateStore:
     """Open impressions (memory + SQLite spill) and the checkpoint record. See the module doc.
 
@@ -148,6 +194,7 @@ class StateStore:
         self._first_new = 0  # entries with seq >= this were added since the last commit
         self._dirty: set[Key] = set()  # in-memory entries changed since the last commit
         self.n_spilled = 0  # entries on disk
+        self._disk_keys = _DiskKeys(0)  # may-be-on-disk filter of the spilled keys
         self._disk_min = float("inf")  # smallest window end on disk
         self._evict = max(1, self.memory_max // 10)  # spill in batches: one executemany each
         try:
@@ -162,6 +209,8 @@ class StateStore:
             self._init()
             self._parts = self._recorded_parts()
             self._remove_orphans()
+            if self.n_spilled:
+                self._rebuild_disk_keys()
         except BaseException:
             self._con.close()
             raise
@@ -214,7 +263,7 @@ class StateStore:
         """The open entry of ``key``, or None. An entry read from disk is a copy: pass it to
         :meth:`update` after changing it."""
         e = self._mem.get(key)
-        if e is not None or not self.n_spilled:
+        if e is not None or not self.n_spilled or key not in self._disk_keys:
             return e
         with self._sqlite("read a spilled entry"):
             row = self._con.execute("SELECT entry FROM spill WHERE key = ?", (_encoder.encode(key),)).fetchone()
@@ -301,10 +350,25 @@ class StateStore:
         with self._sqlite("spill entries"):
             self._con.executemany("INSERT INTO spill (key, end, seq, entry) VALUES (?, ?, ?, ?)", rows)
         self.n_spilled += len(rows)
+        if self._disk_keys.added + len(victims) > self._disk_keys.capacity:
+            self._rebuild_disk_keys()  # reads the spill table: these keys included
+        else:
+            self._disk_keys.add([key for key, _ in victims])
         self._disk_min = low
         self._stale += len(rows)
         if self._stale > len(self._mem):  # most of the order is stale: rebuild it from memory
             self._rebuild_order()
+
+    def _rebuild_disk_keys(self) -> None:
+        """A fresh filter of the keys on disk, sized for four times as many."""
+        with self._sqlite("list spilled keys"):
+            blobs = [r[0] for r in self._con.execute("SELECT key FROM spill")]
+        try:
+            keys = [_key.decode(b) for b in blobs]
+        except msgspec.MsgspecError as exc:
+            raise CorruptionError(f"joiner state {self.file}: a spilled key does not decode: {exc}") from exc
+        self._disk_keys = _DiskKeys(4 * len(keys))
+        self._disk_keys.add(keys)
 
     def _rebuild_order(self) -> None:
         w = self.window_s
@@ -441,9 +505,8 @@ class StateStore:
         yield from list(self._mem.items())
         with self._sqlite("list spilled entries"):
             rows = self._con.execute("SELECT key, entry FROM spill ORDER BY end, seq").fetchall()
-        dec = msgspec.msgpack.Decoder(tuple[Id, Id])
         for k, blob in rows:
-            yield dec.decode(k), self._decode(blob)
+            yield _key.decode(k), self._decode(blob)
 
     def __repr__(self) -> str:
         return f"StateStore({str(self.path)!r}, memory={len(self._mem)}, disk={self.n_spilled})"
