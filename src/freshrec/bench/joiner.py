@@ -11,8 +11,10 @@ impression) cut at 1M impressions (300k with ``--quick``), appended in event-tim
   process, reading every record from the log, joining, writing examples to the examples topic,
   checkpointing (every 500k records and at the end); down-sampling negatives at 0.1 (the
   paper's practice; about three kept negatives per positive here). ``[negative_rate=1]``: the
-  same keeping every negative (one example per impression). The joiner's process reports its
-  peak RSS; open windows at the end stay open (a live stream is never drained).
+  same keeping every negative (one example per impression). ``[memory_max=50k]``: the same with
+  at most 50k of the ~150k open impressions in memory, the rest spilled to SQLite. The joiner's
+  process reports its peak RSS; open windows at the end stay open (a live stream is never
+  drained).
 * The same through the Kafka backend against a local Tansu broker (``kafka_*``), if the
   ``kafka`` extra is installed.
 
@@ -38,6 +40,8 @@ from freshrec.bench._report import BenchReport, peak_rss_bytes
 BATCH = 10_000
 SIM = {"random_ctr": 0.025}  # ~3% actions per impression with the default follow-ups
 JOIN = {"negative_rate": 0.1}
+# joiner configurations measured besides JOIN, by the tag their figures carry
+VARIANTS = {"[negative_rate=1]": {"negative_rate": 1.0}, "[memory_max=50k]": {"memory_max_impressions": 50_000}}
 TOPICS = (("impressions", 2), ("actions", 1))
 
 
@@ -156,6 +160,7 @@ def _joiner_phase(log_config: dict[str, Any], joiner_config: dict[str, Any], que
             "late_label_updates": m.late_label_updates,
             "join_rate": m.join_rate,
             "open_impressions_end": m.open_impressions,
+            "open_impressions_on_disk_end": m.open_impressions_on_disk,
             "checkpoints": m.checkpoints,
             "peak_rss_bytes": peak,
             # what the open windows hold at the end (input buffers and allocator slack included)
@@ -179,21 +184,23 @@ def _run_joiner(log_config: dict[str, Any], joiner_config: dict[str, Any]) -> di
 
 
 _REPORTED = (
-    "examples_out", "positives_out", "negatives_out", "open_impressions_end", "peak_rss_bytes",
+    "examples_out", "positives_out", "negatives_out", "open_impressions_end", "open_impressions_on_disk_end",
+    "peak_rss_bytes",
     "resident_bytes_per_open_impression", "checkpoints", "join_rate",
 )  # fmt: skip
 
 
 def _backend(
-    report: BenchReport, prefix: str, log_config: Any, batches: list, n: int, work: Path, rates: list[float],
-    rounds: int,
+    report: BenchReport, prefix: str, log_config: Any, batches: list, n: int, work: Path,
+    variants: dict[str, dict[str, Any]], rounds: int,
 ) -> None:  # fmt: skip
-    """``rounds`` rounds of (baseline, then a joiner per rate over what the baseline appended),
-    interleaved so that machine noise hits both alike; medians reported."""
+    """``rounds`` rounds of (baseline, then a joiner per variant (tag -> overrides of JOIN) over
+    what the baseline appended), interleaved so that machine noise hits both alike; medians
+    reported."""
     from freshrec.stream import open_log
 
     base: dict[str, list[float]] = {}
-    res: dict[float, dict[str, list[float]]] = {rate: {} for rate in rates}
+    res: dict[str, dict[str, list[float]]] = {tag: {} for tag in variants}
     for r in range(rounds):
         suffix = f"-{r}"
         if getattr(log_config, "backend", "embedded") == "embedded":
@@ -201,23 +208,22 @@ def _backend(
         with open_log(log_config) as log:
             for name, value in _baseline(log, batches, n, suffix).items():
                 base.setdefault(name, []).append(value)
-        for rate in rates:
+        for v, (tag, overrides) in enumerate(variants.items()):
             cfg = {
                 **JOIN,
-                "negative_rate": rate,
+                **overrides,
                 "input_topics": [t + suffix for t, _ in TOPICS],
-                "state_dir": str(work / f"{prefix}state-{rate:g}{suffix}"),
-                "examples_topic": f"examples-{rate:g}{suffix}",
-                "dead_letter_topic": f"dead-letters-{rate:g}{suffix}",
+                "state_dir": str(work / f"{prefix}state-{v}{suffix}"),
+                "examples_topic": f"examples-{v}{suffix}",
+                "dead_letter_topic": f"dead-letters-{v}{suffix}",
             }
             for name, value in _run_joiner(log_config.model_dump(mode="json"), cfg).items():
-                res[rate].setdefault(name, []).append(value)
+                res[tag].setdefault(name, []).append(value)
     base_med = {name: float(np.median(v)) for name, v in base.items()}
     for name, value in base_med.items():
         report.figure(prefix + name, value)
-    for rate in rates:
-        tag = "" if rate == JOIN["negative_rate"] else f"[negative_rate={rate:g}]"
-        med = {name: float(np.median(v)) for name, v in res[rate].items()}
+    for tag in variants:
+        med = {name: float(np.median(v)) for name, v in res[tag].items()}
         report.figure(f"{prefix}joiner_events_per_s{tag}", med["events_per_s"])
         report.ratio(f"{prefix}joiner_vs_log{tag}", med["events_per_s"] / base_med["log_append_read_events_per_s"])
         report.ratio(
@@ -251,8 +257,7 @@ def run(*, quick: bool = False, seed: int = 0, kafka: bool = True) -> BenchRepor
     try:
         from freshrec.stream import LogConfig
 
-        rates = [JOIN["negative_rate"], 1.0]
-        _backend(report, "", LogConfig(path=work / "log"), batches, n, work, rates, 2 if quick else 3)
+        _backend(report, "", LogConfig(path=work / "log"), batches, n, work, {"": {}, **VARIANTS}, 2 if quick else 3)
         if kafka:
             _kafka(report, batches, n, work)
     finally:
@@ -270,4 +275,4 @@ def _kafka(report: BenchReport, batches: list, n: int, work: Path) -> None:
         return
     with LocalBroker() as broker:
         cfg = broker.log_config()
-        _backend(report, "kafka_", cfg, batches, n, work, [JOIN["negative_rate"]], 1)
+        _backend(report, "kafka_", cfg, batches, n, work, {"": {}}, 1)
