@@ -347,13 +347,13 @@ class StateStore:
             end = e.event_time + w
             low = min(low, end)
             rows.append((enc(key), end, e.seq, enc(e)))
+        # into the filter before the table: whatever fails later, no key is on disk unannounced
+        self._disk_keys.add([key for key, _ in victims])
         with self._sqlite("spill entries"):
             self._con.executemany("INSERT INTO spill (key, end, seq, entry) VALUES (?, ?, ?, ?)", rows)
         self.n_spilled += len(rows)
-        if self._disk_keys.added + len(victims) > self._disk_keys.capacity:
+        if self._disk_keys.added > self._disk_keys.capacity:
             self._rebuild_disk_keys()  # reads the spill table: these keys included
-        else:
-            self._disk_keys.add([key for key, _ in victims])
         self._disk_min = low
         self._stale += len(rows)
         if self._stale > len(self._mem):  # most of the order is stale: rebuild it from memory
