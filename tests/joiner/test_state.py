@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from freshrec.errors import CorruptionError, StateError
+from freshrec.joiner import state as state_module
 from freshrec.joiner._wire import decode_batch
 from freshrec.joiner.state import Entry, StateStore
 from freshrec.stream import encode
@@ -177,3 +181,69 @@ def test_refusals(tmp_path):
     sqlite3.connect(other / "state.sqlite").execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(StateError, match="not a freshrec joiner state"):
         StateStore(other, 10, window_s=1.0)
+
+
+_ids = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-3, 3),
+    st.sampled_from(["a", "1", "-1", "日本", "x" * 40]),  # as Id allows: no empty string
+)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), _ids, _ids, st.floats(0, 30)),
+        st.tuples(st.just("label"), st.integers(0, 10**6)),
+        st.tuples(st.just("close"), st.floats(0, 5)),
+        st.tuples(st.just("reopen"), st.integers(0, 6)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops, memory_max=st.sampled_from([0, 1, 3]))
+def test_get_agrees_with_a_model_through_spills_filter_rebuilds_and_reopens(tmp_path, monkeypatch, ops, memory_max):
+    """Random adds, label updates, closings and commit + reopen + restore on a store that spills
+    almost everything, with the spilled-key filter sized for 2 keys (so it is rebuilt every few
+    spills): after each step every key ever seen, and look-alikes of them, is found by get()
+    exactly when it is open, with its labels."""
+    monkeypatch.setattr(state_module, "_MIN_FILTER_KEYS", 2)
+    path = tmp_path / uuid.uuid4().hex
+    store = StateStore(path, memory_max, window_s=10.0)
+    model: dict = {}  # open key -> (end, labels)
+    seen: list = []
+    clock, seq, closed_to = 0.0, 0, -1.0  # closed_to: the watermark of the last closing
+    try:
+        for op in ops:
+            if op[0] == "add":
+                key = (op[1], op[2])
+                if key in model:
+                    continue
+                clock = max(clock, op[3])
+                blob = encode([imp(seq, clock, req=op[1], item=op[2])])[0]
+                store.add(key, Entry(blob, seq, clock, 7, seq, 0, seq, True))
+                model[key] = (clock + 10.0, 0)
+                seen.append(key)
+                seq += 1
+            elif op[0] == "label" and model:
+                key = sorted(model, key=repr)[op[1] % len(model)]
+                e = store.get(key)
+                e.labels |= 1
+                store.update(key, e)
+                model[key] = (model[key][0], e.labels)
+            elif op[0] == "close":
+                wm = closed_to = max(closed_to, clock + 10.0 - op[1])
+                gone = {k for k, (end, _) in model.items() if end < wm}
+                assert {(e.event_id) for e in store.closing(wm)} == {seen.index(k) for k in gone}
+                model = {k: v for k, v in model.items() if k not in gone}
+            elif op[0] == "reopen":
+                store.commit(b"m", watermark=closed_to, next_seq=seq)
+                store.close()
+                store = StateStore(path, op[1], window_s=10.0)
+                store.restore(closed_to)
+            for key in seen + [(k[1], k[0]) for k in seen] + [(str(k[0]), k[1]) for k in seen]:
+                got = store.get(key)
+                assert (got is not None) == (key in model), (op, key)
+                if got is not None:
+                    assert got.labels == model[key][1]
+    finally:
+        store.close()

@@ -53,6 +53,7 @@ FORMAT_VERSION = 1
 APPLICATION_ID = 0x66726A6E  # "frjn": marks a SQLite file as a freshrec joiner state store
 _INF = float("inf")
 _PART = 100_000  # entries per snapshot file (~30 MB): bounds the memory of one encode
+_MIN_FILTER_KEYS = 1 << 12  # the spilled-key filter is sized for at least this many keys
 
 _SCHEMA = (
     "CREATE TABLE spill (key BLOB PRIMARY KEY, end REAL NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL)",
@@ -144,7 +145,7 @@ class _DiskKeys:
     __slots__ = ("added", "bits", "capacity", "mask", "view")
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = max(1 << 12, capacity)
+        self.capacity = max(_MIN_FILTER_KEYS, capacity)
         n_bits = 1 << (16 * self.capacity - 1).bit_length()
         self.bits = bytearray(n_bits >> 3)  # read per key in Python (fast on a bytearray) ...
         self.view = np.frombuffer(self.bits, np.uint8)  # ... and written per batch in numpy
