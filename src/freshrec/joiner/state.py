@@ -138,7 +138,7 @@ class _DiskKeys:
     16-32 bits per key it was sized for, 4 probes: at most 0.24% false positives when full (0.09%
     measured at 21 bits). It cannot forget a key, so closed entries leave their bits set;
     :meth:`StateStore._rebuild_disk_keys` starts it afresh from the spill table once it is full,
-    sized for four times the keys on disk then: O(1) amortised per spilled entry, and 8-16 bytes
+    sized for four times the keys on disk then: O(1) amortised per spilled entry, and 2-16 bytes
     per key on disk against ~1.7 KB per entry held in memory, so the memory budget still bounds
     the state. Keys hash with Python's ``hash`` (salted per process): the filter is never stored."""
 
