@@ -113,6 +113,27 @@ class LossyLog(LogProxy):
         return [r for r in got if not (topic.endswith(".sparse") and read_header(r.value).version in self.lost)]
 
 
+class DamagedLog(LogProxy):
+    """Reads that would return a record of the ``kind`` ("sparse" or "dense") versions in
+    ``damaged`` fail as the embedded log fails on a chunk whose checksum does not match."""
+
+    def __init__(self, log, kind: str, damaged: set[int]) -> None:
+        super().__init__(log)
+        self.kind, self.damaged = kind, damaged
+
+    def read(self, topic, partition, offset, max_records=10_000, timeout_s=0.0):
+        from freshrec.errors import CorruptionError
+        from freshrec.sync.delta import read_header
+
+        got = self._log.read(topic, partition, offset, max_records, timeout_s)
+        for r in got:
+            if topic.endswith("." + self.kind) and read_header(r.value).version in self.damaged:
+                raise CorruptionError(
+                    f"event log, topic {topic!r} offsets {r.offset}..{r.offset}: chunk fails its checksum"
+                )
+        return got
+
+
 class FlakyLog(LogProxy):
     """The next append of more than one record writes only its first ``keep`` records and fails,
     as a Kafka producer may (a prefix left behind)."""

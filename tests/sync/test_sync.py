@@ -23,6 +23,7 @@ from freshrec.table import TableConfig
 from ._world import (
     MODEL,
     SPEC,
+    DamagedLog,
     Driver,
     FlakyLog,
     LossyLog,
@@ -183,6 +184,42 @@ def test_a_gap_makes_the_replica_reload_from_the_snapshot_after_it(elog, tmp_pat
     assert_same_rows(w.ps, state.ps)
     assert w.registry.get_sample_value("freshrec_sync_bootstraps_total", {"model": w.name, "reason": "gap"}) == 1
     assert w.registry.get_sample_value("freshrec_sync_gaps_total", {"model": w.name}) == 1
+
+
+def test_an_unreadable_sparse_record_is_a_gap_the_next_snapshot_bridges(elog, tmp_path):
+    """A damaged record (a chunk failing its checksum) used to escape as CorruptionError on every
+    poll: a running replica stayed at the version before it for good, still reporting LIVE."""
+    w = World(elog, config(tmp_path))
+    state, sub = w.replica(log=DamagedLog(elog, "sparse", {4}))
+    for _ in range(3):
+        w.driver.step()
+        w.pub.publish_sparse()
+    sub.poll()
+    assert state.sparse_version == 3
+    for _ in range(2):  # v4 (damaged), v5
+        w.driver.step()
+        w.pub.publish_sparse()
+    w.pub.snapshot()  # v6
+    sub.poll()
+    assert (sub.stats.gaps, sub.stats.bootstraps, sub.status) == (1, 2, SubscriberState.LIVE)
+    assert state.sparse_version == 6
+    assert_same_rows(w.ps, state.ps)
+
+
+def test_an_unreadable_dense_record_is_a_gap_the_next_snapshot_bridges(elog, tmp_path):
+    w = World(elog, config(tmp_path))
+    state, sub = w.replica(log=DamagedLog(elog, "dense", {2}))
+    w.pub.publish_dense()
+    sub.poll()
+    assert state.dense_version == 1
+    w.nudge_dense()
+    w.pub.publish_dense()  # v2: damaged
+    w.nudge_dense()
+    w.pub.publish_dense()  # v3
+    w.pub.snapshot()  # carries dense v3
+    sub.poll()
+    assert (sub.stats.gaps, sub.status, state.dense_version) == (1, SubscriberState.LIVE, 3)
+    assert_same_dense(w, state)
 
 
 def test_a_gap_no_snapshot_covers_leaves_the_replica_stale_until_one_does(elog, tmp_path):

@@ -86,8 +86,8 @@ class SubscriberStats:
 
 
 class _Gap(Exception):
-    def __init__(self, expected: int, got: int | None, why: str) -> None:
-        super().__init__(f"expected sparse version {expected}, {why}")
+    def __init__(self, expected: int, got: int | None, why: str, kind: str = "sparse") -> None:
+        super().__init__(f"expected {kind} version {expected}, {why}")
         self.expected, self.got = expected, got
 
 
@@ -300,13 +300,13 @@ class Subscriber:
             self._bootstrap("start" if self._status is SubscriberState.NEW else "retry")
         try:
             n = self._drain("sparse", self._sparse, self._offsets, self._apply_sparse_live, timeout_s)
+            n += self._drain("dense", self._dense, self._offsets, self._apply_dense_live, 0.0)
         except (_Gap, SchemaError) as exc:
             self.stats.gaps += 1
             self.metrics.gaps.labels(self.label).inc()
             _log.warning("sync subscriber of model %r: %s; bootstrapping", self.model, exc)
             self._bootstrap("gap")
             return 0
-        n += self._drain("dense", self._dense, self._offsets, self._apply_dense_live, 0.0)
         self._update_lag()
         return n
 
@@ -347,10 +347,10 @@ class Subscriber:
         topic = self.topics[kind]
         try:
             return self.log.read(topic, 0, offset, _READ_BATCH, timeout_s)
-        except InputError as exc:  # an offset below what the log retains
-            if kind == "sparse":
-                raise _Gap(order.applied + 1, None, f"the log cannot supply it: {exc}") from exc
-            raise SyncError(f"cannot read {topic!r}: {exc}") from exc
+        except (InputError, CorruptionError) as exc:  # below what the log retains, or damaged
+            # a gap like any other: the next snapshot past it is the way on (a replica retrying
+            # the same unreadable record would stay stale for good while reporting itself live)
+            raise _Gap(order.applied + 1, None, f"the log cannot supply it: {exc}", kind) from exc
 
     # ---- applying ------------------------------------------------------------------------------
     def _shares(self, parts: Parts, tables: dict) -> list[SparseShare]:
@@ -504,10 +504,10 @@ class Subscriber:
         try:
             try:
                 self._drain("sparse", sparse, offsets, apply_sparse, 0.0)
+                self._drain("dense", dense_order, offsets, apply_dense, 0.0)
             except (_Gap, SchemaError) as exc:
                 where = f"snapshot {info.path.name}" if info else "the log's start (no snapshot)"
                 raise SyncError(f"cannot bootstrap model {self.model!r} from {where}: {exc}") from exc
-            self._drain("dense", dense_order, offsets, apply_dense, 0.0)
         except BaseException:
             if stage.ps is not None:
                 stage.ps.close()
