@@ -97,3 +97,16 @@ def test_count_and_probability_combine():
     assert len(t) == 0
     t.lookup(ids, train=True, now=1)
     assert abs(len(t) / 20_000 - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("min_count", [1, 2])
+def test_a_new_id_with_a_huge_count_saturates_as_a_known_one_does(min_count):
+    """counts= of 2**31 and more used to wrap (2**31 -> 0, 2**32 + 3 -> 3) on admission, while a
+    known row's count saturated at 2**31 - 1."""
+    t = EmbeddingTable(dim=2, admission=AdmissionConfig(min_count=min_count, sketch_width=1024))
+    big = [2**31 - 1, 2**31, 2**31 + 5, 2**32 + 3]
+    for c in big:
+        t.lookup([c], train=True, now=0, counts=[c])
+    e = t.export()
+    assert sorted(e.ids.tolist()) == sorted(big)
+    assert e.counts.tolist() == [2**31 - 1] * len(big)

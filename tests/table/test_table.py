@@ -391,3 +391,19 @@ def test_a_lookup_that_fails_half_way_forgets_the_rows_of_the_one_before(monkeyp
     with pytest.raises(MemoryError):
         t.lookup(np.concatenate([ids, many]), train=True, now=0)
     assert 3 in t and t._known_rows(ids).shape == (0,)
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_find_or_insert_hands_out_no_row_taken_back_by_an_eviction_in_the_same_call(eviction):
+    """With max_rows, admitting a batch can evict rows the same batch was just given (LFU: new rows
+    have the lowest count; LRU: the batch's event time is older). Those handles used to come back
+    anyway, several IDs sharing one row."""
+    t = EmbeddingTable(dim=2, max_rows=4, evict_fraction=0.25, eviction=eviction)
+    for _ in range(5):
+        t.lookup([100, 101, 102], train=True, now=10)
+    ids = np.array([1, 2, 3, 4], np.int64)
+    rows = t.find_or_insert(ids, now=5 if eviction == "lru" else 20)
+    present = t.contains(ids)
+    assert (rows >= 0).tolist() == present.tolist()
+    assert len(set(rows[rows >= 0].tolist())) == int(present.sum())  # one row per ID
+    assert (rows[present] == t.find_or_insert(ids[present], now=20)).all()  # each its own row still

@@ -442,7 +442,7 @@ def lookup_train(
                 _set_ts(meta, row, mo, now_ms)
             ctr[C_HITS] += c_i
         else:
-            count = np.uint32(c_i)
+            count = np.uint32(min(c_i, np.int64(COUNT_MASK)))  # saturates, as a known row's count does
             if not (pending == 1 and i == start):
                 admit = True
                 eligible = c_i  # occurrences at or past the min_count-th
@@ -454,7 +454,7 @@ def lookup_train(
                         ctr[C_SKETCH_INCS] = 0
                         ctr[C_SKETCH_DECAYS] += 1
                     admit = est >= np.uint32(min_count)
-                    count = est
+                    count = min(est, COUNT_MASK)
                     eligible = min(c_i, np.int64(est) - min_count + 1)
                 if admit and p_admit < 1.0:
                     admit = _next_random(ctr) < 1.0 - (1.0 - p_admit) ** eligible
@@ -468,7 +468,7 @@ def lookup_train(
             elif min_count > 1:
                 # resumed after growth or eviction: the decision (and the sketch update) was made
                 # before the pause; the sketch's minimum is the estimate it reached
-                count = _sketch_min(sk, sk_seeds, key)
+                count = min(_sketch_min(sk, sk_seeds, key), COUNT_MASK)
             # admitted: make sure there is room, else hand back to Python and resume here
             if max_rows > 0 and ctr[C_LIVE] >= max_rows:
                 return NEED_EVICT, i

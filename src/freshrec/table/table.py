@@ -274,11 +274,16 @@ class EmbeddingTable:
         return np.ascontiguousarray(occ, dtype=np.int64)
 
     def find_or_insert(self, ids: Any, *, now: float) -> np.ndarray:
-        """Row handles of ``ids`` after admission (-1 where filtered), as a training lookup
-        without copying embeddings. Handles are valid until the next removal or growth."""
+        """Row handles of ``ids`` after admission (-1 where filtered, or evicted by ``max_rows``
+        later in the same call), as a training lookup without copying embeddings. Handles are
+        valid until the next removal or growth."""
         keys = self._ids(ids)
-        return self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False,
+        rows = self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False,
                                     np.zeros(0, np.int64))  # fmt: skip
+        if self._last is None:  # an eviction in the call may have taken rows it had handed out
+            with self._lock.read():
+                K.find_rows(self._slots, self._cap, keys, rows)
+        return rows
 
     def _find_or_insert(
         self, keys: np.ndarray, now_ms: int, out: np.ndarray, copy: bool, occ: np.ndarray
