@@ -118,6 +118,36 @@ def test_restore_one_shard_from_an_older_snapshot(tmp_path):
         ps.restore_shard(5, tmp_path / "old")
 
 
+def test_restore_shard_refuses_a_snapshot_of_other_tables_or_configs(tmp_path):
+    """A shard restored with another optimizer or dim would run unlike its siblings (or fail
+    later in a pull with a broadcast error); a missing table gave a bare KeyError."""
+    ps = LocalPS(TABLES, PSConfig(num_shards=2))
+    ps.pull("user", np.arange(50), train=True, now=0)
+    ps.save(tmp_path / "snap")
+    before = ps.pull("user", np.arange(50))
+    other = [t.model_copy(update={"dim": t.dim + 1}) if t.name == "user" else t for t in TABLES]
+    with pytest.raises(InputError, match=r"another config .*dim"):
+        LocalPS(other, PSConfig(num_shards=2)).restore_shard(0, tmp_path / "snap")
+    with pytest.raises(InputError, match="snapshot holds tables"):
+        LocalPS(TABLES[:1], PSConfig(num_shards=2)).restore_shard(0, tmp_path / "snap")
+    ps.restore_shard(1, tmp_path / "snap")  # the same configs: accepted
+    np.testing.assert_array_equal(ps.pull("user", np.arange(50)), before)
+
+
+def test_a_sharded_assign_refused_for_one_row_changes_no_shard():
+    ps = LocalPS(TABLES, PSConfig(num_shards=4))
+    ids = np.arange(40)
+    ps.pull("user", ids, train=True, now=0)
+    before = ps.pull("user", ids)
+    emb = np.ones((40, 4), np.float32)
+    emb[-1, 0] = np.nan
+    with pytest.raises(NonFiniteError):
+        ps.assign("user", ids, emb)
+    with pytest.raises(InputError, match="non-negative"):
+        ps.assign("user", ids, np.ones((40, 4), np.float32), counts=np.r_[np.ones(39, np.int64), -1])
+    np.testing.assert_array_equal(ps.pull("user", ids), before)
+
+
 def test_bad_calls_and_lifecycle():
     ps = LocalPS(TABLES)
     with pytest.raises(InputError, match="unknown table 'nope'"):

@@ -241,6 +241,14 @@ class LocalPS(ParameterServer):
             shards[0].assign(keys, embeddings, **kwargs)
             return
         emb = np.asarray(embeddings)
+        # what one shard would refuse for its own rows only (shapes fail on the first shard, before
+        # anything is written): refused for all before any shard writes
+        for what, arr in (("embeddings", emb), ("state", kwargs.get("state"))):
+            if arr is not None and np.asarray(arr).dtype.kind == "f" and not np.isfinite(arr).all():
+                raise NonFiniteError(f"table {table!r}: assigned {what} contain NaN or Inf; nothing was assigned")
+        counts = kwargs.get("counts")
+        if counts is not None and np.size(counts) and np.min(counts) < 0:
+            raise InputError(f"table {table!r}: counts must be non-negative; nothing was assigned")
         order, starts = self._groups(keys)
         for s, shard in enumerate(shards):
             pos = order[starts[s] : starts[s + 1]]
@@ -339,7 +347,15 @@ class LocalPS(ParameterServer):
         if manifest["num_shards"] != self.num_shards or not 0 <= shard < self.num_shards:
             raise InputError(f"snapshot has {manifest['num_shards']} shards; cannot restore shard {shard} "
                              f"of a {self.num_shards}-shard PS")  # fmt: skip
+        if set(manifest["tables"]) != set(self._configs):
+            raise InputError(f"snapshot holds tables {sorted(manifest['tables'])}; this PS serves "
+                             f"{sorted(self._configs)}")  # fmt: skip
         fresh = {t: EmbeddingTable.load(folder / v["shards"][shard]) for t, v in manifest["tables"].items()}
+        for t, table in fresh.items():  # a shard must run as its siblings do: same rows, same optimizer
+            want = _shard_config(self._configs[t], self.num_shards)
+            if table.config != want:
+                raise InputError(f"table {t!r}: the snapshot's shard {shard} was saved with another config "
+                                 f"({_config_diff(table.config, want)}); restore refused, nothing changed")  # fmt: skip
         for t, table in fresh.items():
             self._shards[t][shard] = table
 
@@ -349,6 +365,11 @@ class LocalPS(ParameterServer):
         self._state = PSState.CLOSED
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def _config_diff(got: TableConfig, want: TableConfig) -> str:
+    g, w = got.model_dump(), want.model_dump()
+    return ", ".join(f"{k}: {g[k]!r} here {w[k]!r}" for k in w if g.get(k) != w[k])
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
