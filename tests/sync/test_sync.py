@@ -222,6 +222,24 @@ def test_an_unreadable_dense_record_is_a_gap_the_next_snapshot_bridges(elog, tmp
     assert_same_dense(w, state)
 
 
+def test_a_publisher_refuses_snapshots_left_by_another_log(elog, tmp_path):
+    """A reset sync log with the snapshot folder kept: the old run's higher-numbered snapshots
+    would be loaded by replicas (which then drop the new log's deltas as old), and pruning by
+    version would delete the new run's snapshot as soon as it was written."""
+    w = World(elog, config(tmp_path))
+    for _ in range(4):
+        w.driver.step()
+        w.pub.publish_sparse()
+    w.pub.snapshot()  # v5
+    fresh = open_log(path=tmp_path / "reset-log")
+    try:
+        with pytest.raises(ConfigError, match=r"snapshot-000000000005.*ends at sparse version 0.*another log"):
+            Publisher(w.name, training_ps(), lambda: w.module, fresh, w.cfg, spec=SPEC, model_config=MODEL)
+    finally:
+        fresh.close()
+    Publisher(w.name, w.ps, lambda: w.module, elog, w.cfg, spec=SPEC, model_config=MODEL)  # its own log: fine
+
+
 def test_a_gap_no_snapshot_covers_leaves_the_replica_stale_until_one_does(elog, tmp_path):
     w = World(elog, config(tmp_path))
     state, sub = w.replica(log=LossyLog(elog, lost={5}))

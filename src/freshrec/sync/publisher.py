@@ -42,7 +42,7 @@ from freshrec.ps import ParameterServer
 from freshrec.stream import EventLog
 from freshrec.sync.config import SyncConfig, check_model_name
 from freshrec.sync.delta import DeltaHeader, SparseShare, encode_dense, encode_sparse, read_header, record_key
-from freshrec.sync.snapshot import write_snapshot
+from freshrec.sync.snapshot import list_snapshots, write_snapshot
 from freshrec.sync.state import serving_table_config
 
 if TYPE_CHECKING:
@@ -127,6 +127,17 @@ class Publisher:
             log.create_topic(topic, 1)
         self.sparse_version, sparse_complete = self._tail(self.sparse_topic)
         self.dense_version, _ = self._tail(self.dense_topic)
+        # A snapshot is written after its version reached the log, so one past the log's end comes
+        # from another log (reset, or another cluster's). Replicas would load it and drop this
+        # log's deltas as old, and pruning by version would delete this publisher's snapshots.
+        snap_dir = self.config.model_snapshot_dir(self.model)
+        newer = [p.name for p in list_snapshots(snap_dir) if int(p.name.rsplit("-", 1)[1]) > self.sparse_version]
+        if newer:
+            raise ConfigError(
+                f"{snap_dir} holds {newer[0]}, but the sync log of model {self.model!r} ends at sparse version "
+                f"{self.sparse_version}: those snapshots come from another log (was the log reset?). Move them "
+                "away, or point snapshot_dir elsewhere"
+            )
         self._needs_full = self.config.full_delta_on_start or not sparse_complete
         self._unsent: list[tuple[str, list[bytes], list[bytes]]] = []
         self._dense_blob: bytes | None = None  # last dense state published by this publisher
