@@ -110,3 +110,21 @@ def test_a_new_id_with_a_huge_count_saturates_as_a_known_one_does(min_count):
     e = t.export()
     assert sorted(e.ids.tolist()) == sorted(big)
     assert e.counts.tolist() == [2**31 - 1] * len(big)
+
+
+def test_an_admission_paused_for_growth_keeps_the_count_it_decided():
+    """The kernel hands back to Python to grow (or evict) after deciding to admit, then resumes.
+    It used to re-read the sketch then; a halving caused by that same ID's increment gave a
+    smaller count than a table that needed no growth."""
+    mismatches = 0
+    for decay_every in range(2, 40):
+        cfg = dict(dim=2, admission=AdmissionConfig(min_count=2, sketch_width=1 << 12, sketch_decay_every=decay_every))
+        grows, roomy = EmbeddingTable(**cfg), EmbeddingTable(**cfg)
+        roomy.reserve(10_000)
+        ids = np.repeat(np.arange(40, dtype=np.int64), 2)  # each admitted at its 2nd occurrence
+        for t in (grows, roomy):
+            t.lookup(ids, train=True, now=0)
+        a, b = grows.export(ids), roomy.export(ids)
+        assert a.ids.tolist() == b.ids.tolist()
+        mismatches += int((a.counts != b.counts).sum())
+    assert mismatches == 0

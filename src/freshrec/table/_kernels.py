@@ -49,7 +49,8 @@ C_LOOKUPS, C_HITS, C_ADMITTED, C_FILTERED = 4, 5, 6, 7
 C_EXPIRED, C_EVICTED, C_REMOVED, C_GRAD_ROWS = 8, 9, 10, 11
 C_ASSIGNED, C_SKETCH_INCS, C_SKETCH_DECAYS, C_GRAD_MISSING = 12, 13, 14, 15
 C_NONFINITE, C_RNG = 16, 17
-N_CTR = 18
+C_PENDING_COUNT = 18  # the count decided for an admission paused for growth or eviction
+N_CTR = 19
 
 # ---- optimizer kinds (hyper-parameters in hp: float64[8]) -------------------------------------
 OPT_SGD = 0  # hp: lr, momentum, weight_decay, nesterov
@@ -465,11 +466,12 @@ def lookup_train(
                         for j in range(dim):
                             out[i, j] = default[j]
                     continue
-            elif min_count > 1:
+            else:
                 # resumed after growth or eviction: the decision (and the sketch update) was made
-                # before the pause; the sketch's minimum is the estimate it reached
-                count = min(_sketch_min(sk, sk_seeds, key), COUNT_MASK)
+                # before the pause, with this count (the sketch may have been halved since)
+                count = np.uint32(ctr[C_PENDING_COUNT])
             # admitted: make sure there is room, else hand back to Python and resume here
+            ctr[C_PENDING_COUNT] = count
             if max_rows > 0 and ctr[C_LIVE] >= max_rows:
                 return NEED_EVICT, i
             if (ctr[C_LIVE] + 1) * LOAD_DEN > cap * LOAD_NUM:
