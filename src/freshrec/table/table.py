@@ -354,7 +354,8 @@ class EmbeddingTable:
         g = self._rows_values(grads, keys.shape[0], self.dim, "grads")
         now_ms = _to_ms(now)
         if not K.all_finite(g):
-            self._ctr[K.C_NONFINITE] += 1
+            with self._stat_lock:  # outside the table lock: concurrent rejections must all count
+                self._ctr[K.C_NONFINITE] += 1
             raise NonFiniteError(f"table {self.config.name!r}: gradients contain NaN or Inf; batch rejected")
         with self._lock.write():
             self._ensure_dirty(keys.shape[0])
