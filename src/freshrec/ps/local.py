@@ -241,14 +241,7 @@ class LocalPS(ParameterServer):
             shards[0].assign(keys, embeddings, **kwargs)
             return
         emb = np.asarray(embeddings)
-        # what one shard would refuse for its own rows only (shapes fail on the first shard, before
-        # anything is written): refused for all before any shard writes
-        for what, arr in (("embeddings", emb), ("state", kwargs.get("state"))):
-            if arr is not None and np.asarray(arr).dtype.kind == "f" and not np.isfinite(arr).all():
-                raise NonFiniteError(f"table {table!r}: assigned {what} contain NaN or Inf; nothing was assigned")
-        counts = kwargs.get("counts")
-        if counts is not None and np.size(counts) and np.min(counts) < 0:
-            raise InputError(f"table {table!r}: counts must be non-negative; nothing was assigned")
+        shards[0].check_assign(keys, emb, **kwargs)  # all of it, before any shard writes its part
         order, starts = self._groups(keys)
         for s, shard in enumerate(shards):
             pos = order[starts[s] : starts[s + 1]]

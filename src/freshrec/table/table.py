@@ -278,12 +278,8 @@ class EmbeddingTable:
         later in the same call), as a training lookup without copying embeddings. Handles are
         valid until the next removal or growth."""
         keys = self._ids(ids)
-        rows = self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False,
+        return self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False,
                                     np.zeros(0, np.int64))  # fmt: skip
-        if self._last is None:  # an eviction in the call may have taken rows it had handed out
-            with self._lock.read():
-                K.find_rows(self._slots, self._cap, keys, rows)
-        return rows
 
     def _find_or_insert(
         self, keys: np.ndarray, now_ms: int, out: np.ndarray, copy: bool, occ: np.ndarray
@@ -306,7 +302,9 @@ class EmbeddingTable:
                     self._data.shape[0], self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
-                    if not evicted:
+                    if evicted:  # rows found before the eviction may be another ID's now
+                        K.find_rows(self._slots, self._cap, keys, rows)
+                    else:
                         self._last = (keys.copy(), self._rows_now(keys, rows))
                     return rows
                 pending = 1
@@ -371,7 +369,7 @@ class EmbeddingTable:
         last = self._last
         return last[1] if last is not None and np.array_equal(last[0], keys) else _NO_ROWS
 
-    def assign(
+    def check_assign(
         self,
         ids: Any,
         embeddings: Any,
@@ -380,10 +378,10 @@ class EmbeddingTable:
         last_seen: Any | None = None,
         counts: Any | None = None,
         now: float | None = None,
-    ) -> None:
-        """Write rows verbatim (serving replicas, restore). New IDs get a row without
-        admission. Without ``state`` a new row's optimizer state is zero and an existing row
-        keeps its state. ``last_seen`` is int64 ms per row, or ``now`` (seconds) for all."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`assign`'s input checks, without writing: (keys, values, last-seen ms, counts) as
+        it would write them, or the error it would raise. A sharded PS checks a whole assignment
+        this way before any shard writes."""
         keys = self._ids(ids)
         n = keys.shape[0]
         emb = self._rows_values(embeddings, n, self.dim, "embeddings")
@@ -406,11 +404,29 @@ class EmbeddingTable:
                 raise InputError(f"counts must be {n} non-negative integers")
         else:
             cnt = np.ones(n, np.int64)
+        return keys, values, ts, cnt
+
+    def assign(
+        self,
+        ids: Any,
+        embeddings: Any,
+        *,
+        state: Any | None = None,
+        last_seen: Any | None = None,
+        counts: Any | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Write rows verbatim (serving replicas, restore). New IDs get a row without
+        admission. Without ``state`` a new row's optimizer state is zero and an existing row
+        keeps its state. ``last_seen`` is int64 ms per row, or ``now`` (seconds) for all.
+        Checked first (:meth:`check_assign`): a refused assignment writes nothing."""
+        keys, values, ts, cnt = self.check_assign(ids, embeddings, state=state, last_seen=last_seen,
+                                                  counts=counts, now=now)  # fmt: skip
         with self._lock.write():
             self._last = None  # an ID the last lookup filtered may get a row here
             start = 0
             while True:
-                self._ensure_dirty(n)
+                self._ensure_dirty(keys.shape[0])
                 status, start = K.assign_rows(
                     self._slots, self._cap, self._meta, self._data, self._free,
                     self._dirty, self._ctr, keys, start, values, values.shape[1], ts, cnt,
