@@ -28,7 +28,10 @@ def test_open_loop_against_a_real_server(model_dirs, tmp_path):  # noqa: F811
     bad = b'{"user_id": 1}'
     with BackgroundServer(config, load_states(config)) as srv:
         for client in ("raw", "httpx"):
-            out = asyncio.run(run_load(f"{srv.url}/v1/rank", [good, bad], rate=100, seconds=0.5, client=client, warm=2))
-            assert out["status"] == [200, 422] * 25, client
+            # a low rate: client and server share this process (and the GIL), and at 100/s a
+            # loaded CI machine built a backlog near the latency bound; the test is about the
+            # schedule and the bookkeeping, not speed
+            out = asyncio.run(run_load(f"{srv.url}/v1/rank", [good, bad], rate=40, seconds=0.5, client=client, warm=2))
+            assert out["status"] == [200, 422] * 10, client
             lat = np.array(out["latency_s"])
             assert (lat > 0).all() and np.median(lat) < 1.0

@@ -173,13 +173,13 @@ def test_read_waits_for_a_late_append(log):
     assert log.read(t, 0, 1, timeout_s=0.3) == []
     assert time.monotonic() - t0 >= 0.29
     timer = threading.Timer(0.3, lambda: log.append(t, [b"late", b"later"]))
+    t0 = time.monotonic()  # before the timer starts: the append cannot come sooner than 0.3 s after
     timer.start()
-    t0 = time.monotonic()
     got = log.read(t, 0, 1, timeout_s=10)
     waited = time.monotonic() - t0
     timer.join()
     assert [r.value for r in got] in ([b"late", b"later"], [b"late"])
-    assert 0.25 <= waited < 5
+    assert 0.29 <= waited < 5
     t0 = time.monotonic()
     assert [r.value for r in log.read(t, 0, 0, timeout_s=10)] == [b"first", b"late", b"later"]
     assert time.monotonic() - t0 < 5  # records that exist come back without waiting for new ones
