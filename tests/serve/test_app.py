@@ -80,9 +80,7 @@ def server(model_dirs, tmp_path_factory):
         assert client.post("/v1/events", json=listed, headers=KEY).status_code == 200
         # item vectors are rebuilt by a background thread; rebuild them here so that no test
         # depends on it having run (test_server.py checks the thread itself)
-        for engine in app.state.replica.engines.values():
-            if engine.vectors is not None:
-                engine.vectors.refresh()
+        app.state.replica.refresh_item_vectors()
         yield client, app.state.replica, root / "log"
 
 

@@ -149,9 +149,7 @@ class Replica:
             self.tailer.start()
             if not self.tailer.caught_up.wait(catch_up_timeout_s):
                 log.warning("item tailer not caught up after %.0f s; serving anyway", catch_up_timeout_s)
-        for engine in self.engines.values():
-            if engine.vectors is not None:
-                engine.vectors.refresh()
+        self.refresh_item_vectors()
         self._refresher = threading.Thread(target=self._refresh_loop, name="freshrec-item-vectors", daemon=True)
         self._refresher.start()
         for sub in self.subscribers:
@@ -192,6 +190,13 @@ class Replica:
             self.log.partitions(topic)
         except InputError:  # no such topic
             self.log.create_topic(topic, self.config.topics.partitions)
+
+    def refresh_item_vectors(self) -> None:
+        """Rebuild every arm's item vectors whose catalog or retriever changed, now (the
+        background thread does it every ``item_refresh_s``)."""
+        for engine in self.engines.values():
+            if engine.vectors is not None:
+                engine.vectors.refresh()
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.config.item_refresh_s):
