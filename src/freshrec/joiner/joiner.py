@@ -51,6 +51,7 @@ from freshrec.stream.log import EventLog
 __all__ = ["Joiner", "JoinerState"]
 
 CHECKPOINT_FORMAT = 1
+_event_time = operator.attrgetter("event_time")
 # The settings that give a checkpoint its meaning: resuming under other values is refused.
 _BINDING = (
     "input_topics", "examples_topic", "dead_letter_topic", "window_s", "allowed_lateness_s", "emit",
@@ -302,11 +303,11 @@ class Joiner:
 
     def _step(self) -> int:
         self._fill()
-        items, records, srcs, offs = self._ready()
+        items, records, srcs, offs, arrivals = self._ready()
         while not items and self._force_read():
-            items, records, srcs, offs = self._ready()
+            items, records, srcs, offs, arrivals = self._ready()
         if items:
-            self.core.process(items, records, srcs, offs, self._arrivals(srcs, offs))
+            self.core.process(items, records, srcs, offs, arrivals)
             self._since_checkpoint += len(items)
         # Catching up, outputs go out a read batch at a time (one log append, one fsync, each);
         # at the head of the log, after every step.
@@ -316,15 +317,6 @@ class Joiner:
         return len(items)
 
     # ---- reading -----------------------------------------------------------------------------
-
-    def _arrivals(self, srcs: list[int], offs: list[int]) -> list[int]:
-        """When each record to join reached the log (wall ms), looked up by (source, offset)."""
-        src, off = np.asarray(srcs, np.int64), np.asarray(offs, np.int64)
-        out = np.zeros(src.shape[0], np.int64)
-        for i in np.unique(src).tolist():
-            s, mask = self._sources[i], src == i
-            out[mask] = s.arrivals[np.searchsorted(s.offsets, off[mask])]
-        return out.tolist()
 
     def _fill(self) -> None:
         low = self.config.read_batch // 2
@@ -340,7 +332,7 @@ class Joiner:
         if not n:
             return
         decoded = decode_batch(cols.values)
-        times = np.array([e.event_time for e in decoded], np.float64)  # (n,) -inf for bad records
+        times = np.fromiter(map(_event_time, decoded), np.float64, n)  # (n,) -inf for bad records
         # bad records sort right after what precedes them: at the newest time read so far
         order_times = np.maximum.accumulate(np.concatenate(([s.high], times)))[1:]
         bad = times == -np.inf
@@ -376,8 +368,9 @@ class Joiner:
                 self._read(s)
         return True
 
-    def _ready(self) -> tuple[list[Any], list[bytes], list[int], list[int]]:
-        """Take the buffered records older than the frontier, in (time, source, offset) order."""
+    def _ready(self) -> tuple[list[Any], list[bytes], list[int], list[int], list[int]]:
+        """Take the buffered records older than the frontier, in (time, source, offset) order:
+        (decoded, as read, source indices, offsets, arrivals in wall ms)."""
         front = self._frontier()
         picks = []
         for s in self._sources:
@@ -392,30 +385,34 @@ class Joiner:
             if k:
                 picks.append((s, k))
         if not picks:
-            return [], [], [], []
+            return [], [], [], [], []
         if len(picks) == 1:
             s, k = picks[0]
             lo, hi = s.pos, s.pos + k
-            times, offs = s.times[lo:hi], s.offsets[lo:hi]
+            times, offs, arrivals = s.times[lo:hi], s.offsets[lo:hi], s.arrivals[lo:hi]
             items, records = s.items[lo:hi], s.records[lo:hi]
             srcs = np.full(k, s.index, np.int64)
             if k > 1 and bool((times[1:] < times[:-1]).any()):
                 order = np.argsort(times, kind="stable")
                 items, records = _gather(items, order), _gather(records, order)
-                offs = offs[order]
+                offs, arrivals = offs[order], arrivals[order]
         else:
             times = np.concatenate([s.times[s.pos : s.pos + k] for s, k in picks])
             offs_all = np.concatenate([s.offsets[s.pos : s.pos + k] for s, k in picks])
+            arr_all = np.concatenate([s.arrivals[s.pos : s.pos + k] for s, k in picks])
             src_all = np.concatenate([np.full(k, s.index, np.int64) for s, k in picks])
-            pool = [it for s, k in picks for it in s.items[s.pos : s.pos + k]]
-            pool_records = [r for s, k in picks for r in s.records[s.pos : s.pos + k]]
+            pool: list[Any] = []
+            pool_records: list[bytes] = []
+            for s, k in picks:
+                pool += s.items[s.pos : s.pos + k]
+                pool_records += s.records[s.pos : s.pos + k]
             order = np.lexsort((offs_all, src_all, times))
             items, records = _gather(pool, order), _gather(pool_records, order)
-            offs, srcs = offs_all[order], src_all[order]
+            offs, srcs, arrivals = offs_all[order], src_all[order], arr_all[order]
         for s, k in picks:
             s.pos += k
             s.consumed = int(s.offsets[s.pos - 1]) + 1
-        return items, records, srcs.tolist(), offs.tolist()
+        return items, records, srcs.tolist(), offs.tolist(), arrivals.tolist()
 
     # ---- writing -----------------------------------------------------------------------------
 
