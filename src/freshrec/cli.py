@@ -189,7 +189,8 @@ def serve(
             arm["retrieval_dir"] = str(retrieval_dir)
         data["arms"] = [arm]
     cfg = ServeConfig.from_dict(data, source=str(config) if config else "config")
-    typer.echo(f"freshrec serve: arms {[a.name for a in cfg.arms]}, http://{cfg.host}:{cfg.port}/docs", err=True)
+    where = f"port {cfg.port}" if cfg.port else "a free port"
+    typer.echo(f"freshrec serve: arms {[a.name for a in cfg.arms]}, starting on {cfg.host}, {where}", err=True)
     run_server(cfg)
 
 
@@ -198,7 +199,7 @@ def serve(
 def demo(
     duration: Annotated[float | None, typer.Option(help="Wall seconds of closed loop (default 180).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the simulated world.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port of the serving replica (default 8000).")] = None,
+    port: Annotated[int | None, typer.Option(help="Serving port (default 8000; 0 = any free port).")] = None,
     speed: Annotated[float | None, typer.Option(help="Event seconds per wall second (default 60).")] = None,
     users: Annotated[int | None, typer.Option(help="Simulated users (default 10,000).")] = None,
     items_per_hour: Annotated[int | None, typer.Option(help="New listings per event hour (default 3,000).")] = None,

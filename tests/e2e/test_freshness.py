@@ -4,7 +4,6 @@ events posted over HTTP change the score of the affected user and item within se
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import httpx
@@ -21,12 +20,6 @@ USER, ITEM = 4242, "it-fresh-1"
 USER_FEATURES = {"segment": 1, "age_bucket": 2}
 ITEM_FEATURES = {"category": 3, "seller_id": "s7", "price_bucket": 4, "format": "auction", "price": 25.0}
 CONTEXT = {"hour": 20, "device": "ios"}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _impression(i: int, t: float) -> dict:
@@ -66,9 +59,9 @@ def test_posted_actions_reach_serving_within_seconds(tmp_path):
         log.create_topic(topic, 1)
     log.close()
     (run / "online.json").write_text(json.dumps(online.model_dump(mode="json")))
-    port = _port()
+    port_file = run / "server.port"
     serve = ServeConfig.from_dict({
-        "port": port, "log": online.log.model_dump(mode="json"), "tail_items": False,
+        "port": 0, "port_file": str(port_file), "log": online.log.model_dump(mode="json"), "tail_items": False,
         "arms": [{"name": "live", "sync": {"snapshot_dir": str(online.sync.snapshot_dir), "retrieval_model": None}}],
     })  # fmt: skip
     (run / "serve.json").write_text(json.dumps({**serve.model_dump(mode="json"), "api_key": None}))
@@ -80,7 +73,8 @@ def test_posted_actions_reach_serving_within_seconds(tmp_path):
         wait_for("a snapshot", lambda: (online.sync.snapshot_dir / "rank" / "LATEST").is_file(), 120, children)
         children.append(Child("server", ["-m", "freshrec.cli", "serve", "--config", str(run / "serve.json")],
                               run / "server.log"))  # fmt: skip
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        wait_for("the server's port", port_file.is_file, 120, children)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{int(port_file.read_text())}", timeout=30)
         wait_for("the server", lambda: client.get("/v1/healthz").status_code == 200, 120, children)
         before = _score(client)
         version_before = client.get("/v1/model").json()["arms"][0]["rank"]["sparse_version"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,22 +18,16 @@ from freshrec.stream import decode, open_log
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def item(i):
     return {"category": i % 10, "seller_id": f"s{i}", "tags": ["t1"], "price": 3.0 + i}
 
 
 @pytest.fixture
 def server_process(model_dirs, tmp_path):
-    port = free_port()
+    port_file = tmp_path / "server.port"  # port 0: no port to race other processes for
     cfg = tmp_path / "serve.toml"
     cfg.write_text(
-        f'port = {port}\napi_key = "k"\n[log]\npath = "{tmp_path / "log"}"\n'
+        f'port = 0\nport_file = "{port_file}"\napi_key = "k"\n[log]\npath = "{tmp_path / "log"}"\n'
         f'[[arms]]\nname = "main"\nmodel_dir = "{model_dirs["rank"]}"\nretrieval_dir = "{model_dirs["retrieve"]}"\n'
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -46,14 +39,13 @@ def server_process(model_dirs, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
-        try:
-            if httpx.get(f"{url}/v1/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
+        port = int(port_file.read_text()) if port_file.exists() else 0
+        if port:
+            url = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{url}/v1/healthz", timeout=5).status_code == 200  # bound = serving
+            break
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             pytest.fail(f"server did not start: {proc.communicate()[0][-3000:]}")
@@ -97,6 +89,7 @@ def test_serves_over_http_and_stops_cleanly(server_process):
     # uvicorn shuts down gracefully (lifespan: the writer flushes, the log closes), then re-raises
     # the signal it caught, so the exit status is the signal's
     assert proc.wait(30) in (0, -signal.SIGTERM)
+    assert f"listening on {url} " in proc.stdout.read()  # the port 0 became, for a human or a script
     with open_log(path=log_path) as log:
         imps = [decode(rec.value) for rec in log.read("impressions", 0, 0, 1000)]
     assert sorted(e.position for e in imps if e.request_id == rid) == [0, 1, 2, 3]
@@ -113,3 +106,43 @@ def test_bad_configuration_exits_with_a_one_line_reason(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "api_key is required" in r.output
     r = runner.invoke(app, ["serve", "--model-dir", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "is not a model directory" in r.output
+
+
+def test_port_zero_writes_the_bound_port_over_a_stale_port_file(model_dirs, tmp_path):
+    from freshrec.serve import BackgroundServer, ServeConfig, load_states
+
+    port_file = tmp_path / "server.port"
+    port_file.write_text("1\n")  # left by an earlier run: must not survive this start
+    config = ServeConfig.from_dict(
+        {
+            "port": 0,
+            "port_file": str(port_file),
+            "arms": [{"name": "a", "model_dir": str(model_dirs["rank"])}],
+            "log": {"path": str(tmp_path / "log")},
+            "tail_items": False,
+        }
+    )
+    server = BackgroundServer(config, load_states(config))
+    assert not port_file.exists()  # gone before the socket is bound
+    with server as srv:
+        port = int(port_file.read_text())
+        assert port > 1 and srv.url == f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{srv.url}/v1/healthz", timeout=10).status_code == 200
+
+
+def test_a_port_file_that_cannot_be_written_is_refused_before_serving(model_dirs, tmp_path):
+    from freshrec.errors import ConfigError
+    from freshrec.serve import BackgroundServer, ServeConfig, load_states
+
+    (tmp_path / "a_file").write_text("")
+    config = ServeConfig.from_dict(
+        {
+            "port": 0,
+            "port_file": str(tmp_path / "a_file" / "server.port"),  # its folder is a file
+            "arms": [{"name": "a", "model_dir": str(model_dirs["rank"])}],
+            "log": {"path": str(tmp_path / "log")},
+            "tail_items": False,
+        }
+    )
+    with pytest.raises(ConfigError, match=r"port_file .*cannot write there"):
+        BackgroundServer(config, load_states(config))

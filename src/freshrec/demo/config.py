@@ -25,7 +25,8 @@ class DemoConfig(Config):
     Args:
         duration_s: wall-clock seconds of the closed loop (after start-up).
         seed: the simulated world's seed: the same seed gives the same users, items and sessions.
-        port: the serving replica's port on 127.0.0.1.
+        port: the serving replica's port on 127.0.0.1; 0 takes any free port (the demo reads
+            the one bound from ``<run>/server.port``).
         speed: event seconds per wall second (60: the 3-minute default simulates 3 hours).
         warmup_s: event seconds of random-policy traffic written before the loop closes: the batch
             stage the online stage starts from.

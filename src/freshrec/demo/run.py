@@ -69,6 +69,7 @@ def serve_config(demo: DemoConfig, run_dir: Path, online: OnlineConfig) -> Serve
     base = {
         "host": "127.0.0.1",
         "port": demo.port,
+        "port_file": str(run_dir / "server.port"),  # the port it bound (port 0: any free one)
         "api_key": None,  # loopback only: the config refuses a keyless server on any other address
         "log": online.log.model_dump(mode="json"),
         "arms": [
@@ -156,10 +157,13 @@ def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = N
         # the warm-up backlog (freshness is measured from their arrival)
         wait_for("the trainer to catch up with the warm-up traffic",
                  lambda: _caught_up(run_dir, online.train.batch_size), 600, children)  # fmt: skip
+        port_file = run_dir / "server.port"
+        port_file.unlink(missing_ok=True)  # a resumed run's: this server may bind another port
         server = Child("server", ["-m", "freshrec.cli", "serve", "--config", str(run_dir / "serve.json")],
                        run_dir / "server.log")  # fmt: skip
         children.append(server)
-        base = f"http://127.0.0.1:{serve.port}"
+        wait_for("the server to bind its port", port_file.is_file, 180, children)
+        base = f"http://127.0.0.1:{int(port_file.read_text())}"
         client = httpx.Client(base_url=base, timeout=30.0)
         wait_for(f"the server at {base}", lambda: client.get("/v1/healthz").status_code == 200, 180, children)
         console.print(f"serving at {base}/docs | run directory {run_dir}")

@@ -116,7 +116,12 @@ class ServeConfig(Config):
     """A serving replica.
 
     Args:
-        host, port: where uvicorn listens.
+        host: the address uvicorn listens on.
+        port: its port; 0 takes any free port (see ``port_file``).
+        port_file: once the socket is bound, the port it got is written here (atomically, one
+            line; a stale file is removed at start): for supervisors, and for ``port = 0``, which
+            leaves no port to race for. ``freshrec serve`` also prints ``listening on
+            http://host:port`` to stderr.
         api_key: required (header ``X-API-Key``) by /v1/events; read from the environment
             variable ``FRESHREC_API_KEY`` when not given. None turns the check off, which is
             allowed only when ``host`` is a loopback address (the local demo).
@@ -153,7 +158,8 @@ class ServeConfig(Config):
     """
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (tests)
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port
+    port_file: Path | None = None
     api_key: SecretStr | None = None
     arms: list[ArmConfig] = Field(min_length=1)
     arm_seed: int = Field(0, ge=0, lt=2**64)

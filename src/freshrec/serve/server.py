@@ -8,6 +8,8 @@ request path happen before the socket opens (uvicorn runs the app's startup firs
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from freshrec.errors import StateError
+from freshrec._io import atomic_write_bytes
+from freshrec.errors import ConfigError, StateError
 from freshrec.serve.app import create_app
 from freshrec.serve.config import ArmConfig, ServeConfig
 from freshrec.serve.replica import Subscriber
@@ -96,6 +99,32 @@ def _uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:  # type: ignore
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling where it listens once its socket is bound: the port goes to
+    ``port_file`` (the one ``port = 0`` got), the URL to stderr if ``announce``."""
+
+    def __init__(self, config: ServeConfig, app, *, announce: bool) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(_uvicorn_config(app, config))
+        self.port_file, self.announce = config.port_file, announce
+        if self.port_file is not None:  # a stale file must not name a port this run never bound
+            try:
+                self.port_file.parent.mkdir(parents=True, exist_ok=True)
+                self.port_file.unlink(missing_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"port_file {self.port_file}: cannot write there: {exc}") from exc
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # exits the process if the app's startup or the bind fails
+        if not self.servers:
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        if self.port_file is not None:
+            atomic_write_bytes(self.port_file, f"{port}\n".encode())
+        if self.announce:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"freshrec serve: listening on http://{shown}:{port} (API docs: /docs)", file=sys.stderr, flush=True)
+
+
 def serve(
     config: ServeConfig,
     *,
@@ -109,7 +138,7 @@ def serve(
         states, loaded = load_arms(config, registry=registry)
         subscribers = [*(subscribers or ()), *loaded]
     app = create_app(config, states, subscribers=subscribers, registry=registry)
-    uvicorn.Server(_uvicorn_config(app, config)).run()
+    _Server(config, app, announce=True).run()
 
 
 class BackgroundServer:
@@ -125,7 +154,7 @@ class BackgroundServer:
         subscribers: Sequence[Subscriber] | None = None,
     ) -> None:
         self.app = create_app(config, states, log_=log_, subscribers=subscribers)
-        self.server = uvicorn.Server(_uvicorn_config(self.app, config))
+        self.server = _Server(config, self.app, announce=False)
         self._thread = threading.Thread(target=self.server.run, name="freshrec-uvicorn", daemon=True)
 
     @property
