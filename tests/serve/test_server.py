@@ -90,6 +90,7 @@ def test_serves_over_http_and_stops_cleanly(server_process):
     # the signal it caught, so the exit status is the signal's
     assert proc.wait(30) in (0, -signal.SIGTERM)
     assert f"listening on {url} " in proc.stdout.read()  # the port 0 became, for a human or a script
+    assert not (log_path.parent / "server.port").exists()  # removed at shutdown: nothing listens there
     with open_log(path=log_path) as log:
         imps = [decode(rec.value) for rec in log.read("impressions", 0, 0, 1000)]
     assert sorted(e.position for e in imps if e.request_id == rid) == [0, 1, 2, 3]
@@ -128,6 +129,7 @@ def test_port_zero_writes_the_bound_port_over_a_stale_port_file(model_dirs, tmp_
         port = int(port_file.read_text())
         assert port > 1 and srv.url == f"http://127.0.0.1:{port}"
         assert httpx.get(f"{srv.url}/v1/healthz", timeout=10).status_code == 200
+    assert not port_file.exists()  # removed when the server stopped
 
 
 def test_a_port_file_that_cannot_be_written_is_refused_before_serving(model_dirs, tmp_path):

@@ -119,9 +119,9 @@ class ServeConfig(Config):
         host: the address uvicorn listens on.
         port: its port; 0 takes any free port (see ``port_file``).
         port_file: once the socket is bound, the port it got is written here (atomically, one
-            line; a stale file is removed at start): for supervisors, and for ``port = 0``, which
-            leaves no port to race for. ``freshrec serve`` also prints ``listening on
-            http://host:port`` to stderr.
+            line) and removed at shutdown (a stale one, at start): for supervisors, and for
+            ``port = 0``, which leaves no port to race for. ``freshrec serve`` also prints
+            ``listening on http://host:port`` to stderr.
         api_key: required (header ``X-API-Key``) by /v1/events; read from the environment
             variable ``FRESHREC_API_KEY`` when not given. None turns the check off, which is
             allowed only when ``host`` is a loopback address (the local demo).

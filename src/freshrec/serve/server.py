@@ -101,7 +101,7 @@ def _uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:  # type: ignore
 
 class _Server(uvicorn.Server):
     """uvicorn's server, telling where it listens once its socket is bound: the port goes to
-    ``port_file`` (the one ``port = 0`` got), the URL to stderr if ``announce``."""
+    ``port_file`` (the one ``port = 0`` got) until it stops, the URL to stderr if ``announce``."""
 
     def __init__(self, config: ServeConfig, app, *, announce: bool) -> None:  # type: ignore[no-untyped-def]
         super().__init__(_uvicorn_config(app, config))
@@ -123,6 +123,13 @@ class _Server(uvicorn.Server):
         if self.announce:
             shown = f"[{host}]" if ":" in host else host
             print(f"freshrec serve: listening on http://{shown}:{port} (API docs: /docs)", file=sys.stderr, flush=True)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self.port_file is not None:
+                self.port_file.unlink(missing_ok=True)  # nothing listens there any more
 
 
 def serve(
