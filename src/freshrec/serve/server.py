@@ -101,11 +101,13 @@ def _uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:  # type: ignore
 
 class _Server(uvicorn.Server):
     """uvicorn's server, telling where it listens once its socket is bound: the port goes to
-    ``port_file`` (the one ``port = 0`` got) until it stops, the URL to stderr if ``announce``."""
+    ``port_file`` (the one ``port = 0`` got) until it stops, the URL to stderr if ``announce``.
+    ``listening`` turns true after that (uvicorn's ``started`` turns true before it)."""
 
     def __init__(self, config: ServeConfig, app, *, announce: bool) -> None:  # type: ignore[no-untyped-def]
         super().__init__(_uvicorn_config(app, config))
         self.port_file, self.announce = config.port_file, announce
+        self.listening = False
         if self.port_file is not None:  # a stale file must not name a port this run never bound
             try:
                 self.port_file.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,7 @@ class _Server(uvicorn.Server):
         if self.announce:
             shown = f"[{host}]" if ":" in host else host
             print(f"freshrec serve: listening on http://{shown}:{port} (API docs: /docs)", file=sys.stderr, flush=True)
+        self.listening = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -177,7 +180,7 @@ class BackgroundServer:
     def start(self, timeout: float = 120.0) -> BackgroundServer:
         self._thread.start()
         waited = 0.0
-        while not self.server.started:
+        while not self.server.listening:  # bound, and its port file written
             if not self._thread.is_alive():
                 raise StateError("the server thread stopped during startup; see its log")
             self._thread.join(0.02)
