@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from freshrec.demo.procs import Child, wait_for
+from freshrec.demo.procs import Child, wait_for, wait_for_port
 from freshrec.online import OnlineConfig, live_commerce_spec
 from freshrec.serve import ServeConfig
 from freshrec.stream import encode_json, open_log
@@ -73,8 +73,7 @@ def test_posted_actions_reach_serving_within_seconds(tmp_path):
         wait_for("a snapshot", lambda: (online.sync.snapshot_dir / "rank" / "LATEST").is_file(), 120, children)
         children.append(Child("server", ["-m", "freshrec.cli", "serve", "--config", str(run / "serve.json")],
                               run / "server.log"))  # fmt: skip
-        wait_for("the server's port", port_file.is_file, 120, children)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{int(port_file.read_text())}", timeout=30)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{wait_for_port(port_file, 120, children)}", timeout=30)
         wait_for("the server", lambda: client.get("/v1/healthz").status_code == 200, 120, children)
         before = _score(client)
         version_before = client.get("/v1/model").json()["arms"][0]["rank"]["sparse_version"]

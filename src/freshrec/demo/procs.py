@@ -19,7 +19,7 @@ import httpx
 
 from freshrec.errors import StateError
 
-__all__ = ["Child", "wait_for"]
+__all__ = ["Child", "wait_for", "wait_for_port"]
 
 
 class Child:
@@ -74,3 +74,9 @@ def wait_for(what: str, ready, timeout_s: float, children: list[Child]) -> None:
             pass
         time.sleep(0.2)
     raise StateError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def wait_for_port(port_file: Path, timeout_s: float, children: list[Child]) -> int:
+    """The port a server started with ``port_file`` bound, once it has written it."""
+    wait_for(f"a server to write its port to {port_file}", port_file.is_file, timeout_s, children)
+    return int(port_file.read_text())

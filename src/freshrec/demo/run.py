@@ -32,7 +32,7 @@ from freshrec._io import atomic_write_bytes
 from freshrec.config import apply_overrides
 from freshrec.demo.client import EventPoster, HttpRecommender
 from freshrec.demo.config import DemoConfig
-from freshrec.demo.procs import Child, wait_for
+from freshrec.demo.procs import Child, wait_for, wait_for_port
 from freshrec.errors import ConfigError
 from freshrec.online import OnlineConfig, live_commerce_spec
 from freshrec.serve import ServeConfig
@@ -80,7 +80,10 @@ def serve_config(demo: DemoConfig, run_dir: Path, online: OnlineConfig) -> Serve
         "retrieve_k": 200,
         "log_level": "warning",
     }  # fmt: skip
-    return ServeConfig.from_dict(apply_overrides(base, demo.serve), source="demo serve config")
+    serve = ServeConfig.from_dict(apply_overrides(base, demo.serve), source="demo serve config")
+    if serve.port_file is None:
+        raise ConfigError("demo serve config: port_file is required (the demo reads its server's port there)")
+    return serve
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -157,13 +160,11 @@ def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = N
         # the warm-up backlog (freshness is measured from their arrival)
         wait_for("the trainer to catch up with the warm-up traffic",
                  lambda: _caught_up(run_dir, online.train.batch_size), 600, children)  # fmt: skip
-        port_file = run_dir / "server.port"
-        port_file.unlink(missing_ok=True)  # a resumed run's: this server may bind another port
+        serve.port_file.unlink(missing_ok=True)  # a resumed run's: this server may bind another port
         server = Child("server", ["-m", "freshrec.cli", "serve", "--config", str(run_dir / "serve.json")],
                        run_dir / "server.log")  # fmt: skip
         children.append(server)
-        wait_for("the server to bind its port", port_file.is_file, 180, children)
-        base = f"http://127.0.0.1:{int(port_file.read_text())}"
+        base = f"http://127.0.0.1:{wait_for_port(serve.port_file, 180, children)}"
         client = httpx.Client(base_url=base, timeout=30.0)
         wait_for(f"the server at {base}", lambda: client.get("/v1/healthz").status_code == 200, 180, children)
         console.print(f"serving at {base}/docs | run directory {run_dir}")

@@ -108,6 +108,7 @@ class _Server(uvicorn.Server):
         super().__init__(_uvicorn_config(app, config))
         self.port_file, self.announce = config.port_file, announce
         self.listening = False
+        self.url: str | None = None  # http://host:port, once bound
         if self.port_file is not None:  # a stale file must not name a port this run never bound
             try:
                 self.port_file.parent.mkdir(parents=True, exist_ok=True)
@@ -120,11 +121,11 @@ class _Server(uvicorn.Server):
         if not self.servers:
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         if self.port_file is not None:
             atomic_write_bytes(self.port_file, f"{port}\n".encode())
         if self.announce:
-            shown = f"[{host}]" if ":" in host else host
-            print(f"freshrec serve: listening on http://{shown}:{port} (API docs: /docs)", file=sys.stderr, flush=True)
+            print(f"freshrec serve: listening on {self.url} (API docs: /docs)", file=sys.stderr, flush=True)
         self.listening = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -173,9 +174,9 @@ class BackgroundServer:
 
     @property
     def url(self) -> str:
-        sock = self.server.servers[0].sockets[0]
-        host, port = sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        if self.server.url is None:
+            raise StateError("the server is not listening yet: start() it first")
+        return self.server.url
 
     def start(self, timeout: float = 120.0) -> BackgroundServer:
         self._thread.start()
