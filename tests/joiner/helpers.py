@@ -28,16 +28,30 @@ def act(eid: Any, t: float, req: Any = 1, item: Any = "a", user: Any = 7, type: 
 
 
 def run_core(
-    events: list[Any], state_dir: Path, *, memory_max: int = 10**6, drain: bool = True, **cfg: Any
+    events: list[Any],
+    state_dir: Path,
+    *,
+    memory_max: int = 10**6,
+    drain: bool = True,
+    chunk: int | None = None,
+    slots: int | None = None,
+    **cfg: Any,
 ) -> tuple[list[Any], list[Any], JoinerMetrics]:
-    """Join ``events`` (in this order) with a fresh core; (examples, dead records, metrics)."""
+    """Join ``events`` (in this order) with a fresh core, ``chunk`` events per ``process`` call
+    (all at once if None), starting with ``slots`` in-memory slots if given (they grow as
+    needed); (examples, dead records, metrics)."""
     config = JoinerConfig(**cfg)
     store = StateStore(state_dir / uuid.uuid4().hex, memory_max, config.window_s)
+    if slots is not None:
+        store.win._alloc(slots)  # a fresh store's slots: start small to exercise growth
     try:
         core = JoinCore(config, store, keep_examples=True)
         records = encode(events)
         items = decode_batch(records)
-        core.process(items, records, [0] * len(items), list(range(len(items))))
+        step = chunk or max(1, len(items))
+        for lo in range(0, len(items), step):
+            hi = lo + step
+            core.process(items[lo:hi], records[lo:hi], [0] * len(items[lo:hi]), list(range(lo, min(hi, len(items)))))
         if drain:
             core.drain()
         blobs, _, _, examples, dead = core.take()

@@ -178,7 +178,7 @@ def test_a_feature_still_ambiguous_after_prefixing_is_dead_lettered(tmp_path):
 
 # ---- random sequences against the naive joiner ----------------------------------------------------
 
-ids = st.sampled_from([1, 2, "r"])
+ids = st.sampled_from([1, 2, "r", -1, -2])  # hash(-1) == hash(-2): keys that share a hash
 items = st.sampled_from(["a", "b", 3])
 features = st.dictionaries(st.sampled_from(["x", "y", "position", "click", "user_x"]), st.integers(0, 3), max_size=2)
 
@@ -221,11 +221,15 @@ def event_lists(draw):
     rate=st.sampled_from([1.0, 0.5]),
     memory_max=st.sampled_from([0, 2, 10**6]),
     drain=st.booleans(),
+    chunk=st.sampled_from([None, 1, 3]),
+    slots=st.sampled_from([None, 1, 2]),
 )
-def test_random_sequences_match_the_naive_joiner(tmp_path, events, window, lateness, emit, rate, memory_max, drain):
+def test_random_sequences_match_the_naive_joiner(
+    tmp_path, events, window, lateness, emit, rate, memory_max, drain, chunk, slots
+):
     cfg = dict(window_s=window, allowed_lateness_s=lateness, emit=emit, negative_rate=rate,
                labels=["click", "purchase"])  # fmt: skip
-    ex, dead, m = run_core(events, tmp_path, memory_max=memory_max, drain=drain, **cfg)
+    ex, dead, m = run_core(events, tmp_path, memory_max=memory_max, drain=drain, chunk=chunk, slots=slots, **cfg)
     want, want_dead, counts = run_naive(events, drain=drain, **cfg)
     assert ex == want
     assert [d[2] for d in dead] == want_dead
@@ -233,3 +237,13 @@ def test_random_sequences_match_the_naive_joiner(tmp_path, events, window, laten
         assert getattr(m, name) == counts[name], name
     assert m.open_impressions == (0 if drain else m.open_impressions)
     assert not math.isnan(m.watermark)
+
+
+@pytest.mark.parametrize("memory_max", [0, 10**6])
+def test_keys_sharing_a_hash_are_joined_apart(tmp_path, memory_max):
+    # hash((-1, "a")) == hash((-2, "a")): the second key cannot share the first's index cell
+    events = [imp(1, 0.0, req=-1), imp(2, 0.5, req=-2), act(3, 1.0, req=-2, type="purchase"), act(4, 1.5, req=-1),
+              imp(5, 2.0, req=-2), act(6, 2.5, req=-2)]  # fmt: skip
+    ex, dead, m = run_core(events, tmp_path, memory_max=memory_max, emit="window_close")
+    assert {e.example_id: (e.labels["click"], e.labels["purchase"]) for e in ex} == {1: (1, 0), 2: (1, 1)}
+    assert m.duplicates == 0 and m.rejected_events == 1 and dead[0][2] == "item_id"

@@ -58,8 +58,8 @@ class JoinerConfig(Config):
             is then unbiased); False leaves weight 1 and serving must add ``log(rate)`` to logits.
         sampling_seed: seeds the down-sampling hash.
         state_dir: the joiner's state store and checkpoint (one SQLite file), created if missing.
-        memory_max_impressions: open impressions kept in memory; beyond it the oldest are spilled
-            to the state store on disk (0 keeps none in memory).
+        memory_max_impressions: open impressions kept in memory; beyond it those whose windows
+            close first are spilled to the state store on disk (0 keeps none in memory).
         read_batch: records read from a partition at a time.
         checkpoint_every_records: checkpoint after this many input records ...
         checkpoint_interval_s: ... or this many wall-clock seconds, whichever comes first.

@@ -23,11 +23,16 @@ Rules, all in event time (docs/joiner.md has the worked boundaries):
 from __future__ import annotations
 
 import heapq
+import itertools
+import operator
+from operator import attrgetter
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from freshrec.errors import SchemaError
+from freshrec.joiner import _windows as W
 from freshrec.joiner._wire import Bad, Header, WireAction, impression
 from freshrec.joiner.config import JoinerConfig
 from freshrec.joiner.example import RESERVED_COLUMNS, Example, merge_features
@@ -38,6 +43,8 @@ from freshrec.joiner.state import Entry, Key, StateStore
 __all__ = ["CoreState", "DeadRecord", "Held", "JoinCore"]
 
 _INF = float("inf")
+_KIND = {Header: W.KIND_IMPRESSION, WireAction: W.KIND_ACTION, Bad: W.KIND_BAD}
+_event_time, _request_id, _item_id = attrgetter("event_time"), attrgetter("request_id"), attrgetter("item_id")
 
 
 class Held(msgspec.Struct, array_like=True, gc=False):
@@ -64,6 +71,13 @@ class CoreState(msgspec.Struct, array_like=True):
 DeadRecord = tuple[int, int, str, str, bytes]  # (source index, offset, field, reason, record)
 
 
+def _pick(items: list, js: list[int]) -> list:
+    """``[items[j] for j in js]``, in C."""
+    if len(js) == 1:
+        return [items[js[0]]]
+    return list(operator.itemgetter(*js)(items))
+
+
 class JoinCore:
     """The join state machine over a :class:`StateStore`. See the module docstring.
 
@@ -87,10 +101,9 @@ class JoinCore:
         self.rate = config.negative_rate
         self.negative_weight = 1.0 / self.rate if config.reweight_negatives else 1.0
         self.m = JoinerMetrics()
-        self.event_time = -_INF
-        self.watermark = -_INF
-        self.seq = 0  # arrival counter of impressions and held actions
-        self.next_close = _INF  # no window ends before this
+        # the clock and the arrival counter live in the compiled windows' arrays
+        self._win = store.win
+        self._win.clock[W.K_LATENESS] = self.lateness_s
         self.drained = False
         self.pending: dict[Key, list[Held]] = {}
         self.pending_heap: list[tuple[float, int, Key]] = []  # (action time, seq, key), lazily pruned
@@ -108,6 +121,33 @@ class JoinCore:
         self.arrival_ms = 0  # the arrival of the event being processed
         self._encode = msgspec.msgpack.Encoder().encode
         self.dead: list[DeadRecord] = []
+        # Inside process(): the index of the event that caused each output since _mark/_dead_mark
+        # (examples, dead letters). The compiled loop's closes are emitted in bulk later and put
+        # back in event order by these (see _flush).
+        self._cause = 0
+        self._causes: list[int] = []
+        self._dead_causes: list[int] = []
+        self._mark = self._dead_mark = 0
+
+    @property
+    def event_time(self) -> float:
+        """The newest event time seen."""
+        return float(self._win.clock[W.K_NOW])
+
+    @property
+    def watermark(self) -> float:
+        return float(self._win.clock[W.K_WM])
+
+    @property
+    def seq(self) -> int:
+        """The arrival number the next impression or held action gets."""
+        return int(self._win.ctr[W.C_SEQ])
+
+    def _next_seq(self) -> int:
+        ctr = self._win.ctr
+        seq = int(ctr[W.C_SEQ])
+        ctr[W.C_SEQ] = seq + 1
+        return seq
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -121,112 +161,139 @@ class JoinCore:
     ) -> None:
         """Join ``items`` (decoded records, in processing order); ``records[i]`` is item ``i`` as
         read, from partition ``srcs[i]`` at ``offsets[i]`` (kept for examples and dead letters);
-        ``arrivals[i]`` is when it reached the log (wall ms; stamped on the examples it causes)."""
-        # The hot loop (once per input record): counters and the clock live in locals here.
-        store, label_bit, pending, ph = self.store, self.label_bit, self.pending, self.pending_heap
-        mem_get = store.memory.get
-        lateness, now, watermark, seq = self.lateness_s, self.event_time, self.watermark, self.seq
-        keeps = self._keep_flags(items)
-        n_act = n_ignored = n_late_imp = n_late_act = n_dup = n_bad = n_other = 0
-        for i, ev in enumerate(items):
-            if arrivals is not None:
-                self.arrival_ms = arrivals[i]
-            t = ev.event_time
-            if t > now:
-                self.event_time = now = t
-                if t - lateness > watermark:
-                    self.watermark = watermark = t - lateness
-                    if watermark > self.next_close or (ph and ph[0][0] < watermark):
-                        self._advance(watermark)
-            cls = type(ev)
-            if cls is Header:
-                if t < watermark:
-                    n_late_imp += 1
+        ``arrivals[i]`` is when it reached the log (wall ms; stamped on the examples it causes).
+
+        The compiled loop (:func:`freshrec.joiner._windows.run`) moves the clock, closes windows
+        and opens the windows of new impressions; every other event comes back here, in order."""
+        n = len(items)
+        if not n:
+            return
+        kind, t, kh, keep = self._columns(items)
+        store = self.store
+        win = self._win
+        ctr, clk = win.ctr, win.clock
+        late0 = int(ctr[W.C_LATE])
+        bt = store.add_batch(items, records, srcs, offsets)
+        ctr[W.C_I], ctr[W.C_DONE] = 0, 0
+        ph = self.pending_heap
+        self._mark, self._dead_mark, self._causes, self._dead_causes = len(self.out_blobs), len(self.dead), [], []
+        try:
+            while True:
+                clk[W.K_STOP] = min(store.disk_min, ph[0][0] if ph else _INF)
+                w = self._win  # arrays are replaced when they grow
+                status = W.run(kind, t, kh, keep, bt, w.ix, w.fifo, w.heap, w.free, w.s_f, w.s_i, w.s_b, w.bcount,
+                               w.px, w.bloom, w.out, ctr, clk)  # fmt: skip
+                if status == W.DONE:
+                    break
+                i = int(ctr[W.C_I])
+                if status == W.STOP_SPILL:  # i is the next event, maybe past the end
+                    store.spill()
                     continue
-                key = (ev.request_id, ev.item_id)
-                e = mem_get(key)
-                if e is None and store.n_spilled:
-                    e = store.get(key)
-                if e is not None:
-                    if e.event_id == ev.event_id:
-                        n_dup += 1
-                    else:
-                        self._refuse(
-                            srcs[i], offsets[i], records[i], "item_id",
-                            f"impression.item_id: request {ev.request_id!r} already has an impression of "
-                            f"item {ev.item_id!r} (event_id {e.event_id!r})",
-                        )  # fmt: skip
-                    continue
-                e = Entry(
-                    records[i],
-                    ev.event_id,
-                    t,
-                    ev.user_id,
-                    seq,
-                    srcs[i],
-                    offsets[i],
-                    keeps is None or keeps[i],
-                )
-                seq += 1
-                end = store.add(key, e)
-                if end < self.next_close:
-                    self.next_close = end
-                if pending:
-                    held = pending.pop(key, None)
-                    if held:
-                        self.n_held -= len(held)
-                        for h in held:
-                            self._join(key, e, h.action, label_bit[h.action.type], h.src, h.offset, h.record)
-            elif cls is WireAction:
-                n_act += 1
-                bit = label_bit.get(ev.type)
-                if bit is None:
-                    n_ignored += 1
-                    continue
-                key = (ev.request_id, ev.item_id)
-                e = mem_get(key)
-                if e is None and store.n_spilled:
-                    e = store.get(key)
-                if e is not None:
-                    self._join(key, e, ev, bit, srcs[i], offsets[i], records[i])
-                    continue
-                if t < watermark:
-                    n_late_act += 1
-                    continue
-                waiting = pending.get(key)
-                if waiting is None:
-                    waiting = pending[key] = []
-                elif any(h.action.event_id == ev.event_id for h in waiting):
-                    n_dup += 1
-                    continue
-                waiting.append(Held(ev, seq, srcs[i], offsets[i], records[i]))
-                heapq.heappush(ph, (t, seq, key))
-                seq += 1
-                self.n_held += 1
-            elif cls is Bad:
-                n_bad += 1
-                self.dead.append((srcs[i], offsets[i], ev.field, ev.reason, records[i]))
-            else:  # an item lifecycle event
-                n_other += 1
-        self.seq = seq
+                self._cause = i
+                if arrivals is not None:
+                    self.arrival_ms = arrivals[i]
+                if status == W.STOP_EVENT:  # the clock has moved for it
+                    self._handle(items[i], float(t[i]), int(kh[i]), bool(keep[i]), records[i], srcs[i], offsets[i])
+                    ctr[W.C_I], ctr[W.C_DONE] = i + 1, 0
+                elif status == W.STOP_ADVANCE:
+                    clk[W.K_NOW] = t[i]
+                    clk[W.K_WM] = t[i] - self.lateness_s
+                    self._advance(float(clk[W.K_WM]))
+                    ctr[W.C_DONE] = 1
+                else:  # NEED_SLOTS: closed slots first go back, then more if still short
+                    self._flush(t, arrivals)
+                    if not ctr[W.C_FREE]:
+                        win.grow()
+            self._flush(t, arrivals)
+        finally:
+            store.unpin(bt)
+        if arrivals is not None:
+            self.arrival_ms = arrivals[-1]
         m = self.m
-        m.events_in += len(items)
-        m.impressions_in += len(items) - n_act - n_bad - n_other
+        n_act = int(np.count_nonzero(kind == W.KIND_ACTION))
+        n_bad = int(np.count_nonzero(kind == W.KIND_BAD))
+        n_other = int(np.count_nonzero(kind == W.KIND_OTHER))
+        m.events_in += n
+        m.impressions_in += n - n_act - n_bad - n_other
         m.actions_in += n_act
-        m.ignored_actions += n_ignored
-        m.late_impressions += n_late_imp
-        m.late_actions += n_late_act
-        m.duplicates += n_dup
         m.bad_records += n_bad
         m.dead_letters += n_bad
         m.other_events_in += n_other
+        m.late_impressions += int(ctr[W.C_LATE]) - late0
 
-    def _keep_flags(self, items: list[Any]) -> list[bool] | None:
-        """Each item's down-sampling decision (used for impressions only); None: keep all."""
+    def _columns(self, items: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the compiled loop reads of each item: kind, event time, key hash (impressions)
+        and down-sampling decision."""
+        n = len(items)
+        kind = np.fromiter(map(_KIND.get, map(type, items), itertools.repeat(W.KIND_OTHER)), np.int8, n)
+        t = np.fromiter(map(_event_time, items), np.float64, n)
+        if np.count_nonzero(kind > W.KIND_ACTION) == 0:  # impressions and actions only: all have keys
+            kh = W.key_hashes(zip(map(_request_id, items), map(_item_id, items), strict=True))
+        else:
+            kh = np.zeros(n, np.int64)
+            idx = np.flatnonzero(kind == W.KIND_IMPRESSION)
+            if idx.shape[0]:
+                kh[idx] = W.key_hashes([(items[j].request_id, items[j].item_id) for j in idx.tolist()])
         if self.rate == 1.0:
-            return None
-        ids = [getattr(ev, "event_id", 0) for ev in items]  # a Bad record has none
-        return keep_negatives(ids, self.rate, self.config.sampling_seed).tolist()
+            keep = np.ones(n, np.uint8)
+        else:
+            ids = [getattr(ev, "event_id", 0) for ev in items]  # a Bad record has none
+            keep = keep_negatives(ids, self.rate, self.config.sampling_seed).astype(np.uint8)
+        return kind, t, kh, keep
+
+    def _handle(self, ev: Any, t: float, h: int, keep: bool, record: bytes, src: int, offset: int) -> None:
+        """One event the compiled loop left to Python (its clock step done)."""
+        m = self.m
+        cls = type(ev)
+        if cls is Header:
+            key = (ev.request_id, ev.item_id)
+            store = self.store
+            e = store.get(key)
+            if e is not None:
+                if e.event_id == ev.event_id:
+                    m.duplicates += 1
+                else:
+                    self._refuse(
+                        src, offset, record, "item_id",
+                        f"impression.item_id: request {ev.request_id!r} already has an impression of "
+                        f"item {ev.item_id!r} (event_id {e.event_id!r})",
+                    )  # fmt: skip
+                return
+            e = Entry(record, ev.event_id, t, ev.user_id, self._next_seq(), src, offset, keep)
+            store.add(key, e)
+            held = self.pending.pop(key, None)
+            if held:
+                self.n_held -= len(held)
+                self._win.pending_add(h, -len(held))
+                label_bit = self.label_bit
+                for a in held:
+                    self._join(key, e, a.action, label_bit[a.action.type], a.src, a.offset, a.record)
+        elif cls is WireAction:
+            bit = self.label_bit.get(ev.type)
+            if bit is None:
+                m.ignored_actions += 1
+                return
+            key = (ev.request_id, ev.item_id)
+            e = self.store.get(key)
+            if e is not None:
+                self._join(key, e, ev, bit, src, offset, record)
+                return
+            if t < self.watermark:
+                m.late_actions += 1
+                return
+            waiting = self.pending.get(key)
+            if waiting is None:
+                waiting = self.pending[key] = []
+            elif any(a.action.event_id == ev.event_id for a in waiting):
+                m.duplicates += 1
+                return
+            seq = self._next_seq()
+            waiting.append(Held(ev, seq, src, offset, record))
+            heapq.heappush(self.pending_heap, (t, seq, key))
+            self.n_held += 1
+            self._win.pending_add(W.key_hash(key), 1)
+        elif cls is Bad:
+            self._dead((src, offset, ev.field, ev.reason, record))
 
     def _join(self, key: Key, e: Entry, a: WireAction, bit: int, src: int, offset: int, record: bytes) -> None:
         m = self.m
@@ -250,46 +317,111 @@ class JoinCore:
                 m.late_label_updates += 1
             e.labels |= bit
         if self.first_action and not e.emitted:
-            self._emit(e, positive=True)
+            self._emit(e.record, e.labels, e.src, e.offset, True, self.event_time, self.arrival_ms)
             e.emitted = True
         self.store.update(key, e)
 
+    def _flush(self, t: np.ndarray, arrivals: list[int] | None) -> None:
+        """Emit what the compiled loop closed since the last flush, give the slots back, and put
+        this process call's outputs since then in event order (each close right before the
+        outputs of the event that caused it, as the loop found them)."""
+        n_py, n_py_dead = len(self._causes), len(self._dead_causes)
+        if self._win.ctr[W.C_OUT]:
+            self._emit_closed(t, arrivals)
+        for cause, outs, mark, n_first in (
+            (self._causes, (self.out_blobs, self.out_arrivals, self.out_ids, self.out_users, self.out_examples),
+             self._mark, n_py),
+            (self._dead_causes, (self.dead,), self._dead_mark, n_py_dead),
+        ):  # fmt: skip
+            if 0 < n_first < len(cause):  # outputs from Python and from closes: interleave them
+                key = np.asarray(cause, np.int64) * 2 + (np.arange(len(cause)) < n_first)
+                order = np.argsort(key, kind="stable")
+                if (order[1:] < order[:-1]).any():
+                    js = order.tolist()
+                    for lst in outs:
+                        if lst is not None:
+                            lst[mark:] = _pick(lst[mark:], js)
+        self._mark, self._dead_mark, self._causes, self._dead_causes = len(self.out_blobs), len(self.dead), [], []
+
+    def _emit_closed(self, t: np.ndarray, arrivals: list[int] | None) -> None:
+        """Emit what the compiled loop closed (in ``out``: slot, index of the event that moved
+        the watermark past it), then give the slots back."""
+        store, win = self.store, self._win
+        out = win.out[: int(win.ctr[W.C_OUT])]
+        slots = out[:, 0].copy()
+        labels = win.s_i[slots, W.I_LABELS]
+        emitted = win.s_b[slots, W.B_EMITTED] != 0
+        due = ((labels != 0) | (win.s_b[slots, W.B_KEEP] != 0)) & ~emitted
+        idx = np.flatnonzero(due)
+        self.m.negatives_dropped += slots.shape[0] - idx.shape[0] - int(np.count_nonzero(emitted))
+        if idx.shape[0]:
+            where = store.where
+            causes = out[idx, 1].tolist()
+            at = t[out[idx, 1]].tolist()
+            arr = [arrivals[c] for c in causes] if arrivals is not None else [self.arrival_ms] * idx.shape[0]
+            for s, lab, when, arrival, cause in zip(slots[idx].tolist(), labels[idx].tolist(), at, arr, causes,
+                                                    strict=True):  # fmt: skip
+                record, src, offset = where(s)
+                self._cause = cause
+                self._emit(record, lab, src, offset, lab != 0, when, arrival)
+        store.release(slots)
+        win.ctr[W.C_OUT] = 0
+
     def _advance(self, wm: float) -> None:
-        """The watermark reached ``wm``: close the windows that end before it, and drop the held
-        actions older than it."""
-        if wm > self.next_close:
-            closed = self.store.closing(wm)
-            # once per impression, so in comprehensions: most are dropped negatives
-            due = [e for e in closed if (e.labels or e.keep) and not e.emitted]
-            self.m.negatives_dropped += len(closed) - len(due) - sum([e.emitted for e in closed])
-            for e in due:
-                self._emit(e, positive=bool(e.labels))
-            self.next_close = self.store.next_end()
+        """The watermark is ``wm`` (set): close the windows that end before it, from memory and
+        disk, and drop the held actions older than it."""
+        store, win = self.store, self._win
+        slots, disk = store.close_before(wm)
+        now, arrival = self.event_time, self.arrival_ms
+        m = self.m
+        if disk:
+            mem = [(float(win.s_f[s, W.F_END]), int(win.s_i[s, W.I_SEQ]), s) for s in slots.tolist()]
+            order = heapq.merge(mem, disk, key=lambda x: (x[0], x[1]))
+        else:
+            order = ((0.0, 0, s) for s in slots.tolist())
+        for _, _, x in order:
+            if isinstance(x, int):
+                labels, keep = int(win.s_i[x, W.I_LABELS]), bool(win.s_b[x, W.B_KEEP])
+                emitted = bool(win.s_b[x, W.B_EMITTED])
+                if (labels or keep) and not emitted:
+                    record, src, offset = store.where(x)
+                    self._emit(record, labels, src, offset, labels != 0, now, arrival)
+                elif not emitted:
+                    m.negatives_dropped += 1
+            elif (x.labels or x.keep) and not x.emitted:
+                self._emit(x.record, x.labels, x.src, x.offset, x.labels != 0, now, arrival)
+            elif not x.emitted:
+                m.negatives_dropped += 1
+        store.release(slots)
         ph, pending = self.pending_heap, self.pending
         while ph and ph[0][0] < wm:
             _, seq, key = heapq.heappop(ph)
             waiting = pending.get(key)
             if not waiting:
                 continue  # its impression came: the item was stale
-            for j, h in enumerate(waiting):
-                if h.seq == seq:
+            for j, a in enumerate(waiting):
+                if a.seq == seq:
                     del waiting[j]
                     self.m.unmatched_actions += 1
                     self.n_held -= 1
+                    win.pending_add(W.key_hash(key), -1)
                     break
             if not waiting:
                 del pending[key]
 
-    def _emit(self, e: Entry, *, positive: bool) -> None:
+    def _emit(self, record: bytes, labels: int, src: int, offset: int, positive: bool, at: float,
+              arrival: int) -> None:  # fmt: skip
+        """Build, encode and queue the example of an impression (``at``: the clock when it went
+        out; ``arrival``: when its cause reached the log)."""
         try:
-            imp, user, item, context = impression(e.record)
+            imp, user, item, context = impression(record)
             feats = merge_features(user, item, context, self.reserved)
         except SchemaError as exc:
             reason = str(exc)
             field = reason.split(":", 1)[0].partition(".")[2] or "<record>"
             self.m.rejected_events += 1
             self.m.dead_letters += 1
-            self.dead.append((e.src, e.offset, field, reason, e.record))
+            self._dead((src, offset, field, reason, record))
             return
         m = self.m
         if positive:
@@ -303,21 +435,22 @@ class JoinCore:
             example_id=imp.event_id,
             request_id=imp.request_id,
             event_time=imp.event_time,
-            emitted_at=self.event_time,
+            emitted_at=at,
             user_id=imp.user_id,
             item_id=imp.item_id,
             position=imp.position,
             model_version=imp.model_version,
             features=feats,
-            labels=self._labels[e.labels].copy(),
+            labels=self._labels[labels].copy(),
             sample_weight=weight,
             sampling_rate=rate,
         )
         # encoded now, so the example's dicts are freed before the collector could scan them
         self.out_blobs.append(self._encode(ex))
-        self.out_arrivals.append(self.arrival_ms)
+        self.out_arrivals.append(arrival)
         self.out_ids.append(imp.event_id)
         self.out_users.append(imp.user_id)
+        self._causes.append(self._cause)
         if self.out_examples is not None:
             self.out_examples.append(ex)
 
@@ -342,14 +475,17 @@ class JoinCore:
     def _refuse(self, src: int, offset: int, record: bytes, field: str, reason: str) -> None:
         self.m.rejected_events += 1
         self.m.dead_letters += 1
-        self.dead.append((src, offset, field, reason, record))
+        self._dead((src, offset, field, reason, record))
+
+    def _dead(self, letter: DeadRecord) -> None:
+        self.dead.append(letter)
+        self._dead_causes.append(self._cause)
 
     # ---- end of stream, checkpoints ----------------------------------------------------------
 
     def drain(self) -> None:
         """End of stream: close every window and drop every held action (watermark = inf)."""
-        self.watermark = _INF
-        self.next_close = -_INF  # force a full close
+        self._win.clock[W.K_WM] = _INF
         self._advance(_INF)
         self.drained = True
 
@@ -359,20 +495,22 @@ class JoinCore:
         return CoreState(self.event_time, self.watermark, self.seq, self.drained, held, counters)
 
     def restore(self, state: CoreState) -> None:
-        self.event_time, self.watermark, self.seq = state.event_time, state.watermark, state.seq
+        win = self._win
+        win.clock[W.K_NOW], win.clock[W.K_WM], win.ctr[W.C_SEQ] = state.event_time, state.watermark, state.seq
         self.drained = state.drained
         self.pending.clear()
         self.pending_heap = []
+        win.pending_clear()
         for h in state.held:
             key = (h.action.request_id, h.action.item_id)
             self.pending.setdefault(key, []).append(h)
             self.pending_heap.append((h.action.event_time, h.seq, key))
+            win.pending_add(W.key_hash(key), 1)
         heapq.heapify(self.pending_heap)
         self.n_held = len(state.held)
         for name, value in state.counters.items():
             if name in COUNTERS:
                 setattr(self.m, name, value)
-        self.next_close = self.store.next_end()
 
     def metrics(self) -> JoinerMetrics:
         m = JoinerMetrics(**{name: getattr(self.m, name) for name in COUNTERS})

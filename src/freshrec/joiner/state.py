@@ -1,11 +1,14 @@
 """The joiner's state store: open impressions in memory up to a budget, the rest in SQLite, and
 the checkpoint; a SQLite transaction is what makes a checkpoint.
 
-An open impression (one whose window has not closed) is an :class:`Entry`. The store keeps the
-newest ``memory_max`` entries in a dict and spills the oldest beyond that, in batches, to the
-``spill`` table of ``state.sqlite`` (the paper's "older ones in an on-disk key-value store").
-Where an entry lives never changes what the joiner emits: :meth:`StateStore.closing` returns
-the entries whose windows closed in the order (window end, arrival) from memory and disk alike.
+An open impression (one whose window has not closed) is an :class:`Entry`. In memory, up to
+``memory_max`` of them, an entry is a slot of :class:`~freshrec.joiner._windows.Windows`
+(columns behind a compiled hash index, which the compiled join reads and writes directly) plus a
+reference into the batch of Python objects it was read with; :meth:`StateStore.get` hands out an
+:class:`Entry` copy and :meth:`StateStore.update` writes changes back. Past the budget, the
+entries that close first are spilled, in batches, to the ``spill`` table of ``state.sqlite``
+(the paper's "older ones in an on-disk key-value store"). Where an entry lives never changes what
+the joiner emits: entries close in the order (window end, arrival) from memory and disk alike.
 
 Crash safety: the database always has one write transaction open. Spills, updates of spilled
 entries and deletions of closed ones go into it. :meth:`StateStore.commit` writes the in-memory
@@ -24,19 +27,19 @@ On disk (``state_dir``)::
       spill(key, end, seq, entry)      spilled entries; index on (end, seq) to close them in order
       snapshot(part, max_end, checksum) the snapshot files of the checkpoint
       meta(id = 1, data)               the caller's checkpoint record (offsets, counters, ...)
-    snapshot/part-<n>.msgpack     in-memory entries added or changed between two checkpoints;
-                                  restored in order, a later copy of an entry wins, entries the
-                                  checkpoint's watermark closed (or spilled since) are dropped
+    snapshot/part-<n>.msgpack     in-memory entries added or changed between two checkpoints, as
+                                  columns (:class:`_Part`); restored in order, a later copy of an
+                                  entry wins, entries the checkpoint's watermark closed (or
+                                  spilled since) are dropped
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import itertools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from operator import itemgetter
 from pathlib import Path
 
 import msgspec
@@ -44,12 +47,14 @@ import numpy as np
 
 from freshrec._io import checksum_bytes, fsync_dir, sqlite_errors, write_durable
 from freshrec.errors import BackendError, CorruptionError, StateError
+from freshrec.joiner import _windows as W
+from freshrec.joiner._wire import Header, decode_batch
 from freshrec.stream.events import Id
 
 __all__ = ["DB_NAME", "Entry", "StateStore"]
 
 DB_NAME = "state.sqlite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: snapshot files hold columns (_Part)
 APPLICATION_ID = 0x66726A6E  # "frjn": marks a SQLite file as a freshrec joiner state store
 _INF = float("inf")
 _PART = 100_000  # entries per snapshot file (~30 MB): bounds the memory of one encode
@@ -85,93 +90,160 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
 
 _encoder = msgspec.msgpack.Encoder()
 _entry = msgspec.msgpack.Decoder(Entry)
-_part = msgspec.msgpack.Decoder(list[tuple[tuple[Id, Id], Entry]])
+
+
+class _Part(msgspec.Struct, array_like=True):
+    """A snapshot file: entries as columns. Keys and ids are not stored: they are in each record
+    (decoded again at restore); the numeric columns are raw little-endian arrays."""
+
+    records: list[bytes]
+    src: bytes  # int64
+    offset: bytes  # int64
+    t: bytes  # float64, event time
+    seq: bytes  # int64
+    keep: bytes  # uint8
+    labels: bytes  # int64
+    emitted: bytes  # uint8
+    acts: list[tuple[int, tuple[Id, ...]]]  # (row, joined action ids) where any
+
+
+_part = msgspec.msgpack.Decoder(_Part)
 _key = msgspec.msgpack.Decoder(tuple[Id, Id])
 
 
-class _Fifo:
-    """The close order of the entries that arrived in window-end order (almost all of them):
-    parallel lists (end, seq, key) consumed from ``head``, so closing is a bisect and a slice."""
-
-    __slots__ = ("ends", "head", "keys", "seqs")
-
-    def __init__(self, items: list[tuple[float, int, Key]] = ()) -> None:  # type: ignore[assignment]
-        self.ends = [t[0] for t in items]
-        self.seqs = [t[1] for t in items]
-        self.keys = [t[2] for t in items]
-        self.head = 0
-
-    def __len__(self) -> int:
-        return len(self.ends) - self.head
-
-    def first(self) -> tuple[float, int, Key]:
-        h = self.head
-        return (self.ends[h], self.seqs[h], self.keys[h])
-
-    def popleft(self) -> tuple[float, int, Key]:
-        out = self.first()
-        self.head += 1
-        self._compact()
-        return out
-
-    def pop_keys_before(self, end: float) -> list[Key]:
-        """Remove the items ending before ``end``; their keys, in order."""
-        h = self.head
-        k = bisect.bisect_left(self.ends, end, h)
-        keys = self.keys[h:k]
-        self.head = k
-        self._compact()
-        return keys
-
-    def _compact(self) -> None:
-        h = self.head
-        if h > 4096 and 2 * h > len(self.ends):  # amortised O(1) per item
-            del self.ends[:h], self.seqs[:h], self.keys[:h]
-            self.head = 0
-
-
 class _DiskKeys:
-    """A Bloom filter of the keys in the spill table, so that a key absent from memory costs a
-    SQLite lookup only when it may be on disk (every impression looks its key up, to refuse a
+    """A Bloom filter of the key hashes in the spill table, so that a key absent from memory costs
+    a SQLite lookup only when it may be on disk (every impression looks its key up, to refuse a
     second one; at 1M impressions with a third spilled, those lookups were a fifth of the run).
+    The compiled join reads the same bits.
 
     16-32 bits per key it was sized for, 4 probes: at most 0.24% false positives when full (0.09%
     measured at 21 bits). It cannot forget a key, so closed entries leave their bits set;
     :meth:`StateStore._rebuild_disk_keys` starts it afresh from the spill table once it is full,
     sized for four times the keys on disk then: O(1) amortised per spilled entry, and 2-16 bytes
     per key on disk against ~1.7 KB per entry held in memory, so the memory budget still bounds
-    the state. Keys hash with Python's ``hash`` (salted per process): the filter is never stored."""
+    the state. Key hashes are Python's ``hash`` (salted per process): the filter is never stored."""
 
-    __slots__ = ("added", "bits", "capacity", "mask", "view")
+    __slots__ = ("added", "bits", "capacity", "mask")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(_MIN_FILTER_KEYS, capacity)
         n_bits = 1 << (16 * self.capacity - 1).bit_length()
-        self.bits = bytearray(n_bits >> 3)  # read per key in Python (fast on a bytearray) ...
-        self.view = np.frombuffer(self.bits, np.uint8)  # ... and written per batch in numpy
+        self.bits = np.zeros(n_bits >> 3, np.uint8)
         self.mask = n_bits - 1
         self.added = 0
 
-    def add(self, keys: list[Key]) -> None:
-        h = np.fromiter(map(hash, keys), np.int64, len(keys)).view(np.uint64)
-        step = (h >> np.uint64(32)) | np.uint64(1)
-        mask = np.uint64(self.mask)
-        for _ in range(4):
-            b = h & mask
-            np.bitwise_or.at(self.view, b >> np.uint64(3), np.left_shift(1, b & np.uint64(7)).astype(np.uint8))
-            h += step
-        self.added += len(keys)
+    def add(self, hashes: np.ndarray) -> None:
+        W.bloom_add(self.bits, self.mask, np.ascontiguousarray(hashes, np.int64))
+        self.added += hashes.shape[0]
 
-    def __contains__(self, key: Key) -> bool:
-        bits, mask = self.bits, self.mask
-        h = hash(key) & 0xFFFFFFFFFFFFFFFF  # as the uint64 that add() used
-        step = (h >> 32) | 1
-        for _ in range(4):
-            b = h & mask
-            if not bits[b >> 3] & (1 << (b & 7)):
-                return False
-            h = (h + step) & 0xFFFFFFFFFFFFFFFF
-        return True
+    def __contains__(self, h: int) -> bool:
+        return bool(W.bloom_has(self.bits, self.mask, h))
+
+
+def _pick(items: list, js: list[int]) -> list:
+    """``[items[j] for j in js]``, in C."""
+    if len(js) == 1:
+        return [items[js[0]]]
+    return list(itemgetter(*js)(items))
+
+
+class _ReadBatch:
+    """The objects of windows opened by the compiled join: the lists one ``process`` call read."""
+
+    __slots__ = ("items", "offsets", "records", "srcs")
+
+    def __init__(self, items: list, records: list[bytes], srcs: list[int], offsets: list[int]) -> None:
+        self.items, self.records, self.srcs, self.offsets = items, records, srcs, offsets
+
+    def key(self, j: int) -> Key:
+        it = self.items[j]
+        return (it.request_id, it.item_id)
+
+    def where(self, j: int) -> tuple[bytes, int, int]:
+        return self.records[j], self.srcs[j], self.offsets[j]
+
+    def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
+        """(records, sources, offsets) at positions ``js``."""
+        return _pick(self.records, js), _pick(self.srcs, js), _pick(self.offsets, js)
+
+    def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
+        it = self.items[j]
+        return Entry(self.records[j], it.event_id, t, it.user_id, seq, self.srcs[j], self.offsets[j], keep, labels,
+                     emitted, acts)  # fmt: skip
+
+
+def _part_entries(
+    part: _Part, heads: list, window_s: float, watermark: float, path: Path
+) -> Iterator[tuple[Key, Entry]]:
+    """The (key, entry) pairs of a snapshot file whose windows the watermark has not closed."""
+    n = len(part.records)
+    cols = [np.frombuffer(part.src, np.int64), np.frombuffer(part.offset, np.int64),
+            np.frombuffer(part.t, np.float64), np.frombuffer(part.seq, np.int64), np.frombuffer(part.keep, np.uint8),
+            np.frombuffer(part.labels, np.int64), np.frombuffer(part.emitted, np.uint8)]  # fmt: skip
+    if any(c.shape[0] != n for c in cols):
+        raise CorruptionError(f"joiner state: snapshot file {path} has columns of different lengths")
+    src, offset, t, seq, keep, labels, emitted = (c.tolist() for c in cols)
+    acts = dict(part.acts)
+    for k in range(n):
+        h = heads[k]
+        if type(h) is not Header:
+            raise CorruptionError(f"joiner state: snapshot file {path} holds a record that is not an impression")
+        if t[k] + window_s >= watermark:
+            yield (h.request_id, h.item_id), Entry(part.records[k], h.event_id, t[k], h.user_id, seq[k], src[k],
+                                                   offset[k], bool(keep[k]), labels[k], bool(emitted[k]),
+                                                   acts.get(k, ()))  # fmt: skip
+
+
+class _EntryBatch:
+    """The objects of windows opened from Python (:meth:`StateStore.add`): (key, Entry) pairs."""
+
+    __slots__ = ("entries", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+        self.entries: list[Entry] = []
+
+    def key(self, j: int) -> Key:
+        return self.keys[j]
+
+    def where(self, j: int) -> tuple[bytes, int, int]:
+        e = self.entries[j]
+        return e.record, e.src, e.offset
+
+    def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
+        es = _pick(self.entries, js)
+        return [e.record for e in es], [e.src for e in es], [e.offset for e in es]
+
+    def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
+        e = self.entries[j]
+        return Entry(e.record, e.event_id, t, e.user_id, seq, e.src, e.offset, keep, labels, emitted, acts)
+
+
+_ENTRY_BATCH = 4096  # entries per batch of Python-opened windows
+
+
+class _MemoryView(Mapping):
+    """The in-memory entries as a read-only mapping (copies, as :meth:`StateStore.get` returns)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def __len__(self) -> int:
+        return len(self._store.win)
+
+    def __contains__(self, key: object) -> bool:
+        return self._store._slot_of(key) >= 0  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Key) -> Entry:
+        s = self._store._slot_of(key)
+        if s < 0:
+            raise KeyError(key)
+        return self._store._entry_of(s)
+
+    def __iter__(self) -> Iterator[Key]:
+        st = self._store
+        return iter([st._key_of(s) for s in st.win.live_since(-(1 << 62)).tolist()])
 
 
 class StateStore:
@@ -185,15 +257,17 @@ class StateStore:
         self.file = self.path / DB_NAME
         self.memory_max = int(memory_max)
         self.window_s = float(window_s)
-        self._mem: dict[Key, Entry] = {}
-        # The close order of in-memory entries, (end, seq, key), lazily pruned of spilled ones: a
-        # FIFO for entries that arrive in window-end order (almost all: input is in event-time
-        # order), a heap for the others; closing merges the two.
-        self._fifo = _Fifo()
-        self._heap: list[tuple[float, int, Key]] = []
-        self._stale = 0  # order items whose entry was spilled
+        # the open windows in memory: slot columns + a compiled index (see _windows.py); each slot
+        # refers to the Python objects of its impression in a batch (batch index, position)
+        W.warmup()
+        self.win = W.Windows(self.memory_max, self.window_s)
+        self._batches: list[_ReadBatch | _EntryBatch | None] = []
+        self._free_batches: list[int] = []
+        self._pinned: set[int] = set()  # batches still being filled: never dropped
+        self._entry_batch = -1  # the batch Python-opened windows go to
+        self._acts: dict[int, tuple[Id, ...]] = {}  # slot -> joined action ids (slots with labels only)
         self._first_new = 0  # entries with seq >= this were added since the last commit
-        self._dirty: set[Key] = set()  # in-memory entries changed since the last commit
+        self._dirty: set[int] = set()  # slots changed since the last commit
         self.n_spilled = 0  # entries on disk
         self._disk_keys = _DiskKeys(0)  # may-be-on-disk filter of the spilled keys
         self._disk_min = float("inf")  # smallest window end on disk
@@ -252,20 +326,96 @@ class StateStore:
     # ---- entries -----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._mem) + self.n_spilled
+        return len(self.win) + self.n_spilled
 
     @property
-    def memory(self) -> dict[Key, Entry]:
-        """The in-memory entries (read them; change them through :meth:`add`/:meth:`update`).
+    def memory(self) -> Mapping[Key, Entry]:
+        """The in-memory entries, read-only (change them through :meth:`add`/:meth:`update`).
         ``n_spilled`` counts the others."""
-        return self._mem
+        return _MemoryView(self)
+
+    @property
+    def disk_min(self) -> float:
+        """The earliest window end on disk (inf if none)."""
+        return self._disk_min if self.n_spilled else _INF
+
+    # ---- slots and their batches ---------------------------------------------------------------
+
+    def add_batch(self, items: list, records: list[bytes], srcs: list[int], offsets: list[int]) -> int:
+        """Register the lists of a batch the compiled join opens windows from; pinned (kept)
+        until :meth:`unpin`, then kept while one of its windows is open."""
+        return self._new_batch(_ReadBatch(items, records, srcs, offsets))
+
+    def _new_batch(self, batch: _ReadBatch | _EntryBatch) -> int:
+        if self._free_batches:
+            bt = self._free_batches.pop()
+            self._batches[bt] = batch
+        else:
+            bt = len(self._batches)
+            self._batches.append(batch)
+            self.win.batch_slot(bt)
+        self._pinned.add(bt)
+        return bt
+
+    def unpin(self, bt: int) -> None:
+        self._pinned.discard(bt)
+        if self.win.bcount[bt] == 0:
+            self._drop_batches([bt])
+
+    def _drop_batches(self, emptied: Iterable[int]) -> None:
+        for bt in emptied:
+            if bt not in self._pinned and self._batches[bt] is not None:
+                self._batches[bt] = None
+                self._free_batches.append(bt)
+
+    def _slot_of(self, key: Key) -> int:
+        """The slot of ``key``'s open window in memory, or -1."""
+        s = self.win.find(W.key_hash(key))
+        if s >= 0 and self._key_of(s) != key:
+            return -1  # another key with the same hash
+        return s
+
+    def _key_of(self, s: int) -> Key:
+        si = self.win.s_i[s]
+        return self._batches[si[W.I_BT]].key(int(si[W.I_BJ]))  # type: ignore[union-attr]
+
+    def where(self, s: int) -> tuple[bytes, int, int]:
+        """(record, source index, offset) of slot ``s``'s impression."""
+        si = self.win.s_i[s]
+        return self._batches[si[W.I_BT]].where(int(si[W.I_BJ]))  # type: ignore[union-attr]
+
+    def _entry_of(self, s: int) -> Entry:
+        w = self.win
+        si, sb = w.s_i[s], w.s_b[s]
+        labels = int(si[W.I_LABELS])
+        return self._batches[si[W.I_BT]].entry(  # type: ignore[union-attr]
+            int(si[W.I_BJ]), float(w.s_f[s, W.F_T]), int(si[W.I_SEQ]), bool(sb[W.B_KEEP]), labels,
+            bool(sb[W.B_EMITTED]), self._acts.get(s, ()) if labels else (),
+        )  # fmt: skip
+
+    def release(self, slots: np.ndarray) -> None:
+        """Give back the slots of closed (or spilled) windows, once their entries are used."""
+        if not slots.shape[0]:
+            return
+        if self._acts:
+            acts = self._acts
+            for s in slots[self.win.s_i[slots, W.I_LABELS] != 0].tolist():
+                acts.pop(s, None)
+        emptied = self.win.release(slots)
+        if emptied.shape[0]:
+            self._drop_batches(emptied.tolist())
+
+    # ---- entries -----------------------------------------------------------------------------
 
     def get(self, key: Key) -> Entry | None:
-        """The open entry of ``key``, or None. An entry read from disk is a copy: pass it to
-        :meth:`update` after changing it."""
-        e = self._mem.get(key)
-        if e is not None or not self.n_spilled or key not in self._disk_keys:
-            return e
+        """A copy of the open entry of ``key``, or None: pass it to :meth:`update` after
+        changing it."""
+        h = W.key_hash(key)
+        s = self.win.find(h)
+        if s >= 0 and self._key_of(s) == key:
+            return self._entry_of(s)
+        if not self.n_spilled or h not in self._disk_keys:
+            return None
         with self._sqlite("read a spilled entry"):
             row = self._con.execute("SELECT entry FROM spill WHERE key = ?", (_encoder.encode(key),)).fetchone()
         return None if row is None else self._decode(row[0])
@@ -273,22 +423,36 @@ class StateStore:
     def add(self, key: Key, entry: Entry) -> float:
         """Add a new entry (``key`` must not be open); returns its window end."""
         end = entry.event_time + self.window_s
-        self._mem[key] = entry
-        fifo = self._fifo
-        if not fifo or end >= fifo.ends[-1]:
-            fifo.ends.append(end)
-            fifo.seqs.append(entry.seq)
-            fifo.keys.append(key)
-        else:
-            heapq.heappush(self._heap, (end, entry.seq, key))
-        if len(self._mem) > self.memory_max:
-            self._spill()
+        if self._entry_batch < 0 or len(self._batches[self._entry_batch].keys) >= _ENTRY_BATCH:  # type: ignore[union-attr]
+            if self._entry_batch >= 0:
+                self.unpin(self._entry_batch)
+            self._entry_batch = self._new_batch(_EntryBatch())
+        batch = self._batches[self._entry_batch]
+        assert isinstance(batch, _EntryBatch)
+        h = W.key_hash(key)
+        s = self.win.insert(h, entry.event_time, end, entry.seq, entry.keep, entry.labels, entry.emitted,
+                            self._entry_batch, len(batch.keys))  # fmt: skip
+        if s < 0:  # another open key has this hash: this one lives on disk
+            self._spill_rows([(key, entry)], np.array([h], np.int64))
+            return end
+        batch.keys.append(key)
+        batch.entries.append(entry)
+        if entry.action_ids:
+            self._acts[s] = entry.action_ids
+        if len(self.win) > self.memory_max:
+            self.spill()
         return end
 
     def update(self, key: Key, entry: Entry) -> None:
         """Record that an entry changed (and write it back if :meth:`get` read it from disk)."""
-        if key in self._mem:
-            self._dirty.add(key)
+        s = self._slot_of(key)
+        if s >= 0:
+            w = self.win
+            w.s_i[s, W.I_LABELS] = entry.labels
+            w.s_b[s, W.B_EMITTED] = entry.emitted
+            if entry.action_ids:
+                self._acts[s] = entry.action_ids
+            self._dirty.add(s)
             return
         with self._sqlite("update a spilled entry"):
             self._con.execute(
@@ -296,34 +460,17 @@ class StateStore:
             )
 
     def next_end(self) -> float:
-        """The earliest window end of any open entry (inf if none); may be early, never late."""
-        fifo = self._fifo
-        top = min(fifo.ends[fifo.head] if fifo else _INF, self._heap[0][0] if self._heap else _INF)
-        return min(top, self._disk_min)
+        """The earliest window end of any open entry (inf if none)."""
+        return min(self.win.top_end(), self.disk_min)
 
-    def closing(self, watermark: float) -> list[Entry]:
-        """Remove and return the entries whose window ends before ``watermark``, ordered by
-        (end, seq) across memory and disk."""
-        fifo, heap, store = self._fifo, self._heap, self._mem
-        if not (heap or self._stale or self.n_spilled):  # the common case: in order, all in memory
-            return list(map(store.pop, fifo.pop_keys_before(watermark)))
-        mem: list[tuple[float, int, Entry]] = []
-        popleft, heappop = fifo.popleft, heapq.heappop
-        while True:
-            if fifo and fifo.ends[fifo.head] < watermark and not (heap and heap[0] < fifo.first()):
-                end, seq, key = popleft()
-            elif heap and heap[0][0] < watermark:
-                end, seq, key = heappop(heap)
-            else:
-                break
-            e = store.get(key)
-            if e is not None and e.seq == seq:
-                del store[key]
-                mem.append((end, seq, e))
-            else:
-                self._stale -= 1  # spilled: its item here was stale
+    def close_before(self, watermark: float) -> tuple[np.ndarray, list[tuple[float, int, Entry]]]:
+        """Remove the entries whose window ends before ``watermark``: (the memory slots, in
+        (end, seq) order, to :meth:`release` once used; the entries from disk as (end, seq,
+        entry), in that order)."""
+        slots = self.win.close_before(watermark)[:, 0].copy()
+        self.win.ctr[W.C_OUT] -= slots.shape[0]
         if not (self.n_spilled and self._disk_min < watermark):
-            return [e for _, _, e in mem]
+            return slots, []
         with self._sqlite("close spilled entries"):
             con = self._con
             rows = con.execute(
@@ -332,33 +479,53 @@ class StateStore:
             con.execute("DELETE FROM spill WHERE end < ?", (watermark,))
             self.n_spilled -= len(rows)
             low = con.execute("SELECT min(end) FROM spill").fetchone()[0]
-        self._disk_min = float(low) if low is not None else float("inf")
-        disk = [(end, seq, self._decode(blob)) for end, seq, blob in rows]
+        self._disk_min = float(low) if low is not None else _INF
+        self._sync_filter()
+        return slots, [(end, seq, self._decode(blob)) for end, seq, blob in rows]
+
+    def closing(self, watermark: float) -> list[Entry]:
+        """Remove and return the entries whose window ends before ``watermark``, ordered by
+        (end, seq) across memory and disk."""
+        slots, disk = self.close_before(watermark)
+        w = self.win
+        mem = [(float(w.s_f[s, W.F_END]), int(w.s_i[s, W.I_SEQ]), self._entry_of(s)) for s in slots.tolist()]
+        self.release(slots)
         return [e for _, _, e in heapq.merge(mem, disk, key=lambda t: (t[0], t[1]))]
 
-    def _spill(self) -> None:
-        """Move the oldest in-memory entries to disk until a tenth of the budget is free."""
-        n = len(self._mem) - self.memory_max + (self._evict if self.memory_max else 0)
-        victims = list(itertools.islice(self._mem.items(), min(n, len(self._mem))))
+    def spill(self) -> None:
+        """Move the in-memory entries that close first to disk until a tenth of the budget is free."""
+        w = self.win
+        n = min(len(w) - self.memory_max + (self._evict if self.memory_max else 0), len(w))
+        if n <= 0:
+            return
+        start = int(w.ctr[W.C_OUT])
+        slots = w.close_before(_INF, limit=n)[:, 0].copy()
+        w.ctr[W.C_OUT] = start
+        pairs = [(self._key_of(s), self._entry_of(s)) for s in slots.tolist()]
+        self._spill_rows(pairs, w.s_i[slots, W.I_HASH])
+        self.release(slots)
+
+    def _spill_rows(self, pairs: list[tuple[Key, Entry]], hashes: np.ndarray) -> None:
         enc, w = _encoder.encode, self.window_s
         rows = []
         low = self._disk_min
-        for key, e in victims:
-            del self._mem[key]
+        for key, e in pairs:
             end = e.event_time + w
             low = min(low, end)
             rows.append((enc(key), end, e.seq, enc(e)))
         # into the filter before the table: whatever fails later, no key is on disk unannounced
-        self._disk_keys.add([key for key, _ in victims])
+        self._disk_keys.add(hashes)
         with self._sqlite("spill entries"):
             self._con.executemany("INSERT INTO spill (key, end, seq, entry) VALUES (?, ?, ?, ?)", rows)
         self.n_spilled += len(rows)
         if self._disk_keys.added > self._disk_keys.capacity:
             self._rebuild_disk_keys()  # reads the spill table: these keys included
         self._disk_min = low
-        self._stale += len(rows)
-        if self._stale > len(self._mem):  # most of the order is stale: rebuild it from memory
-            self._rebuild_order()
+        self._sync_filter()
+
+    def _sync_filter(self) -> None:
+        """Show the compiled join the disk filter while anything is on disk."""
+        self.win.set_bloom(self._disk_keys.bits, self._disk_keys.mask if self.n_spilled else 0)
 
     def _rebuild_disk_keys(self) -> None:
         """A fresh filter of the keys on disk, sized for four times as many."""
@@ -369,12 +536,8 @@ class StateStore:
         except msgspec.MsgspecError as exc:
             raise CorruptionError(f"joiner state {self.file}: a spilled key does not decode: {exc}") from exc
         self._disk_keys = _DiskKeys(4 * len(keys))
-        self._disk_keys.add(keys)
-
-    def _rebuild_order(self) -> None:
-        w = self.window_s
-        order = sorted((e.event_time + w, e.seq, k) for k, e in self._mem.items())
-        self._fifo, self._heap, self._stale = _Fifo(order), [], 0
+        self._disk_keys.add(W.key_hashes(keys))
+        self._sync_filter()
 
     def _decode(self, blob: bytes) -> Entry:
         try:
@@ -413,24 +576,19 @@ class StateStore:
         ``next_seq``) or changed since the last commit, drop the snapshot files whose entries all
         ended before ``watermark``, store ``meta``, and commit (see the module docstring).
         ``next_seq`` is the seq the next new entry will get (entries arrive in seq order)."""
-        mem, first = self._mem, self._first_new
-        # every entry here ends at or before the last of the close order (ends only grow along
-        # the FIFO; the heap holds the few that came out of order)
-        fifo = self._fifo
-        top = max(fifo.ends[-1] if fifo else -_INF, max(self._heap)[0] if self._heap else -_INF)
-        items = []  # the new entries are the tail of the (insertion-ordered) dict
-        for k, e in reversed(mem.items()):
-            if e.seq < first:
-                break
-            items.append((k, e))
-        items.reverse()
-        items += [(k, mem[k]) for k in self._dirty if k in mem and mem[k].seq < first]
+        first, w = self._first_new, self.win
+        slots = w.live_since(first)  # new since the last commit, in seq order
+        if self._dirty:  # changed, and neither new nor closed since
+            d = np.fromiter(self._dirty, np.int64, len(self._dirty))
+            slots = np.concatenate((slots, d[(w.s_b[d, W.B_LIVE] != 0) & (w.s_i[d, W.I_SEQ] < first)]))
+        live = w.s_b[: w.cap, W.B_LIVE] != 0
+        # every entry here ends at or before the latest end in memory
+        top = float(w.s_f[: w.cap, W.F_END][live].max()) if live.any() else -_INF
         new: list[tuple[int, float, str]] = []
         part = max(self._parts, default=-1) + 1
         try:
-            for i in range(0, len(items), _PART):
-                chunk = items[i : i + _PART]
-                data = _encoder.encode(chunk)
+            for i in range(0, slots.shape[0], _PART):
+                data = _encoder.encode(self._part_of(slots[i : i + _PART]))
                 write_durable(self._part_path(part), data)
                 new.append((part, top, checksum_bytes(data)))
                 part += 1
@@ -463,8 +621,7 @@ class StateStore:
         w = self.window_s
         with self._sqlite("read the checkpoint"):
             spilled = {r[0] for r in self._con.execute("SELECT key FROM spill")}
-        mem = self._mem
-        mem.clear()
+        mem: dict[Key, Entry] = {}
         for part, checksum in self._parts.items():
             path = self._part_path(part)
             try:
@@ -475,18 +632,52 @@ class StateStore:
                 raise CorruptionError(f"joiner state: snapshot file {path} fails its checksum")
             try:
                 chunk = _part.decode(data)
+                heads = decode_batch(chunk.records)
             except msgspec.MsgspecError as exc:  # pragma: no cover - the checksum catches damage first
                 raise CorruptionError(f"joiner state: snapshot file {path} does not decode: {exc}") from exc
-            for key, e in chunk:
-                if e.event_time + w >= watermark:
-                    mem[key] = e
+            mem.update(_part_entries(chunk, heads, w, watermark, path))
         if spilled:
             enc = _encoder.encode
             for key in [k for k in mem if enc(k) in spilled]:
                 del mem[key]
+        self._clear_memory()
+        for key, e in sorted(mem.items(), key=lambda kv: kv[1].seq):
+            self.add(key, e)  # spills past the budget, as the run did
         self._first_new = 1 + max((e.seq for e in mem.values()), default=-1)
         self._dirty = set()
-        self._rebuild_order()
+
+    def _part_of(self, slots: np.ndarray) -> _Part:
+        """The snapshot file of ``slots``: their Python objects gathered per batch, in C."""
+        w = self.win
+        order = np.argsort(w.s_i[slots, W.I_BT], kind="stable")
+        slots = slots[order]
+        bts = w.s_i[slots, W.I_BT]
+        cuts = np.flatnonzero(np.diff(bts)) + 1
+        records: list[bytes] = []
+        src: list[int] = []
+        offset: list[int] = []
+        for grp in np.split(slots, cuts):
+            if not grp.shape[0]:
+                continue
+            batch = self._batches[int(w.s_i[grp[0], W.I_BT])]
+            r, sr, o = batch.gather(w.s_i[grp, W.I_BJ].tolist())  # type: ignore[union-attr]
+            records += r
+            src += sr
+            offset += o
+        labels = w.s_i[slots, W.I_LABELS]
+        acts = self._acts
+        joined = [(k, acts[s]) for k, s in zip(np.flatnonzero(labels).tolist(), slots[labels != 0].tolist(),
+                                                 strict=True) if s in acts]  # fmt: skip
+        return _Part(
+            records, np.asarray(src, np.int64).tobytes(), np.asarray(offset, np.int64).tobytes(),
+            w.s_f[slots, W.F_T].tobytes(), w.s_i[slots, W.I_SEQ].tobytes(), w.s_b[slots, W.B_KEEP].tobytes(),
+            labels.tobytes(), w.s_b[slots, W.B_EMITTED].tobytes(), joined,
+        )  # fmt: skip
+
+    def _clear_memory(self) -> None:
+        self.win.clear()
+        self._batches, self._free_batches, self._pinned, self._entry_batch = [], [], set(), -1
+        self._acts = {}
 
     def close(self) -> None:
         """Drop what was not committed and close the database. Idempotent."""
@@ -503,11 +694,12 @@ class StateStore:
 
     def entries(self) -> Iterator[tuple[Key, Entry]]:
         """Every open entry (memory first, then disk), for tests and inspection."""
-        yield from list(self._mem.items())
+        slots = self.win.live_since(-(1 << 62)).tolist()
+        yield from [(self._key_of(s), self._entry_of(s)) for s in slots]
         with self._sqlite("list spilled entries"):
             rows = self._con.execute("SELECT key, entry FROM spill ORDER BY end, seq").fetchall()
         for k, blob in rows:
             yield _key.decode(k), self._decode(blob)
 
     def __repr__(self) -> str:
-        return f"StateStore({str(self.path)!r}, memory={len(self._mem)}, disk={self.n_spilled})"
+        return f"StateStore({str(self.path)!r}, memory={len(self.win)}, disk={self.n_spilled})"
