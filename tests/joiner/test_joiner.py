@@ -8,7 +8,7 @@ import pytest
 from freshrec.errors import InputError, StateError
 from freshrec.joiner import Joiner, JoinerConfig, JoinerState, prometheus_collector, read_examples_parquet
 from freshrec.joiner.example import examples_to_columns
-from freshrec.stream import Impression, open_log, partition_for
+from freshrec.stream import Action, Impression, encode, open_log, partition_for
 
 from .helpers import JOIN, read_dead, read_examples, run_naive, sim_events, write_stream
 
@@ -119,6 +119,31 @@ def test_restart_resumes_where_the_checkpoint_left_off(tmp_path, events):
         assert read_examples(log) == want
         assert read_dead(log) == want_dead
         assert m.examples_suppressed == 0  # clean closes checkpoint: nothing to suppress
+
+
+def test_a_checkpoint_needs_the_log_that_holds_its_open_impressions(tmp_path, events):
+    """Snapshots refer to the open impressions' records in the input log: a log without them (or
+    with something else there) is refused on restore, naming what is missing."""
+    cfg = JoinerConfig(state_dir=tmp_path / "state", read_batch=500, **JOIN)
+    with open_log(path=tmp_path / "log") as log:
+        write_stream(log, events)
+        with Joiner(log, cfg) as j:
+            j.step()
+            j.step()
+            assert j.metrics().open_impressions > 0
+    with open_log(path=tmp_path / "empty") as log:
+        log.create_topic("impressions", 3)
+        log.create_topic("actions", 2)
+        with pytest.raises(StateError, match="that the log no longer holds; it must keep records"):
+            Joiner(log, cfg)
+    with open_log(path=tmp_path / "other") as log:  # actions where the impressions were
+        log.create_topic("impressions", 3)
+        log.create_topic("actions", 2)
+        acts = encode([e for e in events if isinstance(e, Action)])
+        for p in range(3):
+            log.append("impressions", acts * 10, partition=p)
+        with pytest.raises(StateError, match="not an impression: the log under this state_dir is not the one"):
+            Joiner(log, cfg)
 
 
 def test_settings_that_bind_a_checkpoint_cannot_change(tmp_path):

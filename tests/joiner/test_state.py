@@ -19,14 +19,23 @@ from freshrec.stream import encode
 
 from .helpers import imp
 
+# the input log the entries were read from: (source index, offset) -> record; a snapshot refers
+# to records there, and a restore reads them back through fetch()
+LOG: dict[tuple[int, int], bytes] = {}
+
+
+def fetch(where):
+    return [LOG[p] for p in where]
+
 
 def entries(times, reqs=None, first=0):
-    """(key, Entry) per time, seqs counting from ``first`` (entries arrive in seq order)."""
+    """(key, Entry) per time, seqs and offsets counting from ``first`` (entries arrive in seq order)."""
     reqs = reqs or list(range(len(times)))
     blobs = encode([imp(first + i, t, req=r) for i, (t, r) in enumerate(zip(times, reqs, strict=True))])
     heads = decode_batch(blobs)
+    LOG.update(((0, first + i), b) for i, b in enumerate(blobs))
     return [
-        ((h.request_id, h.item_id), Entry(b, h.event_id, h.event_time, h.user_id, first + i, 0, i, True))
+        ((h.request_id, h.item_id), Entry(b, h.event_id, h.event_time, h.user_id, first + i, 0, first + i, True))
         for i, (h, b) in enumerate(zip(heads, blobs, strict=True))
     ]
 
@@ -91,7 +100,7 @@ def test_every_spilled_key_is_found_through_filter_rebuilds_and_a_reopen(tmp_pat
     store.commit(b"meta", watermark=1500.0, next_seq=n)
     store.close()
     reopened = StateStore(tmp_path / "s", 50, window_s=1000.0)
-    reopened.restore(1500.0)
+    reopened.restore(1500.0, fetch)
     check(reopened)
     reopened.close()
 
@@ -114,7 +123,7 @@ def test_commit_and_restore_round_trip(tmp_path):
 
     again = StateStore(tmp_path / "s", 4, window_s=10.0)
     assert again.load_meta() == b"meta-2"
-    again.restore(11.5)
+    again.restore(11.5, fetch)
     got = {k: (e.seq, e.labels) for k, e in again.entries()}
     assert got == {(i, "a"): (i, int(i == 7)) for i in range(2, 10)}
     assert [e.seq for e in again.closing(float("inf"))] == list(range(2, 10))
@@ -130,7 +139,7 @@ def test_a_crash_before_commit_leaves_the_last_checkpoint(tmp_path):
     store.add(*es[2])  # spills: written into the open transaction
     store._con.close()  # the process dies: SQLite drops the open transaction
     again = StateStore(tmp_path / "s", 1, window_s=10.0)
-    again.restore(0.0)
+    again.restore(0.0, fetch)
     assert [k for k, _ in again.entries()] == [(0, "a")]
     again.close()
 
@@ -153,7 +162,7 @@ def test_snapshot_files_orphans_and_corruption(tmp_path):
     parts[0].write_bytes(bytes(data))
     again = StateStore(tmp_path / "s", 100, window_s=10.0)
     with pytest.raises(CorruptionError, match="fails its checksum"):
-        again.restore(0.0)
+        again.restore(0.0, fetch)
     again.close()
 
 
@@ -220,6 +229,7 @@ def test_get_agrees_with_a_model_through_spills_filter_rebuilds_and_reopens(tmp_
                     continue
                 clock = max(clock, op[3])
                 blob = encode([imp(seq, clock, req=op[1], item=op[2])])[0]
+                LOG[(0, seq)] = blob
                 store.add(key, Entry(blob, seq, clock, 7, seq, 0, seq, True))
                 model[key] = (clock + 10.0, 0)
                 seen.append(key)
@@ -239,7 +249,7 @@ def test_get_agrees_with_a_model_through_spills_filter_rebuilds_and_reopens(tmp_
                 store.commit(b"m", watermark=closed_to, next_seq=seq)
                 store.close()
                 store = StateStore(path, op[1], window_s=10.0)
-                store.restore(closed_to)
+                store.restore(closed_to, fetch)
             for key in seen + [(k[1], k[0]) for k in seen] + [(str(k[0]), k[1]) for k in seen]:
                 got = store.get(key)
                 assert (got is not None) == (key in model), (op, key)

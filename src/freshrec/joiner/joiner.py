@@ -52,6 +52,7 @@ __all__ = ["Joiner", "JoinerState"]
 
 CHECKPOINT_FORMAT = 1
 _event_time = operator.attrgetter("event_time")
+_RESTORE_READ = 65_536  # records per read when restoring the open impressions
 # The settings that give a checkpoint its meaning: resuming under other values is refused.
 _BINDING = (
     "input_topics", "examples_topic", "dead_letter_topic", "window_s", "allowed_lateness_s", "emit",
@@ -191,7 +192,7 @@ class Joiner:
                     f"{self.log.partitions(s.topic)}; partitions cannot change under a running joiner"
                 )
             s.consumed = s.next_read = offs[s.partition]
-        self._store.restore(ck.core.watermark)
+        self._store.restore(ck.core.watermark, self._fetch)
         self.core.restore(ck.core)
         self._parquet_seq = ck.parquet_seq
         if self._parquet is not None:
@@ -199,6 +200,35 @@ class Joiner:
         self._scan_outputs(ck.outputs)
         if ck.core.drained:
             self._state = JoinerState.DRAINED
+
+    def _fetch(self, where: list[tuple[int, int]]) -> list[bytes]:
+        """The input records at (source index, offset) ``where``: the open impressions of the
+        checkpoint, which its snapshot refers to rather than copies (see state.py)."""
+        wanted: dict[int, list[int]] = {}
+        for src, offset in where:
+            wanted.setdefault(src, []).append(offset)
+        found: dict[tuple[int, int], bytes] = {}
+        for src, offsets in wanted.items():
+            s = self._sources[src]
+            want = np.unique(np.asarray(offsets, np.int64))
+            k = 0  # the next wanted offset not yet read
+            while k < want.shape[0]:
+                cols = self.log.read_columns(s.topic, s.partition, int(want[k]), max_records=_RESTORE_READ)
+                if not cols.values:
+                    break
+                got = np.asarray(cols.offsets, np.int64)
+                hit = np.flatnonzero(np.isin(got, want[k:]))
+                for j in hit.tolist():
+                    found[(src, int(got[j]))] = cols.values[j]
+                k = int(np.searchsorted(want, got[-1], side="right"))  # skips the gaps between them
+            missing = [o for o in want.tolist() if (src, o) not in found]
+            if missing:
+                raise StateError(
+                    f"the checkpoint in {self.config.state_dir} refers to {len(missing)} records of {s.topic!r} "
+                    f"partition {s.partition} (first: offset {missing[0]}) that the log no longer holds; it must keep "
+                    f"records for the longest outage plus the join window (docs/joiner.md)"
+                )
+        return [found[p] for p in where]
 
     def _scan_outputs(self, positions: dict[str, list[int]]) -> None:
         """Collect what the crashed run wrote after the checkpoint (see the module docstring)."""

@@ -28,16 +28,17 @@ On disk (``state_dir``)::
       snapshot(part, max_end, checksum) the snapshot files of the checkpoint
       meta(id = 1, data)               the caller's checkpoint record (offsets, counters, ...)
     snapshot/part-<n>.msgpack     in-memory entries added or changed between two checkpoints, as
-                                  columns (:class:`_Part`); restored in order, a later copy of an
-                                  entry wins, entries the checkpoint's watermark closed (or
-                                  spilled since) are dropped
+                                  columns (:class:`_Part`) that refer to their records in the
+                                  input log; restored in order, a later copy of an entry wins,
+                                  entries the checkpoint's watermark closed (or spilled since)
+                                  are dropped, and the records are read back from the log
 """
 
 from __future__ import annotations
 
 import heapq
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from operator import itemgetter
 from pathlib import Path
@@ -93,11 +94,11 @@ _entry = msgspec.msgpack.Decoder(Entry)
 
 
 class _Part(msgspec.Struct, array_like=True):
-    """A snapshot file: entries as columns. Keys and ids are not stored: they are in each record
-    (decoded again at restore); the numeric columns are raw little-endian arrays."""
+    """A snapshot file: entries as columns. Their records are not stored: the input log holds
+    them (``src``, ``offset``), and keys and ids are decoded from them again at restore. The
+    numeric columns are raw little-endian arrays."""
 
-    records: list[bytes]
-    src: bytes  # int64
+    src: bytes  # int64, index of the input partition
     offset: bytes  # int64
     t: bytes  # float64, event time
     seq: bytes  # int64
@@ -105,6 +106,9 @@ class _Part(msgspec.Struct, array_like=True):
     labels: bytes  # int64
     emitted: bytes  # uint8
     acts: list[tuple[int, tuple[Id, ...]]]  # (row, joined action ids) where any
+
+
+Fetch = Callable[[list[tuple[int, int]]], list[bytes]]  # (source index, offset) pairs -> records
 
 
 _part = msgspec.msgpack.Decoder(_Part)
@@ -163,9 +167,9 @@ class _ReadBatch:
     def where(self, j: int) -> tuple[bytes, int, int]:
         return self.records[j], self.srcs[j], self.offsets[j]
 
-    def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
-        """(records, sources, offsets) at positions ``js``."""
-        return _pick(self.records, js), _pick(self.srcs, js), _pick(self.offsets, js)
+    def gather(self, js: list[int]) -> tuple[list[int], list[int]]:
+        """(sources, offsets) at positions ``js``."""
+        return _pick(self.srcs, js), _pick(self.offsets, js)
 
     def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
         it = self.items[j]
@@ -173,26 +177,22 @@ class _ReadBatch:
                      emitted, acts)  # fmt: skip
 
 
-def _part_entries(
-    part: _Part, heads: list, window_s: float, watermark: float, path: Path
-) -> Iterator[tuple[Key, Entry]]:
-    """The (key, entry) pairs of a snapshot file whose windows the watermark has not closed."""
-    n = len(part.records)
+_Row = tuple[float, int, bool, int, bool, tuple]  # (t, seq, keep, labels, emitted, action ids)
+
+
+def _part_rows(part: _Part, window_s: float, watermark: float, path: Path) -> Iterator[tuple[tuple[int, int], _Row]]:
+    """((source index, offset), row) of the entries of a snapshot file the watermark has not closed."""
     cols = [np.frombuffer(part.src, np.int64), np.frombuffer(part.offset, np.int64),
             np.frombuffer(part.t, np.float64), np.frombuffer(part.seq, np.int64), np.frombuffer(part.keep, np.uint8),
             np.frombuffer(part.labels, np.int64), np.frombuffer(part.emitted, np.uint8)]  # fmt: skip
+    n = cols[0].shape[0]
     if any(c.shape[0] != n for c in cols):
         raise CorruptionError(f"joiner state: snapshot file {path} has columns of different lengths")
     src, offset, t, seq, keep, labels, emitted = (c.tolist() for c in cols)
     acts = dict(part.acts)
     for k in range(n):
-        h = heads[k]
-        if type(h) is not Header:
-            raise CorruptionError(f"joiner state: snapshot file {path} holds a record that is not an impression")
         if t[k] + window_s >= watermark:
-            yield (h.request_id, h.item_id), Entry(part.records[k], h.event_id, t[k], h.user_id, seq[k], src[k],
-                                                   offset[k], bool(keep[k]), labels[k], bool(emitted[k]),
-                                                   acts.get(k, ()))  # fmt: skip
+            yield (src[k], offset[k]), (t[k], seq[k], bool(keep[k]), labels[k], bool(emitted[k]), acts.get(k, ()))
 
 
 class _EntryBatch:
@@ -211,9 +211,9 @@ class _EntryBatch:
         e = self.entries[j]
         return e.record, e.src, e.offset
 
-    def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
+    def gather(self, js: list[int]) -> tuple[list[int], list[int]]:
         es = _pick(self.entries, js)
-        return [e.record for e in es], [e.src for e in es], [e.offset for e in es]
+        return [e.src for e in es], [e.offset for e in es]
 
     def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
         e = self.entries[j]
@@ -616,12 +616,13 @@ class StateStore:
             row = self._con.execute("SELECT data FROM meta WHERE id = 1").fetchone()
         return None if row is None else bytes(row[0])
 
-    def restore(self, watermark: float) -> None:
-        """Rebuild the in-memory entries of the last checkpoint, whose watermark was ``watermark``."""
+    def restore(self, watermark: float, fetch: Fetch) -> None:
+        """Rebuild the in-memory entries of the last checkpoint, whose watermark was ``watermark``;
+        ``fetch`` reads their records from the input log."""
         w = self.window_s
         with self._sqlite("read the checkpoint"):
             spilled = {r[0] for r in self._con.execute("SELECT key FROM spill")}
-        mem: dict[Key, Entry] = {}
+        rows: dict[tuple[int, int], _Row] = {}  # by where the impression is in the log
         for part, checksum in self._parts.items():
             path = self._part_path(part)
             try:
@@ -632,18 +633,26 @@ class StateStore:
                 raise CorruptionError(f"joiner state: snapshot file {path} fails its checksum")
             try:
                 chunk = _part.decode(data)
-                heads = decode_batch(chunk.records)
             except msgspec.MsgspecError as exc:  # pragma: no cover - the checksum catches damage first
                 raise CorruptionError(f"joiner state: snapshot file {path} does not decode: {exc}") from exc
-            mem.update(_part_entries(chunk, heads, w, watermark, path))
-        if spilled:
-            enc = _encoder.encode
-            for key in [k for k in mem if enc(k) in spilled]:
-                del mem[key]
+            rows.update(_part_rows(chunk, w, watermark, path))  # a later copy wins
+        where = sorted(rows, key=lambda p: rows[p][1])  # in seq order
+        records = fetch(where) if where else []
+        heads = decode_batch(records)
+        enc = _encoder.encode
         self._clear_memory()
-        for key, e in sorted(mem.items(), key=lambda kv: kv[1].seq):
-            self.add(key, e)  # spills past the budget, as the run did
-        self._first_new = 1 + max((e.seq for e in mem.values()), default=-1)
+        for (src, offset), record, h in zip(where, records, heads, strict=True):
+            if type(h) is not Header:
+                raise StateError(
+                    f"joiner state: the checkpoint refers to input record {offset} of source {src}, which is not "
+                    f"an impression: the log under this state_dir is not the one the checkpoint was made on"
+                )
+            key = (h.request_id, h.item_id)
+            if spilled and enc(key) in spilled:
+                continue
+            t, seq, keep, labels, emitted, acts = rows[(src, offset)]
+            self.add(key, Entry(record, h.event_id, t, h.user_id, seq, src, offset, keep, labels, emitted, acts))
+        self._first_new = 1 + max((r[1] for r in rows.values()), default=-1)
         self._dirty = set()
 
     def _part_of(self, slots: np.ndarray) -> _Part:
@@ -653,15 +662,13 @@ class StateStore:
         slots = slots[order]
         bts = w.s_i[slots, W.I_BT]
         cuts = np.flatnonzero(np.diff(bts)) + 1
-        records: list[bytes] = []
         src: list[int] = []
         offset: list[int] = []
         for grp in np.split(slots, cuts):
             if not grp.shape[0]:
                 continue
             batch = self._batches[int(w.s_i[grp[0], W.I_BT])]
-            r, sr, o = batch.gather(w.s_i[grp, W.I_BJ].tolist())  # type: ignore[union-attr]
-            records += r
+            sr, o = batch.gather(w.s_i[grp, W.I_BJ].tolist())  # type: ignore[union-attr]
             src += sr
             offset += o
         labels = w.s_i[slots, W.I_LABELS]
@@ -669,7 +676,7 @@ class StateStore:
         joined = [(k, acts[s]) for k, s in zip(np.flatnonzero(labels).tolist(), slots[labels != 0].tolist(),
                                                  strict=True) if s in acts]  # fmt: skip
         return _Part(
-            records, np.asarray(src, np.int64).tobytes(), np.asarray(offset, np.int64).tobytes(),
+            np.asarray(src, np.int64).tobytes(), np.asarray(offset, np.int64).tobytes(),
             w.s_f[slots, W.F_T].tobytes(), w.s_i[slots, W.I_SEQ].tobytes(), w.s_b[slots, W.B_KEEP].tobytes(),
             labels.tobytes(), w.s_b[slots, W.B_EMITTED].tobytes(), joined,
         )  # fmt: skip
