@@ -2,12 +2,13 @@
 
 Owns: the join in event time with a watermark (``core.py``), reading the event log and writing
 examples and dead letters exactly once across crashes (``joiner.py``), the state store that
-spills open impressions to SQLite and holds the checkpoint (``state.py``), the example record
+spills open impressions to SQLite and holds the checkpoint (``state.py``), the open windows in
+compiled columns and the join's hot loop over them (``_windows.py``), the example record
 and its columnar form (``example.py``), dead letters (``dead_letter.py``), negative
 down-sampling and the log-odds correction (``sampling.py``), Parquet output (``parquet.py``),
 counters (``metrics.py``), the config (``config.py``) and replays of recorded data
-(``replay.py``). Imports numpy, msgspec, pyarrow, sqlite3, xxhash, freshrec's base modules and
-``freshrec.stream``; ``replay.open_bandit_events`` also loads ``freshrec.data``. The trainer
+(``replay.py``). Imports numpy, numba, msgspec, pyarrow, sqlite3, xxhash, freshrec's base modules
+and ``freshrec.stream``; ``replay.open_bandit_events`` also loads ``freshrec.data``. The trainer
 reads what it writes; nothing here imports the trainer, the PS or the models.
 """
 

@@ -18,6 +18,12 @@ Rules, all in event time (docs/joiner.md has the worked boundaries):
 * **Emission.** ``first_action``: an impression's example goes out at its first joined action;
   ``window_close``: at close, with every label. An impression with no action is a negative,
   emitted at close if its down-sampling decision keeps it (weight ``1/r``, rate ``r``).
+
+How: the clock, closing windows and opening the windows of new impressions run in one compiled
+loop per batch (:func:`freshrec.joiner._windows.run`); it hands every other event back to
+:meth:`JoinCore._handle`, in order. The examples of windows it closed are built afterwards and
+put back in event order (:meth:`JoinCore._flush`), so the output is what the rules above give
+one event at a time.
 """
 
 from __future__ import annotations
