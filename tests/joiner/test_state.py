@@ -257,3 +257,13 @@ def test_get_agrees_with_a_model_through_spills_filter_rebuilds_and_reopens(tmp_
                     assert got.labels == model[key][1]
     finally:
         store.close()
+
+
+def test_a_state_of_another_format_version_is_refused(tmp_path):
+    StateStore(tmp_path / "s", 10, window_s=10.0).close()
+    con = sqlite3.connect(tmp_path / "s" / state_module.DB_NAME)
+    con.execute("PRAGMA user_version = 1")  # written by the freshrec before slot columns
+    con.commit()
+    con.close()
+    with pytest.raises(StateError, match=f"format version 1; this freshrec reads {state_module.FORMAT_VERSION}"):
+        StateStore(tmp_path / "s", 10, window_s=10.0)
