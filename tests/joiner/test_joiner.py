@@ -3,6 +3,7 @@ output that depends on the log only, dead letters, metrics, restarts, refusals, 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from freshrec.errors import InputError, StateError
@@ -142,7 +143,12 @@ def test_a_checkpoint_needs_the_log_that_holds_its_open_impressions(tmp_path, ev
         acts = encode([e for e in events if isinstance(e, Action)])
         for p in range(3):
             log.append("impressions", acts * 10, partition=p)
-        with pytest.raises(StateError, match="not an impression: the log under this state_dir is not the one"):
+        with pytest.raises(StateError, match="is not the impression the checkpoint refers to: the log under"):
+            Joiner(log, cfg)
+    with open_log(path=tmp_path / "similar") as log:  # other impressions at the same offsets
+        write_stream(log, [msgspec.structs.replace(e, position=e.position + 1) if isinstance(e, Impression) else e
+                           for e in events])  # fmt: skip
+        with pytest.raises(StateError, match="is not the impression the checkpoint refers to"):
             Joiner(log, cfg)
 
 

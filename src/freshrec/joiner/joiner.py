@@ -213,7 +213,14 @@ class Joiner:
             want = np.unique(np.asarray(offsets, np.int64))
             k = 0  # the next wanted offset not yet read
             while k < want.shape[0]:
-                cols = self.log.read_columns(s.topic, s.partition, int(want[k]), max_records=_RESTORE_READ)
+                try:
+                    cols = self.log.read_columns(s.topic, s.partition, int(want[k]), max_records=_RESTORE_READ)
+                except InputError as exc:  # Kafka: below the earliest offset retention kept
+                    raise StateError(
+                        f"the checkpoint in {self.config.state_dir} refers to records of {s.topic!r} partition "
+                        f"{s.partition} (from offset {int(want[k])}) that the log no longer holds ({exc}); it must "
+                        f"keep records for the longest outage plus the join window (docs/joiner.md)"
+                    ) from exc
                 if not cols.values:
                     break
                 got = np.asarray(cols.offsets, np.int64)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+import xxhash
 
 from freshrec._io import checksum_bytes, fsync_dir, sqlite_errors, write_durable
 from freshrec.errors import BackendError, CorruptionError, StateError
@@ -106,6 +107,7 @@ class _Part(msgspec.Struct, array_like=True):
     labels: bytes  # int64
     emitted: bytes  # uint8
     acts: list[tuple[int, tuple[Id, ...]]]  # (row, joined action ids) where any
+    digest: bytes  # uint64 xxh3 of each record: a restore checks it reads the same records back
 
 
 Fetch = Callable[[list[tuple[int, int]]], list[bytes]]  # (source index, offset) pairs -> records
@@ -167,9 +169,9 @@ class _ReadBatch:
     def where(self, j: int) -> tuple[bytes, int, int]:
         return self.records[j], self.srcs[j], self.offsets[j]
 
-    def gather(self, js: list[int]) -> tuple[list[int], list[int]]:
-        """(sources, offsets) at positions ``js``."""
-        return _pick(self.srcs, js), _pick(self.offsets, js)
+    def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
+        """(records, sources, offsets) at positions ``js``."""
+        return _pick(self.records, js), _pick(self.srcs, js), _pick(self.offsets, js)
 
     def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
         it = self.items[j]
@@ -177,22 +179,24 @@ class _ReadBatch:
                      emitted, acts)  # fmt: skip
 
 
-_Row = tuple[float, int, bool, int, bool, tuple]  # (t, seq, keep, labels, emitted, action ids)
+_Row = tuple[float, int, bool, int, bool, tuple, int]  # (t, seq, keep, labels, emitted, action ids, digest)
 
 
 def _part_rows(part: _Part, window_s: float, watermark: float, path: Path) -> Iterator[tuple[tuple[int, int], _Row]]:
     """((source index, offset), row) of the entries of a snapshot file the watermark has not closed."""
     cols = [np.frombuffer(part.src, np.int64), np.frombuffer(part.offset, np.int64),
             np.frombuffer(part.t, np.float64), np.frombuffer(part.seq, np.int64), np.frombuffer(part.keep, np.uint8),
-            np.frombuffer(part.labels, np.int64), np.frombuffer(part.emitted, np.uint8)]  # fmt: skip
+            np.frombuffer(part.labels, np.int64), np.frombuffer(part.emitted, np.uint8),
+            np.frombuffer(part.digest, np.uint64)]  # fmt: skip
     n = cols[0].shape[0]
     if any(c.shape[0] != n for c in cols):
         raise CorruptionError(f"joiner state: snapshot file {path} has columns of different lengths")
-    src, offset, t, seq, keep, labels, emitted = (c.tolist() for c in cols)
+    src, offset, t, seq, keep, labels, emitted, digest = (c.tolist() for c in cols)
     acts = dict(part.acts)
     for k in range(n):
         if t[k] + window_s >= watermark:
-            yield (src[k], offset[k]), (t[k], seq[k], bool(keep[k]), labels[k], bool(emitted[k]), acts.get(k, ()))
+            yield (src[k], offset[k]), (t[k], seq[k], bool(keep[k]), labels[k], bool(emitted[k]), acts.get(k, ()),
+                                        digest[k])  # fmt: skip
 
 
 class _EntryBatch:
@@ -211,9 +215,9 @@ class _EntryBatch:
         e = self.entries[j]
         return e.record, e.src, e.offset
 
-    def gather(self, js: list[int]) -> tuple[list[int], list[int]]:
+    def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
         es = _pick(self.entries, js)
-        return [e.src for e in es], [e.offset for e in es]
+        return [e.record for e in es], [e.src for e in es], [e.offset for e in es]
 
     def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
         e = self.entries[j]
@@ -642,15 +646,15 @@ class StateStore:
         enc = _encoder.encode
         self._clear_memory()
         for (src, offset), record, h in zip(where, records, heads, strict=True):
-            if type(h) is not Header:
+            t, seq, keep, labels, emitted, acts, digest = rows[(src, offset)]
+            if type(h) is not Header or xxhash.xxh3_64_intdigest(record) != digest:
                 raise StateError(
-                    f"joiner state: the checkpoint refers to input record {offset} of source {src}, which is not "
-                    f"an impression: the log under this state_dir is not the one the checkpoint was made on"
+                    f"joiner state: input record {offset} of source {src} is not the impression the checkpoint "
+                    f"refers to: the log under this state_dir is not the one the checkpoint was made on"
                 )
             key = (h.request_id, h.item_id)
             if spilled and enc(key) in spilled:
                 continue
-            t, seq, keep, labels, emitted, acts = rows[(src, offset)]
             self.add(key, Entry(record, h.event_id, t, h.user_id, seq, src, offset, keep, labels, emitted, acts))
         self._first_new = 1 + max((r[1] for r in rows.values()), default=-1)
         self._dirty = set()
@@ -664,13 +668,15 @@ class StateStore:
         cuts = np.flatnonzero(np.diff(bts)) + 1
         src: list[int] = []
         offset: list[int] = []
+        digest: list[int] = []
         for grp in np.split(slots, cuts):
             if not grp.shape[0]:
                 continue
             batch = self._batches[int(w.s_i[grp[0], W.I_BT])]
-            sr, o = batch.gather(w.s_i[grp, W.I_BJ].tolist())  # type: ignore[union-attr]
+            rec, sr, o = batch.gather(w.s_i[grp, W.I_BJ].tolist())  # type: ignore[union-attr]
             src += sr
             offset += o
+            digest += map(xxhash.xxh3_64_intdigest, rec)
         labels = w.s_i[slots, W.I_LABELS]
         acts = self._acts
         joined = [(k, acts[s]) for k, s in zip(np.flatnonzero(labels).tolist(), slots[labels != 0].tolist(),
@@ -678,7 +684,7 @@ class StateStore:
         return _Part(
             np.asarray(src, np.int64).tobytes(), np.asarray(offset, np.int64).tobytes(),
             w.s_f[slots, W.F_T].tobytes(), w.s_i[slots, W.I_SEQ].tobytes(), w.s_b[slots, W.B_KEEP].tobytes(),
-            labels.tobytes(), w.s_b[slots, W.B_EMITTED].tobytes(), joined,
+            labels.tobytes(), w.s_b[slots, W.B_EMITTED].tobytes(), joined, np.asarray(digest, np.uint64).tobytes(),
         )  # fmt: skip
 
     def _clear_memory(self) -> None:
