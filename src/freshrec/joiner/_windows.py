@@ -52,7 +52,6 @@ _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _S33 = np.uint64(33)
 _S32 = np.uint64(32)
 _ONE = np.uint64(1)
-_MASK64 = (1 << 64) - 1
 
 
 def key_hash(key: object) -> int:
@@ -224,6 +223,12 @@ def _top(fifo, heap, s_f, s_i, ctr):
     if fs < 0 or _before(s_f, s_i, hs, fs):
         return hs
     return fs
+
+
+@njit(**JIT)
+def _top_slot(fifo, heap, s_f, s_i, ctr):
+    """:func:`_top`, for Python."""
+    return _top(fifo, heap, s_f, s_i, ctr)
 
 
 @njit(inline="always", **JIT)
@@ -535,8 +540,3 @@ class Windows:
         self.ctr[[C_OPEN, C_HEAD, C_TAIL, C_HEAP, C_OUT]] = 0
         self.bcount[:] = 0
         self._alloc(self.cap)
-
-
-@njit(**JIT)
-def _top_slot(fifo, heap, s_f, s_i, ctr):
-    return _top(fifo, heap, s_f, s_i, ctr)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import operator
 from operator import attrgetter
 from typing import Any
 
@@ -44,7 +43,7 @@ from freshrec.joiner.config import JoinerConfig
 from freshrec.joiner.example import RESERVED_COLUMNS, Example, merge_features
 from freshrec.joiner.metrics import COUNTERS, JoinerMetrics
 from freshrec.joiner.sampling import keep_negatives
-from freshrec.joiner.state import Entry, Key, StateStore
+from freshrec.joiner.state import Entry, Key, StateStore, pick
 
 __all__ = ["CoreState", "DeadRecord", "Held", "JoinCore"]
 
@@ -75,13 +74,6 @@ class CoreState(msgspec.Struct, array_like=True):
 
 
 DeadRecord = tuple[int, int, str, str, bytes]  # (source index, offset, field, reason, record)
-
-
-def _pick(items: list, js: list[int]) -> list:
-    """``[items[j] for j in js]``, in C."""
-    if len(js) == 1:
-        return [items[js[0]]]
-    return list(operator.itemgetter(*js)(items))
 
 
 class JoinCore:
@@ -346,7 +338,7 @@ class JoinCore:
                     js = order.tolist()
                     for lst in outs:
                         if lst is not None:
-                            lst[mark:] = _pick(lst[mark:], js)
+                            lst[mark:] = pick(lst[mark:], js)
         self._mark, self._dead_mark, self._causes, self._dead_causes = len(self.out_blobs), len(self.dead), [], []
 
     def _emit_closed(self, t: np.ndarray, arrivals: list[int] | None) -> None:

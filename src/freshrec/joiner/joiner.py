@@ -44,7 +44,7 @@ from freshrec.joiner.dead_letter import DeadLetter, encode_dead_letters
 from freshrec.joiner.example import Example
 from freshrec.joiner.metrics import JoinerMetrics
 from freshrec.joiner.parquet import ParquetSink
-from freshrec.joiner.state import StateStore
+from freshrec.joiner.state import StateStore, pick
 from freshrec.stream.events import Id
 from freshrec.stream.log import EventLog
 
@@ -431,7 +431,7 @@ class Joiner:
             srcs = np.full(k, s.index, np.int64)
             if k > 1 and bool((times[1:] < times[:-1]).any()):
                 order = np.argsort(times, kind="stable")
-                items, records = _gather(items, order), _gather(records, order)
+                items, records = pick(items, order.tolist()), pick(records, order.tolist())
                 offs, arrivals = offs[order], arrivals[order]
         else:
             times = np.concatenate([s.times[s.pos : s.pos + k] for s, k in picks])
@@ -444,7 +444,7 @@ class Joiner:
                 pool += s.items[s.pos : s.pos + k]
                 pool_records += s.records[s.pos : s.pos + k]
             order = np.lexsort((offs_all, src_all, times))
-            items, records = _gather(pool, order), _gather(pool_records, order)
+            items, records = pick(pool, order.tolist()), pick(pool_records, order.tolist())
             offs, srcs, arrivals = offs_all[order], src_all[order], arr_all[order]
         for s, k in picks:
             s.pos += k
@@ -556,10 +556,3 @@ class Joiner:
 
     def __repr__(self) -> str:
         return f"Joiner({self.config.state_dir!s}, {self._state.value}, open={len(self._store)})"
-
-
-def _gather(items: list[Any], order: np.ndarray) -> list[Any]:
-    """``[items[j] for j in order]``, in C."""
-    if order.shape[0] == 1:
-        return [items[int(order[0])]]
-    return list(operator.itemgetter(*order.tolist())(items))

@@ -147,10 +147,10 @@ class _DiskKeys:
         return bool(W.bloom_has(self.bits, self.mask, h))
 
 
-def _pick(items: list, js: list[int]) -> list:
-    """``[items[j] for j in js]``, in C."""
-    if len(js) == 1:
-        return [items[js[0]]]
+def pick(items: list, js: list[int]) -> list:
+    """``[items[j] for j in js]``, in C (the joiner's way of reordering and gathering its lists)."""
+    if len(js) <= 1:
+        return [items[j] for j in js]
     return list(itemgetter(*js)(items))
 
 
@@ -171,7 +171,7 @@ class _ReadBatch:
 
     def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
         """(records, sources, offsets) at positions ``js``."""
-        return _pick(self.records, js), _pick(self.srcs, js), _pick(self.offsets, js)
+        return pick(self.records, js), pick(self.srcs, js), pick(self.offsets, js)
 
     def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
         it = self.items[j]
@@ -216,7 +216,7 @@ class _EntryBatch:
         return e.record, e.src, e.offset
 
     def gather(self, js: list[int]) -> tuple[list[bytes], list[int], list[int]]:
-        es = _pick(self.entries, js)
+        es = pick(self.entries, js)
         return [e.record for e in es], [e.src for e in es], [e.offset for e in es]
 
     def entry(self, j: int, t: float, seq: int, keep: bool, labels: int, emitted: bool, acts: tuple) -> Entry:
