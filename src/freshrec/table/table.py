@@ -58,6 +58,7 @@ _MAX_SLOTS = 2**32 - 1  # homes scale the top 32 hash bits: at most 2**32 slots
 _GROWTH = 1.5  # index growth factor: load stays in [1/2, 3/4] (doubling would reach 3/8)
 _MAX_ROWS = 2**31 - 2  # row ids are stored as row + 1 in 32 bits
 _NO_ROWS = np.zeros(0, np.int64)
+_POPULATE_MIN, _POPULATE_MAX = 256 << 10, 64 << 20  # bytes of rows made resident ahead of use at a time
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,26 @@ class EmbeddingTable:
         self._dirty = _memory.reserve(self._data.shape[0], 0, np.int64, _MAX_ROWS)
         self._slots = _memory.zeros(3 * slots, np.uint32, self.config.huge_pages)
         self._cap = slots
+        # fresh rows below _ready may be handed out by the kernels (they return NEED_ROWS there);
+        # rows up to _ahead are being made resident on the populator thread (see _more_rows)
+        self._ready = self._ahead = 0
+
+    def _more_rows(self) -> None:
+        """The kernels reached ``_ready``: hand them the chunk populated in the background since
+        the last call (populating it now if there is none), and start on the next chunk.
+        Chunks are an eighth of the rows so far, from 256 KiB to 64 MiB, so resident memory runs
+        ahead of the rows in use by at most two chunks."""
+        if self._ready >= self._data.shape[0]:
+            self._grow_rows()
+        size = self._data.shape[0]
+        row_bytes = 4 * self.width
+        step = max(1, min(max(int(self._ctr[K.C_HW]) // 8, _POPULATE_MIN // row_bytes), _POPULATE_MAX // row_bytes))
+        if self._ahead <= self._ready:  # nothing under way (the first chunk, or after _grow_rows)
+            self._ahead = min(size, self._ready + step)
+            _memory.populate(self._data, self._ready, self._ahead)
+        self._ready = self._ahead
+        self._ahead = min(size, self._ready + step)
+        _memory.populate_async(self._data, self._ready, self._ahead)
 
     def _grow_rows(self, at_least: int = 0) -> None:
         """Only when the reservation is exhausted: reserve a larger one and copy once."""
@@ -174,6 +195,7 @@ class EmbeddingTable:
         hw = int(self._ctr[K.C_HW])
         data = _memory.reserve(new, self.width, np.float32, _MAX_ROWS, self.config.huge_pages)
         data[:hw] = self._data[:hw]
+        self._ready = self._ahead = hw
         free = _memory.reserve(data.shape[0], 0, np.int32, _MAX_ROWS)
         free[: self._ctr[K.C_FREE]] = self._free[: self._ctr[K.C_FREE]]
         self._data, self._meta, self._free = data, data.view(np.uint32), free
@@ -199,10 +221,14 @@ class EmbeddingTable:
         self._slots, self._cap = slots, cap
 
     def reserve(self, rows: int) -> None:
-        """Pre-size for ``rows`` live rows, so a known load pays no growth on the hot path."""
+        """Pre-size for ``rows`` live rows, so a known load pays no growth on the hot path: the
+        index is sized for them and their memory is made resident now (no page faults later)."""
         with self._lock.write():
             if rows > self._data.shape[0]:
                 self._grow_rows(at_least=rows)
+            if rows > self._ready:
+                _memory.populate(self._data, self._ready, rows)
+                self._ready = self._ahead = max(self._ahead, rows)
             if rows * K.LOAD_DEN > self._cap * K.LOAD_NUM:
                 self._grow_index(for_rows=rows)
 
@@ -299,7 +325,7 @@ class EmbeddingTable:
                     self._default, self.dim, self.state_width, self._sketch, self._sk_seeds,
                     self._min_count, self._decay_every, self._p_admit, kind, a, b,
                     self.config.seed, self._state_init, self.config.max_rows or 0,
-                    self._data.shape[0], self.config.track_changes,
+                    self._ready, self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
                     if evicted:  # rows found before the eviction may be another ID's now
@@ -309,7 +335,7 @@ class EmbeddingTable:
                     return rows
                 pending = 1
                 if status == K.NEED_ROWS:
-                    self._grow_rows()
+                    self._more_rows()
                 elif status == K.NEED_INDEX:
                     self._grow_index()
                 else:
@@ -430,12 +456,12 @@ class EmbeddingTable:
                 status, start = K.assign_rows(
                     self._slots, self._cap, self._meta, self._data, self._free,
                     self._dirty, self._ctr, keys, start, values, values.shape[1], ts, cnt,
-                    self._data.shape[0], self._mo, self.config.track_changes,
+                    self._ready, self._mo, self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
                     break
                 if status == K.NEED_ROWS:
-                    self._grow_rows()
+                    self._more_rows()
                 else:
                     self._grow_index()
 
