@@ -371,15 +371,24 @@ def _sketch_halve(sk):
 
 @njit(**JIT)
 def lookup_infer(slots, cap, data, ids, out, default, dim):
-    """Embeddings of ``ids`` into ``out``; unknown IDs read ``default``. Returns hit count."""
-    hits = 0
+    """Embeddings of ``ids`` into ``out``; unknown IDs read ``default``. Returns hit count.
+
+    Two passes: every key's row first (:func:`find_rows`), then the copies, each pass group-
+    prefetched. Interleaving index and row misses in one pass (as the writers do) was 1.2-1.4x
+    slower on 3.3M rows with 4 KiB pages: the index's page-table entries stay cached while only
+    the index is walked, and the rows' while only rows are.
+    """
     n = ids.shape[0]
-    cand = np.empty(GROUP, np.int64)
+    rows = np.empty(n, np.int64)
+    find_rows(slots, cap, ids, rows)
+    hits = 0
     for lo in range(0, n, GROUP):
         hi = min(n, lo + GROUP)
-        _prefetch_group(slots, cap, data, ids, lo, hi, 0, dim, -1, cand)
         for i in range(lo, hi):
-            row = cand[i - lo]
+            if rows[i] >= 0:
+                _prefetch_row(data, rows[i], 0, dim)
+        for i in range(lo, hi):
+            row = rows[i]
             if row >= 0:
                 hits += 1
                 for j in range(dim):
