@@ -43,8 +43,8 @@ def test_a_growing_table_populates_a_bounded_distance_ahead():
         rows = t.find_or_insert(keys[lo : lo + 65_536], now=0)
         hw = len(t)
         assert hw <= t._ready <= t._ahead <= t._data.shape[0]
-        # at most two chunks ahead: an eighth of the rows each, or the 256 KiB minimum
-        step = max(hw // 8, (256 << 10) // (4 * t.width))
+        # at most two chunks ahead: an eighth of the rows each, within 256 KiB to 16 MiB
+        step = min(max(hw // 8, (256 << 10) // (4 * t.width)), (16 << 20) // (4 * t.width))
         assert t._ahead - hw <= 2 * step + 1
         assert (rows >= 0).all()
     np.testing.assert_array_equal(t.lookup(keys[::1000]), t.lookup(keys[::1000]))

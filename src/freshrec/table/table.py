@@ -25,13 +25,16 @@ Contract
   came between them.
 * **Cost.** Batch operations run in compiled kernels, O(1) expected per ID (linear probing,
   load factor <= 3/4); :meth:`expire`, :meth:`export` of all rows and an eviction round scan
-  the index, O(rows). Growth doubles (amortised O(1) per insert).
+  the index, O(rows). The index grows by 1.5x (amortised O(1) per insert); rows stay in place (copied
+  once only if their reserved address range fills).
 * **Memory.** Per row: the embedding and optimizer state, 12 bytes of metadata at the row's end
   (last-seen time, count, a dirty bit), and 12 bytes per index slot, 4/3 to 2 slots per row
   (the index grows by 1.5x at load 3/4): 28-36 bytes of overhead per row, measured by
   ``freshrec bench table``. The
   index holds each key's full 64-bit hash (a bijection of the key), so lookups verify keys
-  without touching rows and rows need not store their key.
+  without touching rows and rows need not store their key. Fresh rows are made resident a
+  chunk ahead of use on a background thread (``_memory.populate_async``), so admitting an ID
+  rarely waits on a page fault; :meth:`reserve` makes its rows resident at once.
 
 Event times are seconds (float or int; stored as int64 milliseconds).
 """
@@ -58,7 +61,7 @@ _MAX_SLOTS = 2**32 - 1  # homes scale the top 32 hash bits: at most 2**32 slots
 _GROWTH = 1.5  # index growth factor: load stays in [1/2, 3/4] (doubling would reach 3/8)
 _MAX_ROWS = 2**31 - 2  # row ids are stored as row + 1 in 32 bits
 _NO_ROWS = np.zeros(0, np.int64)
-_POPULATE_MIN, _POPULATE_MAX = 256 << 10, 64 << 20  # bytes of rows made resident ahead of use at a time
+_POPULATE_MIN, _POPULATE_MAX = 256 << 10, 16 << 20  # bytes of rows made resident ahead of use at a time
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ class EmbeddingTable:
     def _more_rows(self) -> None:
         """The kernels reached ``_ready``: hand them the chunk populated in the background since
         the last call (populating it now if there is none), and start on the next chunk.
-        Chunks are an eighth of the rows so far, from 256 KiB to 64 MiB, so resident memory runs
+        Chunks are an eighth of the rows so far, from 256 KiB to 16 MiB, so resident memory runs
         ahead of the rows in use by at most two chunks."""
         if self._ready >= self._data.shape[0]:
             self._grow_rows()
