@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,13 +59,17 @@ def _each(fn, items) -> None:
         fn(item)
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
+def _interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function over ``repeats`` rounds, the functions taking turns within
+    each round: this VM's speed drifts by tens of percent over seconds (other tenants), and
+    timing one side's repeats after the other's put that drift into the ratio."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _bench_config(dist: str, dim: int, n_batches: int, seed: int) -> dict[str, float]:
@@ -130,12 +135,17 @@ def _phase_lookup(
     huge = EmbeddingTable(table.config.model_copy(update={"huge_pages": True}))
     for b in batches:
         huge.find_or_insert(b, now=0)
-    t_lookup = _best(lambda: _each(table.lookup, look), 3)
-    t_huge = _best(lambda: _each(huge.lookup, look), 3)
-    t_take = _best(lambda: _each(lambda r: np.take(plain, r, axis=0), take), 3)
-    out["lookup_keys_per_s"] = n_keys / t_lookup
-    out["lookup_huge_pages_keys_per_s"] = n_keys / t_huge
-    out["numpy_take_rows_per_s"] = n_keys / t_take
+    t = _interleaved(
+        {
+            "lookup": lambda: _each(table.lookup, look),
+            "huge": lambda: _each(huge.lookup, look),
+            "take": lambda: _each(lambda r: np.take(plain, r, axis=0), take),
+        },
+        5,
+    )
+    out["lookup_keys_per_s"] = n_keys / t["lookup"]
+    out["lookup_huge_pages_keys_per_s"] = n_keys / t["huge"]
+    out["numpy_take_rows_per_s"] = n_keys / t["take"]
 
 
 def _phase_step(
@@ -153,7 +163,6 @@ def _phase_step(
             table.lookup(b, train=True, now=1)
             table.apply_gradients(b, grads[i % 2], now=1)
 
-    t_ours = _best(ours, 2)
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: torch's default, minus its warning
     bag = torch.nn.EmbeddingBag(UNIVERSE, dim, mode="sum", sparse=True)
     opt = torch.optim.Adagrad(bag.parameters(), lr=0.05)
@@ -169,9 +178,9 @@ def _phase_step(
             opt.zero_grad(set_to_none=True)
 
     theirs()  # the first step allocates Adagrad's state: not part of the steady state
-    t_torch = _best(theirs, 2)
-    out["sparse_step_keys_per_s"] = n_keys / t_ours
-    out["torch_embeddingbag_adagrad_keys_per_s"] = n_keys / t_torch
+    t = _interleaved({"ours": ours, "torch": theirs}, 3)
+    out["sparse_step_keys_per_s"] = n_keys / t["ours"]
+    out["torch_embeddingbag_adagrad_keys_per_s"] = n_keys / t["torch"]
 
 
 def _bench_50m(n: int) -> dict[str, float]:
