@@ -11,7 +11,9 @@ For each configuration (Zipf(1.1) and uniform IDs over 10M, dim 32 and 64; batch
   (sparse=True)`` over IDs modulo 10M with ``torch.optim.Adagrad``, same batch and dim;
 * overhead bytes per row (index + row metadata, beyond embedding and optimizer state).
 
-The headline figure of each metric is the configuration with the lowest ratio (the worst case);
+Lookup and sparse step are timed in rounds in which ours and the baseline take turns (medians
+reported), so the VM's drift over a run falls on both sides of a ratio alike. The headline figure
+of each metric is the configuration with the lowest ratio (the worst case);
 every configuration is also reported under its own name. The full run also inserts 50M IDs
 (dim 16, row-wise Adagrad) and reports resident bytes per row and peak RSS.
 """
