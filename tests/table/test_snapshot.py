@@ -107,6 +107,16 @@ def _corrupt_cases():
         m["rows"] += 1
         (p / "manifest.json").write_text(json.dumps(m))
 
+    def huge_rows(p):  # must not reserve (and populate) 10**12 rows before finding out
+        m = json.loads((p / "manifest.json").read_text())
+        m["rows"] = 10**12
+        (p / "manifest.json").write_text(json.dumps(m))
+
+    def rows_not_a_count(p):
+        m = json.loads((p / "manifest.json").read_text())
+        m["rows"] = "1000"
+        (p / "manifest.json").write_text(json.dumps(m))
+
     def future_version(p):
         m = json.loads((p / "manifest.json").read_text())
         m["format_version"] = 99
@@ -117,7 +127,8 @@ def _corrupt_cases():
         m["config"]["dim"] = -1
         (p / "manifest.json").write_text(json.dumps(m))
 
-    return [truncate, flip, drop_file, torn_manifest, no_manifest, lying_rows, future_version, bad_config]
+    return [truncate, flip, drop_file, torn_manifest, no_manifest, lying_rows, huge_rows, rows_not_a_count,
+            future_version, bad_config]  # fmt: skip
 
 
 @pytest.mark.parametrize("corrupt", _corrupt_cases(), ids=lambda f: f.__name__)

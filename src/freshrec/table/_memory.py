@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import logging
 import mmap
 import os
 import queue
+import sys
 import threading
 
 import numpy as np
 
-__all__ = ["RESERVE_BYTES", "populate", "populate_async", "reserve", "zeros"]
+__all__ = ["RESERVE_BYTES", "populate", "populate_async", "reserve", "supported", "zeros"]
+
+log = logging.getLogger(__name__)
 
 RESERVE_BYTES = 32 << 30  # address space per row array; 2.5% of x86-64's 128 TiB user space per 100 tables
 _NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
@@ -77,10 +82,23 @@ def reserve(min_rows: int, width: int, dtype: np.dtype | type, max_rows: int, hu
     return arr.reshape(rows, width) if width else arr
 
 
+def supported() -> bool:
+    """Whether this kernel has ``MADV_POPULATE_WRITE`` (Linux 5.14+) and libc's madvise is
+    reachable, judged from the kernel's release, not from any earlier call's outcome."""
+    if _madvise is None or not sys.platform.startswith("linux"):
+        return False
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        return (int(release[0]), int(release[1])) >= (5, 14)
+    except (ValueError, IndexError):
+        return False
+
+
 def populate(arr: np.ndarray, start: int, stop: int) -> bool:
     """Make ``arr[start:stop]`` (rows of an array from :func:`reserve`) resident and writable
     now, without changing its contents: one system call instead of a fault per page. A hint:
-    returns False (and stops trying) where the kernel does not support it."""
+    returns False when it did nothing. A kernel without the call (EINVAL) stops all further
+    tries; any other failure (ENOMEM under memory pressure) is left to the page faults."""
     global _can_populate
     if not _can_populate or stop <= start:
         return False
@@ -89,7 +107,8 @@ def populate(arr: np.ndarray, start: int, stop: int) -> bool:
     hi = arr.ctypes.data + stop * row
     lo -= lo % mmap.PAGESIZE
     if _madvise(lo, hi - lo, _POPULATE_WRITE) != 0:
-        _can_populate = False  # EINVAL: a kernel before 5.14; pages fault in on first write instead
+        if ctypes.get_errno() == errno.EINVAL:  # a kernel before 5.14, or no such advice
+            _can_populate = False
         return False
     return True
 
@@ -113,7 +132,10 @@ class _Populator:
     def _run(self) -> None:
         while True:
             arr, start, stop = self._queue.get()
-            populate(arr, start, stop)
+            try:
+                populate(arr, start, stop)
+            except Exception:  # a hint must not take the thread down and strand later requests
+                log.exception("populating rows %d-%d failed; they will fault in when written", start, stop)
             del arr
 
 

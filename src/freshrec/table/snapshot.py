@@ -178,7 +178,12 @@ def load_table(path: str | Path) -> EmbeddingTable:
             raise CorruptionError(f"{f} fails its checksum (corrupted)")
     table = EmbeddingTable(config)
     width = table.dim + table.state_width
-    table.reserve(int(manifest["rows"]))
+    rows = manifest["rows"]
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        raise CorruptionError(f"{folder}/{MANIFEST}: rows must be a count, got {rows!r}")
+    # a row takes 4 * width + 24 bytes in the files (id, values, last-seen, count): the verified
+    # files bound what is worth reserving, whatever the manifest claims (checked after loading)
+    table.reserve(min(rows, sum(int(e["bytes"]) for e in manifest["files"]) // (4 * width + 24)))
     # pass 2: parse and assign; the table is returned only if every chunk loads
     total = 0
     for entry in manifest["files"]:

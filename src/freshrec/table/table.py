@@ -61,7 +61,7 @@ _MAX_SLOTS = 2**32 - 1  # homes scale the top 32 hash bits: at most 2**32 slots
 _GROWTH = 1.5  # index growth factor: load stays in [1/2, 3/4] (doubling would reach 3/8)
 _MAX_ROWS = 2**31 - 2  # row ids are stored as row + 1 in 32 bits
 _NO_ROWS = np.zeros(0, np.int64)
-_POPULATE_MIN, _POPULATE_MAX = 256 << 10, 16 << 20  # bytes of rows made resident ahead of use at a time
+_POPULATE_MIN, _POPULATE_MAX = 16 << 10, 16 << 20  # bytes of rows made resident ahead of use at a time
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class EmbeddingTable:
     def _more_rows(self) -> None:
         """The kernels reached ``_ready``: hand them the chunk populated in the background since
         the last call (populating it now if there is none), and start on the next chunk.
-        Chunks are an eighth of the rows so far, from 256 KiB to 16 MiB, so resident memory runs
+        Chunks are an eighth of the rows so far, from 16 KiB to 16 MiB, so resident memory runs
         ahead of the rows in use by at most two chunks."""
         if self._ready >= self._data.shape[0]:
             self._grow_rows()
@@ -187,6 +187,7 @@ class EmbeddingTable:
             _memory.populate(self._data, self._ready, self._ahead)
         self._ready = self._ahead
         self._ahead = min(size, self._ready + step)
+        assert self._ready <= self._ahead <= size  # the kernels must never hand out a row past the array
         _memory.populate_async(self._data, self._ready, self._ahead)
 
     def _grow_rows(self, at_least: int = 0) -> None:
@@ -226,6 +227,8 @@ class EmbeddingTable:
     def reserve(self, rows: int) -> None:
         """Pre-size for ``rows`` live rows, so a known load pays no growth on the hot path: the
         index is sized for them and their memory is made resident now (no page faults later)."""
+        if rows > _MAX_ROWS:
+            raise CapacityError(f"table {self.config.name!r} holds at most {_MAX_ROWS} rows; asked to reserve {rows}")
         with self._lock.write():
             if rows > self._data.shape[0]:
                 self._grow_rows(at_least=rows)
