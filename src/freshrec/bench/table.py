@@ -11,11 +11,11 @@ For each configuration (Zipf(1.1) and uniform IDs over 10M, dim 32 and 64; batch
   (sparse=True)`` over IDs modulo 10M with ``torch.optim.Adagrad``, same batch and dim;
 * overhead bytes per row (index + row metadata, beyond embedding and optimizer state).
 
-Lookup and sparse step are timed in rounds in which ours and the baseline take turns (medians
-reported), so the VM's drift over a run falls on both sides of a ratio alike. Find-or-insert
-cannot be repeated (a second pass finds every ID present): it and the dict run once each. The headline figure
-of each metric is the configuration with the lowest ratio (the worst case);
-every configuration is also reported under its own name. The full run also inserts 50M IDs
+Lookup and sparse step are timed in rounds in which ours and the baseline take turns (medians of
+5 and 3 rounds; 3 and 2 with ``--quick``), so the VM's drift over a run falls on both sides of a
+ratio alike. Find-or-insert cannot be repeated (a second pass finds every ID present): it and
+the dict run once each. The headline figure of each metric is the configuration with the lowest
+ratio (the worst case); every configuration is also reported under its own name. The full run also inserts 50M IDs
 (dim 16, row-wise Adagrad) and reports resident bytes per row and peak RSS.
 """
 
@@ -76,16 +76,16 @@ def _interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, 
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _bench_config(dist: str, dim: int, n_batches: int, seed: int) -> dict[str, float]:
+def _bench_config(dist: str, dim: int, n_batches: int, seed: int, rounds: int) -> dict[str, float]:
     stream = IdStream(dist, UNIVERSE, seed)
     ranks = [stream.ranks(BATCH) for _ in range(n_batches)]
     batches = [IdStream.keys(r) for r in ranks]
     out: dict[str, float] = {}
     table, rows = _phase_insert(batches, dim, out)
     gc.collect()
-    _phase_lookup(table, batches, rows, dim, seed, out)
+    _phase_lookup(table, batches, rows, dim, seed, out, rounds)
     gc.collect()
-    _phase_step(table, batches, ranks, dim, out)
+    _phase_step(table, batches, ranks, dim, out, max(2, rounds - 2))
     out["overhead_bytes_per_row"] = table.stats().bytes_per_row_overhead
     out["rows"] = float(len(table))
     return out
@@ -122,7 +122,7 @@ def _phase_insert(
 
 def _phase_lookup(
     table: EmbeddingTable, batches: list[np.ndarray], rows: list[np.ndarray], dim: int, seed: int,
-    out: dict[str, float],
+    out: dict[str, float], rounds: int,
 ) -> None:  # fmt: skip
     """Lookup vs numpy.take of the same rows from a plain matrix. The inserted keys are looked up
     again in a random order: the batch that admitted them got consecutive rows, and reading those
@@ -145,7 +145,7 @@ def _phase_lookup(
             "huge": lambda: _each(huge.lookup, look),
             "take": lambda: _each(lambda r: np.take(plain, r, axis=0), take),
         },
-        5,
+        rounds,
     )
     out["lookup_keys_per_s"] = n_keys / t["lookup"]
     out["lookup_huge_pages_keys_per_s"] = n_keys / t["huge"]
@@ -154,7 +154,7 @@ def _phase_lookup(
 
 def _phase_step(
     table: EmbeddingTable, batches: list[np.ndarray], ranks: list[np.ndarray], dim: int,
-    out: dict[str, float],
+    out: dict[str, float], rounds: int,
 ) -> None:  # fmt: skip
     """Training lookup + merge + Adagrad vs torch EmbeddingBag(sparse) + Adagrad, same batches."""
     import torch
@@ -182,7 +182,7 @@ def _phase_step(
             opt.zero_grad(set_to_none=True)
 
     theirs()  # the first step allocates Adagrad's state: not part of the steady state
-    t = _interleaved({"ours": ours, "torch": theirs}, 3)
+    t = _interleaved({"ours": ours, "torch": theirs}, rounds)
     out["sparse_step_keys_per_s"] = n_keys / t["ours"]
     out["torch_embeddingbag_adagrad_keys_per_s"] = n_keys / t["torch"]
 
@@ -229,7 +229,7 @@ def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
     EmbeddingTable.warmup()
     per: dict[str, dict[str, float]] = {}
     for dist, dim in configs:
-        per[f"{dist}_dim{dim}"] = _bench_config(dist, dim, n_batches, seed)
+        per[f"{dist}_dim{dim}"] = _bench_config(dist, dim, n_batches, seed, rounds=3 if quick else 5)
 
     pairs = {
         "find_or_insert_vs_dict": ("find_or_insert_keys_per_s", "dict_find_or_insert_keys_per_s"),
