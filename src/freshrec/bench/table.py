@@ -15,8 +15,8 @@ Lookup and sparse step are timed in rounds in which ours and the baseline take t
 5 and 3 rounds; 3 and 2 with ``--quick``), so the VM's drift over a run falls on both sides of a
 ratio alike. Find-or-insert cannot be repeated (a second pass finds every ID present): it and
 the dict run once each. The headline figure of each metric is the configuration with the lowest
-ratio (the worst case); every configuration is also reported under its own name. The full run also inserts 50M IDs
-(dim 16, row-wise Adagrad) and reports resident bytes per row and peak RSS.
+ratio (the worst case); every configuration is also reported under its own name. The full run
+also inserts 50M IDs (dim 16, row-wise Adagrad) and reports resident bytes per row and peak RSS.
 """
 
 from __future__ import annotations

@@ -172,14 +172,14 @@ def _prefetch_row(data, row, c0, c1):
 
 
 @njit(inline="always", **JIT)
-def _prefetch_group(slots, cap, data, ids, lo, hi, c0, c1, cx, cand):
-    """Warm the caches for ``ids[lo:hi]`` and find their rows (group prefetching).
+def _prefetch_group(slots, cap, data, ids, lo, hi, dim, mo, cand):
+    """Warm the caches for ``ids[lo:hi]`` and find their rows (group prefetching, for the
+    training lookup; inference lookups probe and copy in two passes, see :func:`lookup_infer`).
 
     Stage 1 prefetches every key's home slot; stage 2 walks each probe, stores the key's row in
-    ``cand[i - lo]`` (-1 if absent) and prefetches columns ``c0:c1`` of that row, and column
-    ``cx`` too when it is >= 0 (the metadata, for writers). The result is
-    exact for a read-only pass; writers re-probe for keys found absent, since an earlier key of
-    the same group may have inserted them.
+    ``cand[i - lo]`` (-1 if absent) and prefetches that row's embedding and its metadata column
+    ``mo``. A key found absent must be probed again: an earlier key of the same group may have
+    inserted it.
     """
     for i in range(lo, hi):
         h = _hash(ids[i])
@@ -188,9 +188,8 @@ def _prefetch_group(slots, cap, data, ids, lo, hi, c0, c1, cx, cand):
         row, _ = _find(slots, cap, ids[i])
         cand[i - lo] = row
         if row >= 0:
-            _prefetch_row(data, row, c0, c1)
-            if cx >= 0:
-                prefetch(data, row, cx)
+            _prefetch_row(data, row, 0, dim)
+            prefetch(data, row, mo)
 
 
 @njit(inline="always", **JIT)
@@ -436,7 +435,7 @@ def lookup_train(
     for i in range(start, n):
         if (i - start) % GROUP == 0:
             g0 = i
-            _prefetch_group(slots, cap, data, ids, i, min(n, i + GROUP), 0, dim, mo, cand)
+            _prefetch_group(slots, cap, data, ids, i, min(n, i + GROUP), dim, mo, cand)
         key = ids[i]
         c_i = occ[i] if occ.shape[0] else 1
         row = cand[i - g0]

@@ -54,7 +54,6 @@ def _libc_madvise():
 
 
 _madvise = _libc_madvise()
-_can_populate = _madvise is not None
 
 
 def _map(nbytes: int, huge_pages: bool = False) -> mmap.mmap:
@@ -92,6 +91,9 @@ def supported() -> bool:
         return (int(release[0]), int(release[1])) >= (5, 14)
     except (ValueError, IndexError):
         return False
+
+
+_can_populate = supported()  # turned off for good if the kernel still refuses the call (EINVAL)
 
 
 def populate(arr: np.ndarray, start: int, stop: int) -> bool:
