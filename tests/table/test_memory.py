@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from freshrec.bench._report import rss_bytes
-from freshrec.errors import CapacityError
+from freshrec.errors import CapacityError, ConfigError
 from freshrec.table import EmbeddingTable, _memory
 
 needs_populate = pytest.mark.skipif(not _memory.supported(), reason="needs MADV_POPULATE_WRITE (Linux >= 5.14)")
@@ -120,6 +120,26 @@ def test_reserve_makes_the_rows_resident_now():
     assert _resident(t._data, 0, 100_000) == 1.0
     t.find_or_insert(np.arange(100_000), now=0)
     assert len(t) == 100_000 and t._ready >= 100_000
+
+
+@needs_populate
+def test_expected_rows_presizes_at_creation_and_growth_continues_past_it():
+    t = EmbeddingTable(dim=16, expected_rows=50_000)
+    assert _resident(t._data, 0, 50_000) == 1.0
+    assert t._cap * 3 >= 50_000 * 4  # the index holds them under its load factor
+    cap = t._cap
+    t.find_or_insert(np.arange(50_000), now=0)
+    assert t._cap == cap  # no rehash on the way there
+    t.find_or_insert(np.arange(50_000, 120_000), now=0)  # past the expectation: grows as usual
+    assert len(t) == 120_000 and t._cap > cap
+    assert (t.lookup(np.arange(120_000)) != 0).any(axis=1).all()
+
+
+def test_expected_rows_is_checked():
+    with pytest.raises(ConfigError, match="expected_rows"):
+        EmbeddingTable(dim=4, expected_rows=0)
+    with pytest.raises(ConfigError, match="expected_rows"):
+        EmbeddingTable(dim=4, expected_rows=2**31)
 
 
 def test_reserve_beyond_the_row_limit_is_refused_and_changes_nothing():

@@ -275,6 +275,11 @@ class TableConfig(Config):
             access (measured +15% lookups, +25-30% optimizer steps) but a costlier first touch of
             new memory (~5x per byte on our VMs): worth it for long-lived tables whose size is
             stable, not for tables that grow fast into fresh memory.
+        expected_rows: pre-size the table at creation for this many live rows: the index gets
+            its slots and the rows' memory (embedding, optimizer state, 12 bytes of metadata)
+            is made resident at once, so admissions up to that size pay no growth and no page
+            faults (as HierarchicalKV's ``init_capacity``). Growth past it stays automatic.
+            None = start small and grow.
     """
 
     name: str = "table"
@@ -290,6 +295,7 @@ class TableConfig(Config):
     seed: int = Field(0, ge=0, lt=2**63)
     track_changes: bool = True
     huge_pages: bool = False
+    expected_rows: int | None = Field(None, ge=1, le=2**31 - 2)
 
     @model_validator(mode="after")
     def _check_default(self) -> TableConfig:

@@ -158,6 +158,8 @@ class EmbeddingTable:
         # under the write lock.
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self._alloc(rows=16, slots=_MIN_SLOTS)
+        if config.expected_rows:
+            self.reserve(config.expected_rows)
 
     # ---- storage -----------------------------------------------------------------------------
 
