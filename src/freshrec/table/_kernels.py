@@ -71,7 +71,8 @@ INIT_TRUNCATED_NORMAL = 3  # a=mean, b=std, cut at 2 std (TensorFlow's conventio
 LOAD_NUM, LOAD_DEN = 3, 4
 GROUP = 16  # keys whose cache misses are issued together (group prefetching)
 TRAIN_GROUP = 64  # keys a training lookup prefetches together
-PROBE_GROUP = 32  # keys whose home slots a read-only probe prefetches together
+PROBE_AHEAD = 24  # a read-only probe prefetches the home slot of the key this far ahead
+PROBE_RING = 32  # power of two > PROBE_AHEAD
 COPY_LINES = 256  # cache lines a read-only lookup's copy pass prefetches per group
 AHEAD = 8  # rows prefetched ahead in the optimizer loop
 
@@ -418,20 +419,26 @@ def lookup_infer(slots, cap, data, ids, out, default, dim):
 
 @njit(**JIT)
 def find_rows(slots, cap, ids, rows_out):
-    """The row of each of ``ids`` (-1 if absent), ``PROBE_GROUP`` keys' home slots prefetched at
-    a time, each key hashed once (3.3M keys in 6.8M slots: 26 ns per key with groups of 16 and
-    rehashing in the probe, 18 ns so)."""
+    """The row of each of ``ids`` (-1 if absent), software-pipelined: key ``i + PROBE_AHEAD`` is
+    hashed and its home slot prefetched while key ``i`` is probed, each key hashed once. On 3.3M
+    keys in 6.8M slots, per key: 26 ns with groups of 16 that hashed twice, 18 ns with groups of
+    32, 16 ns pipelined; the whole lookup of dim 32 went 30 -> 35M keys/s (distance 8: 28M, 16:
+    33M, 32: 29M)."""
     n = ids.shape[0]
-    hs = np.empty(PROBE_GROUP, np.uint64)
-    for lo in range(0, n, PROBE_GROUP):
-        hi = min(n, lo + PROBE_GROUP)
-        for i in range(lo, hi):
-            h = _hash(ids[i])
-            hs[i - lo] = h
+    ring = np.empty(PROBE_RING, np.uint64)  # hashes of the keys between prefetch and probe
+    mask = PROBE_RING - 1
+    for i in range(min(n, PROBE_AHEAD)):
+        h = _hash(ids[i])
+        ring[i & mask] = h
+        prefetch1(slots, 3 * _home(h, cap))
+    for i in range(n):
+        a = i + PROBE_AHEAD
+        if a < n:
+            h = _hash(ids[a])
+            ring[a & mask] = h
             prefetch1(slots, 3 * _home(h, cap))
-        for i in range(lo, hi):
-            row, _ = _find_hash(slots, cap, hs[i - lo])
-            rows_out[i] = row
+        row, _ = _find_hash(slots, cap, ring[i & mask])
+        rows_out[i] = row
 
 
 @njit(**JIT)
