@@ -103,13 +103,15 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_interleaved(candidates: dict[str, Callable[[int], None]], n_items: int, rounds: int) -> dict[str, float]:
-    """Time each ``fn(round)`` in turn, ``rounds`` times, interleaved so that machine noise hits
-    all candidates alike; return items per second from the median round of each."""
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
+def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds of each function over ``rounds`` rounds, the functions taking turns within
+    each round: this VM's speed drifts by tens of percent over seconds (other tenants), and
+    timing one side's repeats after the other's put that drift into the ratio."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
     for r in range(rounds):
-        for name, fn in candidates.items():
+        for name, fn in order if r % 2 == 0 else order[::-1]:  # nobody always goes first
             t0 = time.perf_counter()
-            fn(r)
-            samples[name].append(time.perf_counter() - t0)
-    return {name: n_items / float(np.median(s)) for name, s in samples.items()}
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}

@@ -279,7 +279,8 @@ class TableConfig(Config):
             its slots and the rows' memory (embedding, optimizer state, 12 bytes of metadata)
             is made resident at once, so admissions up to that size pay no growth and no page
             faults (as HierarchicalKV's ``init_capacity``). Growth past it stays automatic.
-            None = start small and grow.
+            An overestimate costs that memory all the same (the index alone ~16 bytes per
+            expected row). None = start small and grow.
     """
 
     name: str = "table"
