@@ -95,7 +95,9 @@ def test_a_growing_table_populates_a_bounded_distance_ahead():
         _populator_idle()
         # rows up to _ahead are resident although only rows below hw were ever written
         assert _resident(t._data, hw, t._ahead) == 1.0
-        assert _resident(t._data, t._ahead + 1024, t._ahead + 100_000) == 0.0
+        # and nothing past them, but for the rest of a huge page (past the first 32 MiB)
+        slack = (2 << 20) // row_bytes + 1
+        assert _resident(t._data, t._ahead + slack, t._ahead + 100_000) == 0.0
     # the same rows as a table whose memory was all reserved (and populated) up front
     ref = EmbeddingTable(dim=64)
     ref.reserve(keys.size)
@@ -168,3 +170,34 @@ def test_a_forked_child_populates_with_its_own_thread():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _vm_flags(addr: int) -> set[str]:
+    """The VmFlags of the mapping holding ``addr`` (``hg``: huge pages requested)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and line.startswith("VmFlags:"):
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+@pytest.mark.parametrize("mode", ["auto", True, False])
+def test_huge_pages_are_requested_for_big_row_ranges_and_the_index(mode):
+    t = EmbeddingTable(dim=16, huge_pages=mode)
+    t.find_or_insert(np.arange(1000), now=0)
+    row_bytes = t._data.strides[0]
+    far = _memory.HUGE_FROM_BYTES // row_bytes + 1000  # a row past the first 32 MiB
+    first, beyond = _vm_flags(t._data.ctypes.data), _vm_flags(t._data[far:].ctypes.data)
+    index = _vm_flags(t._slots.ctypes.data)
+    if mode is False:
+        assert "hg" not in first | beyond | index
+    elif mode is True:
+        assert {"hg"} <= first & beyond & index
+    else:  # a small table's rows stay on 4 KiB pages; a big one's and the index get huge pages
+        assert "hg" not in first and "hg" in beyond and "hg" in index

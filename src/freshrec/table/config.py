@@ -271,10 +271,11 @@ class TableConfig(Config):
         seed: seeds the initializer, the sketch hashes and the admission RNG.
         track_changes: record touched and removed IDs for train->serve sync; serving tables
             turn it off.
-        huge_pages: ask the OS for transparent huge pages for rows and index. Faster random
-            access (measured +15% lookups, +25-30% optimizer steps) but a costlier first touch of
-            new memory (~5x per byte on our VMs): worth it for long-lived tables whose size is
-            stable, not for tables that grow fast into fresh memory.
+        huge_pages: transparent huge pages for rows and index. ``"auto"`` (the default):
+            for the index, and for rows past a table's first 32 MiB, so a small table keeps
+            4 KiB pages (a touched huge page holds 2 MiB). Measured on our VMs: random lookups
+            ~20% faster, optimizer steps 5-10%, memory made resident 6-8x faster. False: 4 KiB
+            pages only (a host that stalls compacting memory for them); True: everywhere.
         expected_rows: pre-size the table at creation for this many live rows: the index gets
             its slots and the rows' memory (embedding, optimizer state, 12 bytes of metadata)
             is made resident at once, so admissions up to that size pay no growth and no page
@@ -295,7 +296,7 @@ class TableConfig(Config):
     default_value: float | list[float] = 0.0
     seed: int = Field(0, ge=0, lt=2**63)
     track_changes: bool = True
-    huge_pages: bool = False
+    huge_pages: bool | Literal["auto"] = "auto"
     expected_rows: int | None = Field(None, ge=1, le=2**31 - 2)
 
     @model_validator(mode="after")
