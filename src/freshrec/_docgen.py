@@ -83,7 +83,8 @@ def _args(cls: type) -> dict[str, str]:
 
 
 def _type(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
+    name = getattr(annotation, "__name__", None)
+    text = str(annotation) if name in (None, "Union", "Optional", "Literal") else name  # those name no arguments
     text = re.sub(r"typing\.|pathlib\.|freshrec\.[\w.]+\.", "", text)
     text = text.replace("NoneType", "None").replace("PosixPath", "Path")
     return text.replace("|", "\\|")

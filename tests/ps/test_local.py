@@ -9,7 +9,7 @@ import pytest
 from freshrec.errors import InputError, NonFiniteError, StateError
 from freshrec.ps import LocalPS, PSConfig, shard_of
 from freshrec.ps.local import INLINE_KEYS
-from freshrec.table import SGD, AdmissionConfig, TableConfig
+from freshrec.table import SGD, AdmissionConfig, EmbeddingTable, TableConfig
 
 TABLES = [
     TableConfig(name="user", dim=4, optimizer=SGD(lr=0.5), ttl=100),
@@ -132,6 +132,24 @@ def test_restore_shard_refuses_a_snapshot_of_other_tables_or_configs(tmp_path):
         LocalPS(TABLES[:1], PSConfig(num_shards=2)).restore_shard(0, tmp_path / "snap")
     ps.restore_shard(1, tmp_path / "snap")  # the same configs: accepted
     np.testing.assert_array_equal(ps.pull("user", np.arange(50)), before)
+    # memory settings may differ (a snapshot from before huge_pages="auto", another expectation)
+    mem = [t.model_copy(update={"huge_pages": True, "expected_rows": 1000}) for t in TABLES]
+    LocalPS(mem, PSConfig(num_shards=2)).restore_shard(0, tmp_path / "snap")
+
+
+def test_shards_divide_the_expected_rows_and_load_builds_no_empty_shards(tmp_path, monkeypatch):
+    tables = [t.model_copy(update={"expected_rows": 1001}) for t in TABLES]
+    ps = LocalPS(tables, PSConfig(num_shards=4))
+    assert all(s.config.expected_rows == 251 for s in ps.shard_tables("user"))
+    assert len(ps.shard_tables("user")[0]._slots) * 3 >= 251 * 4 * 3  # each pre-sized for its part only
+    _drive(ps)
+    ps.save(tmp_path / "ps")
+    built = []
+    init = EmbeddingTable.__init__
+    monkeypatch.setattr(EmbeddingTable, "__init__", lambda self, *a, **k: built.append(1) or init(self, *a, **k))
+    back = LocalPS.load(tmp_path / "ps")
+    assert len(built) == 8  # the 2 x 4 shards read from the snapshot, and no fresh set beside them
+    assert _rows(back, "user").keys() == _rows(ps, "user").keys()
 
 
 def test_a_sharded_assign_refused_for_one_row_changes_no_shard():

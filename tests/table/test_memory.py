@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import time
 
@@ -201,3 +202,18 @@ def test_huge_pages_are_requested_for_big_row_ranges_and_the_index(mode):
         assert {"hg"} <= first & beyond & index
     else:  # a small table's rows stay on 4 KiB pages; a big one's and the index get huge pages
         assert "hg" not in first and "hg" in beyond and "hg" in index
+
+
+def test_a_kernel_refusing_huge_pages_still_gets_tables(monkeypatch, caplog):
+    """A kernel built without THP answers MADV_HUGEPAGE with EINVAL: a hint, not an error."""
+    monkeypatch.setattr(_memory, "_huge_refused", False)
+    monkeypatch.setattr(mmap, "MADV_HUGEPAGE", 1000, raising=False)  # advice no kernel knows
+    t = EmbeddingTable(dim=16, huge_pages=True)
+    t.find_or_insert(np.arange(100_000), now=0)
+    assert len(t) == 100_000 and t._data.shape[0] > 100_000  # the full reservation, not a fallback
+    assert _memory._huge_refused and "refused transparent huge pages" in caplog.text
+
+
+def test_expected_rows_beyond_max_rows_is_refused():
+    with pytest.raises(ConfigError, match="exceeds max_rows"):
+        EmbeddingTable(dim=4, max_rows=10, expected_rows=1000)

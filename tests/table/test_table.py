@@ -407,3 +407,28 @@ def test_find_or_insert_hands_out_no_row_taken_back_by_an_eviction_in_the_same_c
     assert (rows >= 0).tolist() == present.tolist()
     assert len(set(rows[rows >= 0].tolist())) == int(present.sum())  # one row per ID
     assert (rows[present] == t.find_or_insert(ids[present], now=20)).all()  # each its own row still
+
+
+@pytest.mark.parametrize("n", [0, 1, 23, 24, 25, 31, 32, 33, 63, 64, 65, 129, 300])
+def test_batches_around_the_prefetch_distances_find_the_right_rows(n):
+    """The read-only probe looks 24 keys ahead through a ring of 32, the training lookup takes
+    64 keys per group: batches of every length around those, duplicates and unknown IDs
+    included, must read, update and admit exactly the right rows."""
+    rng = np.random.default_rng(n)
+    t = EmbeddingTable(dim=3, optimizer=SGD(lr=1.0), track_changes=False)
+    known = rng.choice(10**12, size=200, replace=False)
+    t.find_or_insert(known, now=0)
+    before = dict(zip(known.tolist(), t.lookup(known), strict=True))
+    ids = np.concatenate([rng.choice(known, n - n // 3), rng.integers(10**12, 2 * 10**12, n // 3)])
+    rng.shuffle(ids)
+    hit = np.isin(ids, known)
+    want = np.array([before.get(k, np.zeros(3, np.float32)) for k in ids.tolist()], np.float32).reshape(n, 3)
+    np.testing.assert_array_equal(t.lookup(ids), want)  # unknown IDs read the default
+    t.apply_gradients(ids[hit], np.ones((int(hit.sum()), 3), np.float32), now=1)  # probes by itself
+    seen = dict(zip(*np.unique(ids[hit], return_counts=True), strict=True))
+    after = t.lookup(ids, train=True, now=2)  # admits the unknown IDs
+    for i, k in enumerate(ids.tolist()):
+        if hit[i]:  # SGD, lr 1, gradient 1 summed over duplicates
+            np.testing.assert_allclose(after[i], before[k] - seen[k], rtol=1e-6)
+    assert len(t) == 200 + len(set(ids[~hit].tolist()))
+    np.testing.assert_array_equal(t.lookup(ids), after)

@@ -55,7 +55,8 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
 
 
 def _shard_config(cfg: TableConfig, num_shards: int) -> TableConfig:
-    """A shard holds 1/N of the table: its row cap and admission sketch shrink alike."""
+    """A shard holds 1/N of the table: its row cap, expected rows and admission sketch shrink
+    alike."""
     if num_shards == 1:
         return cfg
     data = cfg.model_dump()
@@ -63,6 +64,8 @@ def _shard_config(cfg: TableConfig, num_shards: int) -> TableConfig:
     data["admission"]["sketch_width"] = 1 << (width.bit_length() - 1)  # a power of two
     if cfg.max_rows is not None:
         data["max_rows"] = max(1, cfg.max_rows // num_shards)
+    if cfg.expected_rows is not None:
+        data["expected_rows"] = -(-cfg.expected_rows // num_shards)
     return TableConfig.from_dict(data, source=f"shard config of table {cfg.name!r}")  # validated
 
 
@@ -83,15 +86,19 @@ class LocalPS(ParameterServer):
     def __init__(
         self, tables: Mapping[str, TableConfig] | Iterable[TableConfig], config: PSConfig | None = None
     ) -> None:
+        self._setup(tables, config)
+        n = self.config.num_shards
+        self._shards: dict[str, list[EmbeddingTable]] = {
+            name: [EmbeddingTable(_shard_config(cfg, n)) for _ in range(n)] for name, cfg in self._configs.items()
+        }
+
+    def _setup(self, tables: Mapping[str, TableConfig] | Iterable[TableConfig], config: PSConfig | None) -> None:
+        """Everything but the shards (which :meth:`load` brings from a snapshot)."""
         self.config = config or PSConfig()
         cfgs = dict(tables) if isinstance(tables, Mapping) else {t.name: t for t in tables}
         if not cfgs:
             raise ConfigError("a parameter server needs at least one table")
         self._configs = {name: cfg.model_copy(update={"name": name}) for name, cfg in cfgs.items()}
-        n = self.config.num_shards
-        self._shards: dict[str, list[EmbeddingTable]] = {
-            name: [EmbeddingTable(_shard_config(cfg, n)) for _ in range(n)] for name, cfg in self._configs.items()
-        }
         workers = self.config.worker_threads
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="freshrec-ps") if workers > 1 else None
         self._state = PSState.OPEN
@@ -320,10 +327,12 @@ class LocalPS(ParameterServer):
         tables = {t: TableConfig.from_dict(v["config"], source=str(folder)) for t, v in manifest["tables"].items()}
         config = config or PSConfig(num_shards=manifest["num_shards"])
         shards = {t: [EmbeddingTable.load(folder / rel) for rel in v["shards"]] for t, v in manifest["tables"].items()}
-        ps = cls(tables, config)
-        if config.num_shards == manifest["num_shards"]:
+        if config.num_shards == manifest["num_shards"]:  # no empty shards to build (pre-sized, they hold memory)
+            ps = cls.__new__(cls)
+            ps._setup(tables, config)
             ps._shards = shards
             return ps
+        ps = cls(tables, config)
         for t, parts in shards.items():  # re-shard: every row to its new owner
             for old in parts:
                 exp = old.export()
@@ -346,7 +355,7 @@ class LocalPS(ParameterServer):
         fresh = {t: EmbeddingTable.load(folder / v["shards"][shard]) for t, v in manifest["tables"].items()}
         for t, table in fresh.items():  # a shard must run as its siblings do: same rows, same optimizer
             want = _shard_config(self._configs[t], self.num_shards)
-            if table.config != want:
+            if table.config.model_dump(exclude=_MEMORY_FIELDS) != want.model_dump(exclude=_MEMORY_FIELDS):
                 raise InputError(f"table {t!r}: the snapshot's shard {shard} was saved with another config "
                                  f"({_config_diff(table.config, want)}); restore refused, nothing changed")  # fmt: skip
         for t, table in fresh.items():
@@ -360,8 +369,12 @@ class LocalPS(ParameterServer):
             self._pool.shutdown(wait=True)
 
 
+# how a shard holds its memory, not how it trains: a snapshot may differ from its siblings there
+_MEMORY_FIELDS = {"huge_pages", "expected_rows"}
+
+
 def _config_diff(got: TableConfig, want: TableConfig) -> str:
-    g, w = got.model_dump(), want.model_dump()
+    g, w = got.model_dump(exclude=_MEMORY_FIELDS), want.model_dump(exclude=_MEMORY_FIELDS)
     return ", ".join(f"{k}: {g[k]!r} here {w[k]!r}" for k in w if g.get(k) != w[k])
 
 

@@ -69,7 +69,6 @@ INIT_TRUNCATED_NORMAL = 3  # a=mean, b=std, cut at 2 std (TensorFlow's conventio
 # Comparing the low hash word first makes a probe past a foreign slot cost one compare, so linear
 # probing stays cheap at this load.
 LOAD_NUM, LOAD_DEN = 3, 4
-GROUP = 16  # keys whose cache misses are issued together (group prefetching)
 TRAIN_GROUP = 64  # keys a training lookup prefetches together
 PROBE_AHEAD = 24  # a read-only probe prefetches the home slot of the key this far ahead
 PROBE_RING = 32  # power of two > PROBE_AHEAD
@@ -392,14 +391,15 @@ def lookup_infer(slots, cap, data, ids, out, default, dim):
     prefetched. Interleaving index and row misses in one pass (as the writers do) was 1.2-1.4x
     slower on 3.3M rows with 4 KiB pages: the index's page-table entries stay cached while only
     the index is walked, and the rows' while only rows are. The copy pass prefetches about
-    ``COPY_LINES`` cache lines per group (measured on 3.3M random rows: 16 rows of dim 32 per
-    group copied 42M rows/s, 32 rows 63M, 85 rows ~95M; dim 64 peaks near 50 rows).
+    ``COPY_LINES`` cache lines per group: 64 rows of dim 32, 42 of dim 64 (measured on 3.3M
+    random rows of dim 32: 42M rows/s in groups of 16, 63M in 32, ~90M in 64; dim 64 peaked
+    near 48 rows).
     """
     n = ids.shape[0]
     rows = np.empty(n, np.int64)
     find_rows(slots, cap, ids, rows)
     hits = 0
-    group = min(max(COPY_LINES // (dim // 16 + 2), GROUP), 128)  # a row spans dim/16 + 1 or 2 lines
+    group = min(max(COPY_LINES // (dim // 16 + 2), 16), 128)  # a row spans dim/16 + 1 or 2 lines
     for lo in range(0, n, group):
         hi = min(n, lo + group)
         for i in range(lo, hi):
@@ -421,9 +421,9 @@ def lookup_infer(slots, cap, data, ids, out, default, dim):
 def find_rows(slots, cap, ids, rows_out):
     """The row of each of ``ids`` (-1 if absent), software-pipelined: key ``i + PROBE_AHEAD`` is
     hashed and its home slot prefetched while key ``i`` is probed, each key hashed once. On 3.3M
-    keys in 6.8M slots, per key: 26 ns with groups of 16 that hashed twice, 18 ns with groups of
-    32, 16 ns pipelined; the whole lookup of dim 32 went 30 -> 35M keys/s (distance 8: 28M, 16:
-    33M, 32: 29M)."""
+    keys in 6.8M slots (a pre-sized index, load 0.48), per key: 26 ns with groups of 16 that
+    hashed twice, 18 ns with groups of 32, 16 ns pipelined; the whole lookup of dim 32 went
+    30 -> 35M keys/s (distance 8: 28M, 16: 33M, 32: 29M)."""
     n = ids.shape[0]
     ring = np.empty(PROBE_RING, np.uint64)  # hashes of the keys between prefetch and probe
     mask = PROBE_RING - 1
@@ -712,42 +712,36 @@ def apply_gradients(slots, cap, meta, data, dirty, ctr, ids, rows_in, grads, now
     acc = np.empty((n, dim), np.float32)  # pages are touched only for duplicated rows
     nu = 0
     nacc = 0
-    known = rows_in.shape[0] == n and n > 0
-    for lo in range(0, n, GROUP):
-        hi = min(n, lo + GROUP)
-        if not known:
-            for i in range(lo, hi):
-                h = _hash(ids[i])
-                prefetch1(slots, 3 * _home(h, cap))
-        for i in range(lo, hi):
-            if known:
-                row = rows_in[i]
-            else:
-                row, _ = _find(slots, cap, ids[i])
-            if row < 0:
-                ctr[C_GRAD_MISSING] += 1
-                continue
-            h = np.int64(_mix64(np.uint64(row)) & np.uint64(hmask))
-            while hkeys[h] != -1 and hkeys[h] != row:
-                h = (h + 1) & hmask
-            if hkeys[h] == -1:
-                hkeys[h] = row
-                hvals[h] = nu
-                urows[nu] = row
-                ukeys[nu] = ids[i]
-                usrc[nu] = i
-                nu += 1
-            else:
-                u = hvals[h]
-                if usrc[u] >= 0:  # its second occurrence: start its sum
-                    first = usrc[u]
-                    for j in range(dim):
-                        acc[nacc, j] = grads[first, j]
-                    usrc[u] = -1 - nacc
-                    nacc += 1
-                k = -1 - usrc[u]
+    rows = rows_in
+    if rows_in.shape[0] != n:  # no training lookup just found them: probe
+        rows = np.empty(n, np.int64)
+        find_rows(slots, cap, ids, rows)
+    for i in range(n):
+        row = rows[i]
+        if row < 0:
+            ctr[C_GRAD_MISSING] += 1
+            continue
+        h = np.int64(_mix64(np.uint64(row)) & np.uint64(hmask))
+        while hkeys[h] != -1 and hkeys[h] != row:
+            h = (h + 1) & hmask
+        if hkeys[h] == -1:
+            hkeys[h] = row
+            hvals[h] = nu
+            urows[nu] = row
+            ukeys[nu] = ids[i]
+            usrc[nu] = i
+            nu += 1
+        else:
+            u = hvals[h]
+            if usrc[u] >= 0:  # its second occurrence: start its sum
+                first = usrc[u]
                 for j in range(dim):
-                    acc[k, j] += grads[i, j]
+                    acc[nacc, j] = grads[first, j]
+                usrc[u] = -1 - nacc
+                nacc += 1
+            k = -1 - usrc[u]
+            for j in range(dim):
+                acc[k, j] += grads[i, j]
     for u in range(nu):
         if u + AHEAD < nu:
             _prefetch_row(data, urows[u + AHEAD], 0, mo + META)

@@ -65,14 +65,30 @@ _madvise = _libc_madvise()
 HugePages = bool | Literal["auto"]
 
 
+def _huge_from(huge_pages: HugePages, auto_from: int) -> int | None:
+    """The byte offset from which a mapping asks for huge pages (None: never)."""
+    if huge_pages == "auto":
+        return auto_from
+    return 0 if huge_pages else None
+
+
+_huge_refused = False  # the kernel refused MADV_HUGEPAGE once (built without THP): stop asking
+
+
 def _map(nbytes: int, huge_from: int | None = None) -> mmap.mmap:
     """An anonymous mapping of ``nbytes``, with transparent huge pages requested from byte
-    ``huge_from`` on (None: never)."""
+    ``huge_from`` on (None: never). The request is a hint: a kernel that refuses it gets
+    4 KiB pages, logged once."""
+    global _huge_refused
     m = mmap.mmap(-1, max(nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE)
-    if huge_from is not None and hasattr(mmap, "MADV_HUGEPAGE"):
+    if huge_from is not None and not _huge_refused and hasattr(mmap, "MADV_HUGEPAGE"):
         start = -(-huge_from // mmap.PAGESIZE) * mmap.PAGESIZE
         if start < len(m):
-            m.madvise(mmap.MADV_HUGEPAGE, start)
+            try:
+                m.madvise(mmap.MADV_HUGEPAGE, start)
+            except OSError as e:
+                _huge_refused = True
+                log.warning("the kernel refused transparent huge pages (%s); tables use 4 KiB pages", e)
     return m
 
 
@@ -85,7 +101,7 @@ def reserve(
     the first ``HUGE_FROM_BYTES``."""
     item = np.dtype(dtype).itemsize * max(width, 1)
     rows = max(min_rows, min(max_rows, RESERVE_BYTES // item))
-    huge_from = HUGE_FROM_BYTES if huge_pages == "auto" else 0 if huge_pages else None
+    huge_from = _huge_from(huge_pages, HUGE_FROM_BYTES)
     while True:
         try:
             buf = _map(rows * item, huge_from)
@@ -179,6 +195,6 @@ def zeros(n: int, dtype: np.dtype | type, huge_pages: HugePages = False) -> np.n
     takes a second fault to copy it. (Populating instead of writing measured no faster.)
     """
     item = np.dtype(dtype).itemsize
-    arr = np.frombuffer(_map(n * item, None if huge_pages is False else 0), dtype=dtype, count=n)
+    arr = np.frombuffer(_map(n * item, _huge_from(huge_pages, 0)), dtype=dtype, count=n)
     arr[:] = 0
     return arr

@@ -273,14 +273,15 @@ class TableConfig(Config):
             turn it off.
         huge_pages: transparent huge pages for rows and index. ``"auto"`` (the default):
             for the index, and for rows past a table's first 32 MiB, so a small table keeps
-            4 KiB pages (a touched huge page holds 2 MiB). Measured on our VMs: random lookups
-            ~20% faster, optimizer steps 5-10%, memory made resident 6-8x faster. False: 4 KiB
-            pages only (a host that stalls compacting memory for them); True: everywhere.
+            4 KiB pages (a touched huge page holds 2 MiB; with the OS's THP mode ``always``
+            the OS decides alone). Measured on our VMs: random lookups ~20% faster, memory
+            made resident 6-8x faster. False: 4 KiB pages only (a host that stalls compacting
+            memory for them); True: everywhere. A kernel without THP just gets 4 KiB pages.
         expected_rows: pre-size the table at creation for this many live rows: the index gets
             its slots and the rows' memory (embedding, optimizer state, 12 bytes of metadata)
             is made resident at once, so admissions up to that size pay no growth and no page
             faults (as HierarchicalKV's ``init_capacity``). Growth past it stays automatic.
-            An overestimate costs that memory all the same (the index alone ~16 bytes per
+            An overestimate costs that memory all the same (the index alone 16-24 bytes per
             expected row). None = start small and grow.
     """
 
@@ -303,6 +304,9 @@ class TableConfig(Config):
     def _check_default(self) -> TableConfig:
         if isinstance(self.default_value, list) and len(self.default_value) != self.dim:
             raise ValueError(f"default_value has {len(self.default_value)} values, the table's dim is {self.dim}")
+        if self.expected_rows and self.max_rows and self.expected_rows > self.max_rows:
+            raise ValueError(f"expected_rows ({self.expected_rows}) exceeds max_rows ({self.max_rows}): "
+                             "memory for rows the table may never hold")  # fmt: skip
         return self
 
     @property
