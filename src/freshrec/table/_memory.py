@@ -9,7 +9,7 @@ reserve a larger one and copy once.
 Transparent huge pages (``TableConfig.huge_pages``, ``"auto"`` by default) are requested for a
 row array past its first ``HUGE_FROM_BYTES`` (a small table keeps 4 KiB pages: one touched row
 would otherwise hold 2 MiB) and for every index (written whole when made, so nothing is wasted).
-On these VMs, 2026-11-29: random lookups of 3.3M rows ran ~20% faster with them, and making
+On these VMs, 2026-11-29: random lookups of 3.3M rows ran 1-19% faster with them, and making
 memory resident 6-8x faster (2.9 vs 0.34 GB/s into memory the VM had not backed yet, 16 vs 2.6
 GB/s into memory it had). An earlier measurement had first touch ~5x slower with them (direct
 compaction on a fragmented host), which is why they were opt-in until then; ``huge_pages=False``

@@ -274,7 +274,7 @@ class TableConfig(Config):
         huge_pages: transparent huge pages for rows and index. ``"auto"`` (the default):
             for the index, and for rows past a table's first 32 MiB, so a small table keeps
             4 KiB pages (a touched huge page holds 2 MiB; with the OS's THP mode ``always``
-            the OS decides alone). Measured on our VMs: random lookups ~20% faster, memory
+            the OS decides alone). Measured on our VMs: random lookups 1-19% faster, memory
             made resident 6-8x faster. False: 4 KiB pages only (a host that stalls compacting
             memory for them); True: everywhere. A kernel without THP just gets 4 KiB pages.
         expected_rows: pre-size the table at creation for this many live rows: the index gets
