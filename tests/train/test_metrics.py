@@ -48,3 +48,21 @@ def test_streaming_window_keeps_the_most_recent_examples():
     m.update(p, (p > 0.5).astype(float), np.ones(100))  # the window now holds only these
     out = m.compute()
     assert out["a/auc"] == 1.0 and out["examples"] == 250
+
+
+def test_a_restored_window_keeps_the_newest_examples_and_checks_shapes():
+    rng = np.random.default_rng(0)
+    m = StreamingMetrics(["a"], window=100)
+    for _ in range(3):
+        m.update(
+            rng.random((70, 1), np.float32), (rng.random((70, 1)) < 0.3).astype(np.float32), np.ones(70, np.float32)
+        )
+    p, y, w = m.window_arrays()
+    small = StreamingMetrics(["a"], window=40)
+    small.restore(p, y, w, m.seen)
+    p2, y2, _ = small.window_arrays()
+    np.testing.assert_array_equal(p2, p[-40:])  # the newest 40, oldest first
+    np.testing.assert_array_equal(y2, y[-40:])
+    assert small.seen == 210
+    with pytest.raises(ValueError, match="2 tasks"):
+        StreamingMetrics(["a", "b"]).restore(p, y, w, 1)

@@ -165,6 +165,20 @@ def test_model_directory_round_trip_and_continued_training(tmp_path):
     assert b.counters.steps == 5
 
 
+def test_progressive_metrics_survive_a_restart(tmp_path):
+    """A trainer restarted from its checkpoint reports the same progressive metrics before it
+    sees another example (it reported none: a dashboard went blank at every restart)."""
+    a = Trainer(SPEC, LRConfig(), TrainConfig(metrics_window=150))
+    for i in range(4):  # 256 examples through a window of 150: the ring has wrapped
+        a.step(synthetic(64, i, t0=64.0 * i), progressive=True)
+    a.save(tmp_path / "m")
+    b = Trainer.load(tmp_path / "m")
+    assert b.metrics.compute() == pytest.approx(a.metrics.compute(), rel=1e-12) and b.metrics.seen == 256
+    for tr in (a, b):
+        tr.step(synthetic(64, 9, t0=1e3), progressive=True)
+    assert b.metrics.compute() == pytest.approx(a.metrics.compute(), rel=1e-12)
+
+
 def test_corrupted_model_directory_is_refused(tmp_path):
     a = Trainer(SPEC, LRConfig())
     a.step(synthetic(32, 0))

@@ -71,6 +71,25 @@ class StreamingMetrics:
         self._next = (self._next + n) % self.window
         self._filled = min(self.window, self._filled + n)
 
+    def window_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The examples in the window, oldest first: probabilities, labels ``(n, T)``, weights."""
+        n = self._filled
+        idx = (self._next - n + np.arange(n)) % self.window
+        return self._p[idx], self._y[idx], self._w[idx]
+
+    def restore(self, probs: np.ndarray, labels: np.ndarray, weights: np.ndarray, seen: int) -> None:
+        """Start again from a saved window (oldest first, as :meth:`window_arrays` gives it; a
+        smaller window keeps the newest) and count of examples seen."""
+        if probs.ndim != 2 or probs.shape[1] != len(self.tasks) or labels.shape != probs.shape \
+                or weights.shape != (probs.shape[0],):  # fmt: skip
+            raise ValueError(
+                f"a metrics window for {len(self.tasks)} tasks needs (n, T) probabilities "
+                f"and labels and (n,) weights; got {probs.shape}, {labels.shape}, {weights.shape}"
+            )
+        self._next = self._filled = 0
+        self.update(probs, labels, weights)
+        self.seen = int(seen)
+
     def compute(self) -> dict[str, float]:
         """``{task}/auc``, ``{task}/logloss``, ``{task}/calibration``, ``{task}/ctr`` and ``examples``."""
         out: dict[str, float] = {"examples": float(self.seen)}

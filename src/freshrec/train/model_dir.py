@@ -9,6 +9,8 @@
       dense.safetensors    the model's state_dict
       optim.safetensors    the dense optimizer's tensors; its scalars are in optim.json
       optim.json
+      metrics.safetensors  the progressive-validation window (predictions, labels, weights), so a
+                           restarted trainer reports the same metrics before it sees new examples
       ps/                  the parameter-server snapshot (freshrec.ps.local format)
 
 Written under a temporary name and swapped in whole; every file is checksummed and verified on
@@ -77,6 +79,9 @@ def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] 
         tensors, scalars = _optimizer_parts(trainer.optimizer)
         files["optim.safetensors"] = st_save(tensors)
         files["optim.json"] = json.dumps(scalars).encode()
+        probs, labels, weights = trainer.metrics.window_arrays()
+        files["metrics.safetensors"] = st_save({"probs": torch.from_numpy(probs), "labels": torch.from_numpy(labels),
+                                                "weights": torch.from_numpy(weights)})  # fmt: skip
         sums = {}
         for name, blob in files.items():
             write_durable(tmp / name, blob)
@@ -94,7 +99,8 @@ def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] 
             "logit_offset": trainer.logit_offset,
             "bias_pending": trainer.bias_pending,
             "counters": {"steps": c.steps, "examples": c.examples, "skipped_nonfinite": c.skipped_nonfinite,
-                         "last_event_time": c.last_event_time if c.last_event_time > float("-inf") else None},
+                         "last_event_time": c.last_event_time if c.last_event_time > float("-inf") else None,
+                         "metrics_seen": trainer.metrics.seen},
             "metrics": trainer.metrics.compute(),
             "files": sums,
             "extra": extra or {},
@@ -138,6 +144,13 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
         trainer.optimizer.load_state_dict(state)
     except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
         raise CorruptionError(f"{folder}: dense weights do not fit the model: {exc}") from exc
+    if "metrics.safetensors" in blobs:  # older model dirs lack it: progressive metrics start empty
+        try:
+            w = st_load(blobs["metrics.safetensors"])
+            trainer.metrics.restore(w["probs"].numpy(), w["labels"].numpy(), w["weights"].numpy(),
+                                    manifest["counters"].get("metrics_seen", 0))  # fmt: skip
+        except (SafetensorError, KeyError, ValueError) as exc:
+            raise CorruptionError(f"{folder}: the progressive-metrics window does not fit the model: {exc}") from exc
     c = manifest["counters"]
     trainer.counters.steps = c["steps"]
     trainer.counters.examples = c["examples"]
