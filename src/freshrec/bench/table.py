@@ -5,8 +5,10 @@ For each configuration (Zipf(1.1) and uniform IDs over 10M, dim 32 and 64; batch
 * find-or-insert (ID -> row, admitting new IDs and writing their rows) vs a Python dict doing the
   same mapping (``d.setdefault(id, len(d))``): into a table pre-sized with ``expected_rows`` (the
   headline), and into one growing from empty (``find_or_insert_growing_vs_dict``: growth and
-  first-touch page faults included; not a target); then both again over the same batches, every
-  ID now present (``find_present_vs_dict``: no new row to write, only each row's count);
+  first-touch page faults included; not a target), and pre-sized with the zeros initializer
+  (``find_or_insert_zeros_init_vs_dict``: new rows need no values computed or written, so this is
+  the mapping's own cost); then both again over the same batches, every ID now present
+  (``find_present_vs_dict``: no new row to write, only each row's count);
 * lookup (IDs -> embeddings) vs ``numpy.take`` of the same rows from a plain ``(rows, dim)`` matrix
   (same access pattern, so the ratio is the price of hashing, not of a different distribution),
   and the same lookup in a table kept on 4 KiB pages (``lookup_small_pages_vs_numpy_take``);
@@ -81,10 +83,11 @@ def _bench_config(dist: str, dim: int, n_batches: int, seed: int, rounds: int) -
 def _phase_insert(
     batches: list[np.ndarray], dim: int, out: dict[str, float]
 ) -> tuple[EmbeddingTable, list[np.ndarray]]:
-    """Find-or-insert vs a dict doing the same ID -> row mapping, twice: into a table growing
-    from empty (growth and first-touch page faults included: ``find_or_insert_growing``), and
+    """Find-or-insert vs a dict doing the same ID -> row mapping, three ways: into a table
+    growing from empty (growth and first-touch page faults included: ``find_or_insert_growing``),
     into one pre-sized with ``expected_rows``, its memory made resident before the clock starts
-    (the headline; the dict cannot be pre-sized and grows inside its timing). The grown table is
+    (the headline; the dict cannot be pre-sized and grows inside its timing), and into one
+    pre-sized with the zeros initializer (``find_or_insert_zeros_init``). The grown table is
     the one the later phases use: its index is at the load a table reaches by itself (a
     pre-sized index sits at a lower load, which would flatter lookups)."""
     n_keys = BATCH * len(batches)
@@ -94,13 +97,17 @@ def _phase_insert(
     rows = [table.find_or_insert(b, now=0) for b in batches]  # (B,) int64 each: small to keep
     out["find_or_insert_growing_keys_per_s"] = n_keys / (time.perf_counter() - t0)
     out["overhead_bytes_per_row"] = table.stats().bytes_per_row_overhead
-    # an upper bound a user could know (every ID new), not the exact count of distinct IDs
-    sized = EmbeddingTable(config.model_copy(update={"expected_rows": n_keys}))
-    t0 = time.perf_counter()
-    for b in batches:
-        sized.find_or_insert(b, now=0)
-    out["find_or_insert_keys_per_s"] = n_keys / (time.perf_counter() - t0)
-    del sized
+    # pre-sized for an upper bound a user could know (every ID new), not the exact count of
+    # distinct IDs; then the same with the zeros initializer: a fresh row is zero already, so
+    # nothing is computed or written for it, and what is left is the mapping's own cost
+    zeros = InitializerConfig(type="zeros")
+    for name, update in (("find_or_insert", {}), ("find_or_insert_zeros_init", {"initializer": zeros})):
+        sized = EmbeddingTable(config.model_copy(update={"expected_rows": n_keys, **update}))
+        t0 = time.perf_counter()
+        for b in batches:
+            sized.find_or_insert(b, now=0)
+        out[f"{name}_keys_per_s"] = n_keys / (time.perf_counter() - t0)
+        del sized
     # the dict gets the same numpy batches; tolist() is its cheapest way in (iterating numpy
     # scalars directly is ~3x slower), and setdefault its fastest find-or-insert idiom
     d: dict[int, int] = {}
@@ -217,6 +224,7 @@ PAIRS = {
     "lookup_vs_numpy_take": ("lookup_keys_per_s", "numpy_take_rows_per_s"),
     "sparse_step_vs_torch": ("sparse_step_keys_per_s", "torch_embeddingbag_adagrad_keys_per_s"),
     "lookup_small_pages_vs_numpy_take": ("lookup_small_pages_keys_per_s", "numpy_take_rows_per_s"),
+    "find_or_insert_zeros_init_vs_dict": ("find_or_insert_zeros_init_keys_per_s", "dict_find_or_insert_keys_per_s"),
     "find_or_insert_growing_vs_dict": ("find_or_insert_growing_keys_per_s", "dict_find_or_insert_keys_per_s"),
     "find_present_vs_dict": ("find_present_keys_per_s", "dict_find_present_keys_per_s"),
 }
