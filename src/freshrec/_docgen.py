@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def _args(cls: type) -> dict[str, str]:
 
 def _type(annotation: Any) -> str:
     name = getattr(annotation, "__name__", None)
-    text = str(annotation) if name in (None, "Union", "Optional", "Literal") else name  # those name no arguments
+    text = str(annotation) if name is None or typing.get_args(annotation) else name  # keep the arguments
     text = re.sub(r"typing\.|pathlib\.|freshrec\.[\w.]+\.", "", text)
     text = text.replace("NoneType", "None").replace("PosixPath", "Path")
     return text.replace("|", "\\|")

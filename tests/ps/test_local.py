@@ -141,7 +141,11 @@ def test_shards_divide_the_expected_rows_and_load_builds_no_empty_shards(tmp_pat
     tables = [t.model_copy(update={"expected_rows": 1001}) for t in TABLES]
     ps = LocalPS(tables, PSConfig(num_shards=4))
     assert all(s.config.expected_rows == 251 for s in ps.shard_tables("user"))
-    assert len(ps.shard_tables("user")[0]._slots) * 3 >= 251 * 4 * 3  # each pre-sized for its part only
+    whole = EmbeddingTable(TABLES[0].model_copy(update={"expected_rows": 1001}))
+    assert all(251 <= s._ready < whole._ready and s._cap < whole._cap for s in ps.shard_tables("user"))
+    # a cap that the shard count does not divide: expected == max_rows must still shard
+    capped = [t.model_copy(update={"expected_rows": 1000, "max_rows": 1000}) for t in TABLES]
+    assert LocalPS(capped, PSConfig(num_shards=3)).shard_tables("user")[0].config.max_rows == 333
     _drive(ps)
     ps.save(tmp_path / "ps")
     built = []

@@ -4,10 +4,14 @@ model directory."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save as st_save
 
+from freshrec._io import checksum_bytes
 from freshrec.errors import CorruptionError, StateError
 from freshrec.features import Batch, DenseFeature, FeatureSpec, Jagged, SparseSlot
 from freshrec.models import DeepFMConfig, LRConfig
@@ -264,3 +268,19 @@ def test_weighted_loss_counts_an_example_of_weight_k_as_k_copies():
     np.testing.assert_allclose(a.ps.export("ids", ids).embeddings, c.ps.export("ids", ids).embeddings, atol=1e-5)
     plain = Trainer(SPEC, DeepFMConfig(hidden=[8]), cfg.model_copy(update={"weighted_loss": False}))
     assert abs(plain.step(weighted).loss - la) > 1e-4  # the weights did change the loss above
+
+
+def test_a_metrics_window_that_does_not_fit_starts_empty_and_keeps_the_weights(tmp_path, caplog):
+    a = Trainer(SPEC, LRConfig())
+    a.step(synthetic(64, 0), progressive=True)
+    a.save(tmp_path / "m")
+    f = tmp_path / "m" / "metrics.safetensors"  # a window for 2 tasks where the model has 1
+    blob = st_save({"probs": torch.zeros(5, 2), "labels": torch.zeros(5, 2), "weights": torch.ones(5)})
+    f.write_bytes(blob)
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest["files"]["metrics.safetensors"] = {"bytes": len(blob), "xxh3_128": checksum_bytes(blob)}
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    b = Trainer.load(tmp_path / "m")
+    assert b.metrics._filled == 0 and "progressive metrics start empty" in caplog.text
+    probe = synthetic(50, 7)
+    np.testing.assert_array_equal(a.predict(probe), b.predict(probe))

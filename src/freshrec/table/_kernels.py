@@ -16,9 +16,10 @@ Memory layout (see ``table.py`` for the contract these kernels serve):
   its row's DIRTY bit is set; removal clears the bit).
 * ``ctr``: int64 counters and cursors (indices ``C_*`` below), shared with Python.
 
-Hash-table work is bound by memory latency, so the batch kernels use group prefetching: for a
-group of keys, prefetch all home slots, then walk each probe and prefetch the matched rows, then
-do the real work on warm caches (``_prefetch_group``).
+Hash-table work is bound by memory latency, so the batch kernels prefetch: the training lookup
+by groups (for a group of keys, prefetch all home slots, then walk each probe and prefetch the
+matched rows, then do the real work on warm caches: ``_prefetch_group``), read-only probes
+software-pipelined (:func:`find_rows`).
 
 Kernels that may need more room return ``(status, i)``: the Python wrapper grows the arrays (or
 evicts) and calls again from ``i``; ``pending=1`` says element ``i`` was already admitted.
@@ -183,8 +184,9 @@ def _prefetch_probe(slots, cap, h):
     14 ns per key with the second prefetch)."""
     p = 3 * _home(h, cap)
     prefetch1(slots, p)
-    if p + 15 < slots.shape[0]:
-        prefetch1(slots, p + 15)
+    q = (p | 15) + 1  # the first word of the next line (the index starts page-aligned)
+    if q < slots.shape[0]:
+        prefetch1(slots, q)
 
 
 @njit(inline="always", **JIT)
@@ -439,18 +441,15 @@ def find_rows(slots, cap, ids, rows_out):
     n = ids.shape[0]
     ring = np.empty(PROBE_RING, np.uint64)  # hashes of the keys between prefetch and probe
     mask = PROBE_RING - 1
-    for i in range(min(n, PROBE_AHEAD)):
-        h = _hash(ids[i])
-        ring[i & mask] = h
-        _prefetch_probe(slots, cap, h)
-    for i in range(n):
+    for i in range(-PROBE_AHEAD, n):  # probe key i (once i >= 0), prefetch key i + PROBE_AHEAD
         a = i + PROBE_AHEAD
         if a < n:
             h = _hash(ids[a])
             ring[a & mask] = h
             _prefetch_probe(slots, cap, h)
-        row, _ = _find_hash(slots, cap, ring[i & mask])
-        rows_out[i] = row
+        if i >= 0:
+            row, _ = _find_hash(slots, cap, ring[i & mask])
+            rows_out[i] = row
 
 
 @njit(**JIT)

@@ -72,7 +72,7 @@ def _huge_from(huge_pages: HugePages, auto_from: int) -> int | None:
     return 0 if huge_pages else None
 
 
-_huge_refused = False  # the kernel refused MADV_HUGEPAGE once (built without THP): stop asking
+_huge_refused = False  # the kernel refused MADV_HUGEPAGE with EINVAL (built without THP): stop asking
 
 
 def _map(nbytes: int, huge_from: int | None = None) -> mmap.mmap:
@@ -86,9 +86,10 @@ def _map(nbytes: int, huge_from: int | None = None) -> mmap.mmap:
         if start < len(m):
             try:
                 m.madvise(mmap.MADV_HUGEPAGE, start)
-            except OSError as e:
-                _huge_refused = True
-                log.warning("the kernel refused transparent huge pages (%s); tables use 4 KiB pages", e)
+            except OSError as e:  # EINVAL: no THP in this kernel, stop asking; else only this time
+                if e.errno == errno.EINVAL:
+                    _huge_refused = True
+                    log.warning("the kernel refused transparent huge pages (%s); tables use 4 KiB pages", e)
     return m
 
 

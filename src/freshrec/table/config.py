@@ -280,7 +280,8 @@ class TableConfig(Config):
         expected_rows: pre-size the table at creation for this many live rows: the index gets
             its slots and the rows' memory (embedding, optimizer state, 12 bytes of metadata)
             is made resident at once, so admissions up to that size pay no growth and no page
-            faults (as HierarchicalKV's ``init_capacity``). Growth past it stays automatic.
+            faults (as HierarchicalKV's ``init_capacity``; at most ``max_rows`` of them).
+            Growth past it stays automatic.
             An overestimate costs that memory all the same (the index alone 16-24 bytes per
             expected row). None = start small and grow.
     """
@@ -304,9 +305,6 @@ class TableConfig(Config):
     def _check_default(self) -> TableConfig:
         if isinstance(self.default_value, list) and len(self.default_value) != self.dim:
             raise ValueError(f"default_value has {len(self.default_value)} values, the table's dim is {self.dim}")
-        if self.expected_rows and self.max_rows and self.expected_rows > self.max_rows:
-            raise ValueError(f"expected_rows ({self.expected_rows}) exceeds max_rows ({self.max_rows}): "
-                             "memory for rows the table may never hold")  # fmt: skip
         return self
 
     @property

@@ -158,8 +158,8 @@ class EmbeddingTable:
         # under the write lock.
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self._alloc(rows=16, slots=_MIN_SLOTS)
-        if config.expected_rows:
-            self.reserve(config.expected_rows)
+        if config.expected_rows:  # a memory hint: never more rows than the cap lets live
+            self.reserve(min(config.expected_rows, config.max_rows or config.expected_rows))
 
     # ---- storage -----------------------------------------------------------------------------
 

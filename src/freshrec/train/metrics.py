@@ -88,7 +88,7 @@ class StreamingMetrics:
             )
         self._next = self._filled = 0
         self.update(probs, labels, weights)
-        self.seen = int(seen)
+        self.seen = max(int(seen), self._filled)
 
     def compute(self) -> dict[str, float]:
         """``{task}/auc``, ``{task}/logloss``, ``{task}/calibration``, ``{task}/ctr`` and ``examples``."""

@@ -20,6 +20,7 @@ load, so a torn or corrupted directory raises CorruptionError and is never half-
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from freshrec.train.trainer import Trainer
 
 __all__ = ["load_model_dir", "read_manifest", "save_model_dir"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "freshrec.model"
 FORMAT_VERSION = 1
@@ -124,6 +127,16 @@ def _verified(folder: Path, name: str, entry: dict[str, Any]) -> bytes:
     return blob
 
 
+def _restore_metrics(trainer: Trainer, blob: bytes, seen: int, folder: Path) -> None:
+    """The progressive-metrics window: advisory, so a window that does not fit (another task
+    list) starts empty with a warning instead of refusing weights that are fine."""
+    try:
+        w = st_load(blob)
+        trainer.metrics.restore(w["probs"].numpy(), w["labels"].numpy(), w["weights"].numpy(), seen)
+    except (SafetensorError, KeyError, ValueError, TypeError) as exc:
+        log.warning("%s: progressive metrics start empty (the saved window does not fit: %s)", folder, exc)
+
+
 def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Trainer:
     from freshrec.train.trainer import Trainer
 
@@ -137,20 +150,19 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
     except (ConfigError, ValueError) as exc:
         raise CorruptionError(f"{folder}/manifest.json holds an invalid config: {exc}") from exc
     ps = LocalPS.load(folder / "ps", ps_config)
-    trainer = Trainer(spec, model_config, train_config, ps=ps)
     try:
-        trainer.model.load_state_dict(st_load(blobs["dense.safetensors"]))
-        state = _optimizer_state(st_load(blobs["optim.safetensors"]), json.loads(blobs["optim.json"]))
-        trainer.optimizer.load_state_dict(state)
-    except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
-        raise CorruptionError(f"{folder}: dense weights do not fit the model: {exc}") from exc
-    if "metrics.safetensors" in blobs:  # older model dirs lack it: progressive metrics start empty
+        trainer = Trainer(spec, model_config, train_config, ps=ps)
         try:
-            w = st_load(blobs["metrics.safetensors"])
-            trainer.metrics.restore(w["probs"].numpy(), w["labels"].numpy(), w["weights"].numpy(),
-                                    manifest["counters"].get("metrics_seen", 0))  # fmt: skip
-        except (SafetensorError, KeyError, ValueError) as exc:
-            raise CorruptionError(f"{folder}: the progressive-metrics window does not fit the model: {exc}") from exc
+            trainer.model.load_state_dict(st_load(blobs["dense.safetensors"]))
+            state = _optimizer_state(st_load(blobs["optim.safetensors"]), json.loads(blobs["optim.json"]))
+            trainer.optimizer.load_state_dict(state)
+        except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
+            raise CorruptionError(f"{folder}: dense weights do not fit the model: {exc}") from exc
+    except BaseException:
+        ps.close()  # its shards and thread pool: nothing half-loaded stays alive
+        raise
+    if "metrics.safetensors" in blobs:  # older model dirs lack it: progressive metrics start empty
+        _restore_metrics(trainer, blobs["metrics.safetensors"], manifest["counters"].get("metrics_seen", 0), folder)
     c = manifest["counters"]
     trainer.counters.steps = c["steps"]
     trainer.counters.examples = c["examples"]
