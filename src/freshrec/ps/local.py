@@ -354,10 +354,10 @@ class LocalPS(ParameterServer):
                              f"{sorted(self._configs)}")  # fmt: skip
         fresh = {t: EmbeddingTable.load(folder / v["shards"][shard]) for t, v in manifest["tables"].items()}
         for t, table in fresh.items():  # a shard must run as its siblings do: same rows, same optimizer
-            want = _shard_config(self._configs[t], self.num_shards)
-            if table.config.model_dump(exclude=_MEMORY_FIELDS) != want.model_dump(exclude=_MEMORY_FIELDS):
+            diff = _config_diff(table.config, _shard_config(self._configs[t], self.num_shards))
+            if diff:
                 raise InputError(f"table {t!r}: the snapshot's shard {shard} was saved with another config "
-                                 f"({_config_diff(table.config, want)}); restore refused, nothing changed")  # fmt: skip
+                                 f"({diff}); restore refused, nothing changed")  # fmt: skip
         for t, table in fresh.items():
             self._shards[t][shard] = table
 
@@ -374,6 +374,7 @@ _MEMORY_FIELDS = {"huge_pages", "expected_rows"}
 
 
 def _config_diff(got: TableConfig, want: TableConfig) -> str:
+    """The fields that differ, memory settings aside ("" when none do)."""
     g, w = got.model_dump(exclude=_MEMORY_FIELDS), want.model_dump(exclude=_MEMORY_FIELDS)
     return ", ".join(f"{k}: {g[k]!r} here {w[k]!r}" for k in w if g.get(k) != w[k])
 

@@ -401,8 +401,8 @@ def _sketch_halve(sk):
 def lookup_infer(slots, cap, data, ids, out, default, dim):
     """Embeddings of ``ids`` into ``out``; unknown IDs read ``default``. Returns hit count.
 
-    Two passes: every key's row first (:func:`find_rows`), then the copies, each pass group-
-    prefetched. Interleaving index and row misses in one pass (as the writers do) was 1.2-1.4x
+    Two passes: every key's row first (:func:`find_rows`, software-pipelined), then the copies,
+    group-prefetched. Interleaving index and row misses in one pass (as the writers do) was 1.2-1.4x
     slower on 3.3M rows with 4 KiB pages: the index's page-table entries stay cached while only
     the index is walked, and the rows' while only rows are. The copy pass prefetches about
     ``COPY_LINES`` cache lines per group: 64 rows of dim 32, 42 of dim 64 (measured on 3.3M

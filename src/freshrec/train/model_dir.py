@@ -161,9 +161,9 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
     except BaseException:
         ps.close()  # its shards and thread pool: nothing half-loaded stays alive
         raise
-    if "metrics.safetensors" in blobs:  # older model dirs lack it: progressive metrics start empty
-        _restore_metrics(trainer, blobs["metrics.safetensors"], manifest["counters"].get("metrics_seen", 0), folder)
     c = manifest["counters"]
+    if "metrics.safetensors" in blobs:  # older model dirs lack it: progressive metrics start empty
+        _restore_metrics(trainer, blobs["metrics.safetensors"], c.get("metrics_seen", 0), folder)
     trainer.counters.steps = c["steps"]
     trainer.counters.examples = c["examples"]
     trainer.counters.skipped_nonfinite = c["skipped_nonfinite"]
