@@ -32,12 +32,13 @@ def test_every_int64_is_a_key_and_each_gets_its_own_row():
     assert t.contains(EXTREMES).all() and not t.contains([12345]).any()
 
 
+@pytest.mark.parametrize("dim", [5, 48])  # one pass up to dim 32, two above: the same values
 @pytest.mark.parametrize("kind", ["zeros", "uniform", "normal", "truncated_normal"])
-def test_initializer_is_a_pure_function_of_seed_and_id(kind):
+def test_initializer_is_a_pure_function_of_seed_and_id(kind, dim):
     init = InitializerConfig(type=kind, low=-0.1, high=0.3, mean=0.5, std=0.2)
-    a = EmbeddingTable(dim=5, initializer=init, seed=11)
-    b = EmbeddingTable(dim=5, initializer=init, seed=11)
-    c = EmbeddingTable(dim=5, initializer=init, seed=12)
+    a = EmbeddingTable(dim=dim, initializer=init, seed=11)
+    b = EmbeddingTable(dim=dim, initializer=init, seed=11)
+    c = EmbeddingTable(dim=dim, initializer=init, seed=12)
     ea = a.lookup(EXTREMES, train=True, now=0)
     eb = b.lookup(EXTREMES[::-1], train=True, now=5)[::-1]  # other order, other time
     np.testing.assert_array_equal(ea, eb)
@@ -48,7 +49,7 @@ def test_initializer_is_a_pure_function_of_seed_and_id(kind):
         "truncated_normal": (0.5, 0.2),
     }[kind]
     for key, row in zip(EXTREMES.tolist(), ea, strict=True):
-        np.testing.assert_allclose(row, init_row(key, 11, kind, 5, *args), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(row, init_row(key, 11, kind, dim, *args), rtol=1e-6, atol=1e-7)
     if kind != "zeros":
         assert not np.array_equal(ea, c.lookup(EXTREMES, train=True, now=0))
 
