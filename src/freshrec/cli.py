@@ -1,4 +1,4 @@
-"""The ``freshrec`` command: one typer app, a sub-command per job (see DESIGN.md).
+"""The ``freshrec`` command: one typer app, a sub-command per job (see ``../shared/DESIGN.md``).
 
 Nothing imports this module. Each command imports its machinery lazily so ``--help`` is fast,
 and turns our errors into a one-line message and a non-zero exit code.
@@ -106,7 +106,10 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML or YAML
 @app.command("train")
 @_friendly
 def train(
-    data: Annotated[str | None, typer.Option(help="Data file or folder (default: ../shared/data/ml-100k).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data file or folder (default: the format's set under $FRESHREC_DATA or ../shared/data)."),
+    ] = None,
     format: Annotated[str | None, typer.Option("--format", help="movielens | criteo | open_bandit | table.")] = None,
     model: Annotated[str | None, typer.Option(help="deepfm | dcn | fm | lr | two_tower.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training split.")] = None,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from freshrec.train.job import DataSource, TrainJobConfig, run_train_job
+import pytest
+
+from freshrec.errors import ConfigError
+from freshrec.train.job import DataSource, TrainJobConfig, load_dataset, run_train_job
 from freshrec.train.trainer import Trainer
 
 from ..conftest import ROOT
@@ -26,12 +29,24 @@ def test_movielens_job_reports_model_and_baselines(data_dir, tmp_path):
     assert Trainer.load(res.out).counters.examples == 80_000
 
 
-def test_criteo_job_without_item_slot(data_dir):
-    cfg = TrainJobConfig(data=DataSource(format="criteo", path=str(data_dir / "criteo-sample" / "train.txt")),
-                         model={"type": "dcn", "hidden": [32]}, train={"batch_size": 1024})  # fmt: skip
+def test_criteo_job_without_item_slot_reads_the_shared_set_by_default(data_dir, tmp_path, monkeypatch):
+    # no path: the format's set under $FRESHREC_DATA, read when the job runs (from anywhere)
+    monkeypatch.setenv("FRESHREC_DATA", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainJobConfig(data=DataSource(format="criteo"), model={"type": "dcn", "hidden": [32]},
+                         train={"batch_size": 1024})  # fmt: skip
     res = run_train_job(cfg)
     assert [r["model"] for r in res.rows] == ["dcn", "lr"]
+    assert res.train_examples + res.test_examples > 0
     assert res.rows[0]["auc"] > 0.6
+
+
+def test_table_format_needs_a_path_and_a_mapping():
+    with pytest.raises(ConfigError, match=r"data\.mapping"):
+        load_dataset(DataSource(format="table", path="x.parquet"))
+    mapping = {"spec": {"sparse": [{"name": "user"}], "labels": ["y"]}}
+    with pytest.raises(ConfigError, match=r"data\.path"):
+        load_dataset(DataSource(format="table", mapping=mapping))
 
 
 def test_cli_train_runs_and_bad_config_exits_with_one_line(data_dir, tmp_path):

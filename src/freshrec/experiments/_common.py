@@ -32,7 +32,7 @@ from rich.table import Table
 
 from freshrec._io import atomic_write_bytes
 from freshrec.config import Config
-from freshrec.data import Dataset, drop_repeats, load_criteo, load_movielens, movielens_spec
+from freshrec.data import Dataset, default_data, drop_repeats, load_criteo, load_movielens, movielens_spec
 from freshrec.errors import ConfigError, DataError
 from freshrec.features import FeatureSpec
 from freshrec.models import ModelConfig
@@ -62,12 +62,6 @@ __all__ = [
 ProgressFn = Callable[[int, int, str], None]  # (units done, units in total, what is running)
 DataFormat = Literal["auto", "movielens", "criteo"]
 _MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")
-
-
-def default_data(name: str) -> str:
-    """``$FRESHREC_DATA/name``, or ``../shared/data/name`` (the project's data from its root)."""
-    root = os.environ.get("FRESHREC_DATA")
-    return str(Path(root) / name) if root else f"../shared/data/{name}"
 
 
 class ExperimentConfig(Config):

@@ -20,8 +20,10 @@ from pydantic import Field, field_validator
 
 from freshrec.config import Config
 from freshrec.data import (
+    DEFAULT_DATASETS,
     ColumnMapping,
     Dataset,
+    default_data,
     drop_repeats,
     load_criteo,
     load_movielens,
@@ -45,7 +47,9 @@ class DataSource(Config):
     Args:
         format: ``movielens`` (u.data, ratings.dat, ratings.csv), ``criteo`` (TSV),
             ``open_bandit`` (CSV), or ``table`` (Parquet/CSV read through ``mapping``).
-        path: the file (or, for MovieLens / Open Bandit, the folder holding it).
+        path: the file (or, for MovieLens / Open Bandit, the folder holding it). None = the
+            format's shared data set under ``$FRESHREC_DATA`` (else ``../shared/data``):
+            ``ml-100k``, ``criteo-sample/train.txt`` or ``open-bandit/random/all``.
         mapping: for ``table``: the spec and column mapping.
         test_fraction: the newest share of examples held out for evaluation.
         dedupe: drop examples that repeat an earlier one exactly (features, label, time): a
@@ -54,7 +58,7 @@ class DataSource(Config):
     """
 
     format: Literal["movielens", "criteo", "open_bandit", "table"] = "movielens"
-    path: str = "../shared/data/ml-100k"
+    path: str | None = None
     mapping: ColumnMapping | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
     dedupe: bool = True
@@ -102,15 +106,18 @@ class JobResult:
 
 
 def load_dataset(source: DataSource, spec: FeatureSpec | None = None) -> Dataset:
+    if source.format == "table":
+        if source.mapping is None:
+            raise ConfigError("data.format 'table' needs data.mapping (a spec and its columns)")
+        if source.path is None:
+            raise ConfigError("data.format 'table' needs data.path (the Parquet or CSV file)")
+        return load_table_file(source.path, source.mapping)
+    path = source.path if source.path is not None else default_data(DEFAULT_DATASETS[source.format])
     if source.format == "movielens":
-        return load_movielens(source.path, spec)
+        return load_movielens(path, spec)
     if source.format == "criteo":
-        return load_criteo(source.path, spec)
-    if source.format == "open_bandit":
-        return load_open_bandit(source.path, spec)
-    if source.mapping is None:
-        raise ConfigError("data.format 'table' needs data.mapping (a spec and its columns)")
-    return load_table_file(source.path, source.mapping)
+        return load_criteo(path, spec)
+    return load_open_bandit(path, spec)
 
 
 def with_table_dim(spec: FeatureSpec, dim: int) -> FeatureSpec:
