@@ -2,7 +2,8 @@
 
 Owns the pipeline loop (``pipeline.py``), its config (``config.py``), the training side's
 checkpoints (``checkpoint.py``) and the default live-commerce features (``spec.py``). Imports
-``joiner``, ``train``, ``sync``, ``stream`` and base modules; the demo builds on it.
+``joiner``, ``train``, ``sync``, ``stream``, ``ps``, ``table``, ``models``, ``features`` and base
+modules; the demo builds on it.
 """
 
 from freshrec.online.config import OnlineConfig

@@ -6,8 +6,9 @@ the live-item catalog fed by item lifecycle events (``items.py``), stable arm as
 request -> arm ledger (``arms.py``), the batched impression writer (``writer.py``), the replica's
 lifecycle (``replica.py``), Prometheus metrics (``metrics.py``), the FastAPI app and its error
 mapping (``app.py``, ``api.py``, ``_asgi.py``) and running it under uvicorn (``server.py``).
-Imports ``sync`` (what a replica holds), ``stream`` (events and the log), ``features``,
-``models`` and base modules; nothing imports it but the CLI and benchmarks.
+Imports ``sync`` (what a replica holds), ``stream`` (events and the log), ``joiner`` (its
+feature columns and example names), ``ps``, ``features``, ``models`` and base modules; nothing
+imports it but the CLI, the demo, benchmarks and experiments.
 """
 
 from freshrec.serve.app import create_app, status_of

@@ -6,7 +6,7 @@ Owns: the knobs (``config.py``), the hidden world and its ground-truth click mod
 built-in random / popularity / oracle policies), the event-time loop (``simulator.py``),
 wall-clock pacing for demos (``live.py``) and the calibration against Open Bandit
 (``calibrate.py``). Imports numpy, freshrec's base modules and ``freshrec.stream.events`` only;
-nothing in freshrec imports it except the CLI, benchmarks and experiments.
+nothing in freshrec imports it except the demo, benchmarks and experiments.
 """
 
 from freshrec.sim.config import SimConfig

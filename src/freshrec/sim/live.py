@@ -2,7 +2,7 @@
 
     clock = LiveClock(speed=60.0, start_event_time=sim.now)   # one wall second = one minute
     for batch in live_batches(sim, clock):                    # forever, as the clock advances
-        log.append(encode(batch))
+        ...                                                   # to the log (docs/simulator.md)
 
 The wall clock only paces delivery; the events themselves are those of the same seed run flat
 out (the simulator generates fixed chunks and buffers them), so a live run is reproducible.

@@ -3,7 +3,7 @@
     sim = Simulator(SimConfig(seed=7))
     events = sim.run(until=3600.0)          # every event with event_time < 3600, in order
     for batch in sim.batches(until=7200.0):  # or chunk by chunk
-        log.append(encode(batch))
+        ...                                 # to the event log, a topic per kind (docs/simulator.md)
 
 Contract:
 * Events come in event-time order (ties: listed, updated, impression, action, ended), with
