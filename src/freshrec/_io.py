@@ -17,10 +17,11 @@ from pathlib import Path
 
 import xxhash
 
-from freshrec.errors import BackendError, CorruptionError, FreshrecError
+from freshrec.errors import BackendError, CorruptionError, FreshrecError, InputError
 
 __all__ = [
     "atomic_write_bytes",
+    "check_replaceable",
     "checksum_bytes",
     "checksum_file",
     "fsync_dir",
@@ -104,6 +105,34 @@ def replace_dir(tmp: Path, path: Path) -> None:
     fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable(path: Path, fmt: str, what: str) -> None:
+    """Refuse (:class:`InputError`) to let a save replace ``path`` unless it is absent, an empty
+    directory, or an earlier ``fmt`` directory: :func:`replace_dir` swaps the whole folder, so a
+    mistyped path must not cost anyone their files. A directory whose ``manifest.json`` is torn is
+    taken as ours (an interrupted save); a file, or a folder without a manifest or of another
+    format, is refused."""
+    import json
+
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise InputError(f"{path} exists and is not a {what}: refusing to replace it (choose another path)")
+    try:
+        manifest = json.loads((path / "manifest.json").read_bytes())
+    except FileNotFoundError:
+        if next(path.iterdir(), None) is None:
+            return
+        raise InputError(
+            f"{path} is a folder that is not a {what} (no manifest.json): refusing to replace it "
+            "(choose another path, or empty it)"
+        ) from None
+    except (ValueError, OSError):
+        return  # torn manifest: one of our saves was interrupted
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise InputError(f"{path} holds a {found or 'foreign'} directory, not a {what}: refusing to replace it")
 
 
 def recover_dir(path: Path) -> Path:

@@ -63,3 +63,9 @@ def test_cli_train_runs_and_bad_config_exits_with_one_line(data_dir, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "freshrec.cli", "train", "--data", str(tmp_path / "nope")],
                              capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    taken = subprocess.run([sys.executable, "-m", "freshrec.cli", "train", "--data", str(data_dir / "ml-100k"),
+                            "--out", str(tmp_path / "notes")], capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert taken.returncode == 2 and "not a model directory" in taken.stderr and "Traceback" not in taken.stderr
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"

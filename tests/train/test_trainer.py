@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from freshrec._io import checksum_bytes
-from freshrec.errors import CorruptionError, StateError
+from freshrec.errors import CorruptionError, InputError, StateError
 from freshrec.features import Batch, DenseFeature, FeatureSpec, Jagged, SparseSlot
 from freshrec.models import DeepFMConfig, LRConfig
 from freshrec.table import SGD, TableConfig
@@ -191,6 +191,33 @@ def test_corrupted_model_directory_is_refused(tmp_path):
     f.write_bytes(f.read_bytes()[:-8])
     with pytest.raises(CorruptionError):
         Trainer.load(tmp_path / "m")
+
+
+def test_save_replaces_only_a_model_directory(tmp_path):
+    """A save swaps the whole folder in, so it refuses any path that is not an earlier model
+    directory (a mistyped --out once replaced a folder of notes), and leaves that path as it was."""
+    a = Trainer(SPEC, LRConfig())
+    a.step(synthetic(32, 0))
+    a.save(tmp_path / "m")
+    a.save(tmp_path / "m")  # an earlier model directory: replaced
+    (tmp_path / "empty").mkdir()
+    a.save(tmp_path / "empty")  # an empty folder: taken
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("important")
+    (tmp_path / "file.txt").write_text("also important")
+    ps_snap = tmp_path / "ps-snap"
+    a.ps.save(ps_snap)  # another format of ours
+    for target, match in ((notes, "no manifest.json"), (tmp_path / "file.txt", "is not a model directory"),
+                          (ps_snap, "freshrec.ps directory")):  # fmt: skip
+        with pytest.raises(InputError, match=match):
+            a.save(target)
+    assert (notes / "todo.txt").read_text() == "important" and (tmp_path / "file.txt").read_text() == "also important"
+    assert Trainer.load(tmp_path / "empty").counters.steps == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "m", "notes", "ps-snap"]  # no temp left
+    with pytest.raises(InputError, match="not a parameter-server snapshot"):
+        a.ps.save(notes / "todo.txt")
+    a.close()
 
 
 def test_closed_trainer_refuses_work():

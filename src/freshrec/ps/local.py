@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from freshrec._io import read_manifest, recover_dir, replace_dir, temp_dir_beside, write_durable
+from freshrec._io import check_replaceable, read_manifest, recover_dir, replace_dir, temp_dir_beside, write_durable
 from freshrec.errors import ConfigError, InputError, NonFiniteError, StateError
 from freshrec.ps import _kernels as K
 from freshrec.ps.base import ParameterServer, PSChanges
@@ -296,6 +296,7 @@ class LocalPS(ParameterServer):
     def save(self, path: str | Path) -> Path:
         self._check_open("save")
         path = Path(path)
+        check_replaceable(path, FORMAT, "parameter-server snapshot")
         with temp_dir_beside(path) as tmp:
             layout = {t: [f"{t}/shard-{s:04d}" for s in range(len(sh))] for t, sh in self._shards.items()}
             jobs = [

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from freshrec._io import check_replaceable
 from freshrec.config import Config
 from freshrec.data import (
     DEFAULT_DATASETS,
@@ -36,6 +37,7 @@ from freshrec.models import DeepFMConfig, LRConfig, ModelConfig
 from freshrec.ps import PSConfig
 from freshrec.train.config import TrainConfig
 from freshrec.train.metrics import calibration, logloss, weighted_auc
+from freshrec.train.model_dir import FORMAT as MODEL_DIR_FORMAT
 from freshrec.train.trainer import Trainer
 
 __all__ = ["DataSource", "JobResult", "TrainJobConfig", "item_popularity", "load_dataset", "run_train_job"]
@@ -158,6 +160,8 @@ def _metrics(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict
 
 def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], None] | None = None) -> JobResult:
     """Run the job; ``on_step(model_name, step, total_steps)`` reports progress."""
+    if config.out is not None:  # before any work: a path the save would refuse fails now
+        check_replaceable(Path(config.out), MODEL_DIR_FORMAT, "model directory")
     data = load_dataset(config.data, config.spec)
     dropped = 0
     if config.data.dedupe:
@@ -185,13 +189,15 @@ def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], 
             if on_step is not None:
                 on_step(name, done, steps)
 
-        trainer.fit(train.with_spec(spec), on_step=progress)
-        probs = trainer.predict(test_batch)[:, 0]  # same IDs; only table widths differ per spec
-        row = {"model": name, **_metrics(probs, labels, weights), "seconds": time.perf_counter() - t0}
-        result.rows.append(row)
-        if name == config.model.type and config.out is not None:
-            result.out = trainer.save(config.out, extra={"test_metrics": row})
-        trainer.close()
+        try:
+            trainer.fit(train.with_spec(spec), on_step=progress)
+            probs = trainer.predict(test_batch)[:, 0]  # same IDs; only table widths differ per spec
+            row = {"model": name, **_metrics(probs, labels, weights), "seconds": time.perf_counter() - t0}
+            result.rows.append(row)
+            if name == config.model.type and config.out is not None:
+                result.out = trainer.save(config.out, extra={"test_metrics": row})
+        finally:
+            trainer.close()
     if config.baselines and config.item_slot in train.spec.slot_names:
         t0 = time.perf_counter()
         probs = item_popularity(train, test, config.item_slot)

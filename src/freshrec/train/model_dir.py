@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from freshrec._io import checksum_bytes, recover_dir, replace_dir, temp_dir_beside, write_durable
+from freshrec._io import check_replaceable, checksum_bytes, recover_dir, replace_dir, temp_dir_beside, write_durable
 from freshrec._io import read_manifest as _read_manifest
 from freshrec.errors import ConfigError, CorruptionError
 from freshrec.features import FeatureSpec
@@ -75,6 +75,7 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) 
 
 def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
     path = Path(path)
+    check_replaceable(path, FORMAT, "model directory")
     with temp_dir_beside(path) as tmp:
         files = {
             "dense.safetensors": st_save({k: v.contiguous() for k, v in trainer.model.state_dict().items()}),
