@@ -197,3 +197,25 @@ def test_the_log_odds_correction_follows_how_the_loss_treats_sampled_negatives(t
             assert p.trainers["rank"].logit_offset == pytest.approx(offset)
         finally:
             p.close(checkpoint=False)
+
+
+def test_a_first_start_on_an_empty_log_creates_the_input_topics_and_a_first_snapshot(tmp_path, caplog):
+    """`freshrec online` on a fresh cluster: nothing has created the input topics yet (the
+    serving replicas that write impressions wait for this pipeline's first snapshot)."""
+    run = tmp_path / "fresh"
+    cfg = config(run, input_partitions=2, sync={"sparse_sync_interval": 3600, "dense_sync_interval": 3600})
+    with caplog.at_level("WARNING", logger="freshrec.online.pipeline"):
+        p = OnlinePipeline(cfg)
+    try:
+        assert [p.log.partitions(t) for t in ("impressions", "actions")] == [2, 2]
+        assert "'impressions' does not exist" in caplog.text
+        p.round()
+        served = ServedModel.from_snapshot(run / "snapshots" / "rank")  # what `freshrec serve` starts from
+        served.close()
+    finally:
+        p.close(checkpoint=False)
+    with caplog.at_level("WARNING", logger="freshrec.online.pipeline"):
+        caplog.clear()
+        q = OnlinePipeline(cfg)  # the topics exist now: no warning, counts kept
+        q.close(checkpoint=False)
+    assert "does not exist" not in caplog.text

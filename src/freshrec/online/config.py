@@ -31,6 +31,9 @@ class OnlineConfig(Config):
         log: the event log holding impressions and actions, and receiving examples and sync
             deltas; None = the embedded log in ``run_dir/log``.
         joiner: the online joiner (its state directory defaults to ``run_dir/joiner``).
+        input_partitions: partitions of an input topic (``joiner.input_topics``) the pipeline
+            creates because it does not exist yet, so a first start on an empty cluster works
+            (with a warning: no producer has written to it); a topic that exists keeps its own.
         spec: the features; None = :func:`freshrec.online.spec.live_commerce_spec`.
         rank_model: the ranking model (served by /v1/rank and /v1/recommend).
         retrieval: train a retriever at all (False: /v1/recommend ranks recent live items).
@@ -53,6 +56,7 @@ class OnlineConfig(Config):
     run_dir: Path = Path("runs/online")
     log: LogConfig | None = None
     joiner: JoinerConfig = Field(default_factory=lambda: JoinerConfig(labels=["click", "purchase"]))
+    input_partitions: int = Field(1, ge=1, le=1 << 16)
     spec: FeatureSpec | None = None
     rank_model: ModelConfig = Field(default_factory=lambda: DeepFMConfig(hidden=[256, 128]))
     retrieval_model: TwoTowerConfig | None = None

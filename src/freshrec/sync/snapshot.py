@@ -271,6 +271,11 @@ def served_model_from_snapshot(
     folder ``path``, or the newest good snapshot under ``path`` (torn ones are skipped)."""
     path = Path(path)
     candidates = [path] if (path / "manifest.json").exists() else snapshot_candidates(path)
+    if not candidates:
+        raise SyncError(
+            f"no snapshot under {path} yet: a replica starts from one, and `freshrec online` (the "
+            "publisher) writes the first as it starts: start it first, with the same snapshot_dir"
+        )
     failure: CorruptionError | None = None
     for candidate in candidates:
         try:
