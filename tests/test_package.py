@@ -42,3 +42,14 @@ def test_cli_help():
                          text=True, cwd=ROOT)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "bench" in res.stdout
+
+
+def test_bench_refuses_an_unwritable_json_path_before_running(tmp_path):
+    """--json naming a directory (or a path under a file) is refused at once, not after the run."""
+    (tmp_path / "a_file").write_text("x")
+    for target in (tmp_path, tmp_path / "a_file" / "out.json"):
+        r = subprocess.run([sys.executable, "-m", "freshrec.cli", "bench", "table", "--quick", "--json", str(target)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        assert r.returncode == 2 and "--json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "figures" not in r.stdout  # nothing ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -6,6 +6,7 @@ and turns our errors into a one-line message and a non-zero exit code.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -27,7 +28,23 @@ bench_app = typer.Typer(help="Benchmarks: print a table and write JSON (--json P
 app.add_typer(bench_app, name="bench")
 
 QuickOpt = Annotated[bool, typer.Option("--quick", help="A short run (under a minute).")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the results to this JSON file.")]
+
+
+def _json_target(path: Path | None) -> Path | None:
+    """Refuse a --json path that cannot be written before the benchmark runs, not after."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory; give a file name, e.g. {path / 'bench.json'}")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"cannot write {path}: {parent} is not a writable directory")
+    return path
+
+
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Write the results to this JSON file.", callback=_json_target)
+]
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

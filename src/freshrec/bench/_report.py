@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from freshrec._io import atomic_write_bytes
+
 __all__ = ["BenchReport", "peak_rss_bytes", "rss_bytes", "time_interleaved"]
 
 
@@ -49,9 +51,7 @@ class BenchReport:
     def write_json(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, p)
+        atomic_write_bytes(p, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         return p
 
     def print(self, console: Console | None = None) -> None:
