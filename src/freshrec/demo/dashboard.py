@@ -33,6 +33,8 @@ class Dashboard:
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
+            if not self.console.is_terminal:  # a file gets the last frame without its line end
+                self.console.line()
 
     def update(self, s: dict[str, Any]) -> None:
         if self._live is not None:

@@ -20,6 +20,7 @@ and sessions) to where the run stopped.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from datetime import datetime
@@ -33,7 +34,7 @@ from freshrec.config import apply_overrides
 from freshrec.demo.client import EventPoster, HttpRecommender
 from freshrec.demo.config import DemoConfig
 from freshrec.demo.procs import Child, wait_for, wait_for_port
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, StateError
 from freshrec.online import OnlineConfig, live_commerce_spec
 from freshrec.serve import ServeConfig
 from freshrec.sim import LiveClock, Simulator, live_batches
@@ -98,6 +99,21 @@ def _append(log, events) -> None:  # type: ignore[no-untyped-def]
             log.append(topic, encode(part))
 
 
+def _check_port_free(port: int) -> None:
+    """The replica's port must be free now: finding out after the warm start wastes it and
+    leaves a run directory behind. (Another process may still take it in between: the
+    replica's own start then fails as before.)"""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise StateError(f"port {port} is in use ({exc.strerror}): stop what holds it, or pass --port "
+                             "(0 = any free port)") from None  # fmt: skip
+
+
 def _caught_up(run_dir: Path, batch_size: int) -> bool:
     try:
         st = json.loads((run_dir / "status.json").read_bytes())
@@ -124,10 +140,13 @@ def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = N
         config.duration_s, config.dashboard = duration, dashboard
     else:
         run_dir = config.runs_dir / datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir.mkdir(parents=True, exist_ok=False)
-        _write_json(run_dir / "demo.json", config.model_dump(mode="json"))
+    # everything that can refuse the run does so before anything is written
     online = online_config(config, run_dir)
     serve = serve_config(config, run_dir, online)
+    _check_port_free(config.port)
+    if resume is None:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        _write_json(run_dir / "demo.json", config.model_dump(mode="json"))
     _write_json(run_dir / "online.json", online.model_dump(mode="json"))
     _write_json(run_dir / "serve.json", {**serve.model_dump(mode="json"), "api_key": None})
 
@@ -189,7 +208,8 @@ def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = N
                     last_sample = now
                 if now - started >= config.duration_s:
                     break
-        final = recorder.sample(client, rec, poster, sim.now, time.monotonic() - started)
+            final = recorder.sample(client, rec, poster, sim.now, time.monotonic() - started)
+            board.update(final)  # the last frame shows what metrics.json reports
         _write_json(state_file, {"event_time": sim.now})
         client.close()
     finally:
