@@ -22,6 +22,7 @@ from freshrec.errors import BackendError, CorruptionError, FreshrecError, InputE
 __all__ = [
     "atomic_write_bytes",
     "check_replaceable",
+    "check_writable_parent",
     "checksum_bytes",
     "checksum_file",
     "fsync_dir",
@@ -104,20 +105,34 @@ def replace_dir(tmp: Path, path: Path) -> None:
     os.rename(tmp, path)
     fsync_dir(path.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # a link that pointed at the old version: the link goes, its target stays
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable_parent(path: Path) -> None:
+    """:class:`InputError` unless ``path`` can be created: its nearest existing ancestor must be a
+    directory this process may write (missing folders below it are created when writing)."""
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: {parent} is not a writable directory")
 
 
 def check_replaceable(path: Path, fmt: str, what: str) -> None:
-    """Refuse (:class:`InputError`) to let a save replace ``path`` unless it is absent, an empty
-    directory, or an earlier ``fmt`` directory: :func:`replace_dir` swaps the whole folder, so a
-    mistyped path must not cost anyone their files. A directory whose ``manifest.json`` is torn is
-    taken as ours (an interrupted save); a file, or a folder without a manifest or of another
-    format, is refused."""
+    """Refuse (:class:`InputError`) to let a save replace ``path`` unless it is absent (and can be
+    created), an empty directory, or an earlier ``fmt`` directory: :func:`replace_dir` swaps the
+    whole folder, so a mistyped path must not cost anyone their files. Our saves never leave a
+    torn manifest in place (the folder is renamed in whole), so an unreadable one is refused too;
+    a link to an earlier ``fmt`` directory is replaced by the new directory (its target is kept)."""
     import json
 
-    if not os.path.lexists(path):
+    if not path.exists():
+        if os.path.lexists(path):  # a dangling link: nothing behind it to lose
+            return
+        check_writable_parent(path)
         return
-    if not path.is_dir() or path.is_symlink():
+    if not path.is_dir():
         raise InputError(f"{path} exists and is not a {what}: refusing to replace it (choose another path)")
     try:
         manifest = json.loads((path / "manifest.json").read_bytes())
@@ -128,8 +143,8 @@ def check_replaceable(path: Path, fmt: str, what: str) -> None:
             f"{path} is a folder that is not a {what} (no manifest.json): refusing to replace it "
             "(choose another path, or empty it)"
         ) from None
-    except (ValueError, OSError):
-        return  # torn manifest: one of our saves was interrupted
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}/manifest.json is unreadable ({exc}): not replacing {path}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise InputError(f"{path} holds a {found or 'foreign'} directory, not a {what}: refusing to replace it")

@@ -6,7 +6,6 @@ and turns our errors into a one-line message and a non-zero exit code.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -34,11 +33,14 @@ def _json_target(path: Path | None) -> Path | None:
     """Refuse a --json path that cannot be written before the benchmark runs, not after."""
     if path is None:
         return None
+    from freshrec._io import check_writable_parent
+
     if path.is_dir():
         raise typer.BadParameter(f"{path} is a directory; give a file name, e.g. {path / 'bench.json'}")
-    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise typer.BadParameter(f"cannot write {path}: {parent} is not a writable directory")
+    try:
+        check_writable_parent(path)
+    except FreshrecError as exc:
+        raise typer.BadParameter(str(exc)) from None
     return path
 
 

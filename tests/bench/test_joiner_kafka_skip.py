@@ -3,6 +3,8 @@ skipped with a note (it failed the whole run after the embedded part had been me
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from freshrec.bench import joiner as bench_joiner
@@ -31,3 +33,11 @@ def test_a_broker_failure_past_the_binary_check_is_not_hidden(monkeypatch, tmp_p
     monkeypatch.setattr(broker, "LocalBroker", Failing)
     with pytest.raises(BackendError, match="did not start"):
         bench_joiner._kafka(BenchReport("joiner", params={}), [], 0, tmp_path)
+
+
+def test_kafka_part_is_skipped_without_the_kafka_client(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # import fails as when not installed
+    monkeypatch.setattr(broker, "find_tansu", lambda: tmp_path)
+    report = BenchReport("joiner", params={})
+    bench_joiner._kafka(report, [], 0, tmp_path)
+    assert len(report.notes) == 1 and report.notes[0].startswith("kafka: skipped") and not report.figures

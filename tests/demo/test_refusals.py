@@ -26,4 +26,8 @@ def test_a_taken_port_is_refused_before_the_warm_start(tmp_path):
         cfg = DemoConfig.from_dict({"runs_dir": str(tmp_path / "runs"), "port": port})
         with pytest.raises(StateError, match=f"port {port} is in use"):
             run_demo(cfg)
+        # the port the server will really bind: a serve override wins over --port
+        cfg = DemoConfig.from_dict({"runs_dir": str(tmp_path / "runs"), "port": 0, "serve": [f"port={port}"]})
+        with pytest.raises(StateError, match=f"port {port} is in use"):
+            run_demo(cfg)
     assert not (tmp_path / "runs").exists()

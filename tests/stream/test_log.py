@@ -215,6 +215,25 @@ def test_topics_and_partitions(log):
     assert [len(read_all(log, t, p)) for p in range(5)] == [1, 2, 3, 4, 5]
 
 
+def test_ensure_topic_creates_once_and_keeps_an_existing_count(log, monkeypatch):
+    t = new_topic()
+    assert log.ensure_topic(t, 3) == (3, True)
+    assert log.ensure_topic(t, 1) == (3, False)  # exists: keeps its count
+    assert log.partitions(t) == 3
+    with pytest.raises(InputError, match="not a valid name"):
+        log.ensure_topic("a b")
+    # another process creates it between the check and the creation, with another count
+    raced = new_topic()
+    create = type(log).create_topic
+
+    def late(self, topic, partitions=1):
+        create(self, topic, 2)  # the other process wins
+        create(self, topic, partitions)  # ours: exists with 2, not 4
+
+    monkeypatch.setattr(type(log), "create_topic", late)
+    assert log.ensure_topic(raced, 4) == (2, False)
+
+
 def _bad_calls(t: str) -> list[tuple[str, object, str]]:
     """(description, call, the words the error must contain)."""
     return [

@@ -54,6 +54,17 @@ def test_initializer_is_a_pure_function_of_seed_and_id(kind, dim):
         assert not np.array_equal(ea, c.lookup(EXTREMES, train=True, now=0))
 
 
+@pytest.mark.parametrize("kind", ["uniform", "normal", "truncated_normal"])
+def test_initializer_values_do_not_depend_on_dim_or_on_which_pass_draws_them(kind):
+    """Value j of a row is the same at every dim, bit for bit: a row of 32 is drawn in one pass,
+    a row of 33 or 64 in two (the table chooses by dim), and they must agree."""
+    init = InitializerConfig(type=kind, low=-0.1, high=0.3, mean=0.5, std=0.2)
+    ids = np.concatenate([EXTREMES, np.arange(2_000)])
+    rows = {d: EmbeddingTable(dim=d, initializer=init, seed=3).lookup(ids, train=True, now=0) for d in (8, 32, 33, 64)}
+    for d in (8, 32, 33):
+        np.testing.assert_array_equal(rows[d].view(np.uint32), rows[64][:, :d].view(np.uint32))
+
+
 def test_initializer_statistics():
     t = EmbeddingTable(dim=8, initializer=InitializerConfig(type="normal", mean=0.0, std=0.5))
     e = t.lookup(np.arange(20_000), train=True, now=0)

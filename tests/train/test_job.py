@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, DataError
 from freshrec.train.job import DataSource, TrainJobConfig, load_dataset, run_train_job
 from freshrec.train.trainer import Trainer
 
@@ -39,6 +39,12 @@ def test_criteo_job_without_item_slot_reads_the_shared_set_by_default(data_dir, 
     assert [r["model"] for r in res.rows] == ["dcn", "lr"]
     assert res.train_examples + res.test_examples > 0
     assert res.rows[0]["auc"] > 0.6
+
+
+def test_a_missing_default_data_set_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRESHREC_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"nowhere.*ml-100k.*set FRESHREC_DATA"):
+        load_dataset(DataSource())
 
 
 def test_table_format_needs_a_path_and_a_mapping():

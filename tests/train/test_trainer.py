@@ -208,13 +208,22 @@ def test_save_replaces_only_a_model_directory(tmp_path):
     (tmp_path / "file.txt").write_text("also important")
     ps_snap = tmp_path / "ps-snap"
     a.ps.save(ps_snap)  # another format of ours
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "manifest.json").write_text("my own notes, not JSON")
     for target, match in ((notes, "no manifest.json"), (tmp_path / "file.txt", "is not a model directory"),
-                          (ps_snap, "freshrec.ps directory")):  # fmt: skip
+                          (ps_snap, "freshrec.ps directory"), (torn, "unreadable"),
+                          (tmp_path / "file.txt" / "m", "file.txt is not a writable directory")):  # fmt: skip
         with pytest.raises(InputError, match=match):
             a.save(target)
     assert (notes / "todo.txt").read_text() == "important" and (tmp_path / "file.txt").read_text() == "also important"
+    assert (torn / "manifest.json").read_text() == "my own notes, not JSON"
     assert Trainer.load(tmp_path / "empty").counters.steps == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "m", "notes", "ps-snap"]  # no temp left
+    (tmp_path / "link").symlink_to(tmp_path / "m")  # a link to a model directory: the link is replaced
+    a.save(tmp_path / "link")
+    assert not (tmp_path / "link").is_symlink() and Trainer.load(tmp_path / "m").counters.steps == 1
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["empty", "file.txt", "link", "m", "notes", "ps-snap", "torn"]  # no temp or old copy left
     with pytest.raises(InputError, match="not a parameter-server snapshot"):
         a.ps.save(notes / "todo.txt")
     a.close()

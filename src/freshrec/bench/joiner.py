@@ -270,6 +270,8 @@ def run(*, quick: bool = False, seed: int = 0, kafka: bool = True) -> BenchRepor
 
 def _kafka(report: BenchReport, batches: list, n: int, work: Path) -> None:
     try:  # the kafka extra is optional: without it the embedded figures stand alone
+        import confluent_kafka  # noqa: F401  (the client the Kafka log needs)
+
         from freshrec.stream.broker import LocalBroker, find_tansu
 
         find_tansu()

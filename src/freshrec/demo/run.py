@@ -99,7 +99,7 @@ def _append(log, events) -> None:  # type: ignore[no-untyped-def]
             log.append(topic, encode(part))
 
 
-def _check_port_free(port: int) -> None:
+def _check_port_free(host: str, port: int) -> None:
     """The replica's port must be free now: finding out after the warm start wastes it and
     leaves a run directory behind. (Another process may still take it in between: the
     replica's own start then fails as before.)"""
@@ -108,7 +108,7 @@ def _check_port_free(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError as exc:
             raise StateError(f"port {port} is in use ({exc.strerror}): stop what holds it, or pass --port "
                              "(0 = any free port)") from None  # fmt: skip
@@ -143,7 +143,7 @@ def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = N
     # everything that can refuse the run does so before anything is written
     online = online_config(config, run_dir)
     serve = serve_config(config, run_dir, online)
-    _check_port_free(config.port)
+    _check_port_free(serve.host, serve.port)  # as the server will bind, after any serve override
     if resume is None:
         run_dir.mkdir(parents=True, exist_ok=False)
         _write_json(run_dir / "demo.json", config.model_dump(mode="json"))

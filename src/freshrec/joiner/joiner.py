@@ -127,8 +127,8 @@ class Joiner:
             for p in range(log.partitions(topic)):
                 self._sources.append(_Source(len(self._sources), topic, p))
         self._out_parts = {
-            cfg.examples_topic: self._ensure_topic(cfg.examples_topic, cfg.examples_partitions),
-            cfg.dead_letter_topic: self._ensure_topic(cfg.dead_letter_topic, 1),
+            cfg.examples_topic: log.ensure_topic(cfg.examples_topic, cfg.examples_partitions)[0],
+            cfg.dead_letter_topic: log.ensure_topic(cfg.dead_letter_topic, 1)[0],
         }
         self._parquet = ParquetSink(cfg.parquet_dir) if cfg.parquet_dir is not None else None
         self._parquet_buffer: list[Example] = []
@@ -150,13 +150,6 @@ class Joiner:
             raise
 
     # ---- opening -----------------------------------------------------------------------------
-
-    def _ensure_topic(self, topic: str, partitions: int) -> int:
-        try:
-            return self.log.partitions(topic)
-        except InputError:
-            self.log.create_topic(topic, partitions)
-            return partitions
 
     def _binding(self) -> dict[str, Any]:
         data = self.config.model_dump(mode="json", include=set(_BINDING))

@@ -31,7 +31,7 @@ import numpy as np
 
 from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes
-from freshrec.errors import CorruptionError, InputError, StateError
+from freshrec.errors import CorruptionError, StateError
 from freshrec.features import Batch
 from freshrec.joiner import Joiner, decode_examples, examples_to_columns
 from freshrec.online.checkpoint import CheckpointStore
@@ -69,13 +69,11 @@ class OnlinePipeline:
         if list(self.spec.labels) != list(config.joiner.labels):
             raise StateError(f"the spec's labels {self.spec.labels} must be the joiner's {config.joiner.labels}")
         self.log = open_log(config.log)
-        for topic in config.joiner.input_topics:
-            try:
-                self.log.partitions(topic)
-            except InputError:  # no such topic: a first start on an empty cluster
-                log.warning("input topic %r does not exist: created with %d partition(s); nothing has "
-                            "written to it yet", topic, config.input_partitions)  # fmt: skip
-                self.log.create_topic(topic, config.input_partitions)
+        for topic in config.joiner.input_topics:  # a first start on an empty cluster
+            if self.log.ensure_topic(topic, config.input_partitions)[1]:
+                log.warning("input topic %r did not exist: created with %d partition(s); nothing has written "
+                            "to it yet (check joiner.input_topics if a producer uses another name)",
+                            topic, config.input_partitions)  # fmt: skip
         self.joiner = Joiner(self.log, config.joiner)
         self.topic = config.joiner.examples_topic
         self.checkpoints = CheckpointStore(config.checkpoint_dir, config.keep_checkpoints)

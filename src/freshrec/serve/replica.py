@@ -142,7 +142,7 @@ class Replica:
         if self.log is None:
             self.log = open_log(c.log)
         for topic in (c.topics.impressions, c.topics.actions, c.topics.items):
-            self._ensure_topic(topic)
+            self.log.ensure_topic(topic, c.topics.partitions)
         self.writer = EventWriter(self.log)
         if c.tail_items:
             self.tailer = ItemTailer(self.log, c.topics.items, self.items)
@@ -183,13 +183,6 @@ class Replica:
             _SWITCH.release(self._switched)
             self._switched = None
         self.state = ReplicaState.STOPPED
-
-    def _ensure_topic(self, topic: str) -> None:
-        assert self.log is not None
-        try:
-            self.log.partitions(topic)
-        except InputError:  # no such topic
-            self.log.create_topic(topic, self.config.topics.partitions)
 
     def refresh_item_vectors(self) -> None:
         """Rebuild every arm's item vectors whose catalog or retriever changed, now (the

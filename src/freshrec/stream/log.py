@@ -149,6 +149,20 @@ class EventLog(ABC):
         with self._call("create a topic"):
             self._create_topic(topic, partitions)
 
+    def ensure_topic(self, topic: str, partitions: int = 1) -> tuple[int, bool]:
+        """``(partition count, created)``: create ``topic`` with ``partitions`` partitions unless
+        it exists (an existing topic keeps its own count, also when another process creates it
+        between the check and the creation)."""
+        try:
+            return self.partitions(topic), False
+        except InputError:  # no such topic (or a bad name, which create_topic reports again)
+            pass
+        try:
+            self.create_topic(topic, partitions)
+        except InputError:
+            return self.partitions(topic), False  # created meanwhile with another count
+        return partitions, True
+
     def partitions(self, topic: str) -> int:
         """The number of partitions of ``topic``; :class:`InputError` if it does not exist."""
         _check_topic(topic)

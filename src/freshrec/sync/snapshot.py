@@ -274,7 +274,8 @@ def served_model_from_snapshot(
     if not candidates:
         raise SyncError(
             f"no snapshot under {path} yet: a replica starts from one, and `freshrec online` (the "
-            "publisher) writes the first as it starts: start it first, with the same snapshot_dir"
+            "publisher) writes the first as it starts: start it first, with the same snapshot_dir "
+            "(or check the path)"
         )
     failure: CorruptionError | None = None
     for candidate in candidates:

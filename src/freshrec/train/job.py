@@ -31,7 +31,7 @@ from freshrec.data import (
     load_open_bandit,
     load_table_file,
 )
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, DataError
 from freshrec.features import FeatureSpec
 from freshrec.models import DeepFMConfig, LRConfig, ModelConfig
 from freshrec.ps import PSConfig
@@ -114,7 +114,12 @@ def load_dataset(source: DataSource, spec: FeatureSpec | None = None) -> Dataset
         if source.path is None:
             raise ConfigError("data.format 'table' needs data.path (the Parquet or CSV file)")
         return load_table_file(source.path, source.mapping)
-    path = source.path if source.path is not None else default_data(DEFAULT_DATASETS[source.format])
+    path = source.path
+    if path is None:
+        path = default_data(DEFAULT_DATASETS[source.format])
+        if not Path(path).exists():
+            raise DataError(f"{path}: no such file or folder (the default data set: set FRESHREC_DATA to the "
+                            "folder holding it, or pass --data)")  # fmt: skip
     if source.format == "movielens":
         return load_movielens(path, spec)
     if source.format == "criteo":
