@@ -3,6 +3,8 @@ snapshots round-trip (also into another shard count), and lifecycle errors name 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -184,3 +186,20 @@ def test_bad_calls_and_lifecycle():
     ps.close()  # idempotent
     with pytest.raises(StateError, match="cannot pull: the parameter server is closed"):
         ps.pull("user", [1])
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_a_refused_pull_admits_nothing_in_any_table_or_shard(shards):
+    """Every table's input is checked before any shard admits a row: a bad count in the second
+    table (or at the end of a sharded one) used to leave the first table's rows admitted."""
+    ps = LocalPS([TableConfig(name="a", dim=4), TableConfig(name="b", dim=4)], PSConfig(num_shards=shards))
+    bad = np.ones(10_000, np.int64)
+    bad[-1] = 0
+    for call in (lambda: ps.pull_many({"a": [1, 2], "b": [3]}, train=True, now=0, counts={"a": [1, 1], "b": [0]}),
+                 lambda: ps.pull("a", np.arange(10_000), train=True, now=0, counts=bad),
+                 lambda: ps.pull_many({"a": [1], "b": [2]}, train=True, now=time.time_ns())):  # fmt: skip
+        with pytest.raises(InputError, match=r"counts must be 1 integers|counts must be 10000 integers|seconds"):
+            call()
+    assert {t: s.rows for t, s in ps.stats().items()} == {"a": 0, "b": 0}
+    assert all(s.lookups == 0 for s in ps.stats().values())
+    ps.close()

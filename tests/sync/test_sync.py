@@ -12,7 +12,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from freshrec.errors import ConfigError, SyncError
+from freshrec.errors import ConfigError, InputError, SyncError
 from freshrec.features import Batch, Jagged
 from freshrec.models import DCNConfig, build_model
 from freshrec.ps import LocalPS, PSConfig
@@ -282,6 +282,28 @@ def test_heartbeats_advance_the_version_when_nothing_changed(elog, tmp_path):
     assert (beat.rows, beat.removed, beat.parts) == (0, 0, 1) and beat.bytes < 400
     sub.poll()
     assert state.sparse_version == beat.version == 2
+
+
+def test_bad_publication_times_are_refused_before_anything_is_drained(elog, tmp_path):
+    """A bad event time once lost the drained changes and then broke every later publication."""
+    import datetime
+
+    w = World(elog, config(tmp_path))
+    state, sub = w.replica()
+    w.pub.publish_sparse(full=True)
+    w.driver.step()
+    pending = {t: st.pending_changes for t, st in w.ps.stats().items()}
+    assert sum(pending.values()) > 0
+    for kw, match in (({"event_time": datetime.datetime.now()}, "event_time"), ({"event_time": float("nan")}, "event_time"),
+                      ({"newest_arrival_ms": "abc"}, "newest_arrival_ms"), ({"newest_arrival_ms": -5}, "newest_arrival_ms")):  # fmt: skip
+        for call in (w.pub.publish_sparse, w.pub.publish_dense, w.pub.note):
+            with pytest.raises(InputError, match=match):
+                call(**kw)
+    assert {t: st.pending_changes for t, st in w.ps.stats().items()} == pending  # nothing taken from the PS
+    w.pub.publish_sparse(event_time=100.0, newest_arrival_ms=np.int64(5))  # and later calls work
+    w.pub.snapshot()
+    sub.poll()
+    assert_same_rows(w.ps, state.ps)
 
 
 def test_a_restarted_publisher_continues_versions_and_resets_replicas_with_a_full_delta(elog, tmp_path):

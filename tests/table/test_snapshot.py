@@ -72,6 +72,15 @@ def test_overwrite_is_explicit_and_atomic(tmp_path):
     t.save(tmp_path / "t", overwrite=True)
     assert 123456789 in EmbeddingTable.load(tmp_path / "t")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no temp or aside dirs left
+    # overwrite replaces an earlier table snapshot only: not a folder of other files, nor a file
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("x")
+    (tmp_path / "a_file").write_text("y")
+    for target in (tmp_path / "notes", tmp_path / "a_file", tmp_path / "a_file" / "t"):
+        with pytest.raises(InputError, match=r"not a table snapshot|not a writable directory"):
+            t.save(target, overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "x" and (tmp_path / "a_file").read_text() == "y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "notes", "t"]
 
 
 def test_crash_between_renames_recovers_the_set_aside_copy(tmp_path):

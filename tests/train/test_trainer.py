@@ -4,6 +4,7 @@ model directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -227,6 +228,27 @@ def test_save_replaces_only_a_model_directory(tmp_path):
     with pytest.raises(InputError, match="not a parameter-server snapshot"):
         a.ps.save(notes / "todo.txt")
     a.close()
+
+
+def test_a_batch_of_another_spec_is_refused_before_the_ps_sees_it():
+    """A batch with an extra dense column used to admit its IDs, then crash in the model."""
+    tr = Trainer(SPEC, LRConfig())
+    good = synthetic(32, 0)
+    extra_dense = dataclasses.replace(good, dense=np.ones((32, 2), np.float32))
+    no_tags = dataclasses.replace(good, sparse={k: v for k, v in good.sparse.items() if k != "tags"})
+    bad_labels = dataclasses.replace(good, labels=np.full((32, 1), 5.0, np.float32))
+    for batch, match in ((extra_dense, "2 dense columns"), (no_tags, r"lacks slots \['tags'\]"),
+                         ({"user": [1]}, "expected a Batch"), (bad_labels, r"labels must be in \[0, 1\]")):  # fmt: skip
+        with pytest.raises(InputError, match=match):
+            tr.step(batch)
+    with pytest.raises(InputError, match="2 dense columns"):
+        tr.predict(extra_dense)
+    assert all(st.rows == 0 and st.lookups == 0 for st in tr.ps.stats().values()) and tr.counters.steps == 0
+    empty = synthetic(0, 0)
+    assert tr.step(empty).probs.shape == (0, 1) and tr.counters.steps == 0  # a no-op, not an error
+    tr.step(good)
+    assert tr.counters.steps == 1
+    tr.close()
 
 
 def test_closed_trainer_refuses_work():

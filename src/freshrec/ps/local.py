@@ -29,6 +29,7 @@ from freshrec.ps.base import ParameterServer, PSChanges
 from freshrec.ps.config import PSConfig
 from freshrec.table import EmbeddingTable, TableChanges, TableConfig, TableExport, TableStats
 from freshrec.table._kernels import all_finite
+from freshrec.table.table import check_counts, to_ms
 
 __all__ = ["LocalPS", "shard_of"]
 
@@ -183,16 +184,24 @@ class LocalPS(ParameterServer):
         now: float | None = None,
         counts: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
-        if train and now is None:
-            raise InputError("a training pull needs the event time: pull(..., train=True, now=t)")
+        if train:
+            if now is None:
+                raise InputError("a training pull needs the event time: pull(..., train=True, now=t)")
+            to_ms(now)  # refused here, before any shard of any table admits a row
         outs: dict[str, np.ndarray] = {}
-        jobs = []
-        for table, raw in ids.items():
+        prepared = []
+        for table, raw in ids.items():  # every table's input checked before any is touched
             keys = _ids(raw)
             outs[table] = np.empty((keys.shape[0], self._configs[self._table(table, "pull")].dim), np.float32)
-            occ = None if counts is None or counts.get(table) is None else np.asarray(counts[table])
-            if occ is not None and occ.shape != keys.shape:
-                raise InputError(f"table {table!r}: counts must align with ids, got {occ.shape} for {keys.shape}")
+            occ = None
+            if counts is not None and counts.get(table) is not None:
+                try:
+                    occ = check_counts(counts[table], keys)
+                except InputError as exc:
+                    raise InputError(f"table {table!r}: {exc}; nothing was pulled") from None
+            prepared.append((table, keys, occ))
+        jobs = []
+        for table, keys, occ in prepared:
             jobs += self._pull_jobs(table, keys, train, now, outs[table], occ)
         self._run(jobs, sum(o.shape[0] for o in outs.values()))
         return outs

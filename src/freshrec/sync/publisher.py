@@ -24,6 +24,8 @@ Choices:
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +38,7 @@ import torch
 from pydantic import TypeAdapter
 
 from freshrec._faults import crash_point
-from freshrec.errors import ConfigError, FreshrecError, SchemaError
+from freshrec.errors import ConfigError, FreshrecError, InputError, SchemaError
 from freshrec.models import ModelConfig
 from freshrec.ps import ParameterServer
 from freshrec.stream import EventLog
@@ -81,6 +83,22 @@ class PublisherStats:
 
 def _max(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else max(a, b)
+
+
+def _check_times(event_time: Any, newest_arrival_ms: Any) -> tuple[float | None, int | None]:
+    """The two publication times as float seconds and int ms, or :class:`InputError` before
+    anything is drained (a bad value once lost the drained changes and stuck in every later
+    publication)."""
+    if event_time is not None:
+        if isinstance(event_time, bool) or not isinstance(event_time, numbers.Real) or not math.isfinite(event_time):
+            raise InputError(f"event_time must be finite event-time seconds (a float), got {event_time!r}")
+        event_time = float(event_time)
+    if newest_arrival_ms is not None:
+        ok = isinstance(newest_arrival_ms, numbers.Real) and not isinstance(newest_arrival_ms, bool)
+        if not ok or not math.isfinite(newest_arrival_ms) or newest_arrival_ms < 0:
+            raise InputError(f"newest_arrival_ms must be wall-clock milliseconds >= 0, got {newest_arrival_ms!r}")
+        newest_arrival_ms = int(newest_arrival_ms)
+    return event_time, newest_arrival_ms
 
 
 class Publisher:
@@ -205,10 +223,11 @@ class Publisher:
     def note(self, *, event_time: float | None = None, newest_arrival_ms: int | None = None) -> None:
         """Record what was trained since the last publication: the newest event time, and the wall
         clock (ms) at which the newest action trained on reached the system."""
+        event_time, newest_arrival_ms = _check_times(event_time, newest_arrival_ms)
         with self._lock:
             for pending in self._pending.values():
                 pending[0] = _max(pending[0], event_time)
-                pending[1] = _max(pending[1], None if newest_arrival_ms is None else int(newest_arrival_ms))
+                pending[1] = _max(pending[1], newest_arrival_ms)
 
     # ---- sparse --------------------------------------------------------------------------------
     def publish_sparse(

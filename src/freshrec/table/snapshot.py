@@ -28,6 +28,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from freshrec._io import (
+    check_replaceable,
     checksum_bytes,
     checksum_file,
     recover_dir,
@@ -67,6 +68,7 @@ def save_table(table: EmbeddingTable, path: str | Path, *, overwrite: bool = Fal
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; pass overwrite=True to replace it")
+    check_replaceable(path, FORMAT, "table snapshot")  # overwrite replaces an earlier snapshot, nothing else
     files: list[dict[str, Any]] = []
     with temp_dir_beside(path) as tmp, table._lock.read():
         live = int(table._ctr[K.C_LIVE])

@@ -112,13 +112,28 @@ class TableStats:
         return dict(self.__dict__)
 
 
-def _to_ms(now: float | int, what: str = "now") -> int:
+MAX_EVENT_TIME = 9e15  # seconds: int64 milliseconds reach 9.2e15; past it a time is nanoseconds by mistake
+
+
+def to_ms(now: float | int, what: str = "now") -> int:
     if isinstance(now, (bool, np.bool_)) or not isinstance(now, (int, float, np.integer, np.floating)):
         raise InputError(f"{what} must be an event time in seconds, got {type(now).__name__}")
     x = float(now)
     if not np.isfinite(x):
         raise InputError(f"{what} must be finite, got {x}")
+    if abs(x) > MAX_EVENT_TIME:
+        raise InputError(f"{what} must be an event time in seconds, got {now!r} (nanoseconds?)")
     return round(x * 1000.0)
+
+
+def check_counts(counts: Any | None, keys: np.ndarray) -> np.ndarray:
+    """Occurrence counts for a training lookup of ``keys`` (empty = one each), or InputError."""
+    if counts is None:
+        return np.zeros(0, np.int64)
+    occ = np.asarray(counts)
+    if occ.shape != keys.shape or (occ.size and (occ.dtype.kind not in "iu" or occ.min() < 1)):
+        raise InputError(f"counts must be {keys.shape[0]} integers >= 1 (one per ID), got {occ.dtype} {occ.shape}")
+    return np.ascontiguousarray(occ, dtype=np.int64)
 
 
 class EmbeddingTable:
@@ -289,7 +304,7 @@ class EmbeddingTable:
         if train:
             if now is None:
                 raise InputError("a training lookup needs the event time: lookup(ids, train=True, now=t)")
-            self._find_or_insert(keys, _to_ms(now), out, True, self._counts(counts, keys))
+            self._find_or_insert(keys, to_ms(now), out, True, check_counts(counts, keys))
             return out
         with self._lock.read():
             hits = K.lookup_infer(self._slots, self._cap, self._data, keys, out,
@@ -299,20 +314,12 @@ class EmbeddingTable:
             self._ctr[K.C_HITS] += hits
         return out
 
-    def _counts(self, counts: Any | None, keys: np.ndarray) -> np.ndarray:
-        if counts is None:
-            return np.zeros(0, np.int64)
-        occ = np.asarray(counts)
-        if occ.shape != keys.shape or (occ.size and (occ.dtype.kind not in "iu" or occ.min() < 1)):
-            raise InputError(f"counts must be {keys.shape[0]} integers >= 1 (one per ID), got {occ.dtype} {occ.shape}")
-        return np.ascontiguousarray(occ, dtype=np.int64)
-
     def find_or_insert(self, ids: Any, *, now: float) -> np.ndarray:
         """Row handles of ``ids`` after admission (-1 where filtered, or evicted by ``max_rows``
         later in the same call), as a training lookup without copying embeddings. Handles are
         valid until the next removal or growth."""
         keys = self._ids(ids)
-        return self._find_or_insert(keys, _to_ms(now), np.empty((0, self.dim), np.float32), False,
+        return self._find_or_insert(keys, to_ms(now), np.empty((0, self.dim), np.float32), False,
                                     np.zeros(0, np.int64))  # fmt: skip
 
     def _find_or_insert(
@@ -384,7 +391,7 @@ class EmbeddingTable:
         Returns the number of rows updated."""
         keys = self._ids(ids)
         g = self._rows_values(grads, keys.shape[0], self.dim, "grads")
-        now_ms = _to_ms(now)
+        now_ms = to_ms(now)
         if not K.all_finite(g):
             with self._stat_lock:  # outside the table lock: concurrent rejections must all count
                 self._ctr[K.C_NONFINITE] += 1
@@ -431,7 +438,7 @@ class EmbeddingTable:
             if ts.shape != (n,):
                 raise InputError(f"last_seen must have shape ({n},), got {ts.shape}")
         else:
-            ts = np.full(n, 0 if now is None else _to_ms(now), np.int64)
+            ts = np.full(n, 0 if now is None else to_ms(now), np.int64)
         if counts is not None:
             cnt = np.ascontiguousarray(counts, dtype=np.int64)
             if cnt.shape != (n,) or (n and cnt.min() < 0):
@@ -497,7 +504,7 @@ class EmbeddingTable:
     def expire(self, now: float) -> np.ndarray:
         """Remove rows unseen for more than ``ttl`` seconds of event time before ``now``;
         returns their IDs. A table without ``ttl`` expires nothing."""
-        now_ms = _to_ms(now)
+        now_ms = to_ms(now)
         if self._ttl_ms is None:
             return np.zeros(0, np.int64)
         with self._lock.write():

@@ -19,12 +19,13 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from freshrec.errors import ConfigError, StateError
+from freshrec.errors import ConfigError, InputError, StateError
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import ModelConfig, RecModel, build_model
 from freshrec.ps import LocalPS, ParameterServer, PSConfig
@@ -103,14 +104,32 @@ class Trainer:
         if self.state is not TrainerState.READY:
             raise StateError(f"cannot {what}: the trainer is {self.state.value}")
 
+    def _check_batch(self, batch: Any, what: str) -> None:
+        """A batch of another spec is refused before the PS sees it (its pull would admit IDs)."""
+        if not isinstance(batch, Batch):
+            raise InputError(f"cannot {what}: expected a Batch (FeatureSpec.encode), got {type(batch).__name__}")
+        missing = [s for s in self.spec.slot_names if s not in batch.sparse]
+        if missing:
+            raise InputError(f"cannot {what}: the batch lacks slots {missing} of the trainer's spec")
+        if batch.dense.shape[1] != len(self.spec.dense):
+            raise InputError(f"cannot {what}: the batch has {batch.dense.shape[1]} dense columns, the trainer's spec "
+                             f"{len(self.spec.dense)} ({self.spec.dense_names})")  # fmt: skip
+
     # ---- one step ------------------------------------------------------------------------------
     def step(self, batch: Batch, *, progressive: bool = False) -> StepResult:
         """Train on one batch (event time = its newest example)."""
         self._check("step")
+        self._check_batch(batch, "step")
         if batch.labels.shape[1] != len(self.tasks):
             raise ConfigError(f"batch has {batch.labels.shape[1]} label columns, the model has tasks {self.tasks}")
+        if batch.size == 0:  # nothing to learn from, and no event time to pull at: a no-op
+            return StepResult(float("nan"), np.zeros((0, len(self.tasks)), np.float32))
+        finite_labels = batch.labels[np.isfinite(batch.labels)]
+        if finite_labels.size and (finite_labels.min() < 0 or finite_labels.max() > 1):
+            raise InputError("labels must be in [0, 1] (the loss is binary cross-entropy), got values in "
+                             f"[{finite_labels.min():g}, {finite_labels.max():g}]")  # fmt: skip
         t0 = time.perf_counter()
-        now = float(batch.event_time.max()) if batch.size else self.counters.last_event_time
+        now = float(batch.event_time.max())
         if not (
             np.isfinite(batch.dense).all() and np.isfinite(batch.labels).all() and np.isfinite(batch.weights).all()
         ):
@@ -184,6 +203,7 @@ class Trainer:
     def predict(self, batch: Batch) -> np.ndarray:
         """Probabilities ``(B, T)``, log-odds corrected; reads the PS without changing it."""
         self._check("predict")
+        self._check_batch(batch, "predict")
         self.model.eval()
         pulled = self.sparse.pull(batch, train=False)
         logits = self.model(pulled.pooled, torch.from_numpy(batch.dense))
