@@ -28,6 +28,7 @@ __all__ = [
     "fsync_dir",
     "read_manifest",
     "recover_dir",
+    "remove_temp_dirs",
     "replace_dir",
     "sqlite_errors",
     "temp_dir_beside",
@@ -88,6 +89,17 @@ def temp_dir_beside(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_temp_dirs(root: Path, name_glob: str) -> list[Path]:
+    """Remove what :func:`temp_dir_beside` left under ``root`` for names matching ``name_glob``
+    when a writer died mid-write (each holds a whole unfinished copy). Only for a root with one
+    writer, called before it writes: another writer's work in progress would go too."""
+    gone = []
+    for p in root.glob(f".{name_glob}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+        gone.append(p)
+    return gone
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

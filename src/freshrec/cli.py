@@ -253,7 +253,10 @@ def online(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Joiner + online trainers + sync publisher, reading the event log (resumes from its checkpoints)."""
+    """Joiner + online trainers + sync publisher, reading the event log (resumes from its checkpoints).
+    Ctrl-C or SIGTERM (how systemd, Docker and Kubernetes stop a process) ends it with a final
+    checkpoint."""
+    import signal
     import threading
 
     from rich.console import Console
@@ -271,12 +274,15 @@ def online(
     if pipeline.restored_from is not None:
         console.print(f"resumed from {pipeline.restored_from}")
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a redeploy is a clean stop, not a crash
     try:
         with Live(console=console, refresh_per_second=2) as live:
             end = None if duration is None else pipeline.clock() + duration
-            while end is None or pipeline.clock() < end:
+            while (end is None or pipeline.clock() < end) and not stop.is_set():
                 pipeline.run(stop=stop, duration_s=1.0)
                 live.update(_online_line(pipeline.status()))
+        if stop.is_set():
+            console.print("stopping (SIGTERM): final checkpoint")
     except KeyboardInterrupt:
         console.print("stopping: final checkpoint")
     finally:

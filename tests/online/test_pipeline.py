@@ -174,8 +174,10 @@ def test_metrics_port_serves_the_training_side(tmp_path, stream):
         p.round()
     body = urllib.request.urlopen(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=10).read().decode()
     for name in ("freshrec_train_examples_total", "freshrec_train_progressive", "freshrec_table",
-                 "freshrec_sync_published_version", "freshrec_joiner_events_in"):  # fmt: skip
+                 "freshrec_sync_published_version", "freshrec_joiner_events_in", "freshrec_train_examples_lag"):  # fmt: skip
         assert name in body, name
+    lag = next(line for line in body.splitlines() if line.startswith("freshrec_joiner_lag_records"))
+    assert float(lag.split()[-1]) == p.last_status["joiner"]["lag_records"] >= 0  # it read -1 (never measured)
     assert 'freshrec_table{table="item_id",what="filtered"}' in body
     p.close(checkpoint=False)
 
@@ -219,3 +221,25 @@ def test_a_first_start_on_an_empty_log_creates_the_input_topics_and_a_first_snap
         q = OnlinePipeline(cfg)  # the topics exist now: no warning, counts kept
         q.close(checkpoint=False)
     assert "did not exist" not in caplog.text
+
+
+def test_unfinished_checkpoints_and_snapshots_of_a_crash_are_removed_at_start(tmp_path, stream):
+    """kill -9 mid-write leaves a hidden temp folder (a whole unfinished copy): each start used to
+    keep it, leaking a checkpoint's worth of disk per crash."""
+    run = fresh_run(tmp_path, stream, "t")
+    p = OnlinePipeline(config(run))
+    p.round()
+    p.close()  # writes a checkpoint and the first snapshots
+    torn_ckpt = run / "checkpoints" / ".ckpt-000099.tmp-deadbeef"
+    torn_snap = run / "snapshots" / "rank" / ".snapshot-000000000099.tmp-deadbeef"
+    for d in (torn_ckpt, torn_snap):
+        d.mkdir(parents=True)
+        (d / "dense.safetensors").write_bytes(b"half")
+    keep = run / "checkpoints" / "notes"
+    keep.mkdir()
+    q = OnlinePipeline(config(run))
+    try:
+        assert not torn_ckpt.exists() and not torn_snap.exists() and keep.exists()
+        assert q.restored_from is not None
+    finally:
+        q.close(checkpoint=False)

@@ -132,6 +132,27 @@ def test_port_zero_writes_the_bound_port_over_a_stale_port_file(model_dirs, tmp_
     assert not port_file.exists()  # removed when the server stopped
 
 
+def test_serve_removes_a_stale_port_file_before_loading_the_models(tmp_path, monkeypatch):
+    """A crashed run's port file must be gone while the models load (a supervisor reading it
+    then would get a dead port)."""
+    from freshrec.serve import ServeConfig, server
+
+    port_file = tmp_path / "server.port"
+    port_file.write_text("8000\n")
+    seen = []
+
+    def loading(config, registry):
+        seen.append(port_file.exists())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(server, "load_arms", loading)
+    config = ServeConfig.from_dict({"port": 0, "port_file": str(port_file), "log": {"path": str(tmp_path / "log")},
+                                    "arms": [{"name": "a", "model_dir": str(tmp_path)}]})  # fmt: skip
+    with pytest.raises(RuntimeError, match="stop here"):
+        server.serve(config)
+    assert seen == [False]
+
+
 def test_a_port_file_that_cannot_be_written_is_refused_before_serving(model_dirs, tmp_path):
     from freshrec.errors import ConfigError
     from freshrec.serve import BackgroundServer, ServeConfig, load_states

@@ -19,6 +19,7 @@ torn checkpoint is never loaded, not even in part.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from freshrec._faults import crash_point
-from freshrec._io import atomic_write_bytes, replace_dir, temp_dir_beside, write_durable
+from freshrec._io import atomic_write_bytes, remove_temp_dirs, replace_dir, temp_dir_beside, write_durable
 from freshrec.errors import CorruptionError
 
 __all__ = ["CheckpointStore"]
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"ckpt-(\d{6,})")
 MANIFEST = "manifest.json"
@@ -41,6 +44,8 @@ class CheckpointStore:
         self.root = Path(root)
         self.keep = keep
         self.root.mkdir(parents=True, exist_ok=True)
+        for p in remove_temp_dirs(self.root, "ckpt-*"):  # one pipeline per run directory, so a crash's
+            log.warning("removed %s, a checkpoint a crash left unfinished", p)
 
     def _all(self) -> list[tuple[int, Path]]:
         found = []

@@ -51,6 +51,8 @@ class OnlineConfig(Config):
         status_interval_s: seconds of wall clock between status records (``status.json`` and
             ``timeline.jsonl`` in ``run_dir``), the dashboard's and report's source.
         metrics_port: serve Prometheus metrics on this port (None = off, 0 = any free port).
+        metrics_host: the address ``metrics_port`` binds: loopback by default; ``0.0.0.0`` (or
+            this host's address) for a Prometheus server on another machine.
     """
 
     run_dir: Path = Path("runs/online")
@@ -70,6 +72,7 @@ class OnlineConfig(Config):
     max_batch_wait_s: float = Field(1.0, gt=0)
     status_interval_s: float = Field(2.0, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _derive_paths(self) -> OnlineConfig:

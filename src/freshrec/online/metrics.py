@@ -41,6 +41,9 @@ class PipelineCollector(Collector):
                                 value=st["examples_per_s"])  # fmt: skip
         yield CounterMetricFamily("freshrec_train_skipped_nonfinite", "Steps skipped for NaN/Inf",
                                   value=st["skipped_nonfinite"])  # fmt: skip
+        if _ok(st.get("examples_lag")):
+            yield GaugeMetricFamily("freshrec_train_examples_lag", "Examples in the log not yet trained on",
+                                    value=st["examples_lag"])  # fmt: skip
         if _ok(st.get("event_time")):
             yield GaugeMetricFamily("freshrec_train_event_time_seconds", "Newest event time trained on",
                                     value=st["event_time"])  # fmt: skip

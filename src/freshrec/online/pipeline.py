@@ -270,9 +270,18 @@ class OnlinePipeline:
 
         registry = CollectorRegistry()
         registry.register(PipelineCollector(lambda: self.last_status))
-        registry.register(prometheus_collector(lambda: self.joiner.metrics(lag=False)))
-        self.metrics_server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+        registry.register(prometheus_collector(self._joiner_metrics))
+        self.metrics_server, _thread = start_http_server(port, addr=self.config.metrics_host, registry=registry)
         self.metrics_port = self.metrics_server.server_port
+
+    def _joiner_metrics(self) -> Any:
+        """The joiner's counters now, with the lag of the latest status record: a scrape runs on
+        the metrics thread and must not query the log the training loop uses."""
+        m = self.joiner.metrics(lag=False)
+        lag = (self.last_status or {}).get("joiner", {}).get("lag_records")
+        if isinstance(lag, int) and lag >= 0:
+            m.lag_records = lag
+        return m
 
     def _write_status(self, now: float) -> None:
         status = _clean(self.status())

@@ -99,6 +99,17 @@ def _uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:  # type: ignore
     )
 
 
+def _clear_port_file(port_file: Path | None) -> None:
+    """A stale port file (a crashed run's) must not name a port this run never bound: removed
+    before anything slow (loading the models) starts."""
+    if port_file is not None:
+        try:
+            port_file.parent.mkdir(parents=True, exist_ok=True)
+            port_file.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"port_file {port_file}: cannot write there: {exc}") from exc
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, telling where it listens once its socket is bound: the port goes to
     ``port_file`` (the one ``port = 0`` got) until it stops, the URL to stderr if ``announce``.
@@ -109,12 +120,7 @@ class _Server(uvicorn.Server):
         self.port_file, self.announce = config.port_file, announce
         self.listening = False
         self.url: str | None = None  # http://host:port, once bound
-        if self.port_file is not None:  # a stale file must not name a port this run never bound
-            try:
-                self.port_file.parent.mkdir(parents=True, exist_ok=True)
-                self.port_file.unlink(missing_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"port_file {self.port_file}: cannot write there: {exc}") from exc
+        _clear_port_file(self.port_file)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)  # exits the process if the app's startup or the bind fails
@@ -145,6 +151,7 @@ def serve(
     """Load the models (unless given) and serve until interrupted (Ctrl-C / SIGTERM)."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     registry = CollectorRegistry()
+    _clear_port_file(config.port_file)
     if states is None:
         states, loaded = load_arms(config, registry=registry)
         subscribers = [*(subscribers or ()), *loaded]

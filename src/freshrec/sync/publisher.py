@@ -24,6 +24,7 @@ Choices:
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import threading
@@ -38,6 +39,7 @@ import torch
 from pydantic import TypeAdapter
 
 from freshrec._faults import crash_point
+from freshrec._io import remove_temp_dirs
 from freshrec.errors import ConfigError, FreshrecError, InputError, SchemaError
 from freshrec.models import ModelConfig
 from freshrec.ps import ParameterServer
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
     from freshrec.train import Trainer
 
 __all__ = ["PublishResult", "Publisher"]
+
+_logger = logging.getLogger(__name__)  # "log" is the event log here
 
 _MODEL_CONFIG = TypeAdapter(ModelConfig)
 
@@ -149,6 +153,9 @@ class Publisher:
         # from another log (reset, or another cluster's). Replicas would load it and drop this
         # log's deltas as old, and pruning by version would delete this publisher's snapshots.
         snap_dir = self.config.model_snapshot_dir(self.model)
+        if snap_dir.is_dir():  # one publisher per model: unfinished snapshots are a crash's
+            for p in remove_temp_dirs(snap_dir, "snapshot-*"):
+                _logger.warning("removed %s, a serving snapshot a crash left unfinished", p)
         newer = [p.name for p in list_snapshots(snap_dir) if int(p.name.rsplit("-", 1)[1]) > self.sparse_version]
         if newer:
             raise ConfigError(

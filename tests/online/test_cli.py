@@ -1,0 +1,44 @@
+"""`freshrec online` as a service: SIGTERM (how systemd, Docker and Kubernetes stop a process) ends it
+with a final checkpoint, like Ctrl-C; it used to die at once, so every redeploy was a crash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import ROOT
+from .test_pipeline import config, fill_log
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_stops_with_a_final_checkpoint(tmp_path):
+    stream = tmp_path / "stream"
+    fill_log(stream, seconds=300.0)
+    run = tmp_path / "run"
+    shutil.copytree(stream, run / "log")
+    cfg = run / "online.yaml"
+    cfg.write_text(json.dumps(config(run, status_interval_s=0.2).model_dump(mode="json")))  # JSON is YAML
+    proc = subprocess.Popen([sys.executable, "-m", "freshrec.cli", "online", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "status.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert not (run / "checkpoints" / "LATEST").exists()  # checkpoint_interval_s is an hour: none yet
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopping (SIGTERM): final checkpoint" in err
+    latest = (run / "checkpoints" / "LATEST").read_text().strip()
+    assert (run / "checkpoints" / latest / "manifest.json").is_file()
