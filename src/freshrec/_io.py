@@ -182,6 +182,8 @@ def read_manifest(folder: Path, fmt: str, version: int, what: str) -> dict:
         manifest = json.loads((folder / "manifest.json").read_bytes())
     except FileNotFoundError as exc:
         raise CorruptionError(f"{folder} is not a {what} (no manifest.json)") from exc
+    except NotADirectoryError as exc:
+        raise CorruptionError(f"{folder} is not a {what} (not a directory)") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptionError(f"{folder}/manifest.json is not valid JSON (torn write?): {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != fmt or manifest.get("format_version") != version:

@@ -25,9 +25,13 @@ C = TypeVar("C", bound="Config")
 
 
 class Config(BaseModel):
-    """Base of all freshrec configs: unknown keys rejected, values validated on assignment."""
+    """Base of all freshrec configs: unknown keys rejected, values validated on assignment, no
+    infinite or NaN number anywhere (an ``lr`` of inf once trained every row to -inf). From a
+    file or ``from_dict`` a problem is a :class:`ConfigError`; a config built or assigned in
+    Python raises pydantic's ``ValidationError`` (both are ValueErrors). A custom ``__init__``
+    cannot translate it: pydantic then calls it for every nested config too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:

@@ -40,8 +40,9 @@ class FreshrecError(Exception):
     """Base class of every error raised by freshrec."""
 
 
-class ConfigError(FreshrecError):
-    """A configuration is invalid: unknown key, value out of range, unreadable file."""
+class ConfigError(FreshrecError, ValueError):
+    """A configuration is invalid: unknown key, value out of range, unreadable file. A ValueError
+    too, as pydantic's ValidationError (what a config built in Python raises) is."""
 
 
 class InputError(FreshrecError, ValueError):

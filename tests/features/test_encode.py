@@ -137,6 +137,15 @@ def test_missing_columns_and_row_mismatch(spec):
         spec.encode({**columns(), "price": [1.0, 2.0]})
     with pytest.raises(DataError, match="weights must be >= 0"):
         spec.encode(columns(), weights=np.array([1.0, -1.0, 1.0]))
+    # a str is a sequence: it was read as one ID per character; a scalar raised a raw TypeError
+    with pytest.raises(DataError, match=r"sparse slot 'user': a column is a sequence of values.*got str"):
+        spec.encode({**columns(), "user": "abc"})
+    with pytest.raises(DataError, match=r"event_time: a column is a sequence of values.*got float"):
+        spec.encode(columns(), event_time=5.0)
+    # a missing timestamp became a time in 1677
+    times = np.array(["2026-01-01T00:00", "NaT", "2026-01-01T00:01"], dtype="datetime64[s]")
+    with pytest.raises(DataError, match=r"event_time has 1 missing timestamps \(NaT\)"):
+        spec.encode(columns(), event_time=times)
 
 
 def test_unfitted_standardize_is_a_config_error():

@@ -203,3 +203,14 @@ def test_a_refused_pull_admits_nothing_in_any_table_or_shard(shards):
     assert {t: s.rows for t, s in ps.stats().items()} == {"a": 0, "b": 0}
     assert all(s.lookups == 0 for s in ps.stats().values())
     ps.close()
+
+
+def test_table_configs_must_be_configs_with_distinct_names():
+    from freshrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"share a name: \['a'\]"):
+        LocalPS([TableConfig(name="a", dim=4), TableConfig(name="a", dim=8)])  # one silently won
+    with pytest.raises(ConfigError, match="expected a TableConfig, got dict"):
+        LocalPS([{"name": "a"}])
+    with pytest.raises(ConfigError, match="expected a TableConfig, got int"):
+        LocalPS({"a": 3})

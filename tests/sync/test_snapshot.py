@@ -100,6 +100,9 @@ def test_a_served_model_starts_from_a_snapshot_alone(log, tmp_path):
         ServedModel.from_snapshot(bare.snapshot())
     with pytest.raises(SyncError, match=r"no snapshot under .*nowhere yet.*start it first"):
         ServedModel.from_snapshot(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SyncError, match="no snapshot under"):  # it raised a raw NotADirectoryError
+        ServedModel.from_snapshot(tmp_path / "a_file")
     # a torn newest snapshot: the model directory's next one is used
     newer = pub.snapshot()
     (newer / "dense.safetensors").write_bytes(b"torn")

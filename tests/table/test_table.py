@@ -281,6 +281,53 @@ def test_bad_config_is_a_config_error():
         EmbeddingTable(dim=3, default_value=[1.0, 2.0])
     with pytest.raises(ConfigError, match="Extra inputs"):
         EmbeddingTable(dim=3, optimiser="sgd")
+    # no infinite or NaN hyper-parameter, ttl or default (an lr of inf trained rows to -inf)
+    for bad, where in (({"optimizer": {"type": "sgd", "lr": float("inf")}}, "lr"), ({"ttl": float("inf")}, "ttl"),
+                       ({"default_value": float("nan")}, "default_value")):  # fmt: skip
+        with pytest.raises(ConfigError, match=where):
+            EmbeddingTable(dim=3, **bad)
+    with pytest.raises(ConfigError, match="got int"):
+        EmbeddingTable(5)
+    assert EmbeddingTable({"dim": 3}).dim == 3  # a dict of fields is a config too
+
+
+def test_the_table_keeps_its_own_copy_of_the_config(tmp_path):
+    """Changing the caller's config object later changed what save() wrote (not the live table),
+    and the snapshot then failed to load."""
+    from freshrec.table import TableConfig
+
+    cfg = TableConfig(dim=4, ttl=60.0)
+    t = EmbeddingTable(cfg)
+    t.lookup([1, 2], train=True, now=0)
+    cfg.dim, cfg.ttl = 8, 5.0
+    assert t.config.dim == 4 and t.config.ttl == 60.0
+    t.save(tmp_path / "t")
+    back = EmbeddingTable.load(tmp_path / "t")
+    assert back.dim == 4 and back.config.ttl == 60.0 and len(back) == 2
+
+
+def test_assign_refuses_fractional_times_and_counts(table):
+    for kw, name in (({"last_seen": [1.9]}, "last_seen"), ({"counts": [2.7]}, "counts"),
+                     ({"last_seen": ["x"]}, "last_seen"), ({"counts": [None]}, "counts")):  # fmt: skip
+        with pytest.raises(InputError, match=name):
+            table.assign([9], np.ones((1, 3)), **kw)
+    assert 9 not in table
+    table.assign([9], np.ones((1, 3)), last_seen=np.array([5_000], np.uint32), counts=[3])
+    assert table.export([9]).counts.tolist() == [3]
+
+
+def test_pre_sizing_past_the_free_memory_is_a_capacity_error(monkeypatch):
+    """It used to be made resident anyway, and the kernel killed the process."""
+    import collections
+
+    from freshrec.errors import CapacityError
+    from freshrec.table import table as table_module
+
+    mem = collections.namedtuple("mem", "available")
+    monkeypatch.setattr(table_module.psutil, "virtual_memory", lambda: mem(2**30))  # 1 GiB free
+    with pytest.raises(CapacityError, match=r"needs .* GiB resident now, the machine has 1.0 GiB"):
+        EmbeddingTable(dim=64, expected_rows=10_000_000)
+    assert len(EmbeddingTable(dim=64, expected_rows=100_000)) == 0  # what fits is still pre-sized
 
 
 # ---- apply_gradients after a training lookup of the same IDs reuses its rows -------------------

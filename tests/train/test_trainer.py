@@ -192,6 +192,8 @@ def test_corrupted_model_directory_is_refused(tmp_path):
     f.write_bytes(f.read_bytes()[:-8])
     with pytest.raises(CorruptionError):
         Trainer.load(tmp_path / "m")
+    with pytest.raises(CorruptionError, match="not a directory"):  # it raised a raw NotADirectoryError
+        Trainer.load(f)
 
 
 def test_save_replaces_only_a_model_directory(tmp_path):

@@ -148,6 +148,9 @@ def numbers(col: Any, what: str, source: str | None) -> np.ndarray:
 def seconds(col: Any, what: str, source: str | None) -> np.ndarray:
     """Event times as (B,) float64 seconds: numbers as they are, Arrow timestamps converted."""
     if isinstance(col, np.ndarray) and col.dtype.kind == "M":
+        missing = int(np.isnat(col).sum())
+        if missing:
+            raise DataError(f"{_where(source)}{what} has {missing} missing timestamps (NaT)")
         return col.astype("datetime64[ns]").astype(np.int64) / 1e9
     if isinstance(col, pa.ChunkedArray | pa.Array) and pa.types.is_timestamp(col.type):
         ints = pc.cast(col, pa.int64())
@@ -222,6 +225,10 @@ def encode(
     for what, col in [("weights", weights), ("event_time", event_time)]:
         if col is not None:
             used.append((what, col))
+    for what, col in used:  # a str is a sequence too: it would be read as one value per character
+        if isinstance(col, str | bytes) or not (isinstance(col, Jagged) or hasattr(col, "__len__")):
+            raise DataError(f"{_where(source)}{what}: a column is a sequence of values (a list, array or "
+                            f"Arrow array), got {type(col).__name__}")  # fmt: skip
     b = _length(used[0][1])
     for what, col in used[1:]:
         if _length(col) != b:

@@ -96,10 +96,18 @@ class LocalPS(ParameterServer):
     def _setup(self, tables: Mapping[str, TableConfig] | Iterable[TableConfig], config: PSConfig | None) -> None:
         """Everything but the shards (which :meth:`load` brings from a snapshot)."""
         self.config = config or PSConfig()
-        cfgs = dict(tables) if isinstance(tables, Mapping) else {t.name: t for t in tables}
+        pairs = list(tables.items()) if isinstance(tables, Mapping) else [(getattr(t, "name", None), t) for t in tables]
+        for name, cfg in pairs:
+            if not isinstance(cfg, TableConfig):
+                raise ConfigError(f"table {name!r}: expected a TableConfig, got {type(cfg).__name__} "
+                                  "(TableConfig.from_dict builds one from a dict)")  # fmt: skip
+        cfgs = dict(pairs)
+        if len(cfgs) < len(pairs):
+            names = [n for n, _ in pairs]
+            raise ConfigError(f"two tables share a name: {sorted({n for n in names if names.count(n) > 1})}")
         if not cfgs:
             raise ConfigError("a parameter server needs at least one table")
-        self._configs = {name: cfg.model_copy(update={"name": name}) for name, cfg in cfgs.items()}
+        self._configs = {name: cfg.model_copy(update={"name": name}, deep=True) for name, cfg in cfgs.items()}
         workers = self.config.worker_threads
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="freshrec-ps") if workers > 1 else None
         self._state = PSState.OPEN

@@ -206,7 +206,7 @@ def snapshot_candidates(root: str | Path) -> list[Path]:
         name = json.loads((root / POINTER).read_bytes())["snapshot"]
         if isinstance(name, str) and _NAME.fullmatch(name):
             out.append(recover_dir(root / name))
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
         pass  # no pointer, or a torn one: the folder listing still finds every snapshot
     return out + [p for p in list_snapshots(root) if p not in out]
 

@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
-from freshrec.errors import CapacityError, InputError, NonFiniteError
+from freshrec.errors import CapacityError, ConfigError, InputError, NonFiniteError
 from freshrec.table import _kernels as K
 from freshrec.table import _memory
 from freshrec.table._rwlock import RWLock
@@ -126,6 +127,17 @@ def to_ms(now: float | int, what: str = "now") -> int:
     return round(x * 1000.0)
 
 
+def _int_column(values: Any, n: int, name: str, what: str) -> np.ndarray:
+    """``n`` integers as int64, or InputError (floats are refused, not truncated)."""
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be {n} {what}: {exc}") from None
+    if arr.shape != (n,) or (arr.size and arr.dtype.kind not in "iu"):
+        raise InputError(f"{name} must be {n} {what}, got {arr.dtype} of shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def check_counts(counts: Any | None, keys: np.ndarray) -> np.ndarray:
     """Occurrence counts for a training lookup of ``keys`` (empty = one each), or InputError."""
     if counts is None:
@@ -142,9 +154,14 @@ class EmbeddingTable:
     def __init__(self, config: TableConfig | None = None, **fields: Any) -> None:
         if config is None:
             config = TableConfig.from_dict(fields, source="TableConfig")
+        elif isinstance(config, dict):
+            config = TableConfig.from_dict({**config, **fields}, source="TableConfig")
+        elif not isinstance(config, TableConfig):
+            raise ConfigError(f"config must be a TableConfig (or a dict of its fields), got {type(config).__name__}")
         elif fields:
             config = TableConfig.from_dict({**config.model_dump(), **fields}, source="TableConfig")
-        self.config = config
+        # a copy: the caller's object may change later, and the table (and its snapshots) must not
+        self.config = config = config.model_copy(deep=True)
         self.dim = config.dim
         self.state_width = config.state_width
         self._mo = self.dim + self.state_width  # column of the row metadata
@@ -246,6 +263,12 @@ class EmbeddingTable:
         index is sized for them and their memory is made resident now (no page faults later)."""
         if rows > _MAX_ROWS:
             raise CapacityError(f"table {self.config.name!r} holds at most {_MAX_ROWS} rows; asked to reserve {rows}")
+        # made resident now: more than the machine has free would not fail here but kill the process
+        need = (rows - self._ready) * 4 * self.width + rows * 3 * 4 * K.LOAD_DEN // K.LOAD_NUM
+        free = psutil.virtual_memory().available
+        if need > free:
+            raise CapacityError(f"table {self.config.name!r}: reserving {rows:,} rows needs {need / 2**30:.1f} GiB "
+                                f"resident now, the machine has {free / 2**30:.1f} GiB available")  # fmt: skip
         with self._lock.write():
             if rows > self._data.shape[0]:
                 self._grow_rows(at_least=rows)
@@ -434,14 +457,12 @@ class EmbeddingTable:
         if not K.all_finite(values):
             raise NonFiniteError(f"table {self.config.name!r}: assigned values contain NaN or Inf")
         if last_seen is not None:
-            ts = np.ascontiguousarray(last_seen, dtype=np.int64)
-            if ts.shape != (n,):
-                raise InputError(f"last_seen must have shape ({n},), got {ts.shape}")
+            ts = _int_column(last_seen, n, "last_seen", "event times in int64 milliseconds")
         else:
             ts = np.full(n, 0 if now is None else to_ms(now), np.int64)
         if counts is not None:
-            cnt = np.ascontiguousarray(counts, dtype=np.int64)
-            if cnt.shape != (n,) or (n and cnt.min() < 0):
+            cnt = _int_column(counts, n, "counts", "non-negative integers")
+            if n and cnt.min() < 0:
                 raise InputError(f"counts must be {n} non-negative integers")
         else:
             cnt = np.ones(n, np.int64)
