@@ -77,6 +77,7 @@ def test_push_is_all_or_nothing_across_tables_and_shards():
         after = _rows(ps, t)
         assert all(np.array_equal(after[k], v) for k, v in before[t].items())
     assert ps.nonfinite_rejected == 1
+    assert ps.stats()["item"].nonfinite_rejected == 1 and ps.stats()["user"].nonfinite_rejected == 0
 
 
 def test_drain_changes_is_exact_and_versioned():
@@ -214,3 +215,13 @@ def test_table_configs_must_be_configs_with_distinct_names():
         LocalPS([{"name": "a"}])
     with pytest.raises(ConfigError, match="expected a TableConfig, got int"):
         LocalPS({"a": 3})
+
+
+def test_uint64_ids_past_int64_are_refused_as_the_table_refuses_them():
+    """The PS wrapped them onto negative IDs (2**63 became -2**63: another key's row)."""
+    ps = LocalPS([TableConfig(name="a", dim=4)], PSConfig(num_shards=2))
+    with pytest.raises(InputError, match="fit in int64"):
+        ps.pull("a", np.array([2**63, 5], np.uint64), train=True, now=0)
+    assert ps.stats()["a"].rows == 0
+    ps.pull("a", np.array([2**63 - 1, 5], np.uint64), train=True, now=0)
+    assert ps.stats()["a"].rows == 2

@@ -12,6 +12,7 @@ re-shards the rows (the admission sketches then start empty).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import threading
@@ -29,7 +30,7 @@ from freshrec.ps.base import ParameterServer, PSChanges
 from freshrec.ps.config import PSConfig
 from freshrec.table import EmbeddingTable, TableChanges, TableConfig, TableExport, TableStats
 from freshrec.table._kernels import all_finite
-from freshrec.table.table import check_counts, to_ms
+from freshrec.table.table import check_counts, check_ids, to_ms
 
 __all__ = ["LocalPS", "shard_of"]
 
@@ -70,17 +71,6 @@ def _shard_config(cfg: TableConfig, num_shards: int) -> TableConfig:
     return TableConfig.from_dict(data, source=f"shard config of table {cfg.name!r}")  # validated
 
 
-def _ids(ids: Any) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.dtype != np.int64:
-        if arr.dtype.kind not in "iu" and arr.size:
-            raise InputError(f"ids must be integers (int64); got dtype {arr.dtype}")
-        arr = arr.astype(np.int64)
-    if arr.ndim != 1:
-        raise InputError(f"ids must be 1-D, got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
-
-
 class LocalPS(ParameterServer):
     """In-process parameter server: ``tables`` (configs, by name) split into ``num_shards``."""
 
@@ -113,7 +103,8 @@ class LocalPS(ParameterServer):
         self._state = PSState.OPEN
         self._version = 0
         self._version_lock = threading.Lock()
-        self.nonfinite_rejected = 0
+        self.nonfinite_rejected = 0  # pushes refused for NaN/Inf gradients, before any shard saw them
+        self._nonfinite_by_table: dict[str, int] = {}  # the same per table, added to its stats()
 
     # ---- plumbing ----------------------------------------------------------------------------
     @property
@@ -199,7 +190,7 @@ class LocalPS(ParameterServer):
         outs: dict[str, np.ndarray] = {}
         prepared = []
         for table, raw in ids.items():  # every table's input checked before any is touched
-            keys = _ids(raw)
+            keys = check_ids(raw)
             outs[table] = np.empty((keys.shape[0], self._configs[self._table(table, "pull")].dim), np.float32)
             occ = None
             if counts is not None and counts.get(table) is not None:
@@ -220,7 +211,7 @@ class LocalPS(ParameterServer):
     def push_many(self, grads: Mapping[str, tuple[Any, Any]], *, now: float) -> int:
         prepared = []
         for table, (raw_ids, raw_g) in grads.items():
-            keys = _ids(raw_ids)
+            keys = check_ids(raw_ids)
             dim = self._configs[self._table(table, "push")].dim
             g = np.asarray(raw_g)
             if g.shape != (keys.shape[0], dim) or g.dtype.kind != "f":
@@ -229,6 +220,7 @@ class LocalPS(ParameterServer):
             g = np.ascontiguousarray(g, dtype=np.float32)
             if not all_finite(g):
                 self.nonfinite_rejected += 1
+                self._nonfinite_by_table[table] = self._nonfinite_by_table.get(table, 0) + 1
                 raise NonFiniteError(f"table {table!r}: gradients contain NaN or Inf; nothing was pushed")
             prepared.append((table, keys, g))
         jobs = []
@@ -259,7 +251,7 @@ class LocalPS(ParameterServer):
         return {t: np.concatenate(p) if p else np.zeros(0, np.int64) for t, p in parts.items()}
 
     def assign(self, table: str, ids: Any, embeddings: Any, **kwargs: Any) -> None:
-        keys = _ids(ids)
+        keys = check_ids(ids)
         shards = self._shards[self._table(table, "assign")]
         if len(shards) == 1:
             shards[0].assign(keys, embeddings, **kwargs)
@@ -275,14 +267,14 @@ class LocalPS(ParameterServer):
                 shard.assign(keys[pos], emb[pos], **part)
 
     def remove(self, table: str, ids: Any) -> np.ndarray:
-        keys = _ids(ids)
+        keys = check_ids(ids)
         shards = self._shards[self._table(table, "remove")]
         return np.concatenate([shard.remove(keys) for shard in shards]) if keys.size else keys
 
     def export(self, table: str, ids: Any | None = None) -> TableExport:
         shards = self._shards[self._table(table, "export")]
         if ids is not None and len(shards) > 1:
-            keys = _ids(ids)
+            keys = check_ids(ids)
             owner = shard_of(keys, len(shards))
             parts = [shards[s].export(keys[owner == s]) for s in range(len(shards))]
         else:
@@ -302,7 +294,10 @@ class LocalPS(ParameterServer):
 
     def stats(self) -> dict[str, TableStats]:
         parts = self._each_shard("read stats", lambda t, s, table: table.stats())
-        return {t: _sum_stats(p) for t, p in parts.items()}
+        out = {t: _sum_stats(p) for t, p in parts.items()}
+        for t, n in self._nonfinite_by_table.items():  # refused here, so no shard counted them
+            out[t] = dataclasses.replace(out[t], nonfinite_rejected=out[t].nonfinite_rejected + n)
+        return out
 
     def warmup(self) -> None:
         """Compile every kernel now, so the first request or step does not."""

@@ -127,6 +127,30 @@ def to_ms(now: float | int, what: str = "now") -> int:
     return round(x * 1000.0)
 
 
+def check_ids(ids: Any) -> np.ndarray:
+    """IDs as a 1-D int64 array (a scalar is one ID), or InputError: integers only, uint64 only
+    below 2**63 (a larger one would wrap onto a negative ID: another key's row)."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        else:
+            raise InputError(f"ids must be 1-D, got shape {arr.shape}")
+    if arr.dtype == np.int64:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind == "u":
+        if arr.size and arr.dtype.itemsize == 8 and int(arr.max()) > np.iinfo(np.int64).max:
+            raise InputError("ids must fit in int64; got a uint64 value above 2**63-1")
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "i":
+        return arr.astype(np.int64)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    raise InputError(
+        f"ids must be integers (int64); got dtype {arr.dtype}. Hash string IDs first (freshrec.features.hash_ids)."
+    )
+
+
 def _int_column(values: Any, n: int, name: str, what: str) -> np.ndarray:
     """``n`` integers as int64, or InputError (floats are refused, not truncated)."""
     try:
@@ -280,27 +304,6 @@ class EmbeddingTable:
 
     # ---- input checks ------------------------------------------------------------------------
 
-    def _ids(self, ids: Any) -> np.ndarray:
-        arr = np.asarray(ids)
-        if arr.ndim != 1:
-            if arr.ndim == 0:
-                arr = arr.reshape(1)
-            else:
-                raise InputError(f"ids must be 1-D, got shape {arr.shape}")
-        if arr.dtype == np.int64:
-            return np.ascontiguousarray(arr)
-        if arr.dtype.kind == "u":
-            if arr.size and arr.dtype.itemsize == 8 and int(arr.max()) > np.iinfo(np.int64).max:
-                raise InputError("ids must fit in int64; got a uint64 value above 2**63-1")
-            return arr.astype(np.int64)
-        if arr.dtype.kind == "i":
-            return arr.astype(np.int64)
-        if arr.size == 0:
-            return np.zeros(0, np.int64)
-        raise InputError(
-            f"ids must be integers (int64); got dtype {arr.dtype}. Hash string IDs first (freshrec.features.hash_ids)."
-        )
-
     def _rows_values(self, values: Any, n: int, width: int, what: str) -> np.ndarray:
         arr = np.asarray(values)
         if arr.dtype.kind not in "fiu":
@@ -322,7 +325,7 @@ class EmbeddingTable:
         ``counts[i]`` occurrences, for callers that deduplicated a batch; admission and counts
         see every occurrence.
         """
-        keys = self._ids(ids)
+        keys = check_ids(ids)
         out = np.empty((keys.shape[0], self.dim), np.float32)
         if train:
             if now is None:
@@ -341,7 +344,7 @@ class EmbeddingTable:
         """Row handles of ``ids`` after admission (-1 where filtered, or evicted by ``max_rows``
         later in the same call), as a training lookup without copying embeddings. Handles are
         valid until the next removal or growth."""
-        keys = self._ids(ids)
+        keys = check_ids(ids)
         return self._find_or_insert(keys, to_ms(now), np.empty((0, self.dim), np.float32), False,
                                     np.zeros(0, np.int64))  # fmt: skip
 
@@ -394,7 +397,7 @@ class EmbeddingTable:
 
     def contains(self, ids: Any) -> np.ndarray:
         """Boolean mask: which IDs have a row."""
-        keys = self._ids(ids)
+        keys = check_ids(ids)
         rows = np.empty(keys.shape[0], np.int64)
         with self._lock.read():
             K.find_rows(self._slots, self._cap, keys, rows)
@@ -412,7 +415,7 @@ class EmbeddingTable:
         """One optimizer step: gradients of duplicate IDs are summed first; IDs without a row
         are skipped. NaN/Inf anywhere rejects the whole batch (counted, table unchanged).
         Returns the number of rows updated."""
-        keys = self._ids(ids)
+        keys = check_ids(ids)
         g = self._rows_values(grads, keys.shape[0], self.dim, "grads")
         now_ms = to_ms(now)
         if not K.all_finite(g):
@@ -446,7 +449,7 @@ class EmbeddingTable:
         """:meth:`assign`'s input checks, without writing: (keys, values, last-seen ms, counts) as
         it would write them, or the error it would raise. A sharded PS checks a whole assignment
         this way before any shard writes."""
-        keys = self._ids(ids)
+        keys = check_ids(ids)
         n = keys.shape[0]
         emb = self._rows_values(embeddings, n, self.dim, "embeddings")
         if state is not None:
@@ -503,7 +506,7 @@ class EmbeddingTable:
 
     def remove(self, ids: Any) -> np.ndarray:
         """Delete the rows of ``ids``; returns the IDs that had a row."""
-        keys = self._ids(ids)
+        keys = check_ids(ids)
         with self._lock.write():
             removed = self._remove_locked(keys)
             self._ctr[K.C_REMOVED] += removed.shape[0]
@@ -558,7 +561,7 @@ class EmbeddingTable:
                 keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
                 K.live_rows(self._slots, self._meta, self._mo, keys, rows, ts, counts)
             else:
-                keys = self._ids(ids)
+                keys = check_ids(ids)
                 rows = np.empty(keys.shape[0], np.int64)
                 K.find_rows(self._slots, self._cap, keys, rows)
                 keys, rows = keys[rows >= 0], rows[rows >= 0]
@@ -628,7 +631,7 @@ class EmbeddingTable:
 
     def sketch_estimate(self, ids: Any) -> np.ndarray:
         """The admission sketch's current count estimate for each ID (0 without a sketch)."""
-        keys = self._ids(ids)
+        keys = check_ids(ids)
         out = np.zeros(keys.shape[0], np.uint32)
         if self._min_count > 1:
             with self._lock.read():
