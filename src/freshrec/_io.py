@@ -26,6 +26,7 @@ __all__ = [
     "checksum_bytes",
     "checksum_file",
     "fsync_dir",
+    "malformed_manifest",
     "read_manifest",
     "recover_dir",
     "remove_temp_dirs",
@@ -169,6 +170,19 @@ def recover_dir(path: Path) -> Path:
         return path
     aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
     return aside[-1] if aside else path
+
+
+@contextlib.contextmanager
+def malformed_manifest(folder: Path) -> Iterator[None]:
+    """Inside, a manifest that parsed but lacks a field or holds one of the wrong type (a
+    hand-edited one, another tool's) is a :class:`CorruptionError` naming it; freshrec's own
+    errors pass unchanged."""
+    try:
+        yield
+    except FreshrecError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise CorruptionError(f"{folder}/manifest.json is malformed ({type(exc).__name__}: {exc})") from exc
 
 
 def read_manifest(folder: Path, fmt: str, version: int, what: str) -> dict:

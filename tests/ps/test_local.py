@@ -225,3 +225,30 @@ def test_uint64_ids_past_int64_are_refused_as_the_table_refuses_them():
     assert ps.stats()["a"].rows == 0
     ps.pull("a", np.array([2**63 - 1, 5], np.uint64), train=True, now=0)
     assert ps.stats()["a"].rows == 2
+
+
+@pytest.mark.parametrize("edit", ["no_num_shards", "bad_config", "shards_not_a_list"])
+def test_a_malformed_snapshot_manifest_is_corruption(tmp_path, edit):
+    import json
+
+    from freshrec.errors import CorruptionError
+
+    ps = LocalPS([TableConfig(name="a", dim=3)], PSConfig(num_shards=2))
+    ps.pull("a", [1, 2, 3], train=True, now=0)
+    ps.save(tmp_path / "p")
+    m = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    if edit == "no_num_shards":
+        del m["num_shards"]
+    elif edit == "bad_config":
+        m["tables"]["a"]["config"]["dim"] = -1
+    else:
+        m["tables"]["a"]["shards"] = 5
+    (tmp_path / "p" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CorruptionError):
+        LocalPS.load(tmp_path / "p")
+    if edit != "bad_config":
+        with pytest.raises(CorruptionError):
+            ps.restore_shard(0, tmp_path / "p")
+    with pytest.raises(InputError, match="shard must be an int"):
+        ps.restore_shard("0", tmp_path / "p")
+    assert ps.stats()["a"].rows == 3  # nothing changed

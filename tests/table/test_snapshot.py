@@ -136,8 +136,18 @@ def _corrupt_cases():
         m["config"]["dim"] = -1
         (p / "manifest.json").write_text(json.dumps(m))
 
+    def counters_not_a_map(p):  # hand-edited: it raised a raw AttributeError
+        m = json.loads((p / "manifest.json").read_text())
+        m["counters"] = [1]
+        (p / "manifest.json").write_text(json.dumps(m))
+
+    def files_missing(p):  # another tool's manifest: it raised a raw KeyError
+        m = json.loads((p / "manifest.json").read_text())
+        del m["files"]
+        (p / "manifest.json").write_text(json.dumps(m))
+
     return [truncate, flip, drop_file, torn_manifest, no_manifest, lying_rows, huge_rows, rows_not_a_count,
-            future_version, bad_config]  # fmt: skip
+            future_version, bad_config, counters_not_a_map, files_missing]  # fmt: skip
 
 
 @pytest.mark.parametrize("corrupt", _corrupt_cases(), ids=lambda f: f.__name__)

@@ -23,8 +23,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from freshrec._io import check_replaceable, read_manifest, recover_dir, replace_dir, temp_dir_beside, write_durable
-from freshrec.errors import ConfigError, InputError, NonFiniteError, StateError
+from freshrec._io import (
+    check_replaceable,
+    malformed_manifest,
+    read_manifest,
+    recover_dir,
+    replace_dir,
+    temp_dir_beside,
+    write_durable,
+)
+from freshrec.errors import ConfigError, CorruptionError, InputError, NonFiniteError, StateError
 from freshrec.ps import _kernels as K
 from freshrec.ps.base import ParameterServer, PSChanges
 from freshrec.ps.config import PSConfig
@@ -337,9 +345,15 @@ class LocalPS(ParameterServer):
         """Restore a snapshot; with a different ``num_shards`` the rows are re-sharded."""
         folder = recover_dir(Path(path))
         manifest = _read_manifest(folder)
-        tables = {t: TableConfig.from_dict(v["config"], source=str(folder)) for t, v in manifest["tables"].items()}
-        config = config or PSConfig(num_shards=manifest["num_shards"])
-        shards = {t: [EmbeddingTable.load(folder / rel) for rel in v["shards"]] for t, v in manifest["tables"].items()}
+        with malformed_manifest(folder):
+            try:  # a config the code refuses is as corrupt as a torn file (the table's load says so too)
+                saved = manifest["tables"].items()
+                tables = {t: TableConfig.from_dict(v["config"], source=str(folder)) for t, v in saved}
+            except ConfigError as exc:
+                raise CorruptionError(str(exc)) from exc
+            config = config or PSConfig(num_shards=manifest["num_shards"])
+            layout = {t: [folder / rel for rel in v["shards"]] for t, v in manifest["tables"].items()}
+        shards = {t: [EmbeddingTable.load(p) for p in paths] for t, paths in layout.items()}
         if config.num_shards == manifest["num_shards"]:  # no empty shards to build (pre-sized, they hold memory)
             ps = cls.__new__(cls)
             ps._setup(tables, config)
@@ -357,15 +371,20 @@ class LocalPS(ParameterServer):
         """Replace shard ``shard`` of every table with its copy in the snapshot at ``path``
         (a failed PS shard restarting from its last snapshot while the others keep going)."""
         self._check_open("restore a shard")
+        if isinstance(shard, bool) or not isinstance(shard, int | np.integer):
+            raise InputError(f"shard must be an int, got {type(shard).__name__}")
         folder = recover_dir(Path(path))
         manifest = _read_manifest(folder)
-        if manifest["num_shards"] != self.num_shards or not 0 <= shard < self.num_shards:
-            raise InputError(f"snapshot has {manifest['num_shards']} shards; cannot restore shard {shard} "
-                             f"of a {self.num_shards}-shard PS")  # fmt: skip
-        if set(manifest["tables"]) != set(self._configs):
-            raise InputError(f"snapshot holds tables {sorted(manifest['tables'])}; this PS serves "
-                             f"{sorted(self._configs)}")  # fmt: skip
-        fresh = {t: EmbeddingTable.load(folder / v["shards"][shard]) for t, v in manifest["tables"].items()}
+        with malformed_manifest(folder):
+            n_saved, saved_tables = int(manifest["num_shards"]), manifest["tables"]
+            if n_saved != self.num_shards or not 0 <= shard < self.num_shards:
+                raise InputError(f"snapshot has {n_saved} shards; cannot restore shard {shard} "
+                                 f"of a {self.num_shards}-shard PS")  # fmt: skip
+            if set(saved_tables) != set(self._configs):
+                raise InputError(f"snapshot holds tables {sorted(saved_tables)}; this PS serves "
+                                 f"{sorted(self._configs)}")  # fmt: skip
+            paths = {t: folder / v["shards"][shard] for t, v in saved_tables.items()}
+        fresh = {t: EmbeddingTable.load(p) for t, p in paths.items()}
         for t, table in fresh.items():  # a shard must run as its siblings do: same rows, same optimizer
             diff = _config_diff(table.config, _shard_config(self._configs[t], self.num_shards))
             if diff:

@@ -31,6 +31,7 @@ from freshrec._io import (
     check_replaceable,
     checksum_bytes,
     checksum_file,
+    malformed_manifest,
     recover_dir,
     replace_dir,
     temp_dir_beside,
@@ -162,10 +163,16 @@ def _arrays(name: str, blob: bytes, spec: dict[str, tuple[Any, tuple[int | None,
 
 def load_table(path: str | Path) -> EmbeddingTable:
     """Rebuild a table from a snapshot directory (checksums verified before anything is built)."""
-    from freshrec.table.table import EmbeddingTable
 
     folder = recover_dir(Path(path))
     manifest = read_manifest(folder)
+    with malformed_manifest(folder):
+        return _load_table(folder, manifest)
+
+
+def _load_table(folder: Path, manifest: dict[str, Any]) -> EmbeddingTable:
+    from freshrec.table.table import EmbeddingTable
+
     try:
         config = TableConfig.from_dict(manifest["config"], source=f"{folder}/{MANIFEST}")
     except ConfigError as exc:
