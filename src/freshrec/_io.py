@@ -112,7 +112,7 @@ def replace_dir(tmp: Path, path: Path) -> None:
     """
     fsync_dir(tmp)
     old = None
-    if path.exists():
+    if os.path.lexists(path):  # a dangling link too: rename() cannot replace a link with a folder
         old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(path, old)
     os.rename(tmp, path)
@@ -141,7 +141,7 @@ def check_replaceable(path: Path, fmt: str, what: str) -> None:
     import json
 
     if not path.exists():
-        if os.path.lexists(path):  # a dangling link: nothing behind it to lose
+        if os.path.lexists(path):  # a dangling link: nothing behind it to lose (replace_dir sets it aside)
             return
         check_writable_parent(path)
         return

@@ -46,6 +46,13 @@ class Config(BaseModel):
         return load_config(cls, path, overrides)
 
 
+class FrozenConfig(Config):
+    """A config an object takes as its own for life (a table's): read-only, so changing it later
+    cannot leave the object and what it saves disagreeing. Change one with ``model_copy(update=...)``."""
+
+    model_config = ConfigDict(frozen=True)
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():

@@ -225,6 +225,8 @@ def test_uint64_ids_past_int64_are_refused_as_the_table_refuses_them():
     assert ps.stats()["a"].rows == 0
     ps.pull("a", np.array([2**63 - 1, 5], np.uint64), train=True, now=0)
     assert ps.stats()["a"].rows == 2
+    with pytest.raises(InputError, match="1-D"):  # the PS's inputs pair with the IDs' length: no scalar
+        ps.pull("a", 5)
 
 
 @pytest.mark.parametrize("edit", ["no_num_shards", "bad_config", "shards_not_a_list"])

@@ -81,6 +81,10 @@ def test_overwrite_is_explicit_and_atomic(tmp_path):
             t.save(target, overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "x" and (tmp_path / "a_file").read_text() == "y"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "notes", "t"]
+    (tmp_path / "link").symlink_to(tmp_path / "gone")  # a dangling link: replaced by the snapshot
+    t.save(tmp_path / "link", overwrite=True)
+    assert not (tmp_path / "link").is_symlink() and 123456789 in EmbeddingTable.load(tmp_path / "link")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "link", "notes", "t"]
 
 
 def test_crash_between_renames_recovers_the_set_aside_copy(tmp_path):

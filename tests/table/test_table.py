@@ -291,19 +291,24 @@ def test_bad_config_is_a_config_error():
     assert EmbeddingTable({"dim": 3}).dim == 3  # a dict of fields is a config too
 
 
-def test_the_table_keeps_its_own_copy_of_the_config(tmp_path):
-    """Changing the caller's config object later changed what save() wrote (not the live table),
-    and the snapshot then failed to load."""
+def test_a_table_config_is_read_only(tmp_path):
+    """Changing a config after the table was built changed what save() wrote (not the live
+    table), and the snapshot then failed to load: table configs are frozen, nested ones too."""
+    import pydantic
+
     from freshrec.table import TableConfig
 
-    cfg = TableConfig(dim=4, ttl=60.0)
+    cfg = TableConfig(dim=4, ttl=60.0, optimizer=SGD(lr=0.1))
     t = EmbeddingTable(cfg)
     t.lookup([1, 2], train=True, now=0)
-    cfg.dim, cfg.ttl = 8, 5.0
-    assert t.config.dim == 4 and t.config.ttl == 60.0
+    for obj, field, value in ((cfg, "dim", 8), (t.config, "ttl", 5.0), (t.config.optimizer, "lr", 9.0),
+                              (t.config.admission, "min_count", 3)):  # fmt: skip
+        with pytest.raises(pydantic.ValidationError, match="frozen"):
+            setattr(obj, field, value)
     t.save(tmp_path / "t")
     back = EmbeddingTable.load(tmp_path / "t")
     assert back.dim == 4 and back.config.ttl == 60.0 and len(back) == 2
+    assert cfg.model_copy(update={"dim": 8}).dim == 8  # the way to a changed config
 
 
 def test_assign_refuses_fractional_times_and_counts(table):
@@ -324,10 +329,14 @@ def test_pre_sizing_past_the_free_memory_is_a_capacity_error(monkeypatch):
     from freshrec.table import table as table_module
 
     mem = collections.namedtuple("mem", "available")
-    monkeypatch.setattr(table_module.psutil, "virtual_memory", lambda: mem(2**30))  # 1 GiB free
-    with pytest.raises(CapacityError, match=r"needs .* GiB resident now, the machine has 1.0 GiB"):
+    free = {"bytes": 2**30}
+    monkeypatch.setattr(table_module.psutil, "virtual_memory", lambda: mem(free["bytes"]))  # 1 GiB free
+    with pytest.raises(CapacityError, match=r"needs 2,747 MiB resident now, the machine has 1,024 MiB"):
         EmbeddingTable(dim=64, expected_rows=10_000_000)
-    assert len(EmbeddingTable(dim=64, expected_rows=100_000)) == 0  # what fits is still pre-sized
+    t = EmbeddingTable(dim=64, expected_rows=100_000)  # what fits is still pre-sized
+    free["bytes"] = 1
+    t.reserve(100_000)  # nothing left to make resident: not refused (a snapshot load re-reserves)
+    t.reserve(50_000)
 
 
 # ---- apply_gradients after a training lookup of the same IDs reuses its rows -------------------

@@ -44,7 +44,9 @@ class CheckpointStore:
         self.root = Path(root)
         self.keep = keep
         self.root.mkdir(parents=True, exist_ok=True)
-        for p in remove_temp_dirs(self.root, "ckpt-*"):  # one pipeline per run directory, so a crash's
+        # one pipeline per run directory (its joiner's lock refuses a second, before this runs), so
+        # an unfinished checkpoint here is a crash's
+        for p in remove_temp_dirs(self.root, "ckpt-*"):
             log.warning("removed %s, a checkpoint a crash left unfinished", p)
 
     def _all(self) -> list[tuple[int, Path]]:

@@ -198,7 +198,7 @@ class LocalPS(ParameterServer):
         outs: dict[str, np.ndarray] = {}
         prepared = []
         for table, raw in ids.items():  # every table's input checked before any is touched
-            keys = check_ids(raw)
+            keys = check_ids(raw, scalar=False)
             outs[table] = np.empty((keys.shape[0], self._configs[self._table(table, "pull")].dim), np.float32)
             occ = None
             if counts is not None and counts.get(table) is not None:
@@ -219,7 +219,7 @@ class LocalPS(ParameterServer):
     def push_many(self, grads: Mapping[str, tuple[Any, Any]], *, now: float) -> int:
         prepared = []
         for table, (raw_ids, raw_g) in grads.items():
-            keys = check_ids(raw_ids)
+            keys = check_ids(raw_ids, scalar=False)
             dim = self._configs[self._table(table, "push")].dim
             g = np.asarray(raw_g)
             if g.shape != (keys.shape[0], dim) or g.dtype.kind != "f":
@@ -259,7 +259,7 @@ class LocalPS(ParameterServer):
         return {t: np.concatenate(p) if p else np.zeros(0, np.int64) for t, p in parts.items()}
 
     def assign(self, table: str, ids: Any, embeddings: Any, **kwargs: Any) -> None:
-        keys = check_ids(ids)
+        keys = check_ids(ids, scalar=False)
         shards = self._shards[self._table(table, "assign")]
         if len(shards) == 1:
             shards[0].assign(keys, embeddings, **kwargs)
@@ -275,14 +275,14 @@ class LocalPS(ParameterServer):
                 shard.assign(keys[pos], emb[pos], **part)
 
     def remove(self, table: str, ids: Any) -> np.ndarray:
-        keys = check_ids(ids)
+        keys = check_ids(ids, scalar=False)
         shards = self._shards[self._table(table, "remove")]
         return np.concatenate([shard.remove(keys) for shard in shards]) if keys.size else keys
 
     def export(self, table: str, ids: Any | None = None) -> TableExport:
         shards = self._shards[self._table(table, "export")]
         if ids is not None and len(shards) > 1:
-            keys = check_ids(ids)
+            keys = check_ids(ids, scalar=False)
             owner = shard_of(keys, len(shards))
             parts = [shards[s].export(keys[owner == s]) for s in range(len(shards))]
         else:
@@ -303,7 +303,8 @@ class LocalPS(ParameterServer):
     def stats(self) -> dict[str, TableStats]:
         parts = self._each_shard("read stats", lambda t, s, table: table.stats())
         out = {t: _sum_stats(p) for t, p in parts.items()}
-        for t, n in self._nonfinite_by_table.items():  # refused here, so no shard counted them
+        # refused here, so no shard counted them (a copy: a concurrent push may add a table)
+        for t, n in list(self._nonfinite_by_table.items()):
             out[t] = dataclasses.replace(out[t], nonfinite_rejected=out[t].nonfinite_rejected + n)
         return out
 

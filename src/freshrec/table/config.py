@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from freshrec.config import Config
+from freshrec.config import FrozenConfig
 from freshrec.table import _kernels as K
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-class SGD(Config):
+class SGD(FrozenConfig):
     """Plain SGD, with optional (lazy, per-row) momentum, as ``torch.optim.SGD``.
 
     Args:
@@ -60,7 +60,7 @@ class SGD(Config):
         return 0.0
 
 
-class Adagrad(Config):
+class Adagrad(FrozenConfig):
     """Per-coordinate Adagrad, as ``torch.optim.Adagrad`` (lr_decay fixed at 0).
 
     Args:
@@ -86,7 +86,7 @@ class Adagrad(Config):
         return self.initial_accumulator_value
 
 
-class RowwiseAdagrad(Config):
+class RowwiseAdagrad(FrozenConfig):
     """Row-wise Adagrad (one accumulator per row: mean of g^2), as FBGEMM/TorchRec use for large
     tables: one float of state per row instead of ``dim``.
 
@@ -113,7 +113,7 @@ class RowwiseAdagrad(Config):
         return self.initial_accumulator_value
 
 
-class Adam(Config):
+class Adam(FrozenConfig):
     """Adam, as ``torch.optim.Adam``; bias correction counts this row's own steps (lazy Adam),
     which equals torch's global step when every row is updated every step.
 
@@ -141,7 +141,7 @@ class Adam(Config):
         return 0.0
 
 
-class FTRL(Config):
+class FTRL(FrozenConfig):
     """FTRL-Proximal (McMahan et al. 2013), per coordinate. The embedding is the closed-form
     weight of the accumulators ``z`` and ``n``; as in TensorFlow's FTRL, the first update
     replaces the initial value.
@@ -178,7 +178,7 @@ def _hp(*values: float) -> np.ndarray:
     return hp
 
 
-class InitializerConfig(Config):
+class InitializerConfig(FrozenConfig):
     """How a new row's embedding starts. Deterministic per (table seed, ID), so a re-admitted
     or rebuilt row is reproducible.
 
@@ -214,7 +214,7 @@ class InitializerConfig(Config):
         return K.INIT_TRUNCATED_NORMAL, self.mean, self.std
 
 
-class AdmissionConfig(Config):
+class AdmissionConfig(FrozenConfig):
     """The frequency filter: which unseen IDs get a row (the paper's "feature filtering").
 
     Args:
@@ -252,7 +252,7 @@ class AdmissionConfig(Config):
         return self.sketch_decay_every
 
 
-class TableConfig(Config):
+class TableConfig(FrozenConfig):
     """One collisionless embedding table.
 
     Args:

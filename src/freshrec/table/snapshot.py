@@ -163,22 +163,24 @@ def _arrays(name: str, blob: bytes, spec: dict[str, tuple[Any, tuple[int | None,
 
 def load_table(path: str | Path) -> EmbeddingTable:
     """Rebuild a table from a snapshot directory (checksums verified before anything is built)."""
+    from freshrec.table.table import EmbeddingTable
 
     folder = recover_dir(Path(path))
     manifest = read_manifest(folder)
-    with malformed_manifest(folder):
-        return _load_table(folder, manifest)
-
-
-def _load_table(folder: Path, manifest: dict[str, Any]) -> EmbeddingTable:
-    from freshrec.table.table import EmbeddingTable
-
+    with malformed_manifest(folder):  # every field read below, of the type it is read as
+        entries = list(manifest["files"]) + ([manifest["sketch"]] if manifest.get("sketch") else [])
+        for entry in entries:
+            if not (isinstance(entry["name"], str) and isinstance(entry["xxh3_128"], str)):
+                raise TypeError(f"a file entry's name and checksum must be strings: {entry!r}")
+            int(entry["bytes"])
+        if not isinstance(manifest["counters"], dict):
+            raise TypeError(f"counters must be a map, got {type(manifest['counters']).__name__}")
+        manifest["config"], manifest["rows"]  # present (their types are checked where they are used)
     try:
         config = TableConfig.from_dict(manifest["config"], source=f"{folder}/{MANIFEST}")
     except ConfigError as exc:
         raise CorruptionError(str(exc)) from exc
     # pass 1: every file present, of the right size and checksum, before building anything
-    entries = list(manifest["files"]) + ([manifest["sketch"]] if manifest.get("sketch") else [])
     for entry in entries:
         f = folder / entry["name"]
         if not f.is_file() or f.stat().st_size != entry["bytes"]:

@@ -127,12 +127,12 @@ def to_ms(now: float | int, what: str = "now") -> int:
     return round(x * 1000.0)
 
 
-def check_ids(ids: Any) -> np.ndarray:
-    """IDs as a 1-D int64 array (a scalar is one ID), or InputError: integers only, uint64 only
-    below 2**63 (a larger one would wrap onto a negative ID: another key's row)."""
+def check_ids(ids: Any, *, scalar: bool = True) -> np.ndarray:
+    """IDs as a 1-D int64 array (a scalar is one ID if ``scalar``), or InputError: integers only,
+    uint64 only below 2**63 (a larger one would wrap onto a negative ID: another key's row)."""
     arr = np.asarray(ids)
     if arr.ndim != 1:
-        if arr.ndim == 0:
+        if arr.ndim == 0 and scalar:
             arr = arr.reshape(1)
         else:
             raise InputError(f"ids must be 1-D, got shape {arr.shape}")
@@ -184,8 +184,7 @@ class EmbeddingTable:
             raise ConfigError(f"config must be a TableConfig (or a dict of its fields), got {type(config).__name__}")
         elif fields:
             config = TableConfig.from_dict({**config.model_dump(), **fields}, source="TableConfig")
-        # a copy: the caller's object may change later, and the table (and its snapshots) must not
-        self.config = config = config.model_copy(deep=True)
+        self.config = config  # frozen: what the table runs on is what it saves
         self.dim = config.dim
         self.state_width = config.state_width
         self._mo = self.dim + self.state_width  # column of the row metadata
@@ -288,11 +287,19 @@ class EmbeddingTable:
         if rows > _MAX_ROWS:
             raise CapacityError(f"table {self.config.name!r} holds at most {_MAX_ROWS} rows; asked to reserve {rows}")
         # made resident now: more than the machine has free would not fail here but kill the process
-        need = (rows - self._ready) * 4 * self.width + rows * 3 * 4 * K.LOAD_DEN // K.LOAD_NUM
+        need = 0
+        if _memory.supported():
+            row_bytes = 4 * self.width
+            if rows > self._data.shape[0]:  # a new array, filled while the old one is still held
+                need += rows * row_bytes
+            elif rows > self._ready:
+                need += (rows - self._ready) * row_bytes
+        if rows * K.LOAD_DEN > self._cap * K.LOAD_NUM:  # a new index, written whole
+            need += rows * 12 * K.LOAD_DEN // K.LOAD_NUM
         free = psutil.virtual_memory().available
         if need > free:
-            raise CapacityError(f"table {self.config.name!r}: reserving {rows:,} rows needs {need / 2**30:.1f} GiB "
-                                f"resident now, the machine has {free / 2**30:.1f} GiB available")  # fmt: skip
+            raise CapacityError(f"table {self.config.name!r}: reserving {rows:,} rows needs {need / 2**20:,.0f} MiB "
+                                f"resident now, the machine has {free / 2**20:,.0f} MiB available")  # fmt: skip
         with self._lock.write():
             if rows > self._data.shape[0]:
                 self._grow_rows(at_least=rows)
