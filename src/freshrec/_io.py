@@ -8,13 +8,16 @@ the new one, never a torn mix. Checksums are xxh3-128 (fast enough to verify eve
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import xxhash
 
 from freshrec.errors import BackendError, CorruptionError, FreshrecError, InputError
@@ -26,6 +29,7 @@ __all__ = [
     "checksum_bytes",
     "checksum_file",
     "fsync_dir",
+    "json_safe",
     "malformed_manifest",
     "read_manifest",
     "recover_dir",
@@ -35,6 +39,25 @@ __all__ = [
     "temp_dir_beside",
     "write_durable",
 ]
+
+
+def json_safe(x: Any) -> Any:
+    """Strict-JSON values: NaN and infinities become null (``json.dumps`` would write ``NaN``
+    tokens other parsers reject), numpy scalars and arrays Python values, keys strings, anything
+    else its ``str``."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, np.generic):
+        return json_safe(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, str | int | float | bool) or x is None:
+        return x
+    return str(x)
 
 
 def checksum_bytes(data: bytes | memoryview) -> str:

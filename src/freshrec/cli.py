@@ -140,6 +140,7 @@ def train(
 ) -> None:
     """Batch training from files: the model beside LR and item popularity, on a time split."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
@@ -175,6 +176,8 @@ def train(
         table.add_row(str(row["model"]), f"{row['auc']:.4f}", f"{row['logloss']:.4f}",
                       f"{row['calibration']:.3f}", f"{row['seconds']:.1f}")  # fmt: skip
     console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
     if result.out is not None:
         console.print(f"model directory: {result.out}")
 

@@ -129,6 +129,20 @@ def test_bad_csv_files(tmp_path):
     p.write_text(CSV.replace("bob,11", "bob,"))
     with pytest.raises(DataError, match=r"e.csv: sparse slot 'item' has 1 missing values"):
         load_table_file(p, MAPPING)
+    header, *rows = CSV.splitlines()
+    p.write_text("\n".join([header + ",price", *(r + ",1.0" for r in rows)]) + "\n")  # a second 'price'
+    with pytest.raises(DataError, match=r"e.csv: the header names column\(s\) \['price'\] more than once"):
+        load_table_file(p, MAPPING)
+
+
+def test_a_label_column_is_read_as_nothing_else():
+    """The label as a feature (leakage) or as the time that splits train from test was accepted."""
+    from freshrec.errors import ConfigError
+
+    label = MAPPING["spec"]["labels"][0]
+    for bad in ({"columns": {"price": label}}, {"event_time": label}, {"weights": label}):
+        with pytest.raises(ConfigError, match=rf"file column '{label}' is read as"):
+            ColumnMapping.from_dict({**MAPPING, **bad})
 
 
 def test_bad_parquet(tmp_path):

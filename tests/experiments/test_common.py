@@ -177,3 +177,17 @@ def test_config_layers(tmp_path):
         build_config("collisions", overrides=["epoks=3"])
     with pytest.raises(ConfigError, match="unknown experiment"):
         build_config("nope")
+
+
+def test_drop_repeats_needs_no_fitted_statistics():
+    """`freshrec train` drops repeats before it fits the standardize transforms on the training
+    split: with one in the spec it failed ("has no mean/std: call spec.fit")."""
+    from freshrec.features import DenseFeature
+
+    spec = FeatureSpec(sparse=[SparseSlot(name="u")], labels=["y"],
+                       dense=[DenseFeature(name="p", transform="log1p_standardize", fill_missing=0.0),
+                              DenseFeature(name="q", transform="standardize")])  # fmt: skip
+    cols = {"u": np.array([1, 1, 2, 1]), "p": np.array([3.0, 3.0, 3.0, 4.0]), "q": np.array([0.5, 0.5, 0.5, 0.5]),
+            "y": np.ones(4, np.float32)}  # fmt: skip
+    kept, dropped = drop_repeats(Dataset(spec, cols))
+    assert dropped == 1 and len(kept) == 3 and kept.spec == spec  # the spec is unchanged, still to be fitted

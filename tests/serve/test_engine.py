@@ -124,3 +124,24 @@ def test_without_a_retriever_the_newest_listings_are_ranked(models):
     assert rec.retrieval is None
     empty = ArmEngine("a", ServingState(models[0]), LiveItems()).recommend(1, USER, CONTEXT, 3)
     assert empty.item_ids == [] and empty.probs.shape == (0, 1)
+
+
+@pytest.mark.parametrize("retriever", [False, True])
+def test_an_item_whose_features_cannot_be_encoded_is_left_out_not_every_request(models, retriever, caplog):
+    """One listing with a float in an ID slot made /v1/recommend fail for every user (and froze
+    the retriever's item vectors): a catalog problem leaves that item out."""
+    rank, retrieve = models
+    items = catalog(20)
+    bad = {**item_features(3), "category": 1997.5}  # an ID slot needs integers or strings
+    items.apply([ItemLifecycle(event_id=8, event_time=9.0, item_id="bad", status="listed", features=bad)])
+    items.apply([ItemLifecycle(event_id=9, event_time=9.5, item_id="late", status="listed", features=item_features(4))])
+    engine = ArmEngine("a", ServingState(rank, retrieve if retriever else None), items, retrieve_k=30)
+    if retriever:
+        engine.vectors.refresh()
+        view = engine.vectors.view()
+        assert "bad" not in view.ids and "late" in view.ids and view.skipped == 1
+    with caplog.at_level("WARNING", logger="freshrec.serve.engine"):
+        rec = engine.recommend(1, USER, CONTEXT, 50)
+    assert "bad" not in rec.item_ids and "late" in rec.item_ids and rec.candidates == 21
+    with pytest.raises(InputError):  # a client's own candidate stays a client error in /v1/rank
+        engine.rank(1, USER, CONTEXT, ["bad"], [bad])

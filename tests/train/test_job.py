@@ -75,3 +75,36 @@ def test_cli_train_runs_and_bad_config_exits_with_one_line(data_dir, tmp_path):
                             "--out", str(tmp_path / "notes")], capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert taken.returncode == 2 and "not a model directory" in taken.stderr and "Traceback" not in taken.stderr
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def _own_csv(path, labels) -> TrainJobConfig:
+    """A user's own log as CSV (string users, int items, epoch seconds) and its job config."""
+    rows = "".join(f"u{i % 7},{i % 11},{y},{1_700_000_000 + i}\n" for i, y in enumerate(labels))
+    path.write_text("user,item,y,t\n" + rows)
+    mapping = {"spec": {"sparse": [{"name": "user"}, {"name": "item"}], "labels": ["y"]}, "event_time": "t"}
+    return TrainJobConfig(data=DataSource(format="table", path=str(path), mapping=mapping, dedupe=False),
+                          model={"type": "lr"}, train={"batch_size": 64}, baselines=False)  # fmt: skip
+
+
+def test_labels_outside_0_1_anywhere_in_the_data_are_refused(tmp_path):
+    """Only the training split was checked (by the trainer): a bad held-out label gave garbage
+    metrics and a model directory, quietly."""
+    labels = [i % 2 for i in range(400)]
+    labels[-5] = 2  # in the newest 20%: the held-out split
+    with pytest.raises(
+        DataError, match=r"own.csv: label 'y' must be in \[0, 1\].*held-out split has values in \[0, 2\]"
+    ):
+        run_train_job(_own_csv(tmp_path / "own.csv", labels).model_copy(update={"out": str(tmp_path / "m")}))
+    assert not (tmp_path / "m").exists()
+
+
+def test_one_class_held_out_is_a_warning_and_the_manifest_stays_strict_json(tmp_path):
+    import json
+
+    labels = [i % 2 for i in range(320)] + [0] * 80  # the newest 80 (held out) are all 0
+    cfg = _own_csv(tmp_path / "own.csv", labels).model_copy(update={"out": str(tmp_path / "m")})
+    res = run_train_job(cfg)
+    assert res.warnings and "AUC is undefined" in res.warnings[0]
+    text = (tmp_path / "m" / "manifest.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))  # no NaN tokens
+    assert json.loads(text)["extra"]["test_metrics"]["auc"] is None

@@ -59,6 +59,9 @@ def header(path: Path, fmt: CsvFormat) -> list[str]:
     row = next(csv.reader([first], delimiter=fmt.delimiter, **quote), [])
     if not row or row == [""]:
         raise DataError(f"{path}: the header row is empty")
+    repeated = sorted({c for c in row if row.count(c) > 1})
+    if repeated:  # which one a reader takes is arbitrary: one of them was read silently
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once")
     return row
 
 

@@ -240,7 +240,12 @@ def drop_repeats(data: Dataset) -> tuple[Dataset, int]:
     """
     if len(data) == 0:
         return data, 0
-    b = data.encode()
+    # compared before any fit: a standardized feature is compared on its values before the
+    # (monotone, per-feature) standardization, which tells the same rows apart
+    spec = data.spec
+    raw = [d.model_copy(update={"transform": "log1p" if d.transform == "log1p_standardize" else "none",
+                                "mean": None, "std": None}) if d.standardizes else d for d in spec.dense]  # fmt: skip
+    b = data.with_spec(spec.model_copy(update={"dense": raw})).encode() if raw != spec.dense else data.encode()
     parts: list[np.ndarray] = []  # (B,) int64 columns that together identify an example
     for jag in b.sparse.values():
         parts += _row_keys(jag)

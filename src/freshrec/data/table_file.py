@@ -75,6 +75,20 @@ class ColumnMapping(Config):
                 f"columns maps unknown features {unknown}; the spec has slots {self.spec.slot_names}, "
                 f"dense {self.spec.dense_names}, labels {self.spec.labels}"
             )
+        # a label's column read as anything else leaks the answer (as a feature, the time that
+        # splits train from test, or a weight); features may share a column among themselves
+        roles: dict[str, list[str]] = {}
+        for name in self.spec.slot_names + self.spec.dense_names:
+            roles.setdefault(self.file_column(name), []).append(f"feature {name!r}")
+        for lab in self.spec.labels:
+            roles.setdefault(self.file_column(lab), []).append(f"label {lab!r}")
+        for col, role in ((self.event_time, "event_time"), (self.weights, "weights")):
+            if col is not None:
+                roles.setdefault(col, []).append(role)
+        for col, users in roles.items():
+            if len(users) > 1 and any(not u.startswith("feature") for u in users):
+                raise ValueError(f"file column {col!r} is read as {' and as '.join(users)}: a label, the event "
+                                 "time and the weights each need a column of their own")  # fmt: skip
         return self
 
     def file_column(self, name: str) -> str:

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from freshrec._io import atomic_write_bytes
+from freshrec._io import atomic_write_bytes, json_safe
 from freshrec.config import Config
 from freshrec.data import Dataset, default_data, drop_repeats, load_criteo, load_movielens, movielens_spec
 from freshrec.errors import ConfigError, DataError
@@ -333,7 +333,7 @@ class ExperimentResult:
         paths = [folder / n for n in ("results.csv", "runs.csv", "results.json", "results.md")]
         atomic_write_bytes(paths[0], _csv(self.summary))
         atomic_write_bytes(paths[1], _csv(self.runs))
-        text = json.dumps(_json_safe(self.to_dict()), indent=1, allow_nan=False)
+        text = json.dumps(json_safe(self.to_dict()), indent=1, allow_nan=False)
         atomic_write_bytes(paths[2], (text + "\n").encode())
         atomic_write_bytes(paths[3], self.markdown().encode())
         return paths
@@ -377,21 +377,6 @@ def _cell(v: Any) -> Any:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(v)
     return v
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN/Inf become null (strict JSON); numpy scalars and arrays become Python values."""
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, np.generic):
-        return _json_safe(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _machine() -> dict[str, Any]:

@@ -27,10 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from freshrec._faults import crash_point
-from freshrec._io import atomic_write_bytes
+from freshrec._io import atomic_write_bytes, json_safe
 from freshrec.errors import CorruptionError, StateError
 from freshrec.features import Batch
 from freshrec.joiner import Joiner, decode_examples, examples_to_columns
@@ -284,7 +282,7 @@ class OnlinePipeline:
         return m
 
     def _write_status(self, now: float) -> None:
-        status = _clean(self.status())
+        status = json_safe(self.status())
         self.last_status = status  # what /metrics reads: one dict swap, no shared state with the loop
         blob = json.dumps(status).encode()
         atomic_write_bytes(self.config.run_dir / "status.json", blob)
@@ -319,18 +317,3 @@ class OnlinePipeline:
 
 def _first_label(batch: Batch) -> Batch:
     return Batch(batch.sparse, batch.dense, batch.labels[:, :1], batch.weights, batch.event_time)
-
-
-def _clean(v: Any) -> Any:
-    """JSON-safe: NaN and infinities become null (json.dumps would write invalid NaN tokens)."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)

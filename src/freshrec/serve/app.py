@@ -227,7 +227,10 @@ def create_app(
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("%s %s failed", request.method, request.url.path)
         request.state.error = "InternalError"
-        return _body("InternalError", f"internal error ({type(exc).__name__}); see the server log", None, 500)
+        # Starlette re-raises after this response and the server then drops the connection: say so,
+        # or a client reusing it loses its next request (and cannot know whether a retry applied)
+        return _body("InternalError", f"internal error ({type(exc).__name__}); see the server log", None, 500,
+                     {"Connection": "close"})  # fmt: skip
 
     # ---- routes ------------------------------------------------------------------------------------
     @app.post("/v1/rank", response_model=RankResponse, tags=["serving"], openapi_extra=_body_doc(RankRequest))

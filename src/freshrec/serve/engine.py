@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from freshrec.errors import ConfigError, InputError
+from freshrec.errors import ConfigError, DataError, InputError
+from freshrec.features import Batch
 from freshrec.models import TwoTowerConfig
 from freshrec.serve.features import ColumnBuilder, Missing
 from freshrec.serve.items import LiveItems
@@ -101,6 +102,42 @@ def _take(cols: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
     return {k: (v[rows] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in cols.items()}
 
 
+def _encode_catalog_rows(builder: ColumnBuilder, cols: dict[str, Any], n: int) -> tuple[np.ndarray, Batch | None]:
+    """(rows kept, their batch) for rows built from catalog items: an item whose features the
+    model cannot read (a float where an ID slot needs integers, a scalar for a list) is a catalog
+    problem, left out with a warning, not a failure of every request that retrieves it. The
+    row-by-row search runs only when the whole batch fails."""
+    try:
+        return np.arange(n), builder.encode(cols, n)
+    except (InputError, DataError):
+        pass
+    good = []
+    for i in range(n):
+        try:
+            builder.encode(_take(cols, np.array([i])), 1)
+            good.append(i)
+        except (InputError, DataError) as exc:
+            _BAD_ITEMS.warn(f"a catalog item's features cannot be encoded ({exc}); it is left out")
+    keep = np.array(good, np.int64)
+    return keep, (builder.encode(_take(cols, keep), keep.size) if keep.size else None)
+
+
+class _RateLimitedWarning:
+    """One log line a minute at most: a bad item would otherwise log on every request."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s, self._last = every_s, float("-inf")
+
+    def warn(self, msg: str) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            log.warning(msg)
+
+
+_BAD_ITEMS = _RateLimitedWarning()
+
+
 class ItemVectors:
     """The retriever's vector of every live item, cached per (catalog version, sparse version,
     dense version, module); :meth:`refresh` rebuilds, :meth:`view` reads (any thread)."""
@@ -160,9 +197,11 @@ class ItemVectors:
             bad = np.unique(np.concatenate([m.rows for m in missing]))
             keep = np.setdiff1d(keep, bad)
             cols = _take(cols, keep)
+        if keep.size:
+            kept, batch = _encode_catalog_rows(self.builder, cols, keep.size)
+            keep = keep[kept]
         if keep.size == 0:
             return keep, np.zeros((0, self._view.matrix.shape[1]), np.float32)
-        batch = self.builder.encode(cols, keep.size)
         module, pooled = self.model.pooled(batch)
         return keep, module.item_vectors(pooled, torch.from_numpy(batch.dense)).numpy()  # (n, K)
 
@@ -227,7 +266,12 @@ class ArmEngine:
             cols = _take(cols, keep)
             ids = [ids[i] for i in keep.tolist()]
             feats = [feats[i] for i in keep.tolist()]
-        probs = model.predict(self.ranker.encode(cols, len(ids)))  # (R, T)
+        kept, batch = _encode_catalog_rows(self.ranker, cols, len(ids))
+        if batch is None:  # every candidate lacked something: nothing to rank
+            return Recommended([], [], np.zeros((0, len(self.tasks)), np.float32), self.tasks,
+                               ModelInfo.of(self.arm, model), retrieval, 0)  # fmt: skip
+        ids, feats = [ids[i] for i in kept.tolist()], [feats[i] for i in kept.tolist()]
+        probs = model.predict(batch)  # (R, T)
         order = np.argsort(-probs[:, 0], kind="stable")[:k]
         top = order.tolist()
         return Recommended(

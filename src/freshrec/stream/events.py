@@ -185,6 +185,8 @@ def decode_json(body: bytes | str) -> Event:
         return _js_decoder.decode(body)
     except msgspec.MsgspecError as exc:
         raise SchemaError(_explain(exc, body, msgspec.json.decode)[1]) from exc
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"<record>: invalid UTF-8 in a string ({exc.reason})") from exc
 
 
 def decode_json_many(body: bytes | str) -> tuple[list[Event], list[BadRecord]]:
@@ -202,6 +204,8 @@ def decode_json_many(body: bytes | str) -> tuple[list[Event], list[BadRecord]]:
         except msgspec.MsgspecError as exc:
             field, reason = _explain(exc, raw, msgspec.json.decode)
             bad.append(BadRecord(i, field, reason, bytes(raw)))
+        except UnicodeDecodeError as exc:  # the array parsed, but a string inside is not UTF-8
+            bad.append(BadRecord(i, "<record>", f"invalid UTF-8 in a string ({exc.reason})", bytes(raw)))
     return events, bad
 
 

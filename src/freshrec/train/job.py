@@ -32,7 +32,7 @@ from freshrec.data import (
     load_table_file,
 )
 from freshrec.errors import ConfigError, DataError
-from freshrec.features import FeatureSpec
+from freshrec.features import Batch, FeatureSpec
 from freshrec.models import DeepFMConfig, LRConfig, ModelConfig
 from freshrec.ps import PSConfig
 from freshrec.train.config import TrainConfig
@@ -105,6 +105,7 @@ class JobResult:
     test_examples: int = 0
     duplicates_dropped: int = 0
     out: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_dataset(source: DataSource, spec: FeatureSpec | None = None) -> Dataset:
@@ -163,6 +164,21 @@ def _metrics(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict
     }
 
 
+def _check_labels(train: Dataset, test_batch: Batch, source: str, result: JobResult) -> None:
+    """Labels must be in [0, 1] on both sides of the split (the trainer checks only what it trains
+    on, so a bad held-out label gave garbage metrics quietly); one class held out is a warning."""
+    for part, y in (("training", train.encode().labels), ("held-out", test_batch.labels)):
+        for j, name in enumerate(train.spec.labels):
+            col = y[:, j]
+            if col.size and (col.min() < 0 or col.max() > 1):
+                raise DataError(f"{source}: label {name!r} must be in [0, 1] (the loss is binary cross-entropy); "
+                                f"the {part} split has values in [{col.min():g}, {col.max():g}]")  # fmt: skip
+    first = test_batch.labels[:, 0]
+    if first.size and first.min() == first.max():
+        result.warnings.append(f"every held-out example has label {train.spec.labels[0]!r} = {first[0]:g}: "
+                               "AUC is undefined (reported as nan)")  # fmt: skip
+
+
 def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], None] | None = None) -> JobResult:
     """Run the job; ``on_step(model_name, step, total_steps)`` reports progress."""
     if config.out is not None:  # before any work: a path the save would refuse fails now
@@ -182,6 +198,7 @@ def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], 
     if config.baselines and config.model.type != "lr":
         runs.append(("lr", with_table_dim(train.spec, 1), LRConfig()))
     test_batch = test.encode()
+    _check_labels(train, test_batch, data.source, result)
     labels, weights = test_batch.labels[:, 0], test_batch.weights
     for name, spec, model_config in runs:
         t0 = time.perf_counter()

@@ -30,7 +30,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from freshrec._io import check_replaceable, checksum_bytes, recover_dir, replace_dir, temp_dir_beside, write_durable
+from freshrec._io import (
+    check_replaceable,
+    checksum_bytes,
+    json_safe,
+    recover_dir,
+    replace_dir,
+    temp_dir_beside,
+    write_durable,
+)
 from freshrec._io import read_manifest as _read_manifest
 from freshrec.errors import ConfigError, CorruptionError
 from freshrec.features import FeatureSpec
@@ -109,7 +117,8 @@ def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] 
             "files": sums,
             "extra": extra or {},
         }  # fmt: skip
-        write_durable(tmp / "manifest.json", json.dumps(manifest, indent=1, default=float).encode())
+        # strict JSON: an undefined metric (AUC of a one-class window) is null, not a NaN token
+        write_durable(tmp / "manifest.json", json.dumps(json_safe(manifest), indent=1, allow_nan=False).encode())
         replace_dir(tmp, path)
     return path
 
