@@ -21,6 +21,7 @@ __all__ = ["SECTIONS", "render"]
 
 
 def _sections() -> list[tuple[str, str, list[type[BaseModel]]]]:
+    from freshrec.data import ColumnMapping
     from freshrec.demo import DemoConfig
     from freshrec.features import DenseFeature, FeatureSpec, SparseSlot
     from freshrec.joiner import JoinerConfig
@@ -41,7 +42,8 @@ def _sections() -> list[tuple[str, str, list[type[BaseModel]]]]:
         ("freshrec online", "`freshrec online --config FILE --set key=value`", [OnlineConfig]),
         ("freshrec serve", "`freshrec serve --config FILE --set key=value`",
          [ServeConfig, ArmConfig, ArmSyncConfig, TopicsConfig]),
-        ("freshrec train", "`freshrec train --config FILE --set key=value`", [TrainJobConfig, DataSource]),
+        ("freshrec train", "`freshrec train --config FILE --set key=value`",
+         [TrainJobConfig, DataSource, ColumnMapping]),
         ("Features", "the `spec` section of the configs above", [FeatureSpec, SparseSlot, DenseFeature]),
         ("Tables", "`tables` / `table_defaults` of a feature spec",
          [TableConfig, AdmissionConfig, InitializerConfig, SGD, Adagrad, RowwiseAdagrad, Adam, FTRL]),
@@ -104,7 +106,8 @@ def _default(field: Any) -> str:
     if isinstance(value, BaseModel):
         return f"`{type(value).__name__}` defaults"
     text = repr(value) if not isinstance(value, Path) else f"'{value}'"
-    return f"`{text}`" if len(text) < 60 else f"`{text[:57]}...`"
+    text = text if len(text) < 60 else f"{text[:57]}..."
+    return f"`{text}`".replace("|", "\\|")  # a bare | would end the table cell
 
 
 def render() -> str:
