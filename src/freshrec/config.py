@@ -48,7 +48,8 @@ class Config(BaseModel):
 
 class FrozenConfig(Config):
     """A config an object takes as its own for life (a table's): read-only, so changing it later
-    cannot leave the object and what it saves disagreeing. Change one with ``model_copy(update=...)``."""
+    cannot leave the object and what it saves disagreeing. A changed one, validated:
+    ``type(c).from_dict({**c.model_dump(), **changes})``."""
 
     model_config = ConfigDict(frozen=True)
 

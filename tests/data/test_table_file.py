@@ -143,6 +143,16 @@ def test_a_label_column_is_read_as_nothing_else():
     for bad in ({"columns": {"price": label}}, {"event_time": label}, {"weights": label}):
         with pytest.raises(ConfigError, match=rf"file column '{label}' is read as"):
             ColumnMapping.from_dict({**MAPPING, **bad})
+    # other columns may serve several roles: the time or the weights as a feature too
+    ColumnMapping.from_dict({**MAPPING, "columns": {**MAPPING["columns"], "price": "ts"}})
+    ColumnMapping.from_dict({**MAPPING, "weights": "price"})
+
+
+def test_a_repeated_header_is_refused_only_for_a_column_the_mapping_reads(tmp_path):
+    header, *rows = CSV.splitlines()
+    p = tmp_path / "d.csv"
+    p.write_text("\n".join([header + ",extra", *(r + ",again" for r in rows)]) + "\n")  # 'extra' twice: unread
+    assert len(load_table_file(p, MAPPING)) == 3
 
 
 def test_bad_parquet(tmp_path):

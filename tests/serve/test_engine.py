@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from freshrec.errors import InputError
+from freshrec.errors import DataError, InputError
 from freshrec.serve import ArmEngine, LiveItems
 from freshrec.stream import ItemLifecycle
 from freshrec.sync import ServedModel, ServingState
@@ -136,12 +136,17 @@ def test_an_item_whose_features_cannot_be_encoded_is_left_out_not_every_request(
     items.apply([ItemLifecycle(event_id=8, event_time=9.0, item_id="bad", status="listed", features=bad)])
     items.apply([ItemLifecycle(event_id=9, event_time=9.5, item_id="late", status="listed", features=item_features(4))])
     engine = ArmEngine("a", ServingState(rank, retrieve if retriever else None), items, retrieve_k=30)
-    if retriever:
-        engine.vectors.refresh()
-        view = engine.vectors.view()
-        assert "bad" not in view.ids and "late" in view.ids and view.skipped == 1
     with caplog.at_level("WARNING", logger="freshrec.serve.engine"):
+        if retriever:
+            engine.vectors.refresh()
+            view = engine.vectors.view()
+            assert "bad" not in view.ids and "late" in view.ids and view.skipped == 1
         rec = engine.recommend(1, USER, CONTEXT, 50)
     assert "bad" not in rec.item_ids and "late" in rec.item_ids and rec.candidates == 21
+    left_out = engine.vectors.bad_items if retriever else engine.bad_items  # whoever met it first
+    assert left_out.count == 1 and "catalog item 'bad'" in caplog.text
     with pytest.raises(InputError):  # a client's own candidate stays a client error in /v1/rank
         engine.rank(1, USER, CONTEXT, ["bad"], [bad])
+    # a request whose own features no row can encode is the request's error, not an empty answer
+    with pytest.raises((InputError, DataError)):
+        engine.recommend(1, {**USER, "segment": 1.5}, CONTEXT, 5)

@@ -308,7 +308,10 @@ def test_a_table_config_is_read_only(tmp_path):
     t.save(tmp_path / "t")
     back = EmbeddingTable.load(tmp_path / "t")
     assert back.dim == 4 and back.config.ttl == 60.0 and len(back) == 2
-    assert cfg.model_copy(update={"dim": 8}).dim == 8  # the way to a changed config
+    assert TableConfig.from_dict({**cfg.model_dump(), "dim": 8}).dim == 8  # the way to a changed config
+    vec = TableConfig(dim=2, default_value=[1.0, 2.0])
+    with pytest.raises(TypeError):  # a tuple: a frozen config's list could still change in place
+        vec.default_value[0] = 9.0
 
 
 def test_assign_refuses_fractional_times_and_counts(table):

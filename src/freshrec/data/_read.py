@@ -59,9 +59,6 @@ def header(path: Path, fmt: CsvFormat) -> list[str]:
     row = next(csv.reader([first], delimiter=fmt.delimiter, **quote), [])
     if not row or row == [""]:
         raise DataError(f"{path}: the header row is empty")
-    repeated = sorted({c for c in row if row.count(c) > 1})
-    if repeated:  # which one a reader takes is arbitrary: one of them was read silently
-        raise DataError(f"{path}: the header names column(s) {repeated} more than once")
     return row
 
 
@@ -71,6 +68,10 @@ def require(path: Path, present: Sequence[str], needed: dict[str, str]) -> None:
     if missing:
         shown = ", ".join(repr(c) for c in list(present)[:40])
         raise DataError(f"{path}: missing column {', '.join(missing)}; the file has {shown}")
+    names = list(present)
+    repeated = sorted(col for col in needed if names.count(col) > 1)
+    if repeated:  # which one a reader takes is arbitrary: one of them would be read silently
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once")
 
 
 def _options(

@@ -151,7 +151,10 @@ class Dataset:
         return out
 
     def with_spec(self, spec: FeatureSpec) -> Dataset:
-        """The same rows under another spec (its features must have columns here)."""
+        """The same rows under another spec (its features must have columns here); the same
+        spec gives this data set itself (and its encoded batch, if there is one)."""
+        if spec == self._spec:
+            return self
         self._check_spec(spec)
         return self._derive(self._columns, self._event_time, self._weights, spec, None)
 

@@ -76,7 +76,7 @@ class ColumnMapping(Config):
                 f"dense {self.spec.dense_names}, labels {self.spec.labels}"
             )
         # a label's column read as anything else leaks the answer (as a feature, the time that
-        # splits train from test, or a weight); features may share a column among themselves
+        # splits train from test, or a weight); other columns may serve several roles
         roles: dict[str, list[str]] = {}
         for name in self.spec.slot_names + self.spec.dense_names:
             roles.setdefault(self.file_column(name), []).append(f"feature {name!r}")
@@ -86,9 +86,9 @@ class ColumnMapping(Config):
             if col is not None:
                 roles.setdefault(col, []).append(role)
         for col, users in roles.items():
-            if len(users) > 1 and any(not u.startswith("feature") for u in users):
-                raise ValueError(f"file column {col!r} is read as {' and as '.join(users)}: a label, the event "
-                                 "time and the weights each need a column of their own")  # fmt: skip
+            if any(u.startswith("label") for u in users) and not all(u.startswith("label") for u in users):
+                raise ValueError(f"file column {col!r} is read as {' and as '.join(users)}: a label's column "
+                                 "read as anything else leaks the answer")  # fmt: skip
         return self
 
     def file_column(self, name: str) -> str:

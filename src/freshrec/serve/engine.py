@@ -102,40 +102,58 @@ def _take(cols: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
     return {k: (v[rows] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in cols.items()}
 
 
-def _encode_catalog_rows(builder: ColumnBuilder, cols: dict[str, Any], n: int) -> tuple[np.ndarray, Batch | None]:
+def _encode_catalog_rows(
+    builder: ColumnBuilder, cols: dict[str, Any], ids: Sequence[Any], warn: _RateLimitedWarning, *, request: bool
+) -> tuple[np.ndarray, Batch | None]:
     """(rows kept, their batch) for rows built from catalog items: an item whose features the
     model cannot read (a float where an ID slot needs integers, a scalar for a list) is a catalog
-    problem, left out with a warning, not a failure of every request that retrieves it. The
-    row-by-row search runs only when the whole batch fails."""
+    problem, left out with a warning, not a failure of every request that retrieves it. Bad rows
+    are found by halving (a few encodes per bad item), only when the whole batch fails. With
+    ``request`` (rows carry a request's user and context features), no row encoding means the
+    request's own features are at fault: its error is raised."""
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, np.int64), None
     try:
         return np.arange(n), builder.encode(cols, n)
-    except (InputError, DataError):
-        pass
-    good = []
-    for i in range(n):
+    except (InputError, DataError) as exc:
+        first = exc
+    good: list[np.ndarray] = []
+
+    def search(rows: np.ndarray) -> None:
         try:
-            builder.encode(_take(cols, np.array([i])), 1)
-            good.append(i)
+            builder.encode(_take(cols, rows), rows.size)
+            good.append(rows)
         except (InputError, DataError) as exc:
-            _BAD_ITEMS.warn(f"a catalog item's features cannot be encoded ({exc}); it is left out")
-    keep = np.array(good, np.int64)
-    return keep, (builder.encode(_take(cols, keep), keep.size) if keep.size else None)
+            if rows.size == 1:
+                warn.warn(f"catalog item {ids[int(rows[0])]!r}: its features cannot be encoded ({exc}); left out")
+            else:
+                search(rows[: rows.size // 2])
+                search(rows[rows.size // 2 :])
+
+    search(np.arange(n))
+    if not good:
+        if request:
+            raise first
+        return np.zeros(0, np.int64), None
+    keep = np.concatenate(good)
+    return keep, builder.encode(_take(cols, keep), keep.size)
 
 
 class _RateLimitedWarning:
-    """One log line a minute at most: a bad item would otherwise log on every request."""
+    """One log line a minute at most per owner (an arm's ranking, its item vectors): a bad item
+    would otherwise log on every request."""
 
-    def __init__(self, every_s: float = 60.0) -> None:
-        self.every_s, self._last = every_s, float("-inf")
+    def __init__(self, owner: str, every_s: float = 60.0) -> None:
+        self.owner, self.every_s, self._last = owner, every_s, float("-inf")
+        self.count = 0  # items left out, over the owner's life
 
     def warn(self, msg: str) -> None:
+        self.count += 1
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
-            log.warning(msg)
-
-
-_BAD_ITEMS = _RateLimitedWarning()
+            log.warning("%s: %s", self.owner, msg)
 
 
 class ItemVectors:
@@ -148,6 +166,7 @@ class ItemVectors:
             raise ConfigError(f"the retrieval model {model.name!r} must be two_tower, got {cfg.type}")
         self.model = model
         self.items = items
+        self.bad_items = _RateLimitedWarning(f"item vectors of {model.name!r}")
         self.builder = ColumnBuilder(model.spec, only=_tower_names(cfg)[1])
         self._view = VectorView((-1, -1, -1, -1), [], [], np.zeros((0, cfg.out_dim), np.float32), 0)
         self._lock = threading.Lock()  # one rebuild at a time
@@ -198,7 +217,8 @@ class ItemVectors:
             keep = np.setdiff1d(keep, bad)
             cols = _take(cols, keep)
         if keep.size:
-            kept, batch = _encode_catalog_rows(self.builder, cols, keep.size)
+            kept, batch = _encode_catalog_rows(self.builder, cols, [ids[i] for i in keep.tolist()], self.bad_items,
+                                               request=False)  # fmt: skip
             keep = keep[kept]
         if keep.size == 0:
             return keep, np.zeros((0, self._view.matrix.shape[1]), np.float32)
@@ -215,6 +235,7 @@ class ArmEngine:
         self.items = items
         self.retrieve_k = retrieve_k
         self.ranker = ColumnBuilder(state.rank.spec)
+        self.bad_items = _RateLimitedWarning(f"arm {arm!r}")  # catalog items ranking left out
         self.tasks = list(state.rank.tasks)
         self.vectors: ItemVectors | None = None
         self.user_builder: ColumnBuilder | None = None
@@ -266,7 +287,7 @@ class ArmEngine:
             cols = _take(cols, keep)
             ids = [ids[i] for i in keep.tolist()]
             feats = [feats[i] for i in keep.tolist()]
-        kept, batch = _encode_catalog_rows(self.ranker, cols, len(ids))
+        kept, batch = _encode_catalog_rows(self.ranker, cols, ids, self.bad_items, request=True)
         if batch is None:  # every candidate lacked something: nothing to rank
             return Recommended([], [], np.zeros((0, len(self.tasks)), np.float32), self.tasks,
                                ModelInfo.of(self.arm, model), retrieval, 0)  # fmt: skip

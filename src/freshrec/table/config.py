@@ -295,7 +295,7 @@ class TableConfig(FrozenConfig):
     max_rows: int | None = Field(None, ge=1)
     eviction: Literal["lru", "lfu"] = "lru"
     evict_fraction: float = Field(0.01, gt=0, le=1)  # batch evictions: one scan frees many rows
-    default_value: float | list[float] = 0.0
+    default_value: float | tuple[float, ...] = 0.0  # a tuple: a frozen config's list could still change
     seed: int = Field(0, ge=0, lt=2**63)
     track_changes: bool = True
     huge_pages: bool | Literal["auto"] = "auto"
@@ -303,7 +303,7 @@ class TableConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _check_default(self) -> TableConfig:
-        if isinstance(self.default_value, list) and len(self.default_value) != self.dim:
+        if isinstance(self.default_value, tuple) and len(self.default_value) != self.dim:
             raise ValueError(f"default_value has {len(self.default_value)} values, the table's dim is {self.dim}")
         return self
 
