@@ -243,12 +243,7 @@ def drop_repeats(data: Dataset) -> tuple[Dataset, int]:
     """
     if len(data) == 0:
         return data, 0
-    # compared before any fit: a standardized feature is compared on its values before the
-    # (monotone, per-feature) standardization, which tells the same rows apart
-    spec = data.spec
-    raw = [d.model_copy(update={"transform": "log1p" if d.transform == "log1p_standardize" else "none",
-                                "mean": None, "std": None}) if d.standardizes else d for d in spec.dense]  # fmt: skip
-    b = data.with_spec(spec.model_copy(update={"dense": raw})).encode() if raw != spec.dense else data.encode()
+    b = data.with_spec(_unstandardized(data.spec)).encode()
     parts: list[np.ndarray] = []  # (B,) int64 columns that together identify an example
     for jag in b.sparse.values():
         parts += _row_keys(jag)
@@ -263,6 +258,17 @@ def drop_repeats(data: Dataset) -> tuple[Dataset, int]:
     if first.size == len(data):
         return data, 0
     return data.take(np.sort(first)), len(data) - int(first.size)
+
+
+def _unstandardized(spec: FeatureSpec) -> FeatureSpec:
+    """``spec`` with each standardize transform cut back to what precedes it, so it encodes before
+    any fit; standardizing is increasing per feature, so it tells the same rows apart."""
+    if not any(d.standardizes for d in spec.dense):
+        return spec
+    before = {"standardize": "none", "log1p_standardize": "log1p"}
+    dense = [d.model_copy(update={"transform": before[d.transform], "mean": None, "std": None}) if d.standardizes
+             else d for d in spec.dense]  # fmt: skip
+    return spec.model_copy(update={"dense": dense})
 
 
 def _row_keys(jag: Jagged) -> list[np.ndarray]:

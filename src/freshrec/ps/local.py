@@ -105,7 +105,7 @@ class LocalPS(ParameterServer):
             raise ConfigError(f"two tables share a name: {sorted({n for n in names if names.count(n) > 1})}")
         if not cfgs:
             raise ConfigError("a parameter server needs at least one table")
-        self._configs = {name: cfg.model_copy(update={"name": name}, deep=True) for name, cfg in cfgs.items()}
+        self._configs = {name: cfg.model_copy(update={"name": name}) for name, cfg in cfgs.items()}
         workers = self.config.worker_threads
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="freshrec-ps") if workers > 1 else None
         self._state = PSState.OPEN
