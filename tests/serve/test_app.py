@@ -164,6 +164,38 @@ def test_bad_rank_requests_name_the_field(server, mutate, status, message):
     assert message in r.json()["message"], r.json()
 
 
+def test_null_features_are_left_out(server):
+    """null is what pandas and most JSON encoders write for a missing value: it is the same as
+    leaving the key out (a fill_missing dense feature is filled, any other is named as missing)."""
+    client, _, _ = server
+    base = client.post("/v1/rank", json=rank_body(2)).json()["scores"]
+    body = rank_body(2)
+    for c in body["candidates"]:
+        c["features"]["discount"] = None  # fill_missing=0.0
+    filled = client.post("/v1/rank", json=body)
+    body = rank_body(2)
+    for c in body["candidates"]:
+        c["features"]["discount"] = 0.0
+    assert filled.status_code == 200 and filled.json()["scores"] == client.post("/v1/rank", json=body).json()["scores"]
+    assert filled.json()["scores"] != base  # the filled 0.0 is not the sent 0.1
+    body = rank_body(2)
+    body["candidates"][1]["features"]["price"] = None
+    r = client.post("/v1/rank", json=body)
+    assert r.status_code == 422 and "candidates[1].features.price: missing" in r.json()["message"]
+    r = client.post("/v1/recommend", json={"user_id": 1, "user_features": {"segment": 1, "hour": None}, "k": 2})
+    assert r.status_code == 422 and "features.hour: missing" in r.json()["message"]
+    r = client.post(
+        "/v1/recommend", json={"user_id": 1, "user_features": {**USER, "note": None}, "context": CONTEXT, "k": 2}
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_healthz_answers_head(server):
+    client, _, _ = server
+    r = client.head("/v1/healthz")
+    assert r.status_code == 200 and r.content == b""
+
+
 def test_caps_on_candidates_k_and_body(server):
     client, _, _ = server
     r = client.post("/v1/rank", json=rank_body(21))

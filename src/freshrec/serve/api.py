@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = [
     "Candidate",
@@ -32,7 +32,19 @@ Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 Id = Int64 | Annotated[StrictStr, Field(min_length=1, max_length=256)]
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 FeatureValue = Int64 | Finite | StrictStr | list[Int64 | StrictStr]
-Features = dict[Annotated[str, Field(min_length=1, max_length=256)], FeatureValue]
+
+
+def _drop_nulls(features: dict[str, FeatureValue | None]) -> dict[str, FeatureValue]:
+    if None not in features.values():
+        return features  # type: ignore[return-value]
+    return {name: v for name, v in features.items() if v is not None}
+
+
+# null is the same as leaving the feature out (pandas and most JSON encoders write a missing value
+# as null): dropped here, so nothing downstream (merging, logged impressions) ever sees it
+Features = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=256)], FeatureValue | None], AfterValidator(_drop_nulls)
+]
 
 
 class _Body(BaseModel):

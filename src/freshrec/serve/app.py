@@ -3,7 +3,7 @@
     POST /v1/rank        candidates in, probabilities out (log-odds corrected), model versions
     POST /v1/recommend   top-k live items (retrieve, then rank); logs the impressions itself
     POST /v1/events      impressions, actions, item lifecycle events -> the event log (API key)
-    GET  /v1/healthz     200 while serving, 503 otherwise
+    GET  /v1/healthz     200 while serving, 503 otherwise (HEAD too)
     GET  /v1/model       versions, table sizes, freshness per arm
     GET  /metrics        Prometheus
     GET  /docs           OpenAPI (Swagger UI); the schema at /openapi.json
@@ -283,7 +283,8 @@ def create_app(
         out = await run_in_threadpool(replica.ingest, body)
         return Response(_json.encode(out), media_type="application/json")
 
-    @app.get("/v1/healthz", response_model=Health, tags=["ops"])
+    # HEAD too: load balancers and uptime checkers often probe with it (the server sends no body)
+    @app.api_route("/v1/healthz", methods=["GET", "HEAD"], response_model=Health, tags=["ops"])
     def healthz() -> Response:
         out = replica.health()
         return Response(_json.encode(out), 200 if out["status"] == "ok" else 503, media_type="application/json")
