@@ -239,8 +239,12 @@ def test_a_batch_of_another_spec_is_refused_before_the_ps_sees_it():
     extra_dense = dataclasses.replace(good, dense=np.ones((32, 2), np.float32))
     no_tags = dataclasses.replace(good, sparse={k: v for k, v in good.sparse.items() if k != "tags"})
     bad_labels = dataclasses.replace(good, labels=np.full((32, 1), 5.0, np.float32))
+    user = good.sparse["user"]  # single-valued: one row with two IDs, one with none, would be pooled
+    two_users = dataclasses.replace(good, sparse={**good.sparse, "user": Jagged.from_lengths(
+        user.values, np.r_[2, 0, np.ones(30, np.int64)])})  # fmt: skip
     for batch, match in ((extra_dense, "2 dense columns"), (no_tags, r"lacks slots \['tags'\]"),
-                         ({"user": [1]}, "expected a Batch"), (bad_labels, r"labels must be in \[0, 1\]")):  # fmt: skip
+                         ({"user": [1]}, "expected a Batch"), (bad_labels, r"labels must be in \[0, 1\]"),
+                         (two_users, r"single-valued slots \['user'\] hold other than one ID")):  # fmt: skip
         with pytest.raises(InputError, match=match):
             tr.step(batch)
     with pytest.raises(InputError, match="2 dense columns"):

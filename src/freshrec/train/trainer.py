@@ -111,6 +111,11 @@ class Trainer:
         missing = [s for s in self.spec.slot_names if s not in batch.sparse]
         if missing:
             raise InputError(f"cannot {what}: the batch lacks slots {missing} of the trainer's spec")
+        # a single-valued slot's model input is its one row; several IDs would be pooled silently
+        multi = [s.name for s in self.spec.sparse if not s.multi_valued and not batch.sparse[s.name].is_single]
+        if multi:
+            raise InputError(f"cannot {what}: single-valued slots {multi} hold other than one ID per row in the batch "
+                             "(declare them multi_valued, or encode the batch with the trainer's spec)")  # fmt: skip
         if batch.dense.shape[1] != len(self.spec.dense):
             raise InputError(f"cannot {what}: the batch has {batch.dense.shape[1]} dense columns, the trainer's spec "
                              f"{len(self.spec.dense)} ({self.spec.dense_names})")  # fmt: skip
