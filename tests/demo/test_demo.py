@@ -14,8 +14,9 @@ from ..conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _demo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "freshrec.cli", "demo", "--no-dashboard", *args], cwd=ROOT,
+def _demo(*args: str, dashboard: bool = False) -> subprocess.CompletedProcess:
+    flags = [] if dashboard else ["--no-dashboard"]
+    return subprocess.run([sys.executable, "-m", "freshrec.cli", "demo", *flags, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
@@ -34,10 +35,13 @@ def test_demo_60s_then_resume(tmp_path):
     for png in ("auc.png", "freshness.png", "tables.png", "ctr.png"):
         assert (run / png).stat().st_size > 1000 and png in html
     trained = m["examples_trained"]
-    second = _demo("--duration", "20", "--port", port, "--resume", str(run))
+    # with the dashboard on: piped, it prints one frame at the end, which must be metrics.json's
+    second = _demo("--duration", "20", "--port", port, "--resume", str(run), dashboard=True)
     assert second.returncode == 0, second.stderr[-3000:] + second.stdout[-3000:]
     assert "resuming" in second.stdout
     assert "resumed from" in (run / "trainer.log").read_text()
     m2 = json.loads((run / "metrics.json").read_text())
     assert m2["examples_trained"] > trained  # carried on from the checkpoint, not from zero
+    frame = second.stdout[second.stdout.index("examples trained") :].splitlines()[0]
+    assert f"{m2['examples_trained']:,} (" in frame, frame
     assert m2["progressive_auc"] > 0.5

@@ -284,7 +284,8 @@ def create_app(
         return Response(_json.encode(out), media_type="application/json")
 
     # HEAD too: load balancers and uptime checkers often probe with it (the server sends no body)
-    @app.api_route("/v1/healthz", methods=["GET", "HEAD"], response_model=Health, tags=["ops"])
+    @app.head("/v1/healthz", include_in_schema=False)
+    @app.get("/v1/healthz", response_model=Health, tags=["ops"])
     def healthz() -> Response:
         out = replica.health()
         return Response(_json.encode(out), 200 if out["status"] == "ok" else 503, media_type="application/json")
