@@ -108,11 +108,15 @@ def bench_serve(
     gil_switch_ms: Annotated[
         float | None, typer.Option(help="The server's gil_switch_interval_ms (default: ServeConfig's).")
     ] = None,
+    runs: Annotated[
+        int | None,
+        typer.Option(help="Load runs against one server; the headline is the worst (default 1 with --quick, else 3)."),
+    ] = None,
 ) -> None:
     """Serving: /v1/rank p50/p99 at a fixed rate while deltas land every second; freshness."""
     from freshrec.bench.serve import run
 
-    _finish(run(quick=quick, rate=rate, client=client, gil_switch_ms=gil_switch_ms), json_path)
+    _finish(run(quick=quick, rate=rate, client=client, gil_switch_ms=gil_switch_ms, runs=runs), json_path)
 
 
 SetOpt = Annotated[

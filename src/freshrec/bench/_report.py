@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from freshrec._io import atomic_write_bytes
+from freshrec._io import atomic_write_bytes, json_safe
 
-__all__ = ["BenchReport", "peak_rss_bytes", "rss_bytes", "time_interleaved"]
+__all__ = ["BenchReport", "peak_rss_bytes", "reset_peak_rss", "rss_bytes", "time_each", "time_interleaved"]
 
 
 @dataclass
@@ -51,7 +52,10 @@ class BenchReport:
     def write_json(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(p, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        # strict JSON: a figure that could not be measured (NaN, e.g. freshness with no delta
+        # applied) is null, not a NaN token other parsers reject
+        text = json.dumps(json_safe(self.to_dict()), indent=2, sort_keys=True, allow_nan=False)
+        atomic_write_bytes(p, (text + "\n").encode())
         return p
 
     def print(self, console: Console | None = None) -> None:
@@ -97,10 +101,30 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    """Peak resident set size of this process since it started or since :func:`reset_peak_rss`
+    (Linux's VmHWM; elsewhere ru_maxrss, which cannot be reset)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_rss() -> bool:
+    """Start :func:`peak_rss_bytes` again from the current RSS, so a phase reports its own peak
+    and not an earlier phase's (Linux: ``5`` to /proc/self/clear_refs). False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -115,3 +139,18 @@ def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[st
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def time_each(sides: Mapping[str, Callable[[Any], object]], items: Sequence[Any]) -> dict[str, list[float]]:
+    """Seconds each side spends on each item, the sides taking turns item by item with the order
+    rotating (nobody always goes first), so the VM's drift falls on all of them alike. For work
+    that cannot be repeated in rounds (inserting a batch of new IDs) or that is timed per step."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    order = list(sides.items())
+    for i, item in enumerate(items):
+        shift = i % len(order)
+        for name, fn in order[shift:] + order[:shift]:
+            t0 = time.perf_counter()
+            fn(item)
+            times[name].append(time.perf_counter() - t0)
+    return times

@@ -14,8 +14,14 @@ Meanwhile a training process plays the training side: examples arrive at ``examp
 arrived and a ``sync.Publisher`` publishes the sparse delta into an embedded event log; in the
 serving process a ``sync.Subscriber`` thread applies each delta to the served model, as in
 production. Freshness (the issue's definition) = for each applied delta, the wall time it was
-applied minus the arrival of the newest example it reflects. The trainer shares the machine's 2
-cores with the server and the load generator, as it would not in production.
+applied minus the arrival of the newest example it reflects: the sync's own delay (train step,
+publish, poll, apply). The oldest example of a delta also waited up to one interval (1 s) for its
+step; that wait is the cadence, set by the user, and not in the figure. The trainer shares the
+machine's 2 cores with the server and the load generator, as it would not in production.
+
+The load generator runs ``runs`` times against one server (1 with ``--quick``, else 3), deltas
+flowing throughout; the headline latency figures are the worst run's (highest p99), each run's
+p50 and p99 are in the params.
 
 Baseline, same run: the 100-candidate forward pass in-process (``ServedModel.predict`` on an
 encoded batch), so ``rank_p99_vs_forward`` is what HTTP, parsing, features and contention add.
@@ -253,10 +259,15 @@ def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def run(
-    *, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str = "raw", gil_switch_ms: float | None = None
-) -> BenchReport:
+    *, quick: bool = False, seed: int = 0, rate: float = 200.0, client: str = "raw", gil_switch_ms: float | None = None,
+    runs: int | None = None,
+) -> BenchReport:  # fmt: skip
+    """``runs`` load generator runs against one server (default 1 with ``quick``, else 3)."""
     if client not in ("raw", "httpx"):
         raise ConfigError(f"client must be 'raw' or 'httpx', got {client!r}")
+    runs = (1 if quick else 3) if runs is None else runs
+    if runs < 1:
+        raise ConfigError(f"runs must be at least 1, got {runs}")
     seconds = 10.0 if quick else 40.0
     examples_per_s = 1000.0
     report = BenchReport(
@@ -331,41 +342,37 @@ def run(
         deltas = SyncSide(root / "rank", root, served, seed=seed + 1, examples_per_s=examples_per_s)
         with BackgroundServer(config, {"control": ServingState(served)}) as server:
             deltas.start()
-            out = root / "load.json"
-            cmd = [
-                sys.executable,
-                "-m",
-                "freshrec.bench._loadgen",
-                f"{server.url}/v1/rank",
-                str(bodies),
-                str(out),
-                "--rate",
-                str(rate),
-                "--seconds",
-                str(seconds),
-                "--client",
-                client,
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-            deltas.stop()
-            if proc.returncode != 0:
-                raise StateError(f"the load generator failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-            load = json.loads(out.read_text())
+            loads = []
+            try:
+                for i in range(runs):
+                    out = root / f"load{i}.json"
+                    cmd = [sys.executable, "-m", "freshrec.bench._loadgen", f"{server.url}/v1/rank", str(bodies),
+                           str(out), "--rate", str(rate), "--seconds", str(seconds), "--client", client]  # fmt: skip
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+                    if proc.returncode != 0:
+                        raise StateError(f"the load generator failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+                    loads.append(json.loads(out.read_text()))
+            finally:
+                deltas.stop()
             metrics_text = httpx.get(f"{server.url}/metrics", timeout=10).text
 
     report.params["load_average_1m_at_end"] = os.getloadavg()[0]
-    lat = np.array(load["latency_s"]) * 1e3  # (n,) ms
-    status = np.array(load["status"])
-    ok = status == 200
-    report.figure("rank_p50_ms", float(np.percentile(lat, 50)))
-    report.figure("rank_p99_ms", float(np.percentile(lat, 99)))
-    report.figure("rank_p999_ms", float(np.percentile(lat, 99.9)))
-    report.figure("rank_max_ms", float(lat.max()))
-    report.figure("rank_qps", float(ok.sum() / load["elapsed_s"]))
-    report.figure("error_rate", float(1.0 - ok.mean()))
-    report.params["client_failures"] = load.get("failures", {})
-    report.params["statuses"] = {str(k): int(v) for k, v in zip(*np.unique(status, return_counts=True), strict=True)}
-    report.figure("requests", float(len(lat)))
+    # each run on its own; the headline is the worst run's (highest p99), as the table bench's
+    # is its worst configuration's: one good run out of several would flatter the target
+    per = [_load_figures(load) for load in loads]
+    worst = max(range(runs), key=lambda i: per[i]["rank_p99_ms"])
+    for name, value in per[worst].items():
+        report.figure(name, value)
+    report.params["runs"] = runs
+    report.params["headline_run"] = f"the worst of {runs} (highest p99)"
+    report.params["rank_p99_ms_per_run"] = [round(f["rank_p99_ms"], 2) for f in per]
+    report.params["rank_p50_ms_per_run"] = [round(f["rank_p50_ms"], 2) for f in per]
+    report.figure("rank_p99_ms_median_run", float(np.median([f["rank_p99_ms"] for f in per])))
+    report.figure("error_rate_all_runs", float(np.average([f["error_rate"] for f in per],
+                                                          weights=[f["requests"] for f in per])))  # fmt: skip
+    statuses = np.concatenate([np.asarray(load["status"]) for load in loads])
+    report.params["statuses"] = {str(k): int(v) for k, v in zip(*np.unique(statuses, return_counts=True), strict=True)}
+    report.params["client_failures"] = [load.get("failures", {}) for load in loads]
     fresh = deltas.freshness if deltas.freshness.size else np.array([np.nan])
     report.figure("freshness_p50_s", float(np.percentile(fresh, 50)))
     report.figure("freshness_p99_s", float(np.percentile(fresh, 99)))
@@ -383,6 +390,22 @@ def run(
         f"server histogram: {_server_line(metrics_text)}"
     )
     return report
+
+
+def _load_figures(load: dict) -> dict[str, float]:
+    """One load generator run's latency quantiles (ms, from each request's scheduled send time),
+    rate and error rate."""
+    lat = np.array(load["latency_s"]) * 1e3  # (n,) ms
+    ok = np.array(load["status"]) == 200
+    return {
+        "rank_p50_ms": float(np.percentile(lat, 50)),
+        "rank_p99_ms": float(np.percentile(lat, 99)),
+        "rank_p999_ms": float(np.percentile(lat, 99.9)),
+        "rank_max_ms": float(lat.max()),
+        "rank_qps": float(ok.sum() / load["elapsed_s"]),
+        "error_rate": float(1.0 - ok.mean()),
+        "requests": float(lat.size),
+    }
 
 
 def _server_quantile_ms(metrics_text: str, q: float) -> float:

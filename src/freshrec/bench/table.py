@@ -30,10 +30,20 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-from freshrec.bench._report import BenchReport, peak_rss_bytes, rss_bytes, time_interleaved
+from freshrec.bench._report import (
+    BenchReport,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    time_each,
+    time_interleaved,
+)
 from freshrec.table import Adagrad, EmbeddingTable, InitializerConfig, RowwiseAdagrad, TableConfig
 
 BATCH = 65_536
@@ -74,10 +84,14 @@ def _bench_config(dist: str, dim: int, n_batches: int, seed: int, rounds: int) -
     batches = [IdStream.keys(r) for r in ranks]
     out: dict[str, float] = {}
     table, rows = _phase_insert(batches, dim, out)
+    # the same table kept on 4 KiB pages: what huge pages are worth, in lookup and in the step
+    small = EmbeddingTable(table.config.model_copy(update={"huge_pages": False}))
+    for b in batches:
+        small.find_or_insert(b, now=0)
     gc.collect()
-    _phase_lookup(table, batches, rows, dim, seed, out, rounds)
+    _phase_lookup(table, small, batches, rows, dim, seed, out, rounds)
     gc.collect()
-    _phase_step(table, batches, ranks, dim, out, max(2, rounds - 2))
+    _phase_step(table, small, batches, ranks, dim, out, rounds)
     out["rows"] = float(len(table))
     return out
 
@@ -102,8 +116,8 @@ def _phase_insert(
     # pre-sized for an upper bound a user could know (every ID new), not the exact count of
     # distinct IDs; beside it the same with the zeros initializer: a fresh row is zero already,
     # so no values are computed or written for it (its metadata still is), and what is left is
-    # the mapping's own cost. The two take turns batch by batch (each batch once: a second pass
-    # would find every ID present), so the VM's drift falls on both alike.
+    # the mapping's own cost. Both and the dict take turns batch by batch (each batch is new to
+    # each side once: a second pass would find every ID present, so rounds cannot be repeated).
     zeros = InitializerConfig(type="zeros")
     sized = {
         "find_or_insert": EmbeddingTable(config.model_copy(update={"expected_rows": n_keys})),
@@ -111,38 +125,34 @@ def _phase_insert(
             config.model_copy(update={"expected_rows": n_keys, "initializer": zeros})
         ),
     }
-    spent = dict.fromkeys(sized, 0.0)
-    for i, b in enumerate(batches):
-        for name, t in sized.items() if i % 2 == 0 else reversed(sized.items()):
-            t0 = time.perf_counter()
-            t.find_or_insert(b, now=0)
-            spent[name] += time.perf_counter() - t0
-    for name, seconds in spent.items():
-        out[f"{name}_keys_per_s"] = n_keys / seconds
-    del sized
     # the dict gets the same numpy batches; tolist() is its cheapest way in (iterating numpy
     # scalars directly is ~3x slower), and setdefault its fastest find-or-insert idiom
     d: dict[int, int] = {}
-    t0 = time.perf_counter()
-    for b in batches:
-        [d.setdefault(k, len(d)) for k in b.tolist()]
-    out["dict_find_or_insert_keys_per_s"] = n_keys / (time.perf_counter() - t0)
+    sides = {
+        **{name: partial(t.find_or_insert, now=0) for name, t in sized.items()},
+        "dict_find_or_insert": _dict_insert(d),
+    }
+    for name, seconds in time_each(sides, batches).items():
+        out[f"{name}_keys_per_s"] = n_keys / sum(seconds)
+    del sized, sides
     # the same batches again, every ID now present: no new rows, only the probe and each row's
     # count (now=0: last-seen stays), against the dict finding its keys the same way
-    t0 = time.perf_counter()
-    for b in batches:
-        table.find_or_insert(b, now=0)
-    out["find_present_keys_per_s"] = n_keys / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for b in batches:
-        [d.setdefault(k, len(d)) for k in b.tolist()]
-    out["dict_find_present_keys_per_s"] = n_keys / (time.perf_counter() - t0)
+    present = {"find_present": partial(table.find_or_insert, now=0), "dict_find_present": _dict_insert(d)}
+    for name, seconds in time_each(present, batches).items():
+        out[f"{name}_keys_per_s"] = n_keys / sum(seconds)
     return table, rows
 
 
+def _dict_insert(d: dict[int, int]) -> Callable[..., object]:
+    def insert(b: np.ndarray) -> list[int]:
+        return [d.setdefault(k, len(d)) for k in b.tolist()]
+
+    return insert
+
+
 def _phase_lookup(
-    table: EmbeddingTable, batches: list[np.ndarray], rows: list[np.ndarray], dim: int, seed: int,
-    out: dict[str, float], rounds: int,
+    table: EmbeddingTable, small: EmbeddingTable, batches: list[np.ndarray], rows: list[np.ndarray], dim: int,
+    seed: int, out: dict[str, float], rounds: int,
 ) -> None:  # fmt: skip
     """Lookup vs numpy.take of the same rows from a plain matrix. The inserted keys are looked up
     again in a random order: the batch that admitted them got consecutive rows, and reading those
@@ -155,10 +165,7 @@ def _phase_lookup(
     look = [all_keys[i : i + BATCH] for i in range(0, n_keys, BATCH)]
     take = [all_rows[i : i + BATCH] for i in range(0, n_keys, BATCH)]
     # numpy madvises huge pages for big arrays, so `plain` gets them unasked, as our table does
-    # by default past 32 MiB; the same table with huge_pages=False shows what they are worth
-    small = EmbeddingTable(table.config.model_copy(update={"huge_pages": False}))
-    for b in batches:
-        small.find_or_insert(b, now=0)
+    # by default past 32 MiB; `small` (huge_pages=False) shows what they are worth
     t = time_interleaved(
         {
             "lookup": lambda: _each(table.lookup, look),
@@ -173,38 +180,68 @@ def _phase_lookup(
 
 
 def _phase_step(
-    table: EmbeddingTable, batches: list[np.ndarray], ranks: list[np.ndarray], dim: int,
+    table: EmbeddingTable, small: EmbeddingTable, batches: list[np.ndarray], ranks: list[np.ndarray], dim: int,
     out: dict[str, float], rounds: int,
 ) -> None:  # fmt: skip
-    """Training lookup + merge + Adagrad vs torch EmbeddingBag(sparse) + Adagrad, same batches."""
+    """Training lookup + merge + Adagrad vs torch EmbeddingBag(sparse) + Adagrad, same batches,
+    on the same page size: the headline with torch's weight and Adagrad state in numpy memory
+    (which numpy madvises onto huge pages, as our table does by default), and a control with
+    both on 4 KiB pages (our table with ``huge_pages=False``, torch allocating as it does by
+    default). Torch on 4 KiB pages against our huge pages would credit the page size to us."""
     import torch
 
     n_keys = BATCH * len(batches)
     grads = [np.random.default_rng(i).normal(size=(BATCH, dim)).astype(np.float32) * 0.01 for i in range(2)]
-
-    def ours() -> None:
-        for i, b in enumerate(batches):
-            table.lookup(b, train=True, now=1)
-            table.apply_gradients(b, grads[i % 2], now=1)
-
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: torch's default, minus its warning
-    bag = torch.nn.EmbeddingBag(UNIVERSE, dim, mode="sum", sparse=True)
-    opt = torch.optim.Adagrad(bag.parameters(), lr=0.05)
     offsets = torch.arange(BATCH, dtype=torch.int64)
     inputs = [torch.from_numpy(r % UNIVERSE) for r in ranks]
     tgrads = [torch.from_numpy(g) for g in grads]
 
-    def theirs() -> None:
-        for i, x in enumerate(inputs):
-            emb = bag(x, offsets)
-            emb.backward(tgrads[i % 2])
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    def ours(t: EmbeddingTable) -> Callable[[], None]:
+        def step() -> None:
+            for i, b in enumerate(batches):
+                t.lookup(b, train=True, now=1)
+                t.apply_gradients(b, grads[i % 2], now=1)
 
-    theirs()  # the first step allocates Adagrad's state: not part of the steady state
-    t = time_interleaved({"ours": ours, "torch": theirs}, rounds)
+        return step
+
+    def theirs(huge: bool) -> Callable[[], None]:
+        bag, opt = torch_bag(UNIVERSE, dim, lr=0.05, huge_pages=huge)
+
+        def step() -> None:
+            for i, x in enumerate(inputs):
+                emb = bag(x, offsets)
+                emb.backward(tgrads[i % 2])
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+        step()  # the first step touches Adagrad's state: not part of the steady state
+        return step
+
+    t = time_interleaved({"ours": ours(table), "torch": theirs(huge=True)}, rounds)
     out["sparse_step_keys_per_s"] = n_keys / t["ours"]
     out["torch_embeddingbag_adagrad_keys_per_s"] = n_keys / t["torch"]
+    gc.collect()  # the first torch pair's 2 x 10M rows go before the second's are made
+    t = time_interleaved({"ours": ours(small), "torch": theirs(huge=False)}, rounds)
+    out["sparse_step_small_pages_keys_per_s"] = n_keys / t["ours"]
+    out["torch_embeddingbag_adagrad_small_pages_keys_per_s"] = n_keys / t["torch"]
+
+
+def torch_bag(rows: int, dim: int, *, lr: float, huge_pages: bool = True) -> tuple[Any, Any]:
+    """The torch baseline's table: ``EmbeddingBag(rows, dim, sparse=True)`` and its Adagrad, the
+    weight and Adagrad's accumulator in numpy memory with ``huge_pages`` (numpy madvises big
+    arrays onto huge pages, as our tables do by default; torch allocates on 4 KiB pages, which
+    would credit the page size to us). Zeros, not EmbeddingBag's normal_ init: values do not
+    change the cost of a step, and 10M normal draws take seconds."""
+    import torch
+
+    def zeros() -> torch.Tensor:
+        return torch.from_numpy(np.zeros((rows, dim), np.float32)) if huge_pages else torch.zeros(rows, dim)
+
+    bag = torch.nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, _weight=zeros())
+    opt = torch.optim.Adagrad(bag.parameters(), lr=lr)
+    opt.state[bag.weight]["sum"] = zeros()  # Adagrad made it with torch's allocator
+    return bag, opt
 
 
 def _warm_memory(n_batches: int, seed: int) -> None:
@@ -221,6 +258,7 @@ def _bench_50m(n: int) -> dict[str, float]:
     """Insert ``n`` distinct IDs (dim 16, row-wise Adagrad); resident bytes per row and peak RSS."""
     gc.collect()
     base = rss_bytes()
+    own_peak = reset_peak_rss()  # the earlier phases' torch tables peaked higher than this one may
     table = EmbeddingTable(TableConfig(dim=16, optimizer=RowwiseAdagrad(), initializer=InitializerConfig(type="zeros")))
     chunk = 1 << 20
     t0 = time.perf_counter()
@@ -236,7 +274,8 @@ def _bench_50m(n: int) -> dict[str, float]:
         "insert_50m_resident_bytes_per_row": rss / n,
         "insert_50m_overhead_bytes_per_row_rss": rss / n - payload,
         "insert_50m_overhead_bytes_per_row": st.bytes_per_row_overhead,
-        "insert_50m_peak_rss_bytes": float(peak_rss_bytes()),
+        # the process's peak during this phase (its own tables included), or since it started
+        ("insert_50m_peak_rss_bytes" if own_peak else "process_peak_rss_bytes"): float(peak_rss_bytes()),
     }
 
 
@@ -246,6 +285,10 @@ PAIRS = {
     "lookup_vs_numpy_take": ("lookup_keys_per_s", "numpy_take_rows_per_s"),
     "sparse_step_vs_torch": ("sparse_step_keys_per_s", "torch_embeddingbag_adagrad_keys_per_s"),
     "lookup_small_pages_vs_numpy_take": ("lookup_small_pages_keys_per_s", "numpy_take_rows_per_s"),
+    "sparse_step_small_pages_vs_torch": (
+        "sparse_step_small_pages_keys_per_s",
+        "torch_embeddingbag_adagrad_small_pages_keys_per_s",
+    ),
     "find_or_insert_zeros_init_vs_dict": ("find_or_insert_zeros_init_keys_per_s", "dict_find_or_insert_keys_per_s"),
     "find_or_insert_growing_vs_dict": ("find_or_insert_growing_keys_per_s", "dict_find_or_insert_keys_per_s"),
     "find_present_vs_dict": ("find_present_keys_per_s", "dict_find_present_keys_per_s"),
