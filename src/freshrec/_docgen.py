@@ -103,8 +103,10 @@ def _default(field: Any) -> str:
             return "(derived)"
     else:
         return "**required**"
-    if isinstance(value, BaseModel):
-        return f"`{type(value).__name__}` defaults"
+    if isinstance(value, BaseModel):  # and what this config sets differently (a part given keeps it)
+        own = ", ".join(f"{k}={v!r}" for k, v in value.model_dump(exclude_unset=True).items())
+        text = f"`{type(value).__name__}` defaults" + (f", `{own}`" if own else "")
+        return text.replace("|", "\\|")
     text = repr(value) if not isinstance(value, Path) else f"'{value}'"
     text = text if len(text) < 60 else f"{text[:57]}..."
     return f"`{text}`".replace("|", "\\|")  # a bare | would end the table cell
@@ -117,6 +119,8 @@ def render() -> str:
         "Generated from the typed configs (`python -m freshrec._docgen`); a test keeps it current.",
         "Every config loads from TOML or YAML (`--config FILE`); any field can be overridden on the",
         "command line with a dotted path (`--set train.dense_lr=0.003`). Unknown keys are errors.",
+        "A section given in part keeps its config's own defaults for the rest (`--set",
+        "train.dense_lr=0.003` on `freshrec online` keeps its batch size of 512).",
         "",
     ]
     for title, how, classes in _sections():

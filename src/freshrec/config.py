@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from freshrec.errors import ConfigError
 
@@ -32,6 +32,35 @@ class Config(BaseModel):
     cannot translate it: pydantic then calls it for every nested config too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_onto_their_defaults(cls, data: Any) -> Any:
+        """A nested section given in part (a file's ``[train]`` with one key, ``--set
+        train.dense_lr=0.01``) is laid over this config's own default for it, not over the
+        section class's defaults: ``OnlineConfig``'s train section defaults to batch 512, and
+        setting its learning rate alone must not bring back ``TrainConfig``'s 1024. A section
+        naming another ``type`` (another model) starts from that type's defaults."""
+        if not isinstance(data, dict):
+            return data
+        merged = None
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if not isinstance(value, dict) or field.default_factory is None:
+                continue
+            default = field.default_factory()  # type: ignore[call-arg]
+            if not isinstance(default, BaseModel):
+                continue
+            own = default.model_dump(exclude_unset=True)
+            kind = getattr(default, "type", None)
+            if kind is not None:
+                if value.get("type", kind) != kind:
+                    continue
+                own["type"] = kind
+            if own:
+                merged = dict(data) if merged is None else merged
+                merged[name] = {**own, **value}
+        return data if merged is None else merged
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
