@@ -47,7 +47,9 @@ class OnlineConfig(Config):
         checkpoint_interval_s: seconds of wall clock between checkpoints of the training side.
         keep_checkpoints: checkpoints kept (the newest ones).
         max_batch_wait_s: a partial batch is trained once its first example has waited this long
-            (wall clock): a slow stream still trains within seconds.
+            (wall clock) at the head of the stream: a slow stream still trains within seconds.
+            Behind the head (a replay, a restart catching up) batches are cut by count alone, so a
+            replay of the same log gives the same model however fast the machine runs.
         status_interval_s: seconds of wall clock between status records (``status.json`` and
             ``timeline.jsonl`` in ``run_dir``), the dashboard's and report's source.
         metrics_port: serve Prometheus metrics on this port (None = off, 0 = any free port).

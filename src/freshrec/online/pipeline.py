@@ -2,10 +2,11 @@
 
 One loop, one thread, in this order each round: the joiner turns the impressions and actions that
 arrived into examples (exactly once, its own checkpoints); the trainer reads the examples topic from
-its offset, and when a batch is full (or its first example waited ``max_batch_wait_s``) both models
-train on it with progressive validation; every ``expire_every_s`` of event time every table expires
-rows; the publishers ship sparse deltas every second and dense weights every few minutes; every
-``checkpoint_interval_s`` the training side is checkpointed.
+its offset, and when a batch is full (or, at the head of the stream, its first example waited
+``max_batch_wait_s``) both models train on it with progressive validation; every
+``expire_every_s`` of event time every table expires rows; the publishers ship sparse deltas
+every second and dense weights every few minutes; every ``checkpoint_interval_s`` the training
+side is checkpointed.
 
 Exactly once across crashes, end to end: the joiner writes each example once (its checkpoint plus
 suppression of what it already wrote); the trainer's checkpoint holds both models (tables with
@@ -139,8 +140,14 @@ class OnlinePipeline:
         trained = 0
         now = self.clock()
         buf = self._buffer
-        due = len(buf.examples) >= self.config.train.batch_size or (
-            buf.examples and buf.since is not None and now - buf.since >= self.config.max_batch_wait_s
+        # a partial batch only at the head of the stream: behind it (a replay, a restart catching
+        # up) batches are cut by count alone, so where they fall does not depend on how fast this
+        # machine happens to run, and a replay of the same log gives the same model
+        due = len(buf.examples) >= self.config.train.batch_size or bool(
+            buf.examples
+            and buf.since is not None
+            and now - buf.since >= self.config.max_batch_wait_s
+            and self._at_head()
         )
         if due:
             trained = self._train(buf)
@@ -154,6 +161,12 @@ class OnlinePipeline:
             self._write_status(now)
         self.counters["rounds"] += 1
         return trained
+
+    def _at_head(self) -> bool:
+        """The joiner read and joined all its input, and this side all the joiner's examples."""
+        return self.joiner.caught_up and all(
+            self.offsets[p] >= self.log.end_offset(self.topic, p) for p in range(len(self.offsets))
+        )
 
     def _read(self) -> None:
         want = self.config.train.batch_size - len(self._buffer.examples)
@@ -303,7 +316,7 @@ class OnlinePipeline:
             if checkpoint:
                 self.checkpoint()
                 for pub in self.publishers.values():
-                    pub.publish_sparse()
+                    pub.publish_final()
             self._write_status(self.clock())  # the final word, not the last periodic one
         finally:
             self.state = PipelineState.CLOSED
