@@ -170,6 +170,32 @@ def test_model_directory_round_trip_and_continued_training(tmp_path):
     assert b.counters.steps == 5
 
 
+def test_dropout_draws_continue_across_a_restore_and_are_the_trainers_own(tmp_path):
+    """With dropout, a trainer restored from its directory trained on bit-identical to one that
+    never stopped (the dropout generator's state is saved with it); another trainer stepping in
+    the same process, or the caller drawing from torch's global generator, changes nothing."""
+    model = DeepFMConfig(hidden=[16, 16], dropout=0.3)
+    a = Trainer(SPEC, model, TrainConfig(dense_lr=0.01))
+    for i in range(3):
+        a.step(synthetic(64, i, t0=64.0 * i))
+    a.save(tmp_path / "m")
+    b = Trainer.load(tmp_path / "m")
+    other = Trainer(SPEC, model, TrainConfig(seed=7))
+    for i in range(3, 6):
+        a.step(synthetic(64, i, t0=64.0 * i))
+        other.step(synthetic(64, 100 + i, t0=64.0 * i))  # between a's and b's steps: its own stream
+        torch.rand(10)  # the caller's draws too
+        b.step(synthetic(64, i, t0=64.0 * i))
+    probe = synthetic(200, 123)
+    np.testing.assert_array_equal(a.predict(probe), b.predict(probe))
+    state = torch.get_rng_state()
+    Trainer(SPEC, model)  # building a trainer seeds its weights without reseeding the caller's generator
+    assert torch.equal(torch.get_rng_state(), state)
+    (tmp_path / "m" / "rng.safetensors").write_bytes(b"x" * 10)
+    with pytest.raises(CorruptionError, match=r"rng\.safetensors"):
+        Trainer.load(tmp_path / "m")
+
+
 def test_progressive_metrics_survive_a_restart(tmp_path):
     """A trainer restarted from its checkpoint reports the same progressive metrics before it
     sees another example (it reported none: a dashboard went blank at every restart)."""

@@ -11,6 +11,8 @@
       optim.json
       metrics.safetensors  the progressive-validation window (predictions, labels, weights), so a
                            restarted trainer reports the same metrics before it sees new examples
+      rng.safetensors      the trainer's dropout generator state, so a restored trainer draws the
+                           same dropout masks an uninterrupted one would
       ps/                  the parameter-server snapshot (freshrec.ps.local format)
 
 Written under a temporary name and swapped in whole; every file is checksummed and verified on
@@ -94,6 +96,7 @@ def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] 
         probs, labels, weights = trainer.metrics.window_arrays()
         files["metrics.safetensors"] = st_save({"probs": torch.from_numpy(probs), "labels": torch.from_numpy(labels),
                                                 "weights": torch.from_numpy(weights)})  # fmt: skip
+        files["rng.safetensors"] = st_save({"state": trainer.rng_state})
         sums = {}
         for name, blob in files.items():
             write_durable(tmp / name, blob)
@@ -171,6 +174,13 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
     except BaseException:
         ps.close()  # its shards and thread pool: nothing half-loaded stays alive
         raise
+    if "rng.safetensors" in blobs:  # older model dirs lack it: dropout draws restart from the seed
+        try:
+            trainer.rng_state = st_load(blobs["rng.safetensors"])["state"]
+            torch.Generator().set_state(trainer.rng_state)  # a state the generator cannot take is refused now
+        except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
+            trainer.close()
+            raise CorruptionError(f"{folder}: the dropout generator's state is unusable: {exc}") from exc
     c = manifest["counters"]
     if "metrics.safetensors" in blobs:  # older model dirs lack it: progressive metrics start empty
         _restore_metrics(trainer, blobs["metrics.safetensors"], c.get("metrics_seen", 0), folder)

@@ -18,6 +18,7 @@ import enum
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +76,17 @@ class Trainer:
         self.config = config or TrainConfig()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        torch.manual_seed(self.config.seed)
         self.ps = ps if ps is not None else LocalPS(spec.table_configs(), ps_config)
         missing = sorted(set(spec.table_configs()) - set(self.ps.tables))
         if missing:
             raise ConfigError(f"the parameter server lacks tables {missing} that the spec reads")
-        self.model: RecModel = build_model(model_config, spec)
+        with torch.random.fork_rng(devices=[]):  # the seed decides the weights; the caller's RNG stays
+            torch.manual_seed(self.config.seed)
+            self.model: RecModel = build_model(model_config, spec)
+        # dropout's random stream, the trainer's own: saved in the model directory, so a restored
+        # trainer draws what an uninterrupted one would have, and apart from the process's global
+        # generator, so two trainers in one process (or the caller) do not shift each other's draws
+        self.rng_state: torch.Tensor = torch.Generator().manual_seed(self.config.seed).get_state()
         self.optimizer = self._make_optimizer()
         self.sparse = SparseBridge(spec, self.ps)
         self.tasks = list(spec.labels)
@@ -90,6 +96,17 @@ class Trainer:
         # True until the output bias is set from data (init_bias_from_data); a loaded model has its own
         self.bias_pending = self.config.init_bias_from_data
         self.state = TrainerState.READY
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run with the global generator set to this trainer's stream, then put both back."""
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = torch.get_rng_state()
+            torch.set_rng_state(outer)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -148,7 +165,8 @@ class Trainer:
         t_pull = time.perf_counter() - t0
         dense = torch.from_numpy(batch.dense)
         labels = torch.from_numpy(batch.labels)
-        logits = self.model(pulled.pooled, dense)  # (B, T)
+        with self._own_rng():
+            logits = self.model(pulled.pooled, dense)  # (B, T)
         if self.config.weighted_loss:
             w = torch.from_numpy(batch.weights)[:, None]  # (B, 1)
             per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B, T)
