@@ -412,6 +412,31 @@ def test_maybe_publish_follows_both_cadences(elog, tmp_path):
     assert len(snaps) == 2  # at 1000 and at 1600
 
 
+def test_a_first_dense_state_with_no_training_is_followed_at_once_by_a_trained_one(elog, tmp_path):
+    """At a fresh start the first dense publication holds untrained weights: the next goes out as
+    soon as training is noted, not a dense interval (5 minutes) later; a stop ships the dense
+    training since its last publication."""
+    clock = [1000.0]
+    w = World(elog, config(tmp_path, sparse_sync_interval=1.0, dense_sync_interval=300.0))
+    w.pub = Publisher(w.name, w.ps, lambda: w.module, elog, w.cfg, clock=lambda: clock[0])
+
+    def kinds(t: float, trained: bool = False) -> list[str]:
+        clock[0] = t
+        if trained:
+            w.pub.note(event_time=t, newest_arrival_ms=int(t * 1000))
+        return [r.kind for r in w.pub.maybe_publish()]
+
+    assert kinds(1000.0) == ["dense", "sparse"]  # untrained
+    assert kinds(1001.0) == ["sparse"]  # nothing trained yet: nothing new to send
+    assert kinds(1002.0, trained=True) == ["dense", "sparse"]  # the first trained dense state
+    assert kinds(1003.0, trained=True) == ["sparse"]  # then the cadence
+    assert kinds(1302.0, trained=True) == ["dense", "sparse"]
+    assert [r.kind for r in w.pub.publish_final()] == ["sparse"]  # the dense state went out just now
+    w.pub.note(event_time=1303.0)
+    assert [r.kind for r in w.pub.publish_final()] == ["dense", "sparse"]
+    assert w.pub.dense_version == 4
+
+
 def test_the_thread_keeps_a_replica_fresh_while_requests_are_served(elog, tmp_path):
     w = World(elog, config(tmp_path, poll_interval=0.02))
     state, sub = w.replica()

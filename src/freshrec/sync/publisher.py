@@ -167,6 +167,9 @@ class Publisher:
         self._unsent: list[tuple[str, list[bytes], list[bytes]]] = []
         self._dense_blob: bytes | None = None  # last dense state published by this publisher
         self._dense_logit = 0.0
+        # the last dense publication reflected no training noted by this publisher (the first one,
+        # at start): the next is due as soon as there is some, not a whole dense interval later
+        self._dense_stale = True
         # newest event time / arrival passed in since the last sparse and dense publication
         self._pending: dict[str, list[Any]] = {"sparse": [None, None], "dense": [None, None]}
         self._published_event_time: float | None = None  # newest sent in any sparse delta
@@ -307,6 +310,7 @@ class Publisher:
             )  # fmt: skip
             self.dense_version = version
             self._dense_blob, self._dense_logit = blob, logit
+            self._dense_stale = pending[0] is None and pending[1] is None
             self._pending["dense"] = [None, None]
             keys = [record_key(DeltaHeader(self.model, "dense", version, k, len(records), 0))
                     for k in range(len(records))]  # fmt: skip
@@ -326,13 +330,15 @@ class Publisher:
     ) -> list[PublishResult]:
         """Publish whatever is due at wall time ``now_wall`` (default: the clock): a sparse delta
         every ``sparse_sync_interval``, the dense state every ``dense_sync_interval``, a snapshot
-        every ``snapshot_interval``. All three are due at the first call."""
+        every ``snapshot_interval``. All three are due at the first call; the dense state is due
+        again at the first call after training is noted, if the last one reflected none (a fresh
+        start would otherwise serve its untrained dense weights for a whole dense interval)."""
         now = self.clock() if now_wall is None else float(now_wall)
         out: list[PublishResult] = []
         with self._lock:
             self.note(event_time=event_time, newest_arrival_ms=newest_arrival_ms)
             c = self.config
-            if self._due("dense", now, c.dense_sync_interval):
+            if self._due("dense", now, c.dense_sync_interval) or (self._dense_stale and self._dense_pending):
                 out.append(self.publish_dense())
                 self._last["dense"] = now
             if self._due("sparse", now, c.sparse_sync_interval):
@@ -342,6 +348,19 @@ class Publisher:
                 self.snapshot()
                 self._last["snapshot"] = now
         return out
+
+    @property
+    def _dense_pending(self) -> bool:
+        """Training was noted since the last dense publication."""
+        return self._pending["dense"][0] is not None or self._pending["dense"][1] is not None
+
+    def publish_final(self) -> list[PublishResult]:
+        """At a stop: the sparse delta, and the dense state if training was noted since its last
+        publication (a trainer stopped for good would otherwise never ship up to a dense interval
+        of its training to serving)."""
+        with self._lock:
+            out = [self.publish_dense()] if self._dense_pending else []
+            return [*out, self.publish_sparse()]
 
     def _due(self, what: str, now: float, interval: float) -> bool:
         last = self._last[what]
