@@ -119,8 +119,9 @@ def render() -> str:
         "Generated from the typed configs (`python -m freshrec._docgen`); a test keeps it current.",
         "Every config loads from TOML or YAML (`--config FILE`); any field can be overridden on the",
         "command line with a dotted path (`--set train.dense_lr=0.003`). Unknown keys are errors.",
-        "A section given in part keeps its config's own defaults for the rest (`--set",
-        "train.dense_lr=0.003` on `freshrec online` keeps its batch size of 512).",
+        "A section given in part in a file or with `--set` keeps its config's own defaults for the",
+        "rest (`--set train.dense_lr=0.003` on `freshrec online` keeps its batch size of 512); a",
+        "section whose default is None (`retrieval_model`) starts from its class's defaults.",
         "",
     ]
     for title, how, classes in _sections():

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from freshrec.experiments.sim_stream import SimSource, SimStream, experiment_world, is_sim, merge_world
+from freshrec.experiments.sim_stream import SimSource, SimStream, experiment_world, is_sim
 from freshrec.experiments.stream import ExampleStream
 from freshrec.joiner import keep_negatives
 from freshrec.online import live_commerce_spec
@@ -82,7 +82,7 @@ def test_partial_world_goes_onto_the_experiment_world():
     assert is_sim("sim") and not is_sim("../shared/data/ml-100k")
     merged = SimSource.from_dict({"world": {"n_users": 10}}).world
     assert merged.n_users == 10 and merged.random_ctr == experiment_world().random_ctr
-    assert merge_world(experiment_world()) == experiment_world()
+    assert SimSource(world=experiment_world()).world == experiment_world()  # a whole world stays as it is
     with pytest.raises(ValueError, match="click"):
         SimStream(SOURCE, 0, spec=live_commerce_spec())  # two labels
 

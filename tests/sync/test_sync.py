@@ -431,10 +431,11 @@ def test_a_first_dense_state_with_no_training_is_followed_at_once_by_a_trained_o
     assert kinds(1002.0, trained=True) == ["dense", "sparse"]  # the first trained dense state
     assert kinds(1003.0, trained=True) == ["sparse"]  # then the cadence
     assert kinds(1302.0, trained=True) == ["dense", "sparse"]
-    assert [r.kind for r in w.pub.publish_final()] == ["sparse"]  # the dense state went out just now
-    w.pub.note(event_time=1303.0)
-    assert [r.kind for r in w.pub.publish_final()] == ["dense", "sparse"]
-    assert w.pub.dense_version == 4
+    assert kinds(1602.0) == ["dense", "sparse"]  # an idle interval: the cadence's dense state
+    assert kinds(1603.0, trained=True) == ["sparse"]  # its weights were trained: no rush
+    assert [r.kind for r in w.pub.publish_final()] == ["dense", "sparse"]  # the training since 1602
+    assert [r.kind for r in w.pub.publish_final()] == ["sparse"]  # nothing trained since
+    assert w.pub.dense_version == 5
 
 
 def test_the_thread_keeps_a_replica_fresh_while_requests_are_served(elog, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -172,8 +173,9 @@ def test_model_directory_round_trip_and_continued_training(tmp_path):
 
 def test_dropout_draws_continue_across_a_restore_and_are_the_trainers_own(tmp_path):
     """With dropout, a trainer restored from its directory trained on bit-identical to one that
-    never stopped (the dropout generator's state is saved with it); another trainer stepping in
-    the same process, or the caller drawing from torch's global generator, changes nothing."""
+    never stopped (the dropout generator's state is saved with it); another trainer stepping at
+    the same time in another thread, or the caller drawing from torch's global generator, changes
+    nothing."""
     model = DeepFMConfig(hidden=[16, 16], dropout=0.3)
     a = Trainer(SPEC, model, TrainConfig(dense_lr=0.01))
     for i in range(3):
@@ -181,18 +183,30 @@ def test_dropout_draws_continue_across_a_restore_and_are_the_trainers_own(tmp_pa
     a.save(tmp_path / "m")
     b = Trainer.load(tmp_path / "m")
     other = Trainer(SPEC, model, TrainConfig(seed=7))
-    for i in range(3, 6):
-        a.step(synthetic(64, i, t0=64.0 * i))
-        other.step(synthetic(64, 100 + i, t0=64.0 * i))  # between a's and b's steps: its own stream
-        torch.rand(10)  # the caller's draws too
-        b.step(synthetic(64, i, t0=64.0 * i))
+
+    def steps(tr: Trainer, seed0: int) -> None:
+        for i in range(3, 9):
+            tr.step(synthetic(64, seed0 + i, t0=64.0 * i))
+            torch.rand(10)  # the caller's draws, in between
+
+    threads = [threading.Thread(target=steps, args=(tr, s)) for tr, s in ((a, 0), (other, 100))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    steps(b, 0)
     probe = synthetic(200, 123)
     np.testing.assert_array_equal(a.predict(probe), b.predict(probe))
     state = torch.get_rng_state()
     Trainer(SPEC, model)  # building a trainer seeds its weights without reseeding the caller's generator
     assert torch.equal(torch.get_rng_state(), state)
-    (tmp_path / "m" / "rng.safetensors").write_bytes(b"x" * 10)
-    with pytest.raises(CorruptionError, match=r"rng\.safetensors"):
+    # a generator state that is no such state (its file intact by its checksum) is refused on load
+    blob = st_save({"state": torch.zeros(3, dtype=torch.uint8)})
+    (tmp_path / "m" / "rng.safetensors").write_bytes(blob)
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest["files"]["rng.safetensors"] = {"bytes": len(blob), "xxh3_128": checksum_bytes(blob)}
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptionError, match="dropout generator's state is unusable"):
         Trainer.load(tmp_path / "m")
 
 

@@ -52,7 +52,7 @@ from freshrec.experiments._common import (
     wilson,
 )
 from freshrec.experiments.closed_loop import Ledger, reference_run, run_world
-from freshrec.experiments.sim_stream import experiment_world, live_catalog, merge_world
+from freshrec.experiments.sim_stream import experiment_world, live_catalog
 from freshrec.models import TwoTowerConfig
 from freshrec.online import live_commerce_two_tower
 from freshrec.sim import SimConfig
@@ -139,11 +139,6 @@ class ABConfig(ExperimentConfig):
     user_ttl_s: float = Field(86_400.0, gt=0)
     references: bool = True
     bin_s: float = Field(1800.0, gt=0)
-
-    @field_validator("world", mode="before")
-    @classmethod
-    def _onto_default_world(cls, v: Any) -> Any:
-        return merge_world(v)
 
     @field_validator("lifetimes")
     @classmethod

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from freshrec.config import Config
 from freshrec.experiments.stream import minibatches
@@ -37,7 +37,7 @@ from freshrec.online import live_commerce_spec
 from freshrec.sim import SimConfig, Simulator
 from freshrec.stream import open_log
 
-__all__ = ["SIM", "SimSource", "SimStream", "experiment_world", "is_sim", "live_catalog", "merge_world", "sim_spec"]
+__all__ = ["SIM", "SimSource", "SimStream", "experiment_world", "is_sim", "live_catalog", "sim_spec"]
 
 SIM = "sim"  # the value of an experiment's ``data`` that selects the simulator
 
@@ -58,12 +58,6 @@ def experiment_world() -> SimConfig:
 def live_catalog(world: SimConfig) -> float:
     """The mean number of live items of ``world`` (listing rate times mean lognormal lifetime)."""
     return world.items_per_hour * world.item_lifetime_median * math.exp(world.item_lifetime_sigma**2 / 2) / 3600.0
-
-
-def merge_world(value: Any) -> Any:
-    """A partial world (``--set sim.world.x=...``, a config file's table) on top of
-    :func:`experiment_world`, not on top of SimConfig's defaults (a 100k-user site)."""
-    return {**experiment_world().model_dump(), **value} if isinstance(value, dict) else value
 
 
 def sim_spec(dim: int = 16) -> FeatureSpec:
@@ -97,11 +91,6 @@ class SimSource(Config):
     allowed_lateness_s: float = Field(10.0, ge=0)
     negative_rate: float = Field(0.1, gt=0, le=1)  # keep a tenth of the negatives, weight 10
     emit: Literal["first_action", "window_close"] = "first_action"  # the joiner's default
-
-    @field_validator("world", mode="before")
-    @classmethod
-    def _onto_experiment_world(cls, v: Any) -> Any:
-        return merge_world(v)
 
 
 class SimStream:

@@ -11,6 +11,7 @@ retrieval model (``two_tower.py``), their configs and the factory (``base.py``).
 from freshrec.models.base import (
     DCNConfig,
     DeepFMConfig,
+    Dropout,
     FMConfig,
     LRConfig,
     ModelConfig,
@@ -22,6 +23,7 @@ from freshrec.models.base import (
 __all__ = [
     "DCNConfig",
     "DeepFMConfig",
+    "Dropout",
     "FMConfig",
     "LRConfig",
     "ModelConfig",

@@ -15,6 +15,7 @@ from freshrec.features import FeatureSpec
 __all__ = [
     "DCNConfig",
     "DeepFMConfig",
+    "Dropout",
     "FMConfig",
     "LRConfig",
     "ModelConfig",
@@ -58,13 +59,34 @@ class RecModel(nn.Module):
             b.zero_()
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout`` drawing its masks from ``generator`` (the trainer sets its own: saved with
+    the model directory, so a restored trainer draws the masks an uninterrupted one would, and
+    never shared with another trainer, thread or the caller); torch's global generator if None."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def mlp(n_in: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
     """Linear-ReLU(-Dropout) layers; returns the block and its output width."""
     layers: list[nn.Module] = []
     for width in hidden:
         layers += [nn.Linear(n_in, width), nn.ReLU()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         n_in = width
     return nn.Sequential(*layers), n_in
 

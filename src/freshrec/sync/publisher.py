@@ -167,8 +167,8 @@ class Publisher:
         self._unsent: list[tuple[str, list[bytes], list[bytes]]] = []
         self._dense_blob: bytes | None = None  # last dense state published by this publisher
         self._dense_logit = 0.0
-        # the last dense publication reflected no training noted by this publisher (the first one,
-        # at start): the next is due as soon as there is some, not a whole dense interval later
+        # the first dense publication reflected no training (at a fresh start: untrained weights):
+        # the next is due as soon as training is noted, not a whole dense interval later
         self._dense_stale = True
         # newest event time / arrival passed in since the last sparse and dense publication
         self._pending: dict[str, list[Any]] = {"sparse": [None, None], "dense": [None, None]}
@@ -310,7 +310,8 @@ class Publisher:
             )  # fmt: skip
             self.dense_version = version
             self._dense_blob, self._dense_logit = blob, logit
-            self._dense_stale = pending[0] is None and pending[1] is None
+            # this publisher's first dense state, with no training noted: the weights it started with
+            self._dense_stale = self.stats.dense_versions == 0 and pending[0] is None and pending[1] is None
             self._pending["dense"] = [None, None]
             keys = [record_key(DeltaHeader(self.model, "dense", version, k, len(records), 0))
                     for k in range(len(records))]  # fmt: skip
@@ -330,8 +331,8 @@ class Publisher:
     ) -> list[PublishResult]:
         """Publish whatever is due at wall time ``now_wall`` (default: the clock): a sparse delta
         every ``sparse_sync_interval``, the dense state every ``dense_sync_interval``, a snapshot
-        every ``snapshot_interval``. All three are due at the first call; the dense state is due
-        again at the first call after training is noted, if the last one reflected none (a fresh
+        every ``snapshot_interval``. All three are due at the first call; if that first dense state
+        reflected no training, the next is due at the first call after training is noted (a fresh
         start would otherwise serve its untrained dense weights for a whole dense interval)."""
         now = self.clock() if now_wall is None else float(now_wall)
         out: list[PublishResult] = []

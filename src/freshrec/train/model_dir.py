@@ -96,7 +96,7 @@ def save_model_dir(trainer: Trainer, path: str | Path, *, extra: dict[str, Any] 
         probs, labels, weights = trainer.metrics.window_arrays()
         files["metrics.safetensors"] = st_save({"probs": torch.from_numpy(probs), "labels": torch.from_numpy(labels),
                                                 "weights": torch.from_numpy(weights)})  # fmt: skip
-        files["rng.safetensors"] = st_save({"state": trainer.rng_state})
+        files["rng.safetensors"] = st_save({"state": trainer.generator.get_state()})
         sums = {}
         for name, blob in files.items():
             write_durable(tmp / name, blob)
@@ -176,9 +176,8 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
         raise
     if "rng.safetensors" in blobs:  # older model dirs lack it: dropout draws restart from the seed
         try:
-            trainer.rng_state = st_load(blobs["rng.safetensors"])["state"]
-            torch.Generator().set_state(trainer.rng_state)  # a state the generator cannot take is refused now
-        except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
+            trainer.generator.set_state(st_load(blobs["rng.safetensors"])["state"])
+        except (SafetensorError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             trainer.close()
             raise CorruptionError(f"{folder}: the dropout generator's state is unusable: {exc}") from exc
     c = manifest["counters"]

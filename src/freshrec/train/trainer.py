@@ -18,7 +18,6 @@ import enum
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from freshrec.errors import ConfigError, InputError, StateError
 from freshrec.features import Batch, FeatureSpec
-from freshrec.models import ModelConfig, RecModel, build_model
+from freshrec.models import Dropout, ModelConfig, RecModel, build_model
 from freshrec.ps import LocalPS, ParameterServer, PSConfig
 from freshrec.train.config import TrainConfig
 from freshrec.train.metrics import StreamingMetrics, calibration, logloss, weighted_auc
@@ -84,9 +83,12 @@ class Trainer:
             torch.manual_seed(self.config.seed)
             self.model: RecModel = build_model(model_config, spec)
         # dropout's random stream, the trainer's own: saved in the model directory, so a restored
-        # trainer draws what an uninterrupted one would have, and apart from the process's global
-        # generator, so two trainers in one process (or the caller) do not shift each other's draws
-        self.rng_state: torch.Tensor = torch.Generator().manual_seed(self.config.seed).get_state()
+        # trainer draws what an uninterrupted one would have, and apart from torch's global
+        # generator, so other trainers, threads or the caller never shift its draws
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        for module in self.model.modules():
+            if isinstance(module, Dropout):
+                module.generator = self.generator
         self.optimizer = self._make_optimizer()
         self.sparse = SparseBridge(spec, self.ps)
         self.tasks = list(spec.labels)
@@ -96,17 +98,6 @@ class Trainer:
         # True until the output bias is set from data (init_bias_from_data); a loaded model has its own
         self.bias_pending = self.config.init_bias_from_data
         self.state = TrainerState.READY
-
-    @contextmanager
-    def _own_rng(self) -> Iterator[None]:
-        """Run with the global generator set to this trainer's stream, then put both back."""
-        outer = torch.get_rng_state()
-        torch.set_rng_state(self.rng_state)
-        try:
-            yield
-        finally:
-            self.rng_state = torch.get_rng_state()
-            torch.set_rng_state(outer)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -165,8 +156,7 @@ class Trainer:
         t_pull = time.perf_counter() - t0
         dense = torch.from_numpy(batch.dense)
         labels = torch.from_numpy(batch.labels)
-        with self._own_rng():
-            logits = self.model(pulled.pooled, dense)  # (B, T)
+        logits = self.model(pulled.pooled, dense)  # (B, T)
         if self.config.weighted_loss:
             w = torch.from_numpy(batch.weights)[:, None]  # (B, 1)
             per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B, T)
