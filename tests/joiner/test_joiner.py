@@ -235,6 +235,20 @@ def test_parquet_files_hold_every_example_once(tmp_path, events):
         Joiner(log, JoinerConfig(state_dir=tmp_path / "other", parquet_dir=tmp_path / "pq", **JOIN))
 
 
+def test_a_second_joiner_on_a_written_examples_topic_is_refused(tmp_path, events):
+    """A second pipeline on the same cluster and topics (another run_dir) re-joined everything and
+    wrote every example again; so would a run whose joiner state was lost."""
+    path, _, examples, _ = joined(tmp_path, events, negative_rate=0.2)
+    assert examples
+    with (
+        open_log(path=path / "log") as log,
+        pytest.raises(StateError, match=r"examples topic 'examples' already holds"),
+    ):
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "other", **JOIN))
+    with open_log(path=path / "log") as log:  # another examples topic is a fresh start
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "other2", examples_topic="examples-2", **JOIN)).close()
+
+
 def test_an_examples_record_time_is_when_its_cause_reached_the_log(tmp_path):
     """Sync measures freshness from the examples' record times: a positive carries its action's
     arrival, a negative the arrival of the event that closed its window."""

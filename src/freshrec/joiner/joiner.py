@@ -161,6 +161,17 @@ class Joiner:
                 f"parquet_dir {self._parquet.directory} holds example files but state_dir "
                 f"{self.config.state_dir} has no checkpoint: they are from another run; move them"
             )
+        # a fresh joiner re-joins its inputs from the start: over a topic that already holds
+        # examples it would write every one again (a second pipeline on the same cluster and
+        # topics, or this run's state lost), and trainers downstream would count them twice
+        topic = self.config.examples_topic
+        written = sum(self.log.end_offset(topic, p) for p in range(self._out_parts[topic]))
+        if written:
+            raise StateError(
+                f"examples topic {topic!r} already holds {written:,} records, but state_dir {self.config.state_dir} "
+                "has no checkpoint: another joiner writes that topic (run one `freshrec online` per set of topics), "
+                "or this run's joiner state was lost; use another examples_topic, or the state_dir that wrote it"
+            )
         self.checkpoint()
 
     def _restore(self, meta: bytes) -> None:
