@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from freshrec.errors import ConfigError, CorruptionError, InputError, StateError
+from freshrec.errors import BackendError, ConfigError, CorruptionError, InputError, StateError
 from freshrec.stream import EmbeddedLog, EventLog, LogConfig, LogRecord, LogState, open_log, partition_for
 from freshrec.stream.log import PARTITION_SEED
 
@@ -529,6 +529,23 @@ def test_embedded_layout_is_one_sqlite_file_in_wal_mode(tmp_path):
 
 
 # ---- configuration and the local broker ------------------------------------------------------
+
+
+def test_an_unreachable_kafka_cluster_is_named_in_the_error():
+    """A wrong bootstrap_servers showed only as "Broker transport failure" (or, when creating a
+    topic, a controller timeout) without the address."""
+    pytest.importorskip("confluent_kafka")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open_log(LogConfig(backend="kafka", bootstrap_servers=f"127.0.0.1:{port}", timeout_s=1.0))
+    try:
+        with pytest.raises(BackendError, match=rf"cannot list topics \(Kafka at 127\.0\.0\.1:{port}\)"):
+            log.partitions("impressions")
+    finally:
+        log.close()
 
 
 def test_config_errors_name_the_field():

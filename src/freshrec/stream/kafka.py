@@ -111,7 +111,7 @@ class KafkaLog(EventLog):
     def _create_topic(self, topic: str, partitions: int) -> None:
         cfg = self.config
         new = NewTopic(topic, partitions, cfg.replication_factor, config=dict(cfg.topic_settings))
-        with _kafka(f"create topic {topic!r}"):
+        with _kafka(f"create topic {topic!r}", self.config.bootstrap_servers):
             future = self._admin.create_topics([new], request_timeout=cfg.timeout_s)[topic]
             try:
                 future.result()
@@ -132,7 +132,7 @@ class KafkaLog(EventLog):
     def _lookup(self, topic: str) -> int | None:
         """The topic's partition count from cluster metadata, or None if it does not exist. Lists
         all topics: asking for one by name could auto-create it on some brokers."""
-        with _kafka("list topics"):
+        with _kafka("list topics", self.config.bootstrap_servers):
             meta = self._admin.list_topics(timeout=self.config.timeout_s)
         t = meta.topics.get(topic)
         if t is None or (t.error is not None and t.error.code() in _BAD_TOPIC) or not t.partitions:
@@ -160,7 +160,7 @@ class KafkaLog(EventLog):
 
         producer = self._producer
         produce = producer.produce
-        with _kafka(f"append to topic {topic!r}"):
+        with _kafka(f"append to topic {topic!r}", self.config.bootstrap_servers):
             for b in batches:
                 keys = repeat(None) if b.keys is None else b.keys
                 for value, key, ts in zip(b.values, keys, b.timestamps_ms.tolist(), strict=False):
@@ -182,7 +182,7 @@ class KafkaLog(EventLog):
         with self._lock:
             reader = self._readers.get((topic, partition))
             if reader is None:
-                with _kafka("create a consumer"):
+                with _kafka("create a consumer", self.config.bootstrap_servers):
                     reader = self._readers[topic, partition] = self._new_consumer("freshrec.reader")
         return reader
 
@@ -300,7 +300,7 @@ class KafkaLog(EventLog):
         with self._lock:
             g = self._groups.get(group)
             if g is None:
-                with _kafka("create a consumer"):
+                with _kafka("create a consumer", self.config.bootstrap_servers):
                     g = self._groups[group] = self._new_consumer(group)
         return g
 
@@ -352,13 +352,14 @@ def _on_client_error(err: KafkaError) -> None:
 
 
 @contextmanager
-def _kafka(what: str) -> Iterator[None]:
+def _kafka(what: str, servers: str) -> Iterator[None]:
     """Translate a KafkaException raised inside the block into BackendError (InputError for an
-    unknown topic or partition) naming what was being done."""
+    unknown topic or partition) naming what was being done and the cluster's address (a wrong
+    ``bootstrap_servers`` otherwise shows only as a transport failure or a controller timeout)."""
     try:
         yield
     except KafkaException as exc:
         err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
         if err is not None and err.code() in _BAD_TOPIC:
             raise InputError(f"cannot {what}: {err.str()}") from exc
-        raise BackendError(f"cannot {what}: {err.str() if err else exc}") from exc
+        raise BackendError(f"cannot {what} (Kafka at {servers}): {err.str() if err else exc}") from exc
