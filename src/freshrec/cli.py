@@ -263,8 +263,10 @@ def online(
     """Joiner + online trainers + sync publisher, reading the event log (resumes from its checkpoints).
     Ctrl-C or SIGTERM (how systemd, Docker and Kubernetes stop a process) ends it with a final
     checkpoint."""
+    import contextlib
     import signal
     import threading
+    import time
 
     from rich.console import Console
     from rich.live import Live
@@ -277,17 +279,26 @@ def online(
         overrides.append(f"run_dir={run_dir}")
     cfg = load_config(OnlineConfig, config, overrides)
     console = Console(stderr=True)
+    console.soft_wrap = not console.is_terminal  # a log line is not cut at 80 columns
     pipeline = OnlinePipeline(cfg)
     if pipeline.restored_from is not None:
         console.print(f"resumed from {pipeline.restored_from}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a redeploy is a clean stop, not a crash
+    # a terminal gets one live status line; a log (systemd, Docker) a plain line every 10 s
+    live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
+    last_line = float("-inf")
     try:
-        with Live(console=console, refresh_per_second=2) as live:
+        with live or contextlib.nullcontext():
             end = None if duration is None else pipeline.clock() + duration
             while (end is None or pipeline.clock() < end) and not stop.is_set():
                 pipeline.run(stop=stop, duration_s=1.0)
-                live.update(_online_line(pipeline.status()))
+                line = _online_line(pipeline.status())
+                if live is not None:
+                    live.update(line)
+                elif time.monotonic() - last_line >= 10.0:
+                    console.print(line)
+                    last_line = time.monotonic()
         if stop.is_set():
             console.print("stopping (SIGTERM): final checkpoint")
     except KeyboardInterrupt:
