@@ -398,6 +398,38 @@ def test_requests_before_start_are_refused(model_dirs, tmp_path):
     assert client.get("/v1/healthz").status_code == 503
 
 
+def test_sync_fed_models_catch_up_before_the_replica_says_it_is_healthy(model_dirs, tmp_path):
+    """A restarted replica said ok while it still served its snapshot's parameters: its
+    subscribers replayed the deltas after the snapshot only in their thread's first poll."""
+
+    class Recorder:
+        def __init__(self, replica_state) -> None:
+            self.calls, self.replica_state = [], replica_state
+
+        def catch_up(self, timeout_s: float = 60.0) -> bool:
+            self.calls.append(("catch_up", self.replica_state().value))
+            return True
+
+        def start(self) -> None:
+            self.calls.append(("start", self.replica_state().value))
+
+        def stop(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    config = ServeConfig.from_dict(
+        {"arms": [{"name": "a", "model_dir": str(model_dirs["rank"])}], "log": {"path": str(tmp_path / "log")}}
+    )
+    holder = {}
+    sub = Recorder(lambda: holder["app"].state.replica.state)
+    holder["app"] = app = create_app(config, load_states(config), subscribers=[sub])
+    with TestClient(app) as client:
+        assert client.get("/v1/healthz").status_code == 200
+    assert sub.calls == [("catch_up", "starting"), ("start", "starting")]
+
+
 def test_the_gil_switch_interval_is_set_while_serving_and_restored_after(model_dirs, tmp_path):
     """Requests run on the event loop beside the sync and tailer threads: serving shortens the
     GIL's switch interval (at 5 ms a request waits that long behind a delta), then gives the

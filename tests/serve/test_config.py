@@ -43,6 +43,7 @@ def test_the_key_comes_from_the_environment(monkeypatch):
         ({"arms": [ARM], "max_k": 0}, "max_k"),
         ({"arms": [ARM], "api_key": ""}, "must not be empty"),
         ({"arms": [ARM], "typo": 1}, "typo"),
+        ({"arms": [{"name": "s", "sync": {"snapshot_dir": "x", "topic_prefix": "prod sync"}}]}, "topic_prefix"),
     ],
 )
 def test_bad_configs_name_the_field(data, match, monkeypatch):

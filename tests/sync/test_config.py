@@ -15,7 +15,7 @@ def test_defaults_and_topics():
     c = SyncConfig()
     assert (c.sparse_sync_interval, c.dense_sync_interval, c.fp16) == (1.0, 300.0, False)
     assert c.topics("rank") == ("sync.rank.sparse", "sync.rank.dense")
-    assert SyncConfig(sparse_topic="a.b", dense_topic="c").topics("rank") == ("a.b", "c")
+    assert SyncConfig(topic_prefix="prod.sync").topics("rank") == ("prod.sync.rank.sparse", "prod.sync.rank.dense")
     assert c.model_snapshot_dir("rank") == c.snapshot_dir / "rank"
     with pytest.raises(InputError, match="model name"):
         c.topics("no spaces")
@@ -30,7 +30,7 @@ def test_file_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"sparse_sync_interval": 0}, {"max_record_bytes": 1000}, {"keep_snapshots": 0}, {"sparse_topic": "a b"},
+    [{"sparse_sync_interval": 0}, {"max_record_bytes": 1000}, {"keep_snapshots": 0}, {"topic_prefix": "a b"},
      {"sparse_interval": 1.0}],
 )  # fmt: skip
 def test_bad_values_name_the_field(bad):

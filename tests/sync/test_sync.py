@@ -438,6 +438,28 @@ def test_a_first_dense_state_with_no_training_is_followed_at_once_by_a_trained_o
     assert w.pub.dense_version == 5
 
 
+def test_a_replica_restarted_from_an_old_snapshot_catches_up_before_it_serves(elog, tmp_path):
+    """catch_up (what the serving replica runs before it says it is healthy) bootstraps and
+    replays every delta after the snapshot; a replica restarted 0.6 s before its first poll
+    answered with the snapshot's parameters meanwhile."""
+    w = World(elog, config(tmp_path))
+    w.driver.step()
+    w.pub.snapshot()
+    for _ in range(5):
+        w.driver.step()
+        w.pub.publish_sparse()
+    w.nudge_dense()
+    w.pub.publish_dense()
+    state, sub = w.replica()
+    assert state.sparse_version == 0
+    assert sub.catch_up(30.0)
+    assert (state.sparse_version, state.dense_version) == (w.pub.sparse_version, w.pub.dense_version)
+    assert_same_dense(w, state)
+    assert_same_rows(w.ps, state.ps)
+    assert sub.catch_up(30.0)  # nothing new: still caught up
+    sub.close()
+
+
 def test_the_thread_keeps_a_replica_fresh_while_requests_are_served(elog, tmp_path):
     w = World(elog, config(tmp_path, poll_interval=0.02))
     state, sub = w.replica()
@@ -484,9 +506,17 @@ def test_a_replica_of_another_shape_refuses_the_deltas(elog, tmp_path):
     assert sub.status is SubscriberState.STALE
 
 
-def test_topics_hold_one_model_each(elog, tmp_path):
+def test_topics_hold_one_model_each(elog, tmp_path, caplog):
+    """Each model has its own topics under a prefix; names that still meet (model "a.x" under
+    "sync", model "x" under "sync.a") are refused by the publisher that comes second."""
     w = World(elog, config(tmp_path))
-    w.pub.publish_sparse()
-    cfg = w.cfg.model_copy(update={"sparse_topic": f"sync.{w.name}.sparse"})
+    first = Publisher(f"{w.name}.x", training_ps(), lambda: w.module, elog, w.cfg)
+    first.publish_sparse()
+    cfg = w.cfg.model_copy(update={"topic_prefix": f"sync.{w.name}"})
+    assert cfg.topics("x") == (first.sparse_topic, first.dense_topic)
     with pytest.raises(ConfigError, match="deltas of model"):
-        Publisher("intruder", training_ps(), lambda: w.module, elog, cfg)
+        Publisher("x", training_ps(), lambda: w.module, elog, cfg)
+    # a replica whose topics nobody wrote (another prefix than its publisher's) says so
+    with caplog.at_level("WARNING", logger="freshrec.sync.subscriber"):
+        Subscriber(served(w.name), elog, w.cfg.model_copy(update={"topic_prefix": "typo"}), registry=w.registry)
+    assert f"sync topic 'typo.{w.name}.sparse' did not exist" in caplog.text

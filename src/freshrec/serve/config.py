@@ -59,10 +59,12 @@ class ArmSyncConfig(Config):
             (seconds of staleness). Minutes make the "batch" baseline of an A/B test.
         fp16: store this arm's embeddings as float16.
         rank_model / retrieval_model: the models' names in the sync log (None: no retriever).
+        topic_prefix: the publisher's ``SyncConfig.topic_prefix``.
     """
 
     snapshot_dir: Path
     log: LogConfig | None = None
+    topic_prefix: str = Field("sync", pattern=r"^[A-Za-z0-9._-]{1,40}$")
     apply_interval: float = Field(0.0, ge=0, allow_inf_nan=False)
     fp16: bool = False
     rank_model: str = "rank"

@@ -53,6 +53,8 @@ class ReplicaState(enum.Enum):
 class Subscriber(Protocol):
     """What the replica needs of a sync subscriber (``freshrec.sync``)."""
 
+    def catch_up(self, timeout_s: float = 60.0) -> bool: ...
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -127,8 +129,9 @@ class Replica:
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self, *, catch_up_timeout_s: float = 60.0) -> None:
-        """Warm up, open the log and its topics, read the catalog, start the background threads
-        and the subscribers. Requests are answered only after this returns."""
+        """Warm up, open the log and its topics, read the catalog, start the background threads,
+        bring every sync-fed model up to the end of the sync log and start its subscriber.
+        Requests are answered (and /v1/healthz says ok) only after this returns."""
         if self.state is not ReplicaState.CREATED:
             raise StateError(f"cannot start the replica: it is {self.state.value}")
         self.state = ReplicaState.STARTING
@@ -142,7 +145,10 @@ class Replica:
         if self.log is None:
             self.log = open_log(c.log)
         for topic in (c.topics.impressions, c.topics.actions, c.topics.items):
-            self.log.ensure_topic(topic, c.topics.partitions)
+            created = self.log.ensure_topic(topic, c.topics.partitions)[1]
+            if created and topic != c.topics.items:  # `freshrec online` reads these: a misspelt name goes nowhere
+                log.warning("topic %r did not exist; created it with %d partitions. `freshrec online` must read it "
+                            "(its joiner.input_topics)", topic, c.topics.partitions)  # fmt: skip
         self.writer = EventWriter(self.log)
         if c.tail_items:
             self.tailer = ItemTailer(self.log, c.topics.items, self.items)
@@ -152,7 +158,8 @@ class Replica:
         self.refresh_item_vectors()
         self._refresher = threading.Thread(target=self._refresh_loop, name="freshrec-item-vectors", daemon=True)
         self._refresher.start()
-        for sub in self.subscribers:
+        for sub in self.subscribers:  # healthy only once the models reflect what the sync log holds
+            sub.catch_up(catch_up_timeout_s)
             sub.start()
         # what exists now (models, compiled kernels, modules) lives as long as the replica: keep
         # the cyclic collector from rescanning it in every full collection (a pause on requests)

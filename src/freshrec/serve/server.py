@@ -60,7 +60,8 @@ def load_arms(
     def follow(arm: ArmConfig, model: str) -> ServedModel:
         sync = arm.sync
         assert sync is not None
-        sync_config = SyncConfig(snapshot_dir=sync.snapshot_dir, apply_interval=sync.apply_interval, fp16=sync.fp16)
+        sync_config = SyncConfig(snapshot_dir=sync.snapshot_dir, apply_interval=sync.apply_interval, fp16=sync.fp16,
+                                 topic_prefix=sync.topic_prefix)  # fmt: skip
         served = ServedModel.from_snapshot(sync_config.model_snapshot_dir(model), name=model, fp16=sync.fp16,
                                            ps_config=ps_config)  # fmt: skip
         log_config = sync.log or config.log

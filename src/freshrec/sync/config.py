@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from freshrec.config import Config
 from freshrec.errors import InputError
@@ -34,8 +34,10 @@ class SyncConfig(Config):
             state: it moves slowly and is small next to the tables).
         snapshot_interval: seconds of wall clock between serving snapshots written by
             :meth:`Publisher.maybe_publish`; None = only when :meth:`Publisher.snapshot` is called.
-        sparse_topic, dense_topic: sync-log topics; None = ``sync.<model>.sparse`` and
-            ``sync.<model>.dense``. One partition each, so log order is version order.
+        topic_prefix: a model's sync-log topics are ``<topic_prefix>.<model>.sparse`` and
+            ``<topic_prefix>.<model>.dense`` (one partition each, so log order is version order):
+            a prefix per environment (``prod.sync``) keeps clusters' deltas apart, and each model
+            keeps its own topics. Serving arms name the same prefix.
         max_record_bytes: a delta bigger than this is split into parts of at most about this
             many bytes. Kafka refuses messages over ``message.max.bytes`` (1 MB by default).
         full_delta_on_start: the first sparse delta of a new :class:`Publisher` carries every row
@@ -61,8 +63,7 @@ class SyncConfig(Config):
     sparse_sync_interval: float = Field(1.0, gt=0)
     dense_sync_interval: float = Field(300.0, gt=0)
     snapshot_interval: float | None = Field(600.0, gt=0)  # 10 min: bounds a fresh replica's replay
-    sparse_topic: str | None = None
-    dense_topic: str | None = None
+    topic_prefix: str = Field("sync", pattern=r"^[A-Za-z0-9._-]{1,40}$")
     # 512 KiB: well under Kafka's 1 MB default, with room for the header and the log's framing
     max_record_bytes: int = Field(512 * 1024, ge=65536, le=64 * 1024 * 1024)
     full_delta_on_start: bool = True
@@ -74,17 +75,10 @@ class SyncConfig(Config):
     retire_after: float = Field(5.0, ge=0)
     apply_interval: float = Field(0.0, ge=0)
 
-    @field_validator("sparse_topic", "dense_topic")
-    @classmethod
-    def _topic(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
-            raise ValueError(f"topic {v!r} must be 1-249 characters of [A-Za-z0-9._-]")
-        return v
-
     def topics(self, model: str) -> tuple[str, str]:
         """The (sparse, dense) topics of ``model``."""
         check_model_name(model)
-        return (self.sparse_topic or f"sync.{model}.sparse", self.dense_topic or f"sync.{model}.dense")
+        return f"{self.topic_prefix}.{model}.sparse", f"{self.topic_prefix}.{model}.dense"
 
     def model_snapshot_dir(self, model: str) -> Path:
         check_model_name(model)

@@ -193,7 +193,11 @@ class Subscriber:
             self.config.model_snapshot_dir(self.model)  # fmt: skip
         self.topics = dict(zip(("sparse", "dense"), self.config.topics(self.model), strict=True))
         for topic in self.topics.values():
-            log.create_topic(topic, 1)  # a replica may start before the trainer
+            if log.ensure_topic(topic, 1)[1]:  # its publisher creates it: a replica came first, or a name differs
+                _log.warning(
+                    "sync topic %r did not exist; created it empty. The publisher of model %r writes it: if it "
+                    "already runs, check both sides' topic_prefix and model names", topic, self.model,
+                )  # fmt: skip
         self._sparse = _SparseOrder(self.model, 0)
         self._dense = _DenseOrder(0)
         self._offsets = {"sparse": 0, "dense": 0}
@@ -279,6 +283,24 @@ class Subscriber:
     def _check_open(self, what: str) -> None:
         if self._status is SubscriberState.CLOSED:
             raise StateError(f"cannot {what}: the subscriber of model {self.model!r} is closed")
+
+    def catch_up(self, timeout_s: float = 60.0) -> bool:
+        """Bootstrap if needed and apply every delta the log holds now, before serving: a replica
+        (re)started from a snapshot otherwise answers with the snapshot's parameters, however old,
+        until its thread's first poll has replayed the deltas after it. False if it could not
+        within ``timeout_s`` or failed (logged; the thread, once started, keeps trying)."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while self.poll(timeout_s=0.0) > 0:  # the first poll bootstraps and replays to the end
+                if time.monotonic() > deadline:
+                    _log.warning("sync subscriber of model %r: not caught up after %.0f s", self.model, timeout_s)
+                    return False
+        except StateError:
+            raise
+        except Exception as exc:  # counted by poll; the thread retries
+            _log.warning("sync subscriber of model %r: catching up failed (%s); the thread retries", self.model, exc)
+            return False
+        return True
 
     # ---- polling -------------------------------------------------------------------------------
     def poll(self, timeout_s: float = 0.0) -> int:
