@@ -73,7 +73,11 @@ class OnlinePipeline:
                 log.warning("input topic %r did not exist: created with %d partition(s); nothing has written "
                             "to it yet (check joiner.input_topics if a producer uses another name)",
                             topic, config.input_partitions)  # fmt: skip
-        self.joiner = Joiner(self.log, config.joiner)
+        try:
+            self.joiner = Joiner(self.log, config.joiner)
+        except BaseException:
+            self.log.close()  # refused (e.g. another pipeline's examples topic): nothing left open
+            raise
         self.topic = config.joiner.examples_topic
         self.checkpoints = CheckpointStore(config.checkpoint_dir, config.keep_checkpoints)
         self.offsets = [0] * self.log.partitions(self.topic)  # read up to here
