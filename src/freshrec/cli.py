@@ -299,6 +299,8 @@ def online(
                 elif time.monotonic() - last_line >= 10.0:
                     console.print(line)
                     last_line = time.monotonic()
+        if live is None:  # the log's last word on progress, not up to 10 s old
+            console.print(_online_line(pipeline.status()))
         if stop.is_set():
             console.print("stopping (SIGTERM): final checkpoint")
     except KeyboardInterrupt:

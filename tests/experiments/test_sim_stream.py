@@ -82,7 +82,8 @@ def test_partial_world_goes_onto_the_experiment_world():
     assert is_sim("sim") and not is_sim("../shared/data/ml-100k")
     merged = SimSource.from_dict({"world": {"n_users": 10}}).world
     assert merged.n_users == 10 and merged.random_ctr == experiment_world().random_ctr
-    assert SimSource(world=experiment_world()).world == experiment_world()  # a whole world stays as it is
+    whole = {**experiment_world().model_dump(), "n_users": 7}  # every field given: nothing merged in
+    assert SimSource.from_dict({"world": whole}).world == experiment_world().model_copy(update={"n_users": 7})
     with pytest.raises(ValueError, match="click"):
         SimStream(SOURCE, 0, spec=live_commerce_spec())  # two labels
 

@@ -242,7 +242,7 @@ def test_a_second_joiner_on_a_written_examples_topic_is_refused(tmp_path, events
     assert examples
     with (
         open_log(path=path / "log") as log,
-        pytest.raises(StateError, match=r"examples topic 'examples' already holds"),
+        pytest.raises(StateError, match=r"examples topic 'examples' has received"),
     ):
         Joiner(log, JoinerConfig(state_dir=tmp_path / "other", **JOIN))
     with open_log(path=path / "log") as log:  # another examples topic is a fresh start

@@ -66,7 +66,7 @@ def online_config(demo: DemoConfig, run_dir: Path) -> OnlineConfig:
 
 
 def serve_config(demo: DemoConfig, run_dir: Path, online: OnlineConfig) -> ServeConfig:
-    snapshots = str(online.sync.snapshot_dir)
+    sync = {"snapshot_dir": str(online.sync.snapshot_dir), "topic_prefix": online.sync.topic_prefix}
     base = {
         "host": "127.0.0.1",
         "port": demo.port,
@@ -74,9 +74,9 @@ def serve_config(demo: DemoConfig, run_dir: Path, online: OnlineConfig) -> Serve
         "api_key": None,  # loopback only: the config refuses a keyless server on any other address
         "log": online.log.model_dump(mode="json"),
         "arms": [
-            {"name": "A", "weight": 1 - demo.arm_b_weight, "sync": {"snapshot_dir": snapshots}},
+            {"name": "A", "weight": 1 - demo.arm_b_weight, "sync": sync},
             {"name": "B", "weight": demo.arm_b_weight,
-             "sync": {"snapshot_dir": snapshots, "apply_interval": demo.stale_apply_interval_s}},
+             "sync": {**sync, "apply_interval": demo.stale_apply_interval_s}},
         ],
         "retrieve_k": 200,
         "log_level": "warning",

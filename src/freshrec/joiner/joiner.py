@@ -168,9 +168,9 @@ class Joiner:
         written = sum(self.log.end_offset(topic, p) for p in range(self._out_parts[topic]))
         if written:
             raise StateError(
-                f"examples topic {topic!r} already holds {written:,} records, but state_dir {self.config.state_dir} "
+                f"examples topic {topic!r} has received {written:,} records, but state_dir {self.config.state_dir} "
                 "has no checkpoint: another joiner writes that topic (run one `freshrec online` per set of topics), "
-                "or this run's joiner state was lost; use another examples_topic, or the state_dir that wrote it"
+                "or this joiner's state was lost or moved; use another examples_topic, or the state_dir that wrote it"
             )
         self.checkpoint()
 
@@ -186,7 +186,10 @@ class Joiner:
         changed = [k for k in _BINDING if ck.binding.get(k) != now[k]]
         if changed:
             diffs = "; ".join(f"{k}: {ck.binding.get(k)!r} -> {now[k]!r}" for k in changed)
-            raise StateError(f"{where} was written under other join settings ({diffs}); use another state_dir")
+            raise StateError(
+                f"{where} was written under other join settings ({diffs}); use another state_dir and another "
+                "examples_topic (a fresh joiner joins its inputs again from their start)"
+            )
         for s in self._sources:
             offs = ck.inputs.get(s.topic)
             if offs is None or len(offs) != self.log.partitions(s.topic):

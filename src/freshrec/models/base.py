@@ -66,6 +66,8 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float) -> None:
         super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.generator: torch.Generator | None = None
 
@@ -74,7 +76,7 @@ class Dropout(nn.Module):
             return x
         keep = 1.0 - self.p
         mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
-        return x * mask / keep
+        return x * mask.div_(keep)  # as nn.Dropout scales: the same values, bit for bit
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -31,6 +31,7 @@ from pydantic import Field, SecretStr, model_validator
 from freshrec.config import Config
 from freshrec.ps.config import PSConfig
 from freshrec.stream.config import LogConfig
+from freshrec.sync.config import TopicPrefix
 
 __all__ = ["API_KEY_ENV", "ArmConfig", "ArmSyncConfig", "ServeConfig", "TopicsConfig", "is_loopback"]
 
@@ -64,7 +65,7 @@ class ArmSyncConfig(Config):
 
     snapshot_dir: Path
     log: LogConfig | None = None
-    topic_prefix: str = Field("sync", pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    topic_prefix: TopicPrefix = "sync"
     apply_interval: float = Field(0.0, ge=0, allow_inf_nan=False)
     fp16: bool = False
     rank_model: str = "rank"

@@ -158,8 +158,11 @@ class Replica:
         self.refresh_item_vectors()
         self._refresher = threading.Thread(target=self._refresh_loop, name="freshrec-item-vectors", daemon=True)
         self._refresher.start()
+        deadline = time.monotonic() + catch_up_timeout_s  # one budget for every model of every arm
         for sub in self.subscribers:  # healthy only once the models reflect what the sync log holds
-            sub.catch_up(catch_up_timeout_s)
+            if not sub.catch_up(max(0.0, deadline - time.monotonic())):
+                log.warning("a sync-fed model is not caught up with the sync log; serving anyway (its "
+                            "subscriber keeps applying deltas)")  # fmt: skip
             sub.start()
         # what exists now (models, compiled kernels, modules) lives as long as the replica: keep
         # the cyclic collector from rescanning it in every full collection (a pause on requests)

@@ -194,7 +194,7 @@ class KafkaLog(EventLog):
         arrive_by = now + self.config.timeout_s  # for records known to exist
         end: int | None = None  # the end offset, once asked for
         out: list[LogRecord] = []
-        with reader.lock, _kafka(f"read topic {topic!r} partition {partition}"):
+        with reader.lock, _kafka(f"read topic {topic!r} partition {partition}", self.config.bootstrap_servers):
             c = reader.consumer
             if reader.position != offset:
                 c.assign([TopicPartition(topic, partition, offset)])
@@ -271,7 +271,10 @@ class KafkaLog(EventLog):
     def _end_offset(self, topic: str, partition: int) -> int:
         tp = TopicPartition(topic, partition)
         probe = self._meta
-        with probe.lock, _kafka(f"get the end offset of topic {topic!r} partition {partition}"):
+        with (
+            probe.lock,
+            _kafka(f"get the end offset of topic {topic!r} partition {partition}", self.config.bootstrap_servers),
+        ):
             c = probe.consumer
             _, high = c.get_watermark_offsets(tp, timeout=self.config.timeout_s)
             if not self.config.probe_end_offset or high <= 0:
@@ -307,7 +310,7 @@ class KafkaLog(EventLog):
     def _commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         g = self._group(group)
         tps = [TopicPartition(topic, p, o) for p, o in offsets.items()]
-        with g.lock, _kafka(f"commit offsets of group {group!r}"):
+        with g.lock, _kafka(f"commit offsets of group {group!r}", self.config.bootstrap_servers):
             result = g.consumer.commit(offsets=tps, asynchronous=False)
         bad = [tp for tp in result or [] if tp.error is not None]
         if bad:
@@ -315,7 +318,7 @@ class KafkaLog(EventLog):
 
     def _committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
         g = self._group(group)
-        with g.lock, _kafka(f"fetch committed offsets of group {group!r}"):
+        with g.lock, _kafka(f"fetch committed offsets of group {group!r}", self.config.bootstrap_servers):
             tps = g.consumer.committed(
                 [TopicPartition(topic, p) for p in range(partitions)], timeout=self.config.timeout_s
             )

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 
 from freshrec.config import Config
 from freshrec.errors import InputError
 
-__all__ = ["SyncConfig", "check_model_name"]
+__all__ = ["SyncConfig", "TopicPrefix", "check_model_name"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")  # a model name must fit in a Kafka topic name
+# the start of a model's sync topics' names (``<prefix>.<model>.sparse``): Kafka's characters
+TopicPrefix = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")]
 
 
 class SyncConfig(Config):
@@ -63,7 +66,7 @@ class SyncConfig(Config):
     sparse_sync_interval: float = Field(1.0, gt=0)
     dense_sync_interval: float = Field(300.0, gt=0)
     snapshot_interval: float | None = Field(600.0, gt=0)  # 10 min: bounds a fresh replica's replay
-    topic_prefix: str = Field("sync", pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    topic_prefix: TopicPrefix = "sync"
     # 512 KiB: well under Kafka's 1 MB default, with room for the header and the log's framing
     max_record_bytes: int = Field(512 * 1024, ge=65536, le=64 * 1024 * 1024)
     full_delta_on_start: bool = True
