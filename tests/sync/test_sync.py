@@ -458,6 +458,14 @@ def test_a_replica_restarted_from_an_old_snapshot_catches_up_before_it_serves(el
     assert_same_rows(w.ps, state.ps)
     assert sub.catch_up(30.0)  # nothing new: still caught up
     sub.close()
+    # a replica reading other topics than its publisher's (another topic_prefix) cannot replay the
+    # snapshot's deltas: it says so instead of serving the snapshot as if nothing came after it
+    state, _ = w.replica()
+    wrong = Subscriber(state, elog, w.cfg.model_copy(update={"topic_prefix": "other"}), registry=CollectorRegistry())
+    assert not wrong.catch_up(30.0)
+    with pytest.raises(SyncError, match=r"sync topic 'other\..*\.sparse' ends at offset 0, but snapshot"):
+        wrong.poll()
+    wrong.close()
 
 
 def test_the_thread_keeps_a_replica_fresh_while_requests_are_served(elog, tmp_path):

@@ -504,6 +504,16 @@ class Subscriber:
         sparse = _SparseOrder(self.model, info.sparse_version if info else 0)
         dense_order = _DenseOrder(info.dense_version if info else 0)
         offsets = {"sparse": info.sparse_offset if info else 0, "dense": info.dense_offset if info else 0}
+        for kind, topic in self.topics.items():  # a snapshot taken past a topic's end is not of this topic
+            end = self.log.end_offset(topic, 0)
+            if info is not None and end < offsets[kind]:
+                if stage.ps is not None:
+                    stage.ps.close()
+                raise SyncError(
+                    f"sync topic {topic!r} ends at offset {end}, but snapshot {info.path.name} of model "
+                    f"{self.model!r} was taken after offset {offsets[kind]} of its publisher's topic: this is not "
+                    "that topic (check topic_prefix and the log on both sides), or the log was reset"
+                )
 
         def apply_sparse(parts: Parts) -> None:
             h = parts[0][0]
