@@ -293,11 +293,10 @@ def online(
             end = None if duration is None else pipeline.clock() + duration
             while (end is None or pipeline.clock() < end) and not stop.is_set():
                 pipeline.run(stop=stop, duration_s=1.0)
-                line = _online_line(pipeline.status())
                 if live is not None:
-                    live.update(line)
+                    live.update(_online_line(pipeline.status()))
                 elif time.monotonic() - last_line >= 10.0:
-                    console.print(line)
+                    console.print(_online_line(pipeline.status()))
                     last_line = time.monotonic()
         if live is None:  # the log's last word on progress, not up to 10 s old
             console.print(_online_line(pipeline.status()))

@@ -129,15 +129,9 @@ def reset_peak_rss() -> bool:
 
 def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
     """Median seconds of each function over ``rounds`` rounds, the functions taking turns within
-    each round: this VM's speed drifts by tens of percent over seconds (other tenants), and
-    timing one side's repeats after the other's put that drift into the ratio."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    for r in range(rounds):
-        for name, fn in order if r % 2 == 0 else order[::-1]:  # nobody always goes first
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    each round (:func:`time_each`): this VM's speed drifts by tens of percent over seconds (other
+    tenants), and timing one side's repeats after the other's put that drift into the ratio."""
+    times = time_each({name: (lambda _, fn=fn: fn()) for name, fn in fns.items()}, range(rounds))
     return {name: float(np.median(t)) for name, t in times.items()}
 
 

@@ -311,7 +311,7 @@ class Publisher:
             self.dense_version = version
             self._dense_blob, self._dense_logit = blob, logit
             # this publisher's first dense state, with no training noted: the weights it started with
-            self._dense_stale = self.stats.dense_versions == 0 and pending[0] is None and pending[1] is None
+            self._dense_stale = self.stats.dense_versions == 0 and not self._dense_pending
             self._pending["dense"] = [None, None]
             keys = [record_key(DeltaHeader(self.model, "dense", version, k, len(records), 0))
                     for k in range(len(records))]  # fmt: skip

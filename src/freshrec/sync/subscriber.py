@@ -504,9 +504,9 @@ class Subscriber:
         sparse = _SparseOrder(self.model, info.sparse_version if info else 0)
         dense_order = _DenseOrder(info.dense_version if info else 0)
         offsets = {"sparse": info.sparse_offset if info else 0, "dense": info.dense_offset if info else 0}
-        for kind, topic in self.topics.items():  # a snapshot taken past a topic's end is not of this topic
+        for kind, topic in self.topics.items() if info is not None else ():
             end = self.log.end_offset(topic, 0)
-            if info is not None and end < offsets[kind]:
+            if end < offsets[kind]:  # a snapshot taken past a topic's end is not of this topic
                 if stage.ps is not None:
                     stage.ps.close()
                 raise SyncError(
