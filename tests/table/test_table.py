@@ -14,6 +14,7 @@ from freshrec.table import (
     InitializerConfig,
     RowwiseAdagrad,
 )
+from freshrec.table import _kernels as K
 
 from .naive import init_row
 
@@ -480,11 +481,18 @@ def test_find_or_insert_hands_out_no_row_taken_back_by_an_eviction_in_the_same_c
     assert (rows[present] == t.find_or_insert(ids[present], now=20)).all()  # each its own row still
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["two-pass", "pipelined"])
 @pytest.mark.parametrize("n", [0, 1, 23, 24, 25, 31, 32, 33, 63, 64, 65, 129, 300])
-def test_batches_around_the_prefetch_distances_find_the_right_rows(n):
-    """The read-only probe looks 24 keys ahead through a ring of 32, the training lookup takes
-    64 keys per group: batches of every length around those, duplicates and unknown IDs
-    included, must read, update and admit exactly the right rows."""
+def test_batches_around_the_prefetch_distances_find_the_right_rows(n, pipelined, monkeypatch):
+    """The read-only probe looks 24 keys ahead through a ring of 32, the pipelined read-only
+    lookup keeps stages 32 keys apart through rings of 64, the training lookup takes 64 keys per
+    group: batches of every length around those, duplicates and unknown IDs included, must read,
+    update and admit exactly the right rows. (The pipeline is for tables past 128 MiB; the
+    threshold is lowered here so that this small table takes it.)"""
+    monkeypatch.setattr(K, "PIPELINE_FROM_BYTES", 0 if pipelined else 1 << 62)
+    taken = []
+    real = K.lookup_infer
+    monkeypatch.setattr(K, "lookup_infer", lambda *a: taken.append(a[-1]) or real(*a))
     rng = np.random.default_rng(n)
     t = EmbeddingTable(dim=3, optimizer=SGD(lr=1.0), track_changes=False)
     known = rng.choice(10**12, size=200, replace=False)
@@ -503,3 +511,4 @@ def test_batches_around_the_prefetch_distances_find_the_right_rows(n):
             np.testing.assert_allclose(after[i], before[k] - seen[k], rtol=1e-6)
     assert len(t) == 200 + len(set(ids[~hit].tolist()))
     np.testing.assert_array_equal(t.lookup(ids), after)
+    assert set(taken) == {pipelined}

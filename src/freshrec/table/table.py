@@ -340,8 +340,12 @@ class EmbeddingTable:
             self._find_or_insert(keys, to_ms(now), out, True, check_counts(counts, keys))
             return out
         with self._lock.read():
+            # rows on huge pages and far beyond the caches: probe and copy in one pipeline
+            pipelined = self.config.huge_pages is not False and (
+                int(self._ctr[K.C_HW]) * 4 * self.width >= K.PIPELINE_FROM_BYTES
+            )
             hits = K.lookup_infer(self._slots, self._cap, self._data, keys, out,
-                                  self._default, self.dim)  # fmt: skip
+                                  self._default, self.dim, pipelined)  # fmt: skip
         with self._stat_lock:  # readers run concurrently; counters must not lose increments
             self._ctr[K.C_LOOKUPS] += keys.shape[0]
             self._ctr[K.C_HITS] += hits
