@@ -10,7 +10,7 @@ import pytest
 
 from freshrec.errors import InputError, NonFiniteError, StateError
 from freshrec.ps import LocalPS, PSConfig, shard_of
-from freshrec.ps.local import INLINE_KEYS
+from freshrec.ps.local import INLINE_KEYS, _shard_config
 from freshrec.table import SGD, AdmissionConfig, EmbeddingTable, TableConfig
 
 TABLES = [
@@ -254,3 +254,15 @@ def test_a_malformed_snapshot_manifest_is_corruption(tmp_path, edit):
     with pytest.raises(InputError, match="shard must be an int"):
         ps.restore_shard("0", tmp_path / "p")
     assert ps.stats()["a"].rows == 3  # nothing changed
+
+
+def test_a_shard_gets_its_share_of_the_admission_sketch_and_of_its_window():
+    cfg = TableConfig(
+        name="u", dim=2, admission=AdmissionConfig(min_count=2, sketch_width=1 << 16, sketch_decay_every=8000)
+    )
+    shard = _shard_config(cfg, 4).admission
+    assert (shard.sketch_width, shard.decay_every) == (1 << 14, 2000)
+    default = _shard_config(cfg.model_copy(update={"admission": AdmissionConfig(min_count=2)}), 4).admission
+    assert default.decay_every == (1 << 17) // 4  # a quarter of the shard's width
+    tight = TableConfig(name="u", dim=2, admission=AdmissionConfig(min_count=300, sketch_decay_every=400))
+    assert _shard_config(tight, 4).admission.decay_every == 300  # never below what min_count needs

@@ -63,18 +63,43 @@ def test_false_admission_rate_matches_the_documented_formula(width, depth, n_loa
     assert abs(admitted - rate) < 4 * np.sqrt(rate * (1 - rate) / m) + 0.1 * rate, (admitted, rate)
 
 
-def test_decay_halves_counts_so_old_occurrences_fade():
+def test_occurrences_count_in_full_for_a_window_and_are_forgotten_after_two():
     adm = AdmissionConfig(min_count=3, sketch_width=1 << 10, sketch_decay_every=100)
     t = EmbeddingTable(dim=1, admission=adm)
-    t.lookup([5, 5], train=True, now=0)  # two occurrences: count 2
-    assert t.sketch_estimate([5]).tolist() == [2]
-    t.lookup(np.arange(1000, 1098), train=True, now=1)  # 98 more increments: the 100th halves
+    t.lookup([5, 5, 6, 6], train=True, now=0)  # two occurrences each: count 2
+    t.lookup(np.arange(1000, 1096), train=True, now=1)  # 96 more increments: the 100th turns
     assert t.stats().sketch_decays == 1
-    assert t.sketch_estimate([5]).tolist() == [1]
+    assert t.sketch_estimate([5, 6]).tolist() == [2, 2]  # kept whole in the previous generation
     t.lookup([5], train=True, now=2)
-    assert 5 not in t  # 1 + 1 < 3: the decayed count needs one more occurrence
-    t.lookup([5], train=True, now=3)
-    assert 5 in t
+    assert 5 in t  # the 3rd occurrence, 97 increments after the 1st: within the window of 100
+    t.lookup(np.arange(2000, 2100), train=True, now=3)  # another turn: 6's generation is dropped
+    assert t.sketch_estimate([6]).tolist() == [0]
+    t.lookup([6], train=True, now=4)
+    assert 6 not in t  # its first two occurrences are 200+ increments old: forgotten
+
+
+def test_the_kth_occurrence_gets_the_row_across_a_turn_of_the_sketch():
+    """Halving every counter (the decay before 2026-11-29) took an ID seen once back to 0: with
+    a halving between its two occurrences, min_count=2 admitted none of these IDs."""
+    adm = AdmissionConfig(min_count=2, sketch_width=1 << 14, sketch_decay_every=2000)
+    t = EmbeddingTable(dim=1, admission=adm)
+    rng = np.random.default_rng(0)
+    t.lookup(rng.integers(10**12, 2 * 10**12, 1500), train=True, now=0)  # earlier traffic
+    ids = np.arange(500, dtype=np.int64)
+    t.lookup(ids, train=True, now=1)  # 1st occurrences; the 2000th increment turns the sketch
+    assert t.stats().sketch_decays == 1
+    t.lookup(rng.integers(10**12, 2 * 10**12, 700), train=True, now=2)
+    t.lookup(ids, train=True, now=3)  # 2nd occurrences, at most 1,700 increments later
+    assert t.contains(ids).all()
+
+
+def test_a_min_count_the_window_cannot_hold_is_refused():
+    with pytest.raises(ValueError, match="can never be reached"):
+        AdmissionConfig(min_count=300, sketch_width=1024)  # window 256
+    with pytest.raises(ValueError, match="can never be reached"):
+        AdmissionConfig(min_count=3, sketch_decay_every=2)
+    AdmissionConfig(min_count=600_000, sketch_decay_every=0)  # all history: any count is reachable
+    AdmissionConfig(min_count=256, sketch_width=1024)
 
 
 def test_admit_probability_rate_and_reproducibility():

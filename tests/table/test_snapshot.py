@@ -150,8 +150,30 @@ def _corrupt_cases():
         del m["files"]
         (p / "manifest.json").write_text(json.dumps(m))
 
+    def version_true(p):  # True == 1 in Python: it passed the version check
+        m = json.loads((p / "manifest.json").read_text())
+        m["format_version"] = True
+        (p / "manifest.json").write_text(json.dumps(m))
+
+    def counter_not_a_number(p):  # it raised a raw ValueError after building the table
+        m = json.loads((p / "manifest.json").read_text())
+        m["counters"]["lookups"] = "abc"
+        (p / "manifest.json").write_text(json.dumps(m))
+
+    def counter_past_int64(p):  # a raw OverflowError
+        m = json.loads((p / "manifest.json").read_text())
+        m["counters"]["rng"] = 2**70
+        (p / "manifest.json").write_text(json.dumps(m))
+
+    def sketch_dropped(p):  # min_count 2 without a sketch loaded silently, every pending count lost
+        m = json.loads((p / "manifest.json").read_text())
+        m["sketch"] = None
+        (p / "manifest.json").write_text(json.dumps(m))
+        (p / "sketch.safetensors").unlink()
+
     return [truncate, flip, drop_file, torn_manifest, no_manifest, lying_rows, huge_rows, rows_not_a_count,
-            future_version, bad_config, counters_not_a_map, files_missing]  # fmt: skip
+            future_version, bad_config, counters_not_a_map, files_missing, version_true, counter_not_a_number,
+            counter_past_int64, sketch_dropped]  # fmt: skip
 
 
 @pytest.mark.parametrize("corrupt", _corrupt_cases(), ids=lambda f: f.__name__)
@@ -166,3 +188,26 @@ def test_no_pickle_in_the_format(tmp_path):
     _trained(500).save(tmp_path / "t")
     for f in (tmp_path / "t").iterdir():
         assert f.suffix in (".json", ".safetensors")
+
+
+def test_a_snapshot_with_one_sketch_generation_loads_it_as_the_current_one(tmp_path):
+    """Snapshots before 2026-11-29 held one generation of admission counters (depth x width)."""
+    from safetensors.numpy import load as st_load
+    from safetensors.numpy import save as st_save
+
+    from freshrec._io import checksum_bytes
+
+    t = _trained(1000)
+    t.save(tmp_path / "t")
+    f = tmp_path / "t" / "sketch.safetensors"
+    a = st_load(f.read_bytes())
+    assert a["sketch"].shape[0] == 2
+    blob = st_save({"sketch": np.ascontiguousarray(a["sketch"][0] + a["sketch"][1]), "seeds": a["seeds"]})
+    f.write_bytes(blob)
+    m = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    m["sketch"].update(bytes=len(blob), xxh3_128=checksum_bytes(blob))
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps(m))
+    u = EmbeddingTable.load(tmp_path / "t")
+    probe = np.arange(-(2**40), 2**40, 2**30)
+    np.testing.assert_array_equal(u.sketch_estimate(probe), t.sketch_estimate(probe))
+    assert not u._sketch[1].any()

@@ -65,13 +65,16 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
 
 
 def _shard_config(cfg: TableConfig, num_shards: int) -> TableConfig:
-    """A shard holds 1/N of the table: its row cap, expected rows and admission sketch shrink
-    alike."""
+    """A shard holds 1/N of the table: its row cap, expected rows, admission sketch and the
+    sketch's window shrink alike."""
     if num_shards == 1:
         return cfg
     data = cfg.model_dump()
     width = max(1024, cfg.admission.sketch_width // num_shards)
     data["admission"]["sketch_width"] = 1 << (width.bit_length() - 1)  # a power of two
+    window = cfg.admission.sketch_decay_every
+    if window:  # the table's window, in its unadmitted occurrences: a shard sees ~1/N of them
+        data["admission"]["sketch_decay_every"] = max(cfg.admission.min_count, window // num_shards)
     if cfg.max_rows is not None:
         data["max_rows"] = max(1, cfg.max_rows // num_shards)
     if cfg.expected_rows is not None:

@@ -385,31 +385,42 @@ def init_values(data, row, key, off, dim, kind, a, b, seed, ubuf):
 
 
 @njit(inline="always", **JIT)
-def _sketch_min(sk, seeds, key):
-    depth, width = sk.shape
+def _sketch_gen_min(sk, g, seeds, u):
+    depth, width = sk.shape[1], sk.shape[2]
     wmask = np.uint64(width - 1)
-    u = np.uint64(key)
     est = np.uint32(0xFFFFFFFF)
     for d in range(depth):
-        c = sk[d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
+        c = sk[g, d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
         if c < est:
             est = c
     return est
 
 
 @njit(inline="always", **JIT)
+def _sat_add(a, b):
+    return np.uint32(min(np.uint64(a) + np.uint64(b), np.uint64(0xFFFFFFFF)))
+
+
+@njit(inline="always", **JIT)
+def _sketch_min(sk, seeds, key):
+    """A key's count: its estimate in the current generation plus the previous one's."""
+    u = np.uint64(key)
+    return _sat_add(_sketch_gen_min(sk, 0, seeds, u), _sketch_gen_min(sk, 1, seeds, u))
+
+
+@njit(inline="always", **JIT)
 def _sketch_add(sk, seeds, key, n):
-    """Count-min sketch with conservative update: ``n`` more occurrences of ``key``; returns the
-    new estimate of its count."""
-    depth, width = sk.shape
+    """``n`` more occurrences of ``key``: a count-min update with conservative update in the
+    current generation (``sk[0]``); returns the key's count over both generations."""
+    depth, width = sk.shape[1], sk.shape[2]
     wmask = np.uint64(width - 1)
     u = np.uint64(key)
-    est = np.uint32(min(np.uint64(_sketch_min(sk, seeds, key)) + np.uint64(n), np.uint64(0xFFFFFFFF)))  # saturating
+    est = _sat_add(_sketch_gen_min(sk, 0, seeds, u), n)
     for d in range(depth):
         idx = np.int64(_mix64(u ^ seeds[d]) & wmask)
-        if sk[d, idx] < est:
-            sk[d, idx] = est
-    return est
+        if sk[0, d, idx] < est:
+            sk[0, d, idx] = est
+    return _sat_add(est, _sketch_gen_min(sk, 1, seeds, u))
 
 
 @njit(**JIT)
@@ -419,11 +430,13 @@ def sketch_estimate(sk, seeds, keys, out):
 
 
 @njit(**JIT)
-def _sketch_halve(sk):
-    depth, width = sk.shape
+def _sketch_turn(sk):
+    """Start a new generation: the current one becomes the previous, the previous is dropped."""
+    depth, width = sk.shape[1], sk.shape[2]
     for d in range(depth):
         for w in range(width):
-            sk[d, w] = sk[d, w] >> np.uint32(1)
+            sk[1, d, w] = sk[0, d, w]
+            sk[0, d, w] = 0
 
 
 # ---- lookups ---------------------------------------------------------------------------------
@@ -585,7 +598,7 @@ def lookup_train(
                     est = _sketch_add(sk, sk_seeds, key, c_i)
                     ctr[C_SKETCH_INCS] += c_i
                     if decay_every > 0 and ctr[C_SKETCH_INCS] >= decay_every:
-                        _sketch_halve(sk)
+                        _sketch_turn(sk)
                         ctr[C_SKETCH_INCS] = 0
                         ctr[C_SKETCH_DECAYS] += 1
                     admit = est >= np.uint32(min_count)
@@ -602,7 +615,7 @@ def lookup_train(
                     continue
             else:
                 # resumed after growth or eviction: the decision (and the sketch update) was made
-                # before the pause, with this count (the sketch may have been halved since)
+                # before the pause, with this count (the sketch may have turned a generation since)
                 count = np.uint32(ctr[C_PENDING_COUNT])
             # admitted: make sure there is room, else hand back to Python and resume here
             ctr[C_PENDING_COUNT] = count

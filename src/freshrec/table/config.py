@@ -218,18 +218,26 @@ class AdmissionConfig(FrozenConfig):
     """The frequency filter: which unseen IDs get a row (the paper's "feature filtering").
 
     Args:
-        min_count: an ID gets a row at its ``min_count``-th occurrence (1 = at once). Counts
-            live in a count-min sketch (conservative update), so memory is bounded; the sketch
-            may over-count, admitting an ID early (never late). With ``n`` distinct unadmitted
-            IDs in the sketch, a first occurrence is admitted early with probability about
-            ``(1 - exp(-n / sketch_width)) ** sketch_depth`` (docs/table.md).
+        min_count: an ID gets a row at its ``min_count``-th occurrence (1 = at once), provided
+            those occurrences fall within one window of ``sketch_decay_every`` unadmitted
+            occurrences (all history with decay off). Counts live in a count-min sketch
+            (conservative update), so memory is bounded; the sketch may over-count, admitting
+            an ID early, never late within the window. With ``n`` distinct unadmitted IDs in a
+            generation, a first occurrence is admitted early with probability about
+            ``(1 - exp(-n / sketch_width)) ** sketch_depth`` per generation (docs/table.md).
         admit_probability: each occurrence that passes ``min_count`` is admitted with this
             probability (the paper's probabilistic filter); 1 = always.
-        sketch_width: counters per sketch row (a power of two).
+        sketch_width: counters per sketch row (a power of two). Memory: 2 generations x
+            ``sketch_depth`` x ``sketch_width`` x 4 bytes (16 MiB by default), only when
+            ``min_count`` > 1.
         sketch_depth: sketch rows (independent hashes).
-        sketch_decay_every: after this many sketch increments every counter is halved, so
-            counts reflect the recent stream rather than all history (TinyLFU's reset).
-            0 = never; default ``sketch_width // 2`` keeps the early-admission rate near 2%.
+        sketch_decay_every: the window, in unadmitted occurrences (sketch increments): counts
+            are kept in two generations, and after this many increments the current one
+            becomes the previous and the previous is dropped. So occurrences are counted in
+            full for at least this many increments and forgotten after twice as many, and the
+            sketch never fills up. 0 = never forget (all history; early admissions grow with
+            the number of distinct IDs ever seen). Default ``sketch_width // 4``: at most
+            ``sketch_width // 4`` distinct IDs per generation, an early admission below ~0.5%.
     """
 
     min_count: int = Field(1, ge=1, le=2**32 - 2)
@@ -248,8 +256,18 @@ class AdmissionConfig(FrozenConfig):
     @property
     def decay_every(self) -> int:
         if self.sketch_decay_every is None:
-            return self.sketch_width // 2
+            return self.sketch_width // 4
         return self.sketch_decay_every
+
+    @model_validator(mode="after")
+    def _reachable(self) -> AdmissionConfig:
+        if self.min_count > 1 and 0 < self.decay_every < self.min_count:
+            raise ValueError(
+                f"min_count {self.min_count} can never be reached: the admission sketch forgets "
+                f"occurrences after a window of {self.decay_every} (sketch_decay_every); raise "
+                "sketch_decay_every (or sketch_width, whose quarter is its default), or set it 0"
+            )
+        return self
 
 
 class TableConfig(FrozenConfig):

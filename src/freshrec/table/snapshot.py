@@ -121,7 +121,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CorruptionError(f"{mpath} is not valid JSON (torn write?): {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptionError(f"{mpath}: not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version != FORMAT_VERSION:
         raise CorruptionError(
             f"{mpath}: format version {manifest.get('format_version')} is not supported "
             f"(this freshrec reads version {FORMAT_VERSION})"
@@ -175,6 +176,10 @@ def load_table(path: str | Path) -> EmbeddingTable:
             int(entry["bytes"])
         if not isinstance(manifest["counters"], dict):
             raise TypeError(f"counters must be a map, got {type(manifest['counters']).__name__}")
+        for name in _PERSISTED_COUNTERS:
+            v = manifest["counters"].get(name, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or not -(2**63) <= v < 2**63:
+                raise TypeError(f"counter {name!r} must be an int64, got {v!r}")
         manifest["config"], manifest["rows"]  # present (their types are checked where they are used)
     try:
         config = TableConfig.from_dict(manifest["config"], source=f"{folder}/{MANIFEST}")
@@ -210,12 +215,21 @@ def load_table(path: str | Path) -> EmbeddingTable:
         total += n
     if total != manifest["rows"] or len(table) != total:
         raise CorruptionError(f"{folder}: manifest says {manifest['rows']} rows, files hold {total}")
+    if bool(manifest.get("sketch")) != (config.admission.min_count > 1):
+        raise CorruptionError(
+            f"{folder}/{MANIFEST}: min_count is {config.admission.min_count} but the snapshot "
+            f"{'has' if manifest.get('sketch') else 'lacks'} an admission sketch"
+        )
     if manifest.get("sketch"):
         entry = manifest["sketch"]
-        a = _arrays(entry["name"], _verified(folder, entry), {
-            "sketch": (np.uint32, table._sketch.shape), "seeds": (np.int64, table._sk_seeds.shape),
-        })  # fmt: skip
-        table._sketch[...] = a["sketch"]
+        blob = _verified(folder, entry)
+        seeds = (np.int64, table._sk_seeds.shape)
+        try:
+            a = _arrays(entry["name"], blob, {"sketch": (np.uint32, table._sketch.shape), "seeds": seeds})
+            table._sketch[...] = a["sketch"]
+        except CorruptionError:  # written before 2026-11-29: one generation, now the current one
+            a = _arrays(entry["name"], blob, {"sketch": (np.uint32, table._sketch.shape[1:]), "seeds": seeds})
+            table._sketch[0] = a["sketch"]
         table._sk_seeds[...] = a["seeds"].view(np.uint64)
     table.drain_changes()  # a restored table has no pending changes: replicas bootstrap from it
     for name, i in _PERSISTED_COUNTERS.items():

@@ -200,7 +200,8 @@ class EmbeddingTable:
         self._decay_every = adm.decay_every if adm.min_count > 1 else 0
         rng = np.random.default_rng([config.seed, 0x5EED])
         self._sk_seeds = rng.integers(0, 2**63, size=adm.sketch_depth, dtype=np.int64).astype(np.uint64)
-        shape = (adm.sketch_depth, adm.sketch_width) if adm.min_count > 1 else (1, 1)
+        # two generations of counters (current, previous): see AdmissionConfig.sketch_decay_every
+        shape = (2, adm.sketch_depth, adm.sketch_width) if adm.min_count > 1 else (2, 1, 1)
         self._sketch = np.zeros(shape, np.uint32)
         self._lock = RWLock()
         self._stat_lock = threading.Lock()
