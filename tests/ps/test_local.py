@@ -78,6 +78,12 @@ def test_push_is_all_or_nothing_across_tables_and_shards():
         assert all(np.array_equal(after[k], v) for k, v in before[t].items())
     assert ps.nonfinite_rejected == 1
     assert ps.stats()["item"].nonfinite_rejected == 1 and ps.stats()["user"].nonfinite_rejected == 0
+    huge = np.full((10, 3), 1e20, np.float32)  # finite, but one shard's step would overflow
+    with pytest.raises(NonFiniteError, match="overflow"):
+        ps.push_many({"user": (ids, np.ones((10, 4))), "item": (ids, huge)}, now=1)
+    for t in ("user", "item"):
+        after = _rows(ps, t)
+        assert all(np.array_equal(after[k], v) for k, v in before[t].items())
 
 
 def test_drain_changes_is_exact_and_versioned():

@@ -8,7 +8,10 @@ import pytest
 
 from freshrec.errors import InputError, NonFiniteError
 from freshrec.table import (
+    FTRL,
     SGD,
+    Adagrad,
+    Adam,
     AdmissionConfig,
     EmbeddingTable,
     InitializerConfig,
@@ -198,7 +201,7 @@ def test_assign_keeps_state_unless_given():
     t.assign([5], [[9.0, 9.0]])
     exp = t.export([5])
     assert exp.embeddings.tolist() == [[9.0, 9.0]] and exp.state.tolist() == [[3.0]]
-    assert exp.counts.tolist() == [1] and exp.last_seen.tolist() == [0]
+    assert exp.counts.tolist() == [4] and exp.last_seen.tolist() == [7000]  # its own metadata too
 
 
 def test_export_given_ids_keeps_order_and_skips_missing():
@@ -261,6 +264,29 @@ def test_bad_gradients_change_nothing(table):
         table.apply_gradients([1], np.array([["a", "b", "c"]]), now=1)
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "ids", "grad"),
+    [
+        (SGD(lr=1e-30), [1, 1], 3e38),  # finite alone; the sum over the duplicates was -Inf in the row
+        (Adagrad(), [1], 1e20),  # finite; its square made the accumulator Inf
+        (Adam(), [1, 2], 6e17),  # two rows: each could be the sum of both, past 1e18
+    ],
+    ids=["duplicate-sum", "square", "batch-bound"],
+)
+def test_finite_gradients_that_would_overflow_the_state_are_refused(optimizer, ids, grad):
+    t = EmbeddingTable(dim=2, optimizer=optimizer)
+    t.lookup([1, 2], train=True, now=0)
+    before = t.export([1, 2])
+    with pytest.raises(NonFiniteError, match="overflow"):
+        t.apply_gradients(ids, np.full((len(ids), 2), grad, np.float32), now=1)
+    after = t.export([1, 2])
+    for field in ("embeddings", "state", "last_seen"):
+        np.testing.assert_array_equal(getattr(before, field), getattr(after, field))
+    assert t.stats().nonfinite_rejected == 1
+    t.apply_gradients(ids, np.full((len(ids), 2), 1e3, np.float32), now=1)  # large but sound: taken
+    assert np.isfinite(t.export([1, 2]).state).all()
+
+
 def test_assign_rejects_dim_mismatch(table):
     with pytest.raises(InputError, match=r"shape \(1, 3\)"):
         table.assign([9], np.ones((1, 4)))
@@ -269,6 +295,77 @@ def test_assign_rejects_dim_mismatch(table):
     with pytest.raises(NonFiniteError):
         table.assign([9], np.full((1, 3), np.nan))
     assert 9 not in table
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "state", "match"),
+    [
+        (Adagrad(), [[0.0, -2.0, 0.0]], "accumulators must be >= 0"),
+        (RowwiseAdagrad(), [[-1.0]], "accumulators must be >= 0"),
+        (Adam(), [[0, 0, 0, 0, -1.0, 0, 3]], "second moments"),
+        (Adam(), [[0, 0, 0, 0, 0, 0, -1]], "second moments"),  # step -1: the bias correction divides by 0
+        (Adam(), [[0, 0, 0, 0, 0, 0, 2.5]], "whole numbers"),
+        (FTRL(), [[0, 0, 0, 0, -3.0, 0]], "n accumulators"),
+    ],
+)
+def test_assigned_optimizer_state_the_next_step_would_turn_to_nan_is_refused(optimizer, state, match):
+    t = EmbeddingTable(dim=3, optimizer=optimizer)
+    with pytest.raises(InputError, match=match):
+        t.assign([5], np.ones((1, 3)), state=np.array(state, np.float32))
+    assert 5 not in t
+    t.assign([5], np.ones((1, 3)), state=np.abs(np.array(state, np.float32)).round())  # sound state: taken
+    t.apply_gradients([5], np.ones((1, 3)), now=0)
+    assert np.isfinite(t.lookup([5])).all()
+
+
+def test_integer_inputs_that_would_wrap_are_refused(table):
+    with pytest.raises(InputError, match="2\\*\\*40"):
+        table.lookup([1], train=True, now=0, counts=np.array([2**64 - 1], np.uint64))  # was -1: counters fell
+    with pytest.raises(InputError, match="2\\*\\*40"):
+        table.lookup([1, 2], train=True, now=0, counts=[2**62, 2**62])  # summed past int64
+    with pytest.raises(InputError, match="past int64"):
+        table.assign([1], np.ones((1, 3)), last_seen=np.array([2**64 - 1], np.uint64))  # stored -1
+    with pytest.raises(InputError, match="training lookup"):
+        table.lookup([1], counts=[3])  # ignored silently before
+    for bad in (-5, 2.5, True, "10"):
+        with pytest.raises(InputError, match="reserve"):
+            table.reserve(bad)
+    assert table.export([1]).counts.tolist() == [1] and table.stats().lookups == 2
+
+
+def test_a_ttl_past_int64_milliseconds_expires_nothing():
+    t = EmbeddingTable(dim=2, ttl=1e16)  # 1e19 ms: now - ttl fell below int64 (OverflowError)
+    t.lookup([1], train=True, now=0)
+    assert t.expire(1e9).tolist() == [] and 1 in t
+
+
+def test_assign_without_times_or_counts_keeps_an_existing_rows_own():
+    """A sync delta assigns embeddings only: it used to reset last-seen to 0 (the next expire
+    removed the row) and the count to 1 (LFU lost its history)."""
+    t = EmbeddingTable(dim=2, ttl=10)
+    t.lookup([1, 1, 1], train=True, now=100)
+    t.assign([1, 2], np.zeros((2, 2)))
+    e = t.export([1, 2])
+    assert e.counts.tolist() == [3, 1] and e.last_seen.tolist() == [100_000, 0]
+    assert t.expire(100).tolist() == [2]  # the new row starts at the epoch, as documented
+    t.assign([1], np.zeros((1, 2)), last_seen=[5], counts=[9])  # given: written
+    assert t.export([1]).counts.tolist() == [9] and t.export([1]).last_seen.tolist() == [5]
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_assign_past_max_rows_evicts_back_to_the_cap(eviction):
+    t = EmbeddingTable(dim=2, max_rows=10, eviction=eviction)
+    t.assign(np.arange(100), np.ones((100, 2)), last_seen=np.arange(100), counts=np.arange(100) + 1)
+    assert len(t) == 10 and t.stats().evicted == 90
+    assert sorted(t.export().ids.tolist()) == list(range(90, 100))  # the newest / most frequent stay
+    t.lookup([1000], train=True, now=0)  # an admission into the full table: one round, then room
+    assert len(t) <= 10 and 1000 in t
+
+
+def test_nesterov_without_momentum_is_refused_as_torch_does():
+    with pytest.raises(ValueError, match="nesterov needs momentum"):
+        SGD(nesterov=True)
+    SGD(nesterov=True, momentum=0.9)
 
 
 def test_bad_config_is_a_config_error():

@@ -37,8 +37,7 @@ from freshrec.ps import _kernels as K
 from freshrec.ps.base import ParameterServer, PSChanges
 from freshrec.ps.config import PSConfig
 from freshrec.table import EmbeddingTable, TableChanges, TableConfig, TableExport, TableStats
-from freshrec.table._kernels import all_finite
-from freshrec.table.table import check_counts, check_ids, to_ms
+from freshrec.table.table import check_counts, check_ids, gradient_problem, to_ms
 
 __all__ = ["LocalPS", "shard_of"]
 
@@ -198,6 +197,8 @@ class LocalPS(ParameterServer):
             if now is None:
                 raise InputError("a training pull needs the event time: pull(..., train=True, now=t)")
             to_ms(now)  # refused here, before any shard of any table admits a row
+        elif counts is not None:
+            raise InputError("counts go with a training pull: pull(..., train=True, now=t, counts=c)")
         outs: dict[str, np.ndarray] = {}
         prepared = []
         for table, raw in ids.items():  # every table's input checked before any is touched
@@ -229,10 +230,11 @@ class LocalPS(ParameterServer):
                 raise InputError(f"table {table!r}: grads must be floats of shape ({keys.shape[0]}, {dim}), "
                                  f"got {g.dtype} {g.shape}")  # fmt: skip
             g = np.ascontiguousarray(g, dtype=np.float32)
-            if not all_finite(g):
+            problem = gradient_problem(g)
+            if problem:
                 self.nonfinite_rejected += 1
                 self._nonfinite_by_table[table] = self._nonfinite_by_table.get(table, 0) + 1
-                raise NonFiniteError(f"table {table!r}: gradients contain NaN or Inf; nothing was pushed")
+                raise NonFiniteError(f"table {table!r}: {problem}; nothing was pushed")
             prepared.append((table, keys, g))
         jobs = []
         for table, keys, g in prepared:

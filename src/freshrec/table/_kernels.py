@@ -77,6 +77,10 @@ COPY_LINES = 256  # cache lines a read-only lookup's copy pass prefetches per gr
 LOOKUP_AHEAD = 32  # keys between the stages of a pipelined read-only lookup (power of two)
 PIPELINE_FROM_BYTES = 128 << 20  # a row array on huge pages from this size takes the pipeline
 AHEAD = 8  # rows prefetched ahead in the optimizer loop
+# a batch's gradients, summed over duplicate IDs, stay within this: the square of the sum
+# (1e36), which Adagrad, Adam and FTRL keep in float32 state, and a few sums of such squares
+# stay finite (float32 max 3.4e38). Gradients past it are a bug upstream, refused as NaN is.
+GRAD_MAX = 1e18
 FUSED_INIT_DIM = 32  # up to this dim, init_values draws and maps each value in one pass
 
 _U32 = np.uint64(0xFFFFFFFF)
@@ -658,17 +662,20 @@ def lookup_train(
 @njit(**JIT)
 def assign_rows(
     slots, cap, meta, data, free, dirty, ctr,
-    ids, start, values, width, ts, counts, rows_cap, mo, track,
+    ids, start, values, width, ts, counts, set_ts, set_counts, rows_cap, mo, track,
 ):  # fmt: skip
     """Upsert rows verbatim: ``values[i]`` (embedding [+ state]) into the row of ``ids[i]``.
 
     ``width`` values are written from the embedding on; the rest of the state is zeroed for
-    new rows and kept for existing ones. The last duplicate wins.
+    new rows and kept for existing ones. Last-seen time and count come from ``ts`` and
+    ``counts`` for new rows, and for existing ones only if ``set_ts`` / ``set_counts``. The
+    last duplicate wins.
     """
     for i in range(start, ids.shape[0]):
         key = ids[i]
         row, pos = _find(slots, cap, key)
-        if row < 0:
+        new = row < 0
+        if new:
             if (ctr[C_LIVE] + 1) * LOAD_DEN > cap * LOAD_NUM:
                 return NEED_INDEX, i
             if ctr[C_FREE] > 0:
@@ -686,11 +693,13 @@ def assign_rows(
             ctr[C_LIVE] += 1
         for j in range(width):
             data[row, j] = values[i, j]
-        _set_ts(meta, row, mo, ts[i])
-        c = counts[i]
-        if c > COUNT_MASK:
-            c = COUNT_MASK
-        meta[row, mo + M_FLAGS] = (meta[row, mo + M_FLAGS] & F_DIRTY) | np.uint32(c)
+        if new or set_ts:
+            _set_ts(meta, row, mo, ts[i])
+        if new or set_counts:
+            c = counts[i]
+            if c > COUNT_MASK:
+                c = COUNT_MASK
+            meta[row, mo + M_FLAGS] = (meta[row, mo + M_FLAGS] & F_DIRTY) | np.uint32(c)
         ctr[C_ASSIGNED] += 1
         if track:
             _mark_dirty(meta, mo, dirty, ctr, row, key)
@@ -943,6 +952,15 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
 
 
 _FINITE_CHUNK = 1 << 20  # values per isfinite pass: bounds the temporary to 1 MB of bools
+
+
+def max_abs(a: np.ndarray) -> float:
+    """The largest ``|a|`` of a float array: NaN if it holds a NaN, Inf if an Inf (0 if empty).
+    numpy's max and min (which propagate NaN), not ``abs(a).max()``: no temporary; 0.38 ms for
+    65,536 x 64, against 0.85 ms with ``abs`` and 0.29 ms for :func:`all_finite`."""
+    if a.size == 0:
+        return 0.0
+    return float(np.maximum(a.max(), -a.min()))
 
 
 def all_finite(a: np.ndarray) -> bool:

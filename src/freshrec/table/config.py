@@ -50,6 +50,12 @@ class SGD(FrozenConfig):
     weight_decay: float = Field(0.0, ge=0)
     nesterov: bool = False
 
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> SGD:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0 (as torch.optim.SGD)")
+        return self
+
     def state_width(self, dim: int) -> int:
         return dim if self.momentum > 0 else 0
 
@@ -170,6 +176,26 @@ class FTRL(FrozenConfig):
 
 
 OptimizerConfig = Annotated[SGD | Adagrad | RowwiseAdagrad | Adam | FTRL, Field(discriminator="type")]
+
+
+def state_problem(opt: SGD | Adagrad | RowwiseAdagrad | Adam | FTRL, state: np.ndarray, dim: int) -> str | None:
+    """Why rows of optimizer state ``(n, state_width)`` given to ``assign`` cannot be stepped
+    from, or None: accumulators of squares (Adagrad's, Adam's v, FTRL's n) below 0, or an Adam
+    step count that is not a whole number >= 0 (the next step would make the row NaN)."""
+    if isinstance(opt, Adagrad | RowwiseAdagrad):
+        squares, what = state, "accumulators"
+    elif isinstance(opt, Adam):
+        squares, what = state[:, dim:], "second moments and step counts"
+        steps = state[:, 2 * dim]
+        if steps.size and not (steps == np.floor(steps)).all():
+            return "Adam step counts (the last state column) must be whole numbers"
+    elif isinstance(opt, FTRL):
+        squares, what = state[:, dim:], "n accumulators"
+    else:
+        return None
+    if squares.size and squares.min() < 0:
+        return f"{type(opt).__name__} {what} must be >= 0, got {float(squares.min()):g}"
+    return None
 
 
 def _hp(*values: float) -> np.ndarray:

@@ -14,12 +14,8 @@ Contract
   ``ttl`` seconds before ``now`` (event time: a row seen exactly ``ttl`` ago survives). With
   ``max_rows``, admission into a full table first evicts a batch by LRU or LFU. Removed rows
   are recycled; removed IDs are reported by :meth:`drain_changes` as tombstones.
-* **Threads.** Methods may be called from any thread. Reads (inference :meth:`lookup`,
-  :meth:`export`, :meth:`contains`, :meth:`stats`, :meth:`save`) share a lock; writes (training
-  lookups, :meth:`apply_gradients`, :meth:`assign`, :meth:`remove`, :meth:`expire`, growth)
-  hold it alone. A reader therefore never sees a half-written row and never crashes on a
-  growing table; it sees each write entirely or not at all. The kernels release the GIL, so
-  concurrent readers run in parallel.
+* **Threads.** Any method from any thread: see the concurrency contract of
+  :class:`EmbeddingTable`.
 * **Training steps.** :meth:`apply_gradients` right after a training lookup of the same IDs
   reuses the rows that lookup found (no second index probe), unless a removal or an assignment
   came between them.
@@ -53,7 +49,7 @@ from freshrec.errors import CapacityError, ConfigError, InputError, NonFiniteErr
 from freshrec.table import _kernels as K
 from freshrec.table import _memory
 from freshrec.table._rwlock import RWLock
-from freshrec.table.config import TableConfig
+from freshrec.table.config import TableConfig, state_problem
 
 __all__ = ["EmbeddingTable", "TableChanges", "TableExport", "TableStats"]
 
@@ -151,6 +147,12 @@ def check_ids(ids: Any, *, scalar: bool = True) -> np.ndarray:
     )
 
 
+_INT64_MAX = 2**63 - 1
+# occurrences one ID may stand for in a training lookup: a row's count saturates at 2**31 - 1
+# anyway, and a batch's counts summed into the table's int64 counters stay far from overflow
+MAX_COUNT = 2**40
+
+
 def _int_column(values: Any, n: int, name: str, what: str) -> np.ndarray:
     """``n`` integers as int64, or InputError (floats are refused, not truncated)."""
     try:
@@ -159,7 +161,23 @@ def _int_column(values: Any, n: int, name: str, what: str) -> np.ndarray:
         raise InputError(f"{name} must be {n} {what}: {exc}") from None
     if arr.shape != (n,) or (arr.size and arr.dtype.kind not in "iu"):
         raise InputError(f"{name} must be {n} {what}, got {arr.dtype} of shape {arr.shape}")
+    if arr.size and arr.dtype.kind == "u" and int(arr.max()) > _INT64_MAX:
+        raise InputError(f"{name} must be {n} {what}: {int(arr.max())} is past int64 (it would wrap)")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def gradient_problem(g: np.ndarray) -> str | None:
+    """Why a batch of float32 gradients ``(n, dim)`` must be refused, or None. NaN or Inf; or
+    an element so large that ``n`` of them summed (all rows one ID) could pass ``GRAD_MAX``,
+    where the optimizers' squared-gradient state would overflow float32 (a finite 1e20 made an
+    Adagrad accumulator Inf, and two duplicates of 3e38 an embedding -Inf)."""
+    m = K.max_abs(g)
+    if not np.isfinite(m):
+        return "gradients contain NaN or Inf"
+    if m * max(1, g.shape[0]) > K.GRAD_MAX:
+        return (f"a gradient of magnitude {m:.3g} in a batch of {g.shape[0]} could sum past "
+                f"{K.GRAD_MAX:g} and overflow the optimizer's float32 state")  # fmt: skip
+    return None
 
 
 def check_counts(counts: Any | None, keys: np.ndarray) -> np.ndarray:
@@ -169,11 +187,25 @@ def check_counts(counts: Any | None, keys: np.ndarray) -> np.ndarray:
     occ = np.asarray(counts)
     if occ.shape != keys.shape or (occ.size and (occ.dtype.kind not in "iu" or occ.min() < 1)):
         raise InputError(f"counts must be {keys.shape[0]} integers >= 1 (one per ID), got {occ.dtype} {occ.shape}")
+    if occ.size and int(occ.max()) > MAX_COUNT:  # uint64 past int64 wrapped negative; sums overflowed
+        raise InputError(f"counts must be at most 2**40 occurrences per ID, got {int(occ.max())}")
     return np.ascontiguousarray(occ, dtype=np.int64)
 
 
 class EmbeddingTable:
-    """A growable hash table from int64 IDs to embedding rows. See the module docstring."""
+    """A growable hash table from int64 IDs to embedding rows (the contract is in the module
+    docstring).
+
+    Concurrency contract: methods may be called from any thread. Reads (inference
+    :meth:`lookup`, :meth:`export`, :meth:`contains`, :meth:`sketch_estimate`, :meth:`save`)
+    share a lock; writes (training lookups, :meth:`find_or_insert`, :meth:`apply_gradients`,
+    :meth:`assign`, :meth:`remove`, :meth:`expire`, :meth:`drain_changes`, growth) hold it
+    alone. A reader therefore never sees a half-written (torn) row and never crashes on a
+    growing table: it sees each write entirely or not at all. The kernels release the GIL, so
+    concurrent readers run in parallel. :meth:`stats` takes no lock: its counters are each
+    current, not a snapshot taken together. ``tests/table/test_concurrency.py`` holds readers
+    against a writer that admits, grows, updates, assigns, removes and expires.
+    """
 
     def __init__(self, config: TableConfig | None = None, **fields: Any) -> None:
         if config is None:
@@ -285,6 +317,9 @@ class EmbeddingTable:
     def reserve(self, rows: int) -> None:
         """Pre-size for ``rows`` live rows, so a known load pays no growth on the hot path: the
         index is sized for them and their memory is made resident now (no page faults later)."""
+        if not isinstance(rows, int | np.integer) or isinstance(rows, bool) or rows < 0:
+            raise InputError(f"reserve takes a number of rows (an int >= 0), got {rows!r}")
+        rows = int(rows)
         if rows > _MAX_ROWS:
             raise CapacityError(f"table {self.config.name!r} holds at most {_MAX_ROWS} rows; asked to reserve {rows}")
         # made resident now: more than the machine has free would not fail here but kill the process
@@ -333,6 +368,8 @@ class EmbeddingTable:
         ``counts[i]`` occurrences, for callers that deduplicated a batch; admission and counts
         see every occurrence.
         """
+        if counts is not None and not train:
+            raise InputError("counts go with a training lookup: lookup(ids, train=True, now=t, counts=c)")
         keys = check_ids(ids)
         out = np.empty((keys.shape[0], self.dim), np.float32)
         if train:
@@ -425,15 +462,17 @@ class EmbeddingTable:
 
     def apply_gradients(self, ids: Any, grads: Any, *, now: float) -> int:
         """One optimizer step: gradients of duplicate IDs are summed first; IDs without a row
-        are skipped. NaN/Inf anywhere rejects the whole batch (counted, table unchanged).
-        Returns the number of rows updated."""
+        are skipped. NaN/Inf anywhere, or gradients so large that a sum over duplicates could
+        pass ``GRAD_MAX`` (:func:`gradient_problem`), reject the whole batch (counted, table
+        unchanged). Returns the number of rows updated."""
         keys = check_ids(ids)
         g = self._rows_values(grads, keys.shape[0], self.dim, "grads")
         now_ms = to_ms(now)
-        if not K.all_finite(g):
+        problem = gradient_problem(g)
+        if problem:
             with self._stat_lock:  # outside the table lock: concurrent rejections must all count
                 self._ctr[K.C_NONFINITE] += 1
-            raise NonFiniteError(f"table {self.config.name!r}: gradients contain NaN or Inf; batch rejected")
+            raise NonFiniteError(f"table {self.config.name!r}: {problem}; batch rejected")
         with self._lock.write():
             self._ensure_dirty(keys.shape[0])
             return int(K.apply_gradients(
@@ -471,6 +510,9 @@ class EmbeddingTable:
             values = emb
         if not K.all_finite(values):
             raise NonFiniteError(f"table {self.config.name!r}: assigned values contain NaN or Inf")
+        problem = None if state is None else state_problem(self.config.optimizer, st, self.dim)
+        if problem:
+            raise InputError(f"table {self.config.name!r}: assigned state: {problem}")
         if last_seen is not None:
             ts = _int_column(last_seen, n, "last_seen", "event times in int64 milliseconds")
         else:
@@ -495,8 +537,12 @@ class EmbeddingTable:
     ) -> None:
         """Write rows verbatim (serving replicas, restore). New IDs get a row without
         admission. Without ``state`` a new row's optimizer state is zero and an existing row
-        keeps its state. ``last_seen`` is int64 ms per row, or ``now`` (seconds) for all.
-        Checked first (:meth:`check_assign`): a refused assignment writes nothing."""
+        keeps its state. ``last_seen`` is int64 ms per row, or ``now`` (seconds) for all;
+        ``counts`` the rows' occurrence counts. Without them an existing row keeps its own, and
+        a new row gets last-seen 0 (the epoch: the next :meth:`expire` with a ``ttl`` removes
+        it) and count 1. With ``max_rows``, an assignment that takes the table past it evicts
+        (by ``eviction``) back down to it at the end. Checked first (:meth:`check_assign`): a
+        refused assignment writes nothing."""
         keys, values, ts, cnt = self.check_assign(ids, embeddings, state=state, last_seen=last_seen,
                                                   counts=counts, now=now)  # fmt: skip
         with self._lock.write():
@@ -507,6 +553,7 @@ class EmbeddingTable:
                 status, start = K.assign_rows(
                     self._slots, self._cap, self._meta, self._data, self._free,
                     self._dirty, self._ctr, keys, start, values, values.shape[1], ts, cnt,
+                    last_seen is not None or now is not None, counts is not None,
                     self._ready, self._mo, self.config.track_changes,
                 )  # fmt: skip
                 if status == K.OK:
@@ -515,6 +562,8 @@ class EmbeddingTable:
                     self._more_rows()
                 else:
                     self._grow_index()
+            if self.config.max_rows and len(self) > self.config.max_rows:
+                self._evict_locked(room=0)  # back under the memory cap, by the same policy
 
     def remove(self, ids: Any) -> np.ndarray:
         """Delete the rows of ``ids``; returns the IDs that had a row."""
@@ -545,16 +594,20 @@ class EmbeddingTable:
             return np.zeros(0, np.int64)
         with self._lock.write():
             keys = np.empty(int(self._ctr[K.C_LIVE]), np.int64)
-            n = K.collect_older(self._slots, self._meta, self._mo, now_ms - self._ttl_ms, keys)
+            cutoff = max(now_ms - self._ttl_ms, -_INT64_MAX - 1)  # a ttl past all of int64 keeps every row
+            n = K.collect_older(self._slots, self._meta, self._mo, cutoff, keys)
             removed = self._remove_locked(keys[:n])
             self._ctr[K.C_EXPIRED] += removed.shape[0]
         return removed
 
-    def _evict_locked(self) -> None:
+    def _evict_locked(self, room: int = 1) -> None:
+        """One eviction round: ``evict_fraction`` of ``max_rows``, or more if that leaves fewer
+        than ``room`` rows free under the cap."""
         live = int(self._ctr[K.C_LIVE])
         keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
         K.live_rows(self._slots, self._meta, self._mo, keys, rows, ts, counts)
-        k = max(1, min(live, int(self.config.evict_fraction * (self.config.max_rows or live))))
+        cap = self.config.max_rows or live
+        k = max(1, min(live, max(int(self.config.evict_fraction * cap), live + room - cap)))
         if self.config.eviction == "lru":
             victims = keys[np.argpartition(ts, k - 1)[:k]] if k < live else keys
         else:
