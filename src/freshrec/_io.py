@@ -223,7 +223,12 @@ def read_manifest(folder: Path, fmt: str, version: int, what: str) -> dict:
         raise CorruptionError(f"{folder} is not a {what} (not a directory)") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptionError(f"{folder}/manifest.json is not valid JSON (torn write?): {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != fmt or manifest.get("format_version") != version:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != fmt
+        or type(manifest.get("format_version")) is not int  # True == 1, but is not a version
+        or manifest["format_version"] != version
+    ):
         raise CorruptionError(f"{folder}: not a {fmt} v{version} {what}")
     return manifest
 

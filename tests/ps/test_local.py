@@ -235,7 +235,7 @@ def test_uint64_ids_past_int64_are_refused_as_the_table_refuses_them():
         ps.pull("a", 5)
 
 
-@pytest.mark.parametrize("edit", ["no_num_shards", "bad_config", "shards_not_a_list"])
+@pytest.mark.parametrize("edit", ["no_num_shards", "bad_config", "shards_not_a_list", "version_true"])
 def test_a_malformed_snapshot_manifest_is_corruption(tmp_path, edit):
     import json
 
@@ -249,6 +249,8 @@ def test_a_malformed_snapshot_manifest_is_corruption(tmp_path, edit):
         del m["num_shards"]
     elif edit == "bad_config":
         m["tables"]["a"]["config"]["dim"] = -1
+    elif edit == "version_true":  # True == 1: it passed the shared manifest check
+        m["format_version"] = True
     else:
         m["tables"]["a"]["shards"] = 5
     (tmp_path / "p" / "manifest.json").write_text(json.dumps(m))
@@ -272,3 +274,19 @@ def test_a_shard_gets_its_share_of_the_admission_sketch_and_of_its_window():
     assert default.decay_every == (1 << 17) // 4  # a quarter of the shard's width
     tight = TableConfig(name="u", dim=2, admission=AdmissionConfig(min_count=300, sketch_decay_every=400))
     assert _shard_config(tight, 4).admission.decay_every == 300  # never below what min_count needs
+    rounded = TableConfig(name="u", dim=2, admission=AdmissionConfig(min_count=400, sketch_width=2048))
+    assert _shard_config(rounded, 2).admission.decay_every == 400  # a quarter of 1024 would be 256: refused
+
+
+def test_resharding_a_full_table_keeps_every_row(tmp_path):
+    """Shards of a table at max_rows may hold more than max_rows / N after a re-shard; loading
+    must not evict them (a snapshot's rows are what it holds) nor refuse the snapshot later."""
+    cfg = TableConfig(name="t", dim=2, max_rows=1000)
+    one = LocalPS([cfg], PSConfig(num_shards=1))
+    one.pull("t", np.arange(1000), train=True, now=0)
+    one.save(tmp_path / "one")
+    two = LocalPS.load(tmp_path / "one", PSConfig(num_shards=2))
+    assert sum(len(s) for s in two.shard_tables("t")) == 1000
+    two.save(tmp_path / "two")
+    again = LocalPS.load(tmp_path / "two", PSConfig(num_shards=2))
+    assert sum(len(s) for s in again.shard_tables("t")) == 1000

@@ -16,6 +16,7 @@ from freshrec.table import (
     EmbeddingTable,
     InitializerConfig,
     RowwiseAdagrad,
+    _memory,
 )
 from freshrec.table import _kernels as K
 
@@ -297,6 +298,20 @@ def test_assign_rejects_dim_mismatch(table):
     assert 9 not in table
 
 
+def test_row_wise_sums_of_squares_are_bounded_by_dim_and_accumulators_saturate():
+    t = EmbeddingTable(dim=512, optimizer=RowwiseAdagrad())
+    t.lookup([1], train=True, now=0)
+    with pytest.raises(NonFiniteError, match="overflow"):  # 512 x (1e17)^2 = 5e36 summed in one row
+        t.apply_gradients([1], np.full((1, 512), 1e17, np.float32), now=1)
+    for optimizer in (Adagrad(), FTRL()):  # accepted steps, each near the bound, add up
+        t = EmbeddingTable(dim=1, optimizer=optimizer)
+        t.lookup([1], train=True, now=0)
+        for _ in range(450):  # 421 of (9e17)^2 pass float32's max
+            t.apply_gradients([1], np.full((1, 1), 9e17, np.float32), now=1)
+        e = t.export([1])
+        assert np.isfinite(e.embeddings).all() and np.isfinite(e.state).all(), (optimizer, e)
+
+
 @pytest.mark.parametrize(
     ("optimizer", "state", "match"),
     [
@@ -360,12 +375,16 @@ def test_assign_past_max_rows_evicts_back_to_the_cap(eviction):
     assert sorted(t.export().ids.tolist()) == list(range(90, 100))  # the newest / most frequent stay
     t.lookup([1000], train=True, now=0)  # an admission into the full table: one round, then room
     assert len(t) <= 10 and 1000 in t
+    t.assign([2000], np.ones((1, 2)))  # last-seen 0, count 1: the first victim, but just assigned
+    assert 2000 in t and len(t) <= 10
 
 
-def test_nesterov_without_momentum_is_refused_as_torch_does():
-    with pytest.raises(ValueError, match="nesterov needs momentum"):
-        SGD(nesterov=True)
-    SGD(nesterov=True, momentum=0.9)
+def test_a_restore_past_max_rows_keeps_every_row_and_the_next_admission_evicts():
+    t = EmbeddingTable(dim=2, max_rows=10)
+    t.assign(np.arange(30), np.ones((30, 2)), last_seen=np.arange(30), evict=False)
+    assert len(t) == 30 and t.stats().evicted == 0
+    t.lookup([1000], train=True, now=0)
+    assert len(t) <= 10 and 1000 in t
 
 
 def test_bad_config_is_a_config_error():
@@ -587,6 +606,7 @@ def test_batches_around_the_prefetch_distances_find_the_right_rows(n, pipelined,
     update and admit exactly the right rows. (The pipeline is for tables past 128 MiB; the
     threshold is lowered here so that this small table takes it.)"""
     monkeypatch.setattr(K, "PIPELINE_FROM_BYTES", 0 if pipelined else 1 << 62)
+    monkeypatch.setattr(_memory, "huge_pages_granted", lambda asked: True)  # whatever this host's THP mode
     taken = []
     real = K.lookup_infer
     monkeypatch.setattr(K, "lookup_infer", lambda *a: taken.append(a[-1]) or real(*a))

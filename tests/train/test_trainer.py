@@ -146,6 +146,25 @@ def test_nonfinite_loss_from_the_model_changes_no_parameter():
         assert all(np.array_equal(after[t][k], v) for k, v in ps_before[t].items())
 
 
+def test_sparse_gradients_the_ps_would_refuse_skip_the_step_before_the_dense_one():
+    """Finite but huge (a diverged dense layer): the PS refuses them; it used to do so after the
+    dense optimizer had stepped, leaving the step half done and uncounted."""
+    tr = Trainer(SPEC, DeepFMConfig(hidden=[8]), TrainConfig(dense_lr=0.01))
+    tr.step(synthetic(256, 0), progressive=False)
+    lin = next(m for m in tr.model.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        lin.weight.mul_(1e19)
+    dense_before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    ps_before = _ps_state(tr)
+    res = tr.step(synthetic(256, 1, t0=256.0), progressive=False)
+    assert res.skipped and tr.counters.skipped_nonfinite == 1 and tr.counters.steps == 1
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(v, dense_before[k])
+    after = _ps_state(tr)
+    for t in after:
+        assert all(np.array_equal(after[t][k], v) for k, v in ps_before[t].items())
+
+
 def test_negative_sampling_correction_shifts_logits_by_log_r():
     plain = Trainer(SPEC, LRConfig(), TrainConfig(seed=3))
     sampled = Trainer(SPEC, LRConfig(), TrainConfig(seed=3, negative_sampling_rate=0.1))

@@ -71,8 +71,9 @@ def _shard_config(cfg: TableConfig, num_shards: int) -> TableConfig:
     data = cfg.model_dump()
     width = max(1024, cfg.admission.sketch_width // num_shards)
     data["admission"]["sketch_width"] = 1 << (width.bit_length() - 1)  # a power of two
-    window = cfg.admission.sketch_decay_every
-    if window:  # the table's window, in its unadmitted occurrences: a shard sees ~1/N of them
+    window = cfg.admission.decay_every
+    if window and cfg.admission.min_count > 1:  # the table's window, in its unadmitted occurrences:
+        # a shard sees ~1/N of them (explicit: a quarter of the rounded width would be shorter)
         data["admission"]["sketch_decay_every"] = max(cfg.admission.min_count, window // num_shards)
     if cfg.max_rows is not None:
         data["max_rows"] = max(1, cfg.max_rows // num_shards)
@@ -263,11 +264,11 @@ class LocalPS(ParameterServer):
         parts = self._each_shard("expire", lambda t, s, table: table.expire(now))
         return {t: np.concatenate(p) if p else np.zeros(0, np.int64) for t, p in parts.items()}
 
-    def assign(self, table: str, ids: Any, embeddings: Any, **kwargs: Any) -> None:
+    def assign(self, table: str, ids: Any, embeddings: Any, *, evict: bool = True, **kwargs: Any) -> None:
         keys = check_ids(ids, scalar=False)
         shards = self._shards[self._table(table, "assign")]
         if len(shards) == 1:
-            shards[0].assign(keys, embeddings, **kwargs)
+            shards[0].assign(keys, embeddings, evict=evict, **kwargs)
             return
         emb = np.asarray(embeddings)
         shards[0].check_assign(keys, emb, **kwargs)  # all of it, before any shard writes its part
@@ -277,7 +278,7 @@ class LocalPS(ParameterServer):
             if pos.size:
                 part = {k: (np.asarray(v)[pos] if v is not None and np.ndim(v) > 0 else v)
                         for k, v in kwargs.items()}  # fmt: skip
-                shard.assign(keys[pos], emb[pos], **part)
+                shard.assign(keys[pos], emb[pos], evict=evict, **part)
 
     def remove(self, table: str, ids: Any) -> np.ndarray:
         keys = check_ids(ids, scalar=False)
@@ -369,7 +370,9 @@ class LocalPS(ParameterServer):
         for t, parts in shards.items():  # re-shard: every row to its new owner
             for old in parts:
                 exp = old.export()
-                ps.assign(t, exp.ids, exp.embeddings, state=exp.state, last_seen=exp.last_seen, counts=exp.counts)
+                ps.assign(
+                    t, exp.ids, exp.embeddings, state=exp.state, last_seen=exp.last_seen, counts=exp.counts, evict=False
+                )  # a re-shard restores what was saved; admissions evict later
         ps.drain_changes()
         return ps
 
@@ -412,8 +415,12 @@ _MEMORY_FIELDS = {"huge_pages", "expected_rows"}
 
 
 def _config_diff(got: TableConfig, want: TableConfig) -> str:
-    """The fields that differ, memory settings aside ("" when none do)."""
+    """The fields that differ, memory settings and the admission sketch's window aside (""
+    when none do). The window only ages pending counts, and shards written before 2026-11-29
+    hold the table's whole window (or none) where a shard now gets its share."""
     g, w = got.model_dump(exclude=_MEMORY_FIELDS), want.model_dump(exclude=_MEMORY_FIELDS)
+    for d in (g, w):
+        d["admission"].pop("sketch_decay_every", None)
     return ", ".join(f"{k}: {g[k]!r} here {w[k]!r}" for k in w if g.get(k) != w[k])
 
 

@@ -77,10 +77,12 @@ COPY_LINES = 256  # cache lines a read-only lookup's copy pass prefetches per gr
 LOOKUP_AHEAD = 32  # keys between the stages of a pipelined read-only lookup (power of two)
 PIPELINE_FROM_BYTES = 128 << 20  # a row array on huge pages from this size takes the pipeline
 AHEAD = 8  # rows prefetched ahead in the optimizer loop
-# a batch's gradients, summed over duplicate IDs, stay within this: the square of the sum
-# (1e36), which Adagrad, Adam and FTRL keep in float32 state, and a few sums of such squares
-# stay finite (float32 max 3.4e38). Gradients past it are a bug upstream, refused as NaN is.
+# a batch's gradients, summed over duplicate IDs, times sqrt(dim) stay within this: so a
+# square (Adagrad, Adam, FTRL) and a row's sum of squares (row-wise Adagrad) stay under 1e36,
+# finite in float32 (max 3.4e38). Gradients past it are a bug upstream, refused as NaN is.
+# The accumulators of squares saturate at float32's max over many steps.
 GRAD_MAX = 1e18
+_F32_MAX = np.float32(3.4028235e38)
 FUSED_INIT_DIM = 32  # up to this dim, init_values draws and maps each value in one pass
 
 _U32 = np.uint64(0xFFFFFFFF)
@@ -902,7 +904,7 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
         lr, eps, wd = np.float32(hp[0]), np.float32(hp[1]), np.float32(hp[2])
         for j in range(dim):
             g = acc[u, j] + wd * data[row, j]
-            h = data[row, s + j] + g * g
+            h = min(data[row, s + j] + g * g, _F32_MAX)  # saturates: Inf would stop the row for good
             data[row, s + j] = h
             data[row, j] -= lr * g / (np.sqrt(h) + eps)
     elif kind == OPT_ROWWISE_ADAGRAD:
@@ -911,7 +913,7 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
         for j in range(dim):
             g = acc[u, j] + wd * data[row, j]
             sq += g * g
-        h = data[row, s] + sq / np.float32(dim)
+        h = min(data[row, s] + sq / np.float32(dim), _F32_MAX)
         data[row, s] = h
         step = lr / (np.sqrt(h) + eps)
         for j in range(dim):  # the same g again: data[row, :dim] is unchanged until here
@@ -939,7 +941,7 @@ def _optimizer_step(data, row, acc, u, dim, kind, hp):
             w = data[row, j]
             z = data[row, s + j]
             n = data[row, s + dim + j]
-            n_new = n + g * g
+            n_new = min(n + g * g, _F32_MAX)
             sigma = (np.sqrt(n_new) - np.sqrt(n)) / alpha
             z = z + g - sigma * w
             data[row, s + j] = z

@@ -28,12 +28,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import logging
 import mmap
 import os
 import queue
 import sys
 import threading
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -73,6 +75,22 @@ def _huge_from(huge_pages: HugePages, auto_from: int) -> int | None:
 
 
 _huge_refused = False  # the kernel refused MADV_HUGEPAGE with EINVAL (built without THP): stop asking
+
+
+@functools.cache
+def _thp_mode() -> str:
+    """The system's transparent-huge-page mode (always / madvise / never), "" if unknown."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else ""
+
+
+def huge_pages_granted(huge_pages: HugePages) -> bool:
+    """Whether a table asking ``huge_pages`` gets them for its big arrays: asked, the kernel
+    has not refused them, and the system's mode is not ``never``."""
+    return huge_pages is not False and not _huge_refused and hasattr(mmap, "MADV_HUGEPAGE") and _thp_mode() != "never"
 
 
 def _map(nbytes: int, huge_from: int | None = None) -> mmap.mmap:

@@ -50,12 +50,6 @@ class SGD(FrozenConfig):
     weight_decay: float = Field(0.0, ge=0)
     nesterov: bool = False
 
-    @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> SGD:
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov needs momentum > 0 (as torch.optim.SGD)")
-        return self
-
     def state_width(self, dim: int) -> int:
         return dim if self.momentum > 0 else 0
 
@@ -262,8 +256,10 @@ class AdmissionConfig(FrozenConfig):
             becomes the previous and the previous is dropped. So occurrences are counted in
             full for at least this many increments and forgotten after twice as many, and the
             sketch never fills up. 0 = never forget (all history; early admissions grow with
-            the number of distinct IDs ever seen). Default ``sketch_width // 4``: at most
-            ``sketch_width // 4`` distinct IDs per generation, an early admission below ~0.5%.
+            the number of distinct IDs ever seen). Default ``sketch_width // 4`` (or
+            ``min_count`` if larger): at most ``sketch_width // 4`` distinct IDs per generation,
+            an early admission below ~0.5%. In a sharded PS each shard keeps its share of the
+            window, counted in its own unadmitted occurrences, and the guarantee holds per shard.
     """
 
     min_count: int = Field(1, ge=1, le=2**32 - 2)
@@ -282,7 +278,7 @@ class AdmissionConfig(FrozenConfig):
     @property
     def decay_every(self) -> int:
         if self.sketch_decay_every is None:
-            return self.sketch_width // 4
+            return max(self.sketch_width // 4, self.min_count)
         return self.sketch_decay_every
 
     @model_validator(mode="after")
@@ -291,7 +287,7 @@ class AdmissionConfig(FrozenConfig):
             raise ValueError(
                 f"min_count {self.min_count} can never be reached: the admission sketch forgets "
                 f"occurrences after a window of {self.decay_every} (sketch_decay_every); raise "
-                "sketch_decay_every (or sketch_width, whose quarter is its default), or set it 0"
+                "sketch_decay_every to at least min_count, or set it 0"
             )
         return self
 

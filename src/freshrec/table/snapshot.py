@@ -211,7 +211,7 @@ def load_table(path: str | Path) -> EmbeddingTable:
         if not (a["values"].shape[0] == a["last_seen"].shape[0] == a["counts"].shape[0] == n):
             raise CorruptionError(f"{entry['name']}: arrays disagree on the number of rows")
         table.assign(a["ids"], a["values"][:, : table.dim], state=a["values"][:, table.dim :],
-                     last_seen=a["last_seen"], counts=a["counts"])  # fmt: skip
+                     last_seen=a["last_seen"], counts=a["counts"], evict=False)  # fmt: skip
         total += n
     if total != manifest["rows"] or len(table) != total:
         raise CorruptionError(f"{folder}: manifest says {manifest['rows']} rows, files hold {total}")

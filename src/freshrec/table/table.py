@@ -168,15 +168,17 @@ def _int_column(values: Any, n: int, name: str, what: str) -> np.ndarray:
 
 def gradient_problem(g: np.ndarray) -> str | None:
     """Why a batch of float32 gradients ``(n, dim)`` must be refused, or None. NaN or Inf; or
-    an element so large that ``n`` of them summed (all rows one ID) could pass ``GRAD_MAX``,
-    where the optimizers' squared-gradient state would overflow float32 (a finite 1e20 made an
-    Adagrad accumulator Inf, and two duplicates of 3e38 an embedding -Inf)."""
+    an element so large that ``n`` of them summed (all rows one ID), times ``sqrt(dim)``, could
+    pass ``GRAD_MAX``, where the optimizers' squared-gradient state would overflow float32 (a
+    finite 1e20 made an Adagrad accumulator Inf, and two duplicates of 3e38 an embedding -Inf).
+    Training's gradients are means over a batch, many orders of magnitude below."""
     m = K.max_abs(g)
     if not np.isfinite(m):
         return "gradients contain NaN or Inf"
-    if m * max(1, g.shape[0]) > K.GRAD_MAX:
-        return (f"a gradient of magnitude {m:.3g} in a batch of {g.shape[0]} could sum past "
-                f"{K.GRAD_MAX:g} and overflow the optimizer's float32 state")  # fmt: skip
+    n, dim = g.shape[0], g.shape[1] if g.ndim > 1 else 1
+    if m * max(1, n) * np.sqrt(max(1, dim)) > K.GRAD_MAX:
+        return (f"a gradient of magnitude {m:.3g} in a batch of {n} rows of dim {dim} could overflow the "
+                f"optimizer's float32 state (limit: magnitude x rows x sqrt(dim) <= {K.GRAD_MAX:g})")  # fmt: skip
     return None
 
 
@@ -246,6 +248,7 @@ class EmbeddingTable:
         # under the write lock.
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self._alloc(rows=16, slots=_MIN_SLOTS)
+        self._huge = _memory.huge_pages_granted(config.huge_pages)  # read-only lookups pipeline on them
         if config.expected_rows:  # a memory hint: never more rows than the cap lets live
             self.reserve(min(config.expected_rows, config.max_rows or config.expected_rows))
 
@@ -379,9 +382,7 @@ class EmbeddingTable:
             return out
         with self._lock.read():
             # rows on huge pages and far beyond the caches: probe and copy in one pipeline
-            pipelined = self.config.huge_pages is not False and (
-                int(self._ctr[K.C_HW]) * 4 * self.width >= K.PIPELINE_FROM_BYTES
-            )
+            pipelined = int(self._ctr[K.C_HW]) * 4 * self.width >= K.PIPELINE_FROM_BYTES and self._huge
             hits = K.lookup_infer(self._slots, self._cap, self._data, keys, out,
                                   self._default, self.dim, pipelined)  # fmt: skip
         with self._stat_lock:  # readers run concurrently; counters must not lose increments
@@ -534,6 +535,7 @@ class EmbeddingTable:
         last_seen: Any | None = None,
         counts: Any | None = None,
         now: float | None = None,
+        evict: bool = True,
     ) -> None:
         """Write rows verbatim (serving replicas, restore). New IDs get a row without
         admission. Without ``state`` a new row's optimizer state is zero and an existing row
@@ -541,8 +543,10 @@ class EmbeddingTable:
         ``counts`` the rows' occurrence counts. Without them an existing row keeps its own, and
         a new row gets last-seen 0 (the epoch: the next :meth:`expire` with a ``ttl`` removes
         it) and count 1. With ``max_rows``, an assignment that takes the table past it evicts
-        (by ``eviction``) back down to it at the end. Checked first (:meth:`check_assign`): a
-        refused assignment writes nothing."""
+        other rows (by ``eviction``; its own only if it alone is larger) back down to it at the
+        end, unless ``evict=False`` (a restore: the table holds what was saved, and the next
+        admission evicts). Checked first (:meth:`check_assign`): a refused assignment writes
+        nothing."""
         keys, values, ts, cnt = self.check_assign(ids, embeddings, state=state, last_seen=last_seen,
                                                   counts=counts, now=now)  # fmt: skip
         with self._lock.write():
@@ -562,8 +566,8 @@ class EmbeddingTable:
                     self._more_rows()
                 else:
                     self._grow_index()
-            if self.config.max_rows and len(self) > self.config.max_rows:
-                self._evict_locked(room=0)  # back under the memory cap, by the same policy
+            if evict and self.config.max_rows and len(self) > self.config.max_rows:
+                self._evict_locked(room=0, keep=keys)  # back under the memory cap, by the same policy
 
     def remove(self, ids: Any) -> np.ndarray:
         """Delete the rows of ``ids``; returns the IDs that had a row."""
@@ -600,14 +604,19 @@ class EmbeddingTable:
             self._ctr[K.C_EXPIRED] += removed.shape[0]
         return removed
 
-    def _evict_locked(self, room: int = 1) -> None:
+    def _evict_locked(self, room: int = 1, keep: np.ndarray | None = None) -> None:
         """One eviction round: ``evict_fraction`` of ``max_rows``, or more if that leaves fewer
-        than ``room`` rows free under the cap."""
+        than ``room`` rows free under the cap; rows of ``keep`` only if the others are too few."""
         live = int(self._ctr[K.C_LIVE])
         keys, rows, ts, counts = (np.empty(live, np.int64) for _ in range(4))
         K.live_rows(self._slots, self._meta, self._mo, keys, rows, ts, counts)
         cap = self.config.max_rows or live
         k = max(1, min(live, max(int(self.config.evict_fraction * cap), live + room - cap)))
+        if keep is not None:
+            others = ~np.isin(keys, keep)
+            if int(others.sum()) >= k:
+                keys, ts, counts = keys[others], ts[others], counts[others]
+                live = keys.shape[0]
         if self.config.eviction == "lru":
             victims = keys[np.argpartition(ts, k - 1)[:k]] if k < live else keys
         else:

@@ -29,6 +29,7 @@ from freshrec.errors import ConfigError, InputError, StateError
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import Dropout, ModelConfig, RecModel, build_model
 from freshrec.ps import LocalPS, ParameterServer, PSConfig
+from freshrec.table.table import gradient_problem
 from freshrec.train.config import TrainConfig
 from freshrec.train.metrics import StreamingMetrics, calibration, logloss, weighted_auc
 from freshrec.train.sparse import SparseBridge
@@ -170,7 +171,8 @@ class Trainer:
         loss.backward()
         grads = self.sparse.gradients(pulled)
         dense_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.model.parameters())
-        if not dense_ok or not all(np.isfinite(g).all() for _, g in grads.values()):
+        # the PS would refuse these too, but only after the dense step below: check first
+        if not dense_ok or any(gradient_problem(g) for _, g in grads.values()):
             self.optimizer.zero_grad(set_to_none=True)
             return self._skip(probs)
         if self.config.grad_clip is not None:
