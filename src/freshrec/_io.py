@@ -33,7 +33,7 @@ __all__ = [
     "malformed_manifest",
     "read_manifest",
     "recover_dir",
-    "remove_temp_dirs",
+    "remove_temps",
     "replace_dir",
     "sqlite_errors",
     "temp_dir_beside",
@@ -115,13 +115,18 @@ def temp_dir_beside(path: Path) -> Iterator[Path]:
         raise
 
 
-def remove_temp_dirs(root: Path, name_glob: str) -> list[Path]:
-    """Remove what :func:`temp_dir_beside` left under ``root`` for names matching ``name_glob``
-    when a writer died mid-write (each holds a whole unfinished copy). Only for a root with one
-    writer, called before it writes: another writer's work in progress would go too."""
+def remove_temps(root: Path, name_glob: str) -> list[Path]:
+    """Remove what :func:`temp_dir_beside` (a whole unfinished copy) or :func:`atomic_write_bytes`
+    (a file) left under ``root`` for names matching ``name_glob`` when a writer died mid-write.
+    Only for a root with one writer, called before it writes: another writer's work in progress
+    would go too."""
     gone = []
     for p in root.glob(f".{name_glob}.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
         gone.append(p)
     return gone
 

@@ -98,8 +98,10 @@ def test_drain_closes_every_window_and_drops_held_actions(tmp_path):
 def test_duplicates_are_dropped(tmp_path):
     i, a = imp(1, 100.0), act(2, 101.0)
     ex, _, m = run_core([i, i, a, a, act(3, 102.0, req=2), act(3, 102.0, req=2), imp(4, 101.5, req=2)], tmp_path)
-    assert m.duplicates == 3 and m.actions_joined == 2
+    assert m.duplicates == 3 and m.duplicate_actions == 2 and m.actions_joined == 2
     assert sorted(e.example_id for e in ex) == [1, 4]
+    # a resent impression is no action: the join rate subtracted it too and went past 1
+    assert m.join_rate == 1.0
 
 
 def test_conflicting_impression_and_foreign_user_are_refused(tmp_path):

@@ -267,11 +267,15 @@ def test_unfinished_checkpoints_and_snapshots_of_a_crash_are_removed_at_start(tm
     for d in (torn_ckpt, torn_snap):
         d.mkdir(parents=True)
         (d / "dense.safetensors").write_bytes(b"half")
+    torn_pointers = [run / "checkpoints" / ".LATEST.tmp-deadbeef", run / "snapshots" / "rank" / ".LATEST.tmp-0badf00d"]
+    for f in torn_pointers:  # a kill -9 while a LATEST pointer was being replaced: these piled up
+        f.write_bytes(b"ckpt-0000")
     keep = run / "checkpoints" / "notes"
     keep.mkdir()
     q = OnlinePipeline(config(run))
     try:
         assert not torn_ckpt.exists() and not torn_snap.exists() and keep.exists()
+        assert not any(f.exists() for f in torn_pointers)
         assert q.restored_from is not None
     finally:
         q.close(checkpoint=False)

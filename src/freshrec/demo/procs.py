@@ -2,24 +2,53 @@
 
 Each child runs with ``start_new_session`` so a terminal's Ctrl-C reaches only the demo, which
 then stops the children itself: SIGTERM (a clean stop: the trainer checkpoints), then SIGKILL
-after a grace period. ``atexit`` covers an exception on the way out.
+after a grace period. The demo treats SIGTERM and SIGHUP (a ``kill``, a closed terminal) as
+Ctrl-C; ``atexit`` covers an exception on the way out. If the demo itself is killed (SIGKILL),
+Linux sends each child SIGTERM (``PR_SET_PDEATHSIG``): a killed demo left its trainer and server
+running, holding the run's joiner state, so ``--resume`` failed until they were found by hand.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 from freshrec.errors import StateError
 
-__all__ = ["Child", "wait_for", "wait_for_port"]
+__all__ = ["Child", "stop_on_hangup_or_term", "wait_for", "wait_for_port"]
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGTERM the child when the demo dies (None elsewhere).
+    The libc function is looked up here, in the parent: the forked child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_it() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the demo died before the request took effect
+            os._exit(1)
+
+    return set_it
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class Child:
@@ -29,7 +58,7 @@ class Child:
         self._out = open(log_file, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, *args], stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, preexec_fn=_parent_death_signal(),
         )  # fmt: skip
         atexit.register(self.stop)
 
@@ -80,3 +109,19 @@ def wait_for_port(port_file: Path, timeout_s: float, children: list[Child]) -> i
     """The port a server started with ``port_file`` bound, once it has written it."""
     wait_for(f"a server to write its port to {port_file}", port_file.is_file, timeout_s, children)
     return int(port_file.read_text())
+
+
+@contextlib.contextmanager
+def stop_on_hangup_or_term() -> Iterator[None]:
+    """Inside, SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, so the demo's own
+    clean-up runs (stopping its children). Outside the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    before = {sig: signal.signal(sig, signal.default_int_handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -33,7 +33,7 @@ from freshrec._io import atomic_write_bytes
 from freshrec.config import apply_overrides
 from freshrec.demo.client import EventPoster, HttpRecommender
 from freshrec.demo.config import DemoConfig
-from freshrec.demo.procs import Child, wait_for, wait_for_port
+from freshrec.demo.procs import Child, stop_on_hangup_or_term, wait_for, wait_for_port
 from freshrec.errors import ConfigError, StateError
 from freshrec.online import OnlineConfig, live_commerce_spec
 from freshrec.serve import ServeConfig
@@ -169,52 +169,53 @@ def run_demo(config: DemoConfig, *, resume: Path | None = None, console: Any = N
     children: list[Child] = []
     rec = HttpRecommender(httpx.Client(), sim)  # replaced below; keeps the names defined for finally
     recorder = Recorder(run_dir)
-    try:
-        trainer = Child("trainer", ["-m", "freshrec.demo.trainer", str(run_dir / "online.json")],
-                        run_dir / "trainer.log")  # fmt: skip
-        children.append(trainer)
-        snaps = [online.sync.snapshot_dir / m / "LATEST" for m in ("rank", "retrieve")]
-        wait_for("the trainer's first serving snapshots", lambda: all(p.is_file() for p in snaps), 180, children)
-        # the batch stage ends before the online one starts: live actions must not queue behind
-        # the warm-up backlog (freshness is measured from their arrival)
-        wait_for("the trainer to catch up with the warm-up traffic",
-                 lambda: _caught_up(run_dir, online.train.batch_size), 600, children)  # fmt: skip
-        serve.port_file.unlink(missing_ok=True)  # a resumed run's: this server may bind another port
-        server = Child("server", ["-m", "freshrec.cli", "serve", "--config", str(run_dir / "serve.json")],
-                       run_dir / "server.log")  # fmt: skip
-        children.append(server)
-        base = f"http://127.0.0.1:{wait_for_port(serve.port_file, 180, children)}"
-        client = httpx.Client(base_url=base, timeout=30.0)
-        wait_for(f"the server at {base}", lambda: client.get("/v1/healthz").status_code == 200, 180, children)
-        console.print(f"serving at {base}/docs | run directory {run_dir}")
+    with stop_on_hangup_or_term():  # a kill or a closed terminal stops the children as Ctrl-C does
+        try:
+            trainer = Child("trainer", ["-m", "freshrec.demo.trainer", str(run_dir / "online.json")],
+                            run_dir / "trainer.log")  # fmt: skip
+            children.append(trainer)
+            snaps = [online.sync.snapshot_dir / m / "LATEST" for m in ("rank", "retrieve")]
+            wait_for("the trainer's first serving snapshots", lambda: all(p.is_file() for p in snaps), 180, children)
+            # the batch stage ends before the online one starts: live actions must not queue behind
+            # the warm-up backlog (freshness is measured from their arrival)
+            wait_for("the trainer to catch up with the warm-up traffic",
+                     lambda: _caught_up(run_dir, online.train.batch_size), 600, children)  # fmt: skip
+            serve.port_file.unlink(missing_ok=True)  # a resumed run's: this server may bind another port
+            server = Child("server", ["-m", "freshrec.cli", "serve", "--config", str(run_dir / "serve.json")],
+                           run_dir / "server.log")  # fmt: skip
+            children.append(server)
+            base = f"http://127.0.0.1:{wait_for_port(serve.port_file, 180, children)}"
+            client = httpx.Client(base_url=base, timeout=30.0)
+            wait_for(f"the server at {base}", lambda: client.get("/v1/healthz").status_code == 200, 180, children)
+            console.print(f"serving at {base}/docs | run directory {run_dir}")
 
-        rec = HttpRecommender(client, sim)
-        poster = EventPoster(client)
-        sim.set_recommender(rec)
-        clock = LiveClock(config.speed, start_event_time=sim.now)
-        board = Dashboard(console, enabled=config.dashboard)
-        started = time.monotonic()
-        last_sample = 0.0
-        with board:
-            for batch in live_batches(sim, clock, poll_seconds=0.2):
-                poster.post(batch)
-                now = time.monotonic()
-                if now - last_sample >= 1.0:
-                    for c in children:
-                        c.check()
-                    sample = recorder.sample(client, rec, poster, sim.now, now - started)
-                    board.update(sample)
-                    _write_json(state_file, {"event_time": sim.now})
-                    last_sample = now
-                if now - started >= config.duration_s:
-                    break
-            final = recorder.sample(client, rec, poster, sim.now, time.monotonic() - started)
-            board.update(final)  # the last frame shows what metrics.json reports
-        _write_json(state_file, {"event_time": sim.now})
-        client.close()
-    finally:
-        for c in reversed(children):  # the server first, then the trainer (its final checkpoint)
-            c.stop()
+            rec = HttpRecommender(client, sim)
+            poster = EventPoster(client)
+            sim.set_recommender(rec)
+            clock = LiveClock(config.speed, start_event_time=sim.now)
+            board = Dashboard(console, enabled=config.dashboard)
+            started = time.monotonic()
+            last_sample = 0.0
+            with board:
+                for batch in live_batches(sim, clock, poll_seconds=0.2):
+                    poster.post(batch)
+                    now = time.monotonic()
+                    if now - last_sample >= 1.0:
+                        for c in children:
+                            c.check()
+                        sample = recorder.sample(client, rec, poster, sim.now, now - started)
+                        board.update(sample)
+                        _write_json(state_file, {"event_time": sim.now})
+                        last_sample = now
+                    if now - started >= config.duration_s:
+                        break
+                final = recorder.sample(client, rec, poster, sim.now, time.monotonic() - started)
+                board.update(final)  # the last frame shows what metrics.json reports
+            _write_json(state_file, {"event_time": sim.now})
+            client.close()
+        finally:
+            for c in reversed(children):  # the server first, then the trainer (its final checkpoint)
+                c.stop()
     metrics = write_report(run_dir, recorder, final, config)
     console.print(f"report: {run_dir / 'report.html'}")
     console.print(f"metrics: {json.dumps(metrics['checks'])}")

@@ -284,6 +284,7 @@ class JoinCore:
                 waiting = self.pending[key] = []
             elif any(a.action.event_id == ev.event_id for a in waiting):
                 m.duplicates += 1
+                m.duplicate_actions += 1
                 return
             seq = self._next_seq()
             waiting.append(Held(ev, seq, src, offset, record))
@@ -297,6 +298,7 @@ class JoinCore:
         m = self.m
         if a.event_id in e.action_ids:
             m.duplicates += 1
+            m.duplicate_actions += 1
             return
         if a.user_id != e.user_id:
             self._refuse(

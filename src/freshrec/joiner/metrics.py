@@ -22,6 +22,7 @@ COUNTERS: tuple[str, ...] = (
     "rejected_events",  # valid events refused by a join rule (also dead letters)
     "dead_letters",  # records sent to the dead-letter topic (bad_records + rejected_events)
     "duplicates",  # events dropped because an event with their event id was already joined
+    "duplicate_actions",  # of which actions (the rest: impressions)
     "late_impressions",  # impressions older than the watermark when they arrived: dropped
     "late_actions",  # actions older than the watermark whose impression was gone: dropped
     "unmatched_actions",  # actions held for an impression that never came: dropped at the watermark
@@ -51,6 +52,7 @@ class JoinerMetrics:
     rejected_events: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    duplicate_actions: int = 0
     late_impressions: int = 0
     late_actions: int = 0
     unmatched_actions: int = 0
@@ -75,8 +77,9 @@ class JoinerMetrics:
 
     @property
     def join_rate(self) -> float:
-        """Share of the label-type actions (duplicates aside) that joined an impression."""
-        considered = self.actions_in - self.ignored_actions - self.duplicates
+        """Share of the label-type actions (duplicates aside) that joined an impression. (It
+        subtracted every duplicate, impressions too: resent batches took it past 1.)"""
+        considered = self.actions_in - self.ignored_actions - self.duplicate_actions
         return self.actions_joined / considered if considered > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:

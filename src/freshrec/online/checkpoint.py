@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from freshrec._faults import crash_point
-from freshrec._io import atomic_write_bytes, remove_temp_dirs, replace_dir, temp_dir_beside, write_durable
+from freshrec._io import atomic_write_bytes, remove_temps, replace_dir, temp_dir_beside, write_durable
 from freshrec.errors import CorruptionError
 
 __all__ = ["CheckpointStore"]
@@ -46,8 +46,9 @@ class CheckpointStore:
         self.root.mkdir(parents=True, exist_ok=True)
         # one pipeline per run directory (its joiner's lock refuses a second, before this runs), so
         # an unfinished checkpoint here is a crash's
-        for p in remove_temp_dirs(self.root, "ckpt-*"):
+        for p in remove_temps(self.root, "ckpt-*"):
             log.warning("removed %s, a checkpoint a crash left unfinished", p)
+        remove_temps(self.root, "LATEST")  # the pointer's temp files: the pointer itself is whole
 
     def _all(self) -> list[tuple[int, Path]]:
         found = []

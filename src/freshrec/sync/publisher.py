@@ -39,7 +39,7 @@ import torch
 from pydantic import TypeAdapter
 
 from freshrec._faults import crash_point
-from freshrec._io import remove_temp_dirs
+from freshrec._io import remove_temps
 from freshrec.errors import ConfigError, FreshrecError, InputError, SchemaError
 from freshrec.models import ModelConfig
 from freshrec.ps import ParameterServer
@@ -154,8 +154,9 @@ class Publisher:
         # log's deltas as old, and pruning by version would delete this publisher's snapshots.
         snap_dir = self.config.model_snapshot_dir(self.model)
         if snap_dir.is_dir():  # one publisher per model: unfinished snapshots are a crash's
-            for p in remove_temp_dirs(snap_dir, "snapshot-*"):
+            for p in remove_temps(snap_dir, "snapshot-*"):
                 _logger.warning("removed %s, a serving snapshot a crash left unfinished", p)
+            remove_temps(snap_dir, "LATEST")  # the pointer's temp files: the pointer itself is whole
         newer = [p.name for p in list_snapshots(snap_dir) if int(p.name.rsplit("-", 1)[1]) > self.sparse_version]
         if newer:
             raise ConfigError(
