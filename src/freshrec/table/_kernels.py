@@ -391,15 +391,17 @@ def init_values(data, row, key, off, dim, kind, a, b, seed, ubuf):
 
 
 @njit(inline="always", **JIT)
-def _sketch_gen_min(sk, g, seeds, u):
+def _sketch_mins(sk, seeds, u):
+    """The key's estimate in the current generation and in the previous one (one hash per row)."""
     depth, width = sk.shape[1], sk.shape[2]
     wmask = np.uint64(width - 1)
-    est = np.uint32(0xFFFFFFFF)
+    est0 = np.uint32(0xFFFFFFFF)
+    est1 = np.uint32(0xFFFFFFFF)
     for d in range(depth):
-        c = sk[g, d, np.int64(_mix64(u ^ seeds[d]) & wmask)]
-        if c < est:
-            est = c
-    return est
+        idx = np.int64(_mix64(u ^ seeds[d]) & wmask)
+        est0 = min(est0, sk[0, d, idx])
+        est1 = min(est1, sk[1, d, idx])
+    return est0, est1
 
 
 @njit(inline="always", **JIT)
@@ -410,8 +412,8 @@ def _sat_add(a, b):
 @njit(inline="always", **JIT)
 def _sketch_min(sk, seeds, key):
     """A key's count: its estimate in the current generation plus the previous one's."""
-    u = np.uint64(key)
-    return _sat_add(_sketch_gen_min(sk, 0, seeds, u), _sketch_gen_min(sk, 1, seeds, u))
+    est0, est1 = _sketch_mins(sk, seeds, np.uint64(key))
+    return _sat_add(est0, est1)
 
 
 @njit(inline="always", **JIT)
@@ -421,12 +423,13 @@ def _sketch_add(sk, seeds, key, n):
     depth, width = sk.shape[1], sk.shape[2]
     wmask = np.uint64(width - 1)
     u = np.uint64(key)
-    est = _sat_add(_sketch_gen_min(sk, 0, seeds, u), n)
+    est0, est1 = _sketch_mins(sk, seeds, u)
+    est = _sat_add(est0, n)
     for d in range(depth):
         idx = np.int64(_mix64(u ^ seeds[d]) & wmask)
         if sk[0, d, idx] < est:
             sk[0, d, idx] = est
-    return _sat_add(est, _sketch_gen_min(sk, 1, seeds, u))
+    return _sat_add(est, est1)
 
 
 @njit(**JIT)
