@@ -403,8 +403,13 @@ def test_sync_fed_models_catch_up_before_the_replica_says_it_is_healthy(model_di
     subscribers replayed the deltas after the snapshot only in their thread's first poll."""
 
     class Recorder:
+        state, label = None, "a/rank"
+
         def __init__(self, replica_state) -> None:
             self.calls, self.replica_state = [], replica_state
+
+        def describe(self) -> dict:
+            return {"state": "live"}
 
         def catch_up(self, timeout_s: float = 60.0) -> bool:
             self.calls.append(("catch_up", self.replica_state().value))
@@ -428,6 +433,54 @@ def test_sync_fed_models_catch_up_before_the_replica_says_it_is_healthy(model_di
     with TestClient(app) as client:
         assert client.get("/v1/healthz").status_code == 200
     assert sub.calls == [("catch_up", "starting"), ("start", "starting")]
+
+
+def test_a_stale_sync_fed_model_is_named_by_healthz_and_model_but_still_served(model_dirs, tmp_path):
+    """An operator could not see from the replica that a sync-fed model had stopped following
+    the log (its subscriber retrying a bootstrap no snapshot can satisfy yet): /v1/model showed
+    only versions. Now each model says how its subscriber is doing, and healthz names the stale
+    ones while staying 200 (the replica still serves their last good parameters)."""
+    config = ServeConfig.from_dict(
+        {"arms": [{"name": "a", "model_dir": str(model_dirs["rank"])}], "log": {"path": str(tmp_path / "log")}}
+    )
+    states = load_states(config)
+
+    class Stale:
+        state, label = states["a"].rank, "a/rank"
+
+        def __init__(self) -> None:
+            self.status = {"state": "live", "errors": 0, "last_error": None}
+
+        def describe(self) -> dict:
+            return dict(self.status)
+
+        def catch_up(self, timeout_s: float = 60.0) -> bool:
+            return True
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    sub = Stale()
+    with TestClient(create_app(config, states, subscribers=[sub])) as client:
+        health = client.get("/v1/healthz")
+        assert health.status_code == 200 and health.json()["stale_models"] == []
+        sub.status = {"state": "stale", "errors": 3, "last_error": "SyncError: expected sparse version 5"}
+        health = client.get("/v1/healthz")
+        assert health.status_code == 200 and health.json()["stale_models"] == ["a/rank"]
+        arm = client.get("/v1/model").json()["arms"][0]
+        assert arm["rank"]["sync"] == sub.status
+        assert client.post("/v1/rank", json=rank_body(2)).status_code == 200
+
+
+def test_a_static_model_has_no_sync_status(model_dirs, tmp_path):
+    config = ServeConfig.from_dict(
+        {"arms": [{"name": "a", "model_dir": str(model_dirs["rank"])}], "log": {"path": str(tmp_path / "log")}}
+    )
+    with TestClient(create_app(config, load_states(config))) as client:
+        assert client.get("/v1/model").json()["arms"][0]["rank"]["sync"] is None
 
 
 def test_the_gil_switch_interval_is_set_while_serving_and_restored_after(model_dirs, tmp_path):

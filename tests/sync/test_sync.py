@@ -243,9 +243,14 @@ def test_a_gap_no_snapshot_covers_leaves_the_replica_stale_until_one_does(elog, 
     with pytest.raises(SyncError):
         sub.poll()  # retried: still no snapshot past the hole
     assert sub.stats.errors == 2 and "expected sparse version 5" in sub.stats.last_error
+    seen = sub.describe()
+    assert seen["state"] == "stale" and seen["errors"] == 2 and "expected sparse version 5" in seen["last_error"]
+    assert w.registry.get_sample_value("freshrec_sync_stale", {"model": sub.label}) == 1
     w.pub.snapshot()
     sub.poll()
     assert sub.status is SubscriberState.LIVE and state.sparse_version == 8
+    assert sub.describe()["state"] == "live" and sub.describe()["last_ok_s_ago"] < 60
+    assert w.registry.get_sample_value("freshrec_sync_stale", {"model": sub.label}) == 0
     assert_same_rows(w.ps, state.ps)
 
 

@@ -133,6 +133,11 @@ class Health(BaseModel):
     uptime_s: float
     arms: list[str]
     live_items: int
+    stale_models: list[str] = Field(
+        default_factory=list,
+        description="Sync-fed models (<arm>/<model>) whose parameters stopped following the sync log; still "
+        "served, from their last good state",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -53,6 +53,11 @@ class ReplicaState(enum.Enum):
 class Subscriber(Protocol):
     """What the replica needs of a sync subscriber (``freshrec.sync``)."""
 
+    state: Any  # the served model it keeps in step
+    label: str  # "<arm>/<model>"
+
+    def describe(self) -> dict[str, Any]: ...
+
     def catch_up(self, timeout_s: float = 60.0) -> bool: ...
 
     def start(self) -> None: ...
@@ -347,25 +352,32 @@ class Replica:
 
     # ---- reads --------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
+        """``ok`` while serving. A sync-fed model that went stale (its subscriber cannot bootstrap
+        past a gap, or cannot apply) is named in ``stale_models`` but does not make the replica
+        unhealthy: it keeps serving its last good parameters, and a transient gap would
+        otherwise take every replica out of the load balancer at once."""
         return {
             "status": "ok" if self.state is ReplicaState.SERVING else "unavailable",
             "state": self.state.value,
             "uptime_s": time.time() - self.started_wall,
             "arms": list(self.engines),
             "live_items": len(self.items),
+            "stale_models": [sub.label for sub in self.subscribers if sub.describe()["state"] == "stale"],
         }
 
     def model(self) -> dict[str, Any]:
+        subs = {id(sub.state): sub for sub in self.subscribers}
         arms = []
         for a in self.config.arms:
             engine = self.engines[a.name]
             entry: dict[str, Any] = {
                 "name": a.name,
                 "weight": a.weight,
-                "rank": _model_detail(a.name, engine.state.rank),
+                "rank": _model_detail(a.name, engine.state.rank, subs.get(id(engine.state.rank))),
             }
+            retrieve = engine.state.retrieve
             entry["retrieve"] = (
-                _model_detail(a.name, engine.state.retrieve) if engine.state.retrieve is not None else None
+                _model_detail(a.name, retrieve, subs.get(id(retrieve))) if retrieve is not None else None
             )
             if engine.vectors is not None:
                 vv = engine.vectors.view()
@@ -390,7 +402,7 @@ def _model_out(info: ModelInfo) -> dict[str, Any]:
     }
 
 
-def _model_detail(arm: str, model: Any) -> dict[str, Any]:
+def _model_detail(arm: str, model: Any, sub: Subscriber | None) -> dict[str, Any]:
     info = ModelInfo.of(arm, model)
     tables = {t: {"rows": st.rows, "dim": model.ps.tables[t].dim} for t, st in model.ps.stats().items()}
     return {
@@ -399,4 +411,5 @@ def _model_detail(arm: str, model: Any) -> dict[str, Any]:
         "tasks": model.tasks,
         "logit_offset": model.logit_offset,
         "tables": tables,
+        "sync": sub.describe() if sub is not None else None,  # None: a static model (model_dir)
     }

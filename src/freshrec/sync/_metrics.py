@@ -33,6 +33,8 @@ class SyncMetrics:
                                   ["model", "reason"], **kw)  # fmt: skip
         self.gaps = Counter("freshrec_sync_gaps", "Missing sparse versions detected", ["model"], **kw)
         self.errors = Counter("freshrec_sync_errors", "Failed polls and bootstraps", ["model"], **kw)
+        self.stale = Gauge("freshrec_sync_stale", "1 while the served parameters have stopped following the sync "
+                           "log (a bootstrap or an apply failed; retrying), else 0", ["model"], **kw)  # fmt: skip
         self.version = Gauge("freshrec_sync_version", "Version applied", ["model", "kind"], **kw)
         self.lag = Gauge("freshrec_sync_lag_records", "Sync-log records not yet read", ["model", "kind"], **kw)
         self.event_time = Gauge(

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -202,6 +203,7 @@ class Subscriber:
         self._dense = _DenseOrder(0)
         self._offsets = {"sparse": 0, "dense": 0}
         self._status = SubscriberState.NEW
+        self._ok_at: float | None = None  # wall clock of the last poll that did not fail
         self._lock = threading.RLock()
         self._applied = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -211,11 +213,30 @@ class Subscriber:
         self.stats = SubscriberStats()
         self.freshness: deque[float] = deque(maxlen=10_000)  # recent sparse freshness, seconds
         self.metrics = sync_metrics(registry)
+        self.metrics.stale.labels(self.label).set(0)  # the series exists before anything fails: alerts can watch it
 
     # ---- what it reflects ----------------------------------------------------------------------
     @property
     def status(self) -> SubscriberState:
         return self._status
+
+    def _set_status(self, status: SubscriberState) -> None:
+        self._status = status
+        self.metrics.stale.labels(self.label).set(1 if status is SubscriberState.STALE else 0)
+
+    def describe(self) -> dict[str, Any]:
+        """What a replica's ``/v1/model`` shows of this subscriber: its state (``stale``: the
+        served parameters stopped following the log and it is retrying), its failures and the
+        last one, and how long ago a poll last went through (None: never)."""
+        s = self.stats
+        return {
+            "state": self._status.value,
+            "bootstraps": s.bootstraps,
+            "gaps": s.gaps,
+            "errors": s.errors,
+            "last_error": s.last_error,
+            "last_ok_s_ago": None if self._ok_at is None else max(0.0, time.time() - self._ok_at),
+        }
 
     @property
     def sparse_version(self) -> int:
@@ -309,12 +330,14 @@ class Subscriber:
         with self._lock:
             self._check_open("poll")
             try:
-                return self._poll(timeout_s)
+                n = self._poll(timeout_s)
             except BaseException as exc:
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.errors.labels(self.label).inc()
                 raise
+            self._ok_at = time.time()
+            return n
 
     def _poll(self, timeout_s: float) -> int:
         self._close_retired()
@@ -358,7 +381,7 @@ class Subscriber:
                         try:
                             apply(parts)
                         except BaseException:
-                            self._status = SubscriberState.STALE  # half applied: the next poll bootstraps
+                            self._set_status(SubscriberState.STALE)  # half applied: the next poll bootstraps
                             raise
                         applied += 1
             return applied
@@ -462,7 +485,7 @@ class Subscriber:
                         stage.ps.close()
                     raise SyncError(f"dense weights of model {self.model!r} do not fit: {exc}") from exc
         except BaseException:
-            self._status = SubscriberState.STALE
+            self._set_status(SubscriberState.STALE)
             raise
         if stage.ps is None and self.config.fp16 and not isinstance(self.state.ps, Fp16PS):
             stage.ps = self._copy_to_fp16()  # nothing to load: store what is served as float16
@@ -470,7 +493,7 @@ class Subscriber:
             self._retire(self.state.swap_ps(stage.ps))
         self.state.mark(sparse_version=sparse.applied, dense_version=dense.applied, event_time=stage.event_time)
         self._sparse, self._dense, self._offsets = sparse, dense, offsets
-        self._status = SubscriberState.LIVE
+        self._set_status(SubscriberState.LIVE)
         self.stats.bootstraps += 1
         m = self.metrics
         m.bootstraps.labels(self.label, reason).inc()
