@@ -233,6 +233,7 @@ def test_parquet_files_hold_every_example_once(tmp_path, events):
     # a fresh state_dir must not silently mix its files with another run's
     with open_log(path=path / "log") as log, pytest.raises(StateError, match="holds example files"):
         Joiner(log, JoinerConfig(state_dir=tmp_path / "other", parquet_dir=tmp_path / "pq", **JOIN))
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_second_joiner_on_a_written_examples_topic_is_refused(tmp_path, events):
@@ -245,6 +246,7 @@ def test_a_second_joiner_on_a_written_examples_topic_is_refused(tmp_path, events
         pytest.raises(StateError, match=r"examples topic 'examples' has received"),
     ):
         Joiner(log, JoinerConfig(state_dir=tmp_path / "other", **JOIN))
+    assert not (tmp_path / "other").exists()  # refused before its state store was made: nothing left behind
     with open_log(path=path / "log") as log:  # another examples topic is a fresh start
         Joiner(log, JoinerConfig(state_dir=tmp_path / "other2", examples_topic="examples-2", **JOIN)).close()
 

@@ -30,6 +30,7 @@ import operator
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -44,7 +45,7 @@ from freshrec.joiner.dead_letter import DeadLetter, encode_dead_letters
 from freshrec.joiner.example import Example
 from freshrec.joiner.metrics import JoinerMetrics
 from freshrec.joiner.parquet import ParquetSink
-from freshrec.joiner.state import StateStore, pick
+from freshrec.joiner.state import DB_NAME, StateStore, pick
 from freshrec.stream.events import Id
 from freshrec.stream.log import EventLog
 
@@ -137,6 +138,8 @@ class Joiner:
         self._suppress_letters: set[tuple[str, int, int]] = set()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        if not (Path(cfg.state_dir) / DB_NAME).exists():
+            self._check_fresh_start()  # refused before the state store is created: a refusal leaves nothing
         self._store = StateStore(cfg.state_dir, cfg.memory_max_impressions, cfg.window_s)
         try:
             self.core = JoinCore(cfg, self._store, keep_examples=self._parquet is not None)
@@ -156,6 +159,11 @@ class Joiner:
         return {k: data[k] for k in _BINDING}
 
     def _fresh_start(self) -> None:
+        self._check_fresh_start()
+        self.checkpoint()
+
+    def _check_fresh_start(self) -> None:
+        """Refuse to start from nothing where that would write examples twice."""
         if self._parquet is not None and self._parquet.files():
             raise StateError(
                 f"parquet_dir {self._parquet.directory} holds example files but state_dir "
@@ -172,7 +180,6 @@ class Joiner:
                 "has no checkpoint: another joiner writes that topic (run one `freshrec online` per set of topics), "
                 "or this joiner's state was lost or moved; use another examples_topic, or the state_dir that wrote it"
             )
-        self.checkpoint()
 
     def _restore(self, meta: bytes) -> None:
         try:
