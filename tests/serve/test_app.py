@@ -402,14 +402,9 @@ def test_sync_fed_models_catch_up_before_the_replica_says_it_is_healthy(model_di
     """A restarted replica said ok while it still served its snapshot's parameters: its
     subscribers replayed the deltas after the snapshot only in their thread's first poll."""
 
-    class Recorder:
-        state, label = None, "a/rank"
-
+    class Recorder:  # only what the replica requires of a subscriber: no describe(), state or label
         def __init__(self, replica_state) -> None:
             self.calls, self.replica_state = [], replica_state
-
-        def describe(self) -> dict:
-            return {"state": "live"}
 
         def catch_up(self, timeout_s: float = 60.0) -> bool:
             self.calls.append(("catch_up", self.replica_state().value))
@@ -431,7 +426,9 @@ def test_sync_fed_models_catch_up_before_the_replica_says_it_is_healthy(model_di
     sub = Recorder(lambda: holder["app"].state.replica.state)
     holder["app"] = app = create_app(config, load_states(config), subscribers=[sub])
     with TestClient(app) as client:
-        assert client.get("/v1/healthz").status_code == 200
+        health = client.get("/v1/healthz")
+        assert health.status_code == 200 and health.json()["stale_models"] == []
+        assert client.get("/v1/model").json()["arms"][0]["rank"]["sync"] is None
     assert sub.calls == [("catch_up", "starting"), ("start", "starting")]
 
 

@@ -51,12 +51,9 @@ class ReplicaState(enum.Enum):
 
 
 class Subscriber(Protocol):
-    """What the replica needs of a sync subscriber (``freshrec.sync``)."""
-
-    state: Any  # the served model it keeps in step
-    label: str  # "<arm>/<model>"
-
-    def describe(self) -> dict[str, Any]: ...
+    """What the replica needs of a sync subscriber (``freshrec.sync``). One that also has
+    ``describe()``, ``state`` (the served model it feeds) and ``label`` (as
+    ``freshrec.sync.Subscriber`` does) shows its status in /v1/model and /v1/healthz."""
 
     def catch_up(self, timeout_s: float = 60.0) -> bool: ...
 
@@ -362,11 +359,15 @@ class Replica:
             "uptime_s": time.time() - self.started_wall,
             "arms": list(self.engines),
             "live_items": len(self.items),
-            "stale_models": [sub.label for sub in self.subscribers if sub.describe()["state"] == "stale"],
+            "stale_models": [sub.label for sub, seen in self._sync_status() if seen["state"] == "stale"],
         }
 
+    def _sync_status(self) -> list[tuple[Any, dict[str, Any]]]:
+        """(subscriber, its describe()) of the subscribers that describe themselves."""
+        return [(sub, sub.describe()) for sub in self.subscribers if hasattr(sub, "describe")]
+
     def model(self) -> dict[str, Any]:
-        subs = {id(sub.state): sub for sub in self.subscribers}
+        subs = {id(sub.state): seen for sub, seen in self._sync_status()}
         arms = []
         for a in self.config.arms:
             engine = self.engines[a.name]
@@ -402,7 +403,7 @@ def _model_out(info: ModelInfo) -> dict[str, Any]:
     }
 
 
-def _model_detail(arm: str, model: Any, sub: Subscriber | None) -> dict[str, Any]:
+def _model_detail(arm: str, model: Any, sync: dict[str, Any] | None) -> dict[str, Any]:
     info = ModelInfo.of(arm, model)
     tables = {t: {"rows": st.rows, "dim": model.ps.tables[t].dim} for t, st in model.ps.stats().items()}
     return {
@@ -411,5 +412,5 @@ def _model_detail(arm: str, model: Any, sub: Subscriber | None) -> dict[str, Any
         "tasks": model.tasks,
         "logit_offset": model.logit_offset,
         "tables": tables,
-        "sync": sub.describe() if sub is not None else None,  # None: a static model (model_dir)
+        "sync": sync,  # None: a static model (model_dir), or a subscriber that does not describe itself
     }
