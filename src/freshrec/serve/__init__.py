@@ -17,7 +17,7 @@ from freshrec.serve.config import ArmConfig, ServeConfig, TopicsConfig
 from freshrec.serve.engine import ArmEngine, ItemVectors
 from freshrec.serve.items import ItemTailer, LiveItems
 from freshrec.serve.replica import Replica, ReplicaState
-from freshrec.serve.server import BackgroundServer, load_states, serve
+from freshrec.serve.server import BackgroundServer, load_arms, load_states, serve
 
 __all__ = [
     "ArmConfig",
@@ -33,6 +33,7 @@ __all__ = [
     "ServeConfig",
     "TopicsConfig",
     "create_app",
+    "load_arms",
     "load_states",
     "serve",
     "status_of",
