@@ -31,3 +31,36 @@ def test_a_section_naming_another_type_or_its_own_values_wins():
     assert c.joiner.labels == ["click"] and c.train.batch_size == 64
     with pytest.raises(ConfigError, match=r"train\.batch_sise"):
         OnlineConfig.from_dict({"train": {"batch_sise": 64}})
+
+
+def test_flag_values_are_set_as_given_not_parsed_as_yaml():
+    """`--out "run #2"` wrote the model to `run` (YAML took ` #2` for a comment), `--out null`
+    wrote none and `--data null` trained on the default set: typed flag values are not --set."""
+    from freshrec.config import apply_overrides
+
+    out = apply_overrides({}, ["a.b=[1, 2]", "c=run #2"], {"out": "run #2", "data.path": "null", "n": 3})
+    assert out == {"a": {"b": [1, 2]}, "c": "run", "out": "run #2", "data": {"path": "null"}, "n": 3}
+    assert apply_overrides({}, ["out=a"], {"out": "b"})["out"] == "b"  # a flag wins over --set
+
+
+def test_cli_train_takes_out_and_data_paths_literally(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import freshrec.train.job as job
+    from freshrec.cli import app
+
+    seen = {}
+
+    def capture(config, **_):
+        seen["job"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(job, "run_train_job", capture)
+    for out, data in (("run #2", "ml #2"), ("null", "~"), ("2024-06-01", "yes")):
+        result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / data), "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+        assert seen["job"].out == str(tmp_path / out) and seen["job"].data.path == str(tmp_path / data)
+    for out in ("null", "run #2", "0123"):  # relative, as typed on a command line
+        result = CliRunner().invoke(app, ["train", "--out", out])
+        assert result.exit_code == 0, result.output
+        assert str(seen["job"].out) == out

@@ -49,6 +49,10 @@ JsonOpt = Annotated[
 ]
 
 
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a FreshrecError into a one-line message on stderr and exit code 2."""
 
@@ -151,15 +155,10 @@ def train(
     from freshrec.config import load_config
     from freshrec.train.job import TrainJobConfig, run_train_job
 
-    overrides = list(set_ or [])
-    for key, value in (("data.path", data), ("data.format", format), ("train.epochs", epochs),
-                       ("train.batch_size", batch_size), ("out", out)):  # fmt: skip
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if model is not None:
-        overrides.append(f"model.type={model}")
-    overrides.append(f"baselines={str(baselines).lower()}")
-    job = load_config(TrainJobConfig, config, overrides)
+    flags = {"data.path": _text(data), "data.format": format, "train.epochs": epochs,
+             "train.batch_size": batch_size, "out": _text(out), "model.type": model}  # fmt: skip
+    values = {key: value for key, value in flags.items() if value is not None} | {"baselines": baselines}
+    job = load_config(TrainJobConfig, config, list(set_ or []), values)
     console = Console()
     tasks: dict[str, int] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -206,12 +205,8 @@ def serve(
     from freshrec.serve import ServeConfig
     from freshrec.serve import serve as run_server
 
-    overrides = list(set_ or [])
-    if host is not None:
-        overrides.append(f"host={host}")
-    if port is not None:
-        overrides.append(f"port={port}")
-    data = apply_overrides(read_config_file(config) if config is not None else {}, overrides)
+    values = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    data = apply_overrides(read_config_file(config) if config is not None else {}, list(set_ or []), values)
     if model_dir is not None:
         arm = {"name": "main", "model_dir": str(model_dir)}
         if retrieval_dir is not None:
@@ -241,13 +236,10 @@ def demo(
     from freshrec.config import load_config
     from freshrec.demo import DemoConfig, run_demo
 
-    overrides = list(set_ or [])
-    for key, value in (("duration_s", duration), ("seed", seed), ("port", port), ("speed", speed),
-                       ("sim.n_users", users), ("sim.items_per_hour", items_per_hour)):  # fmt: skip
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    overrides.append(f"dashboard={str(dashboard).lower()}")
-    run_demo(load_config(DemoConfig, config, overrides), resume=resume)
+    flags = {"duration_s": duration, "seed": seed, "port": port, "speed": speed, "sim.n_users": users,
+             "sim.items_per_hour": items_per_hour}  # fmt: skip
+    values = {key: value for key, value in flags.items() if value is not None} | {"dashboard": dashboard}
+    run_demo(load_config(DemoConfig, config, list(set_ or []), values), resume=resume)
 
 
 @app.command("online")
@@ -274,10 +266,8 @@ def online(
     from freshrec.config import load_config
     from freshrec.online import OnlineConfig, OnlinePipeline
 
-    overrides = list(set_ or [])
-    if run_dir is not None:
-        overrides.append(f"run_dir={run_dir}")
-    cfg = load_config(OnlineConfig, config, overrides)
+    values = {"run_dir": str(run_dir)} if run_dir is not None else None
+    cfg = load_config(OnlineConfig, config, list(set_ or []), values)
     console = Console(stderr=True)
     console.soft_wrap = not console.is_terminal  # a log line is not cut at 80 columns
     pipeline = OnlinePipeline(cfg)

@@ -121,13 +121,22 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a nested dict (copied); values parse as YAML scalars."""
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str] | None, values: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict (copied); values parse as YAML scalars.
+    ``values`` (dotted key -> value) are set after them as given, unparsed: what a CLI flag typed
+    as a path or a number means is not for YAML to reinterpret (``--out "run #2"`` is not
+    ``run``, ``--out null`` is a folder named null)."""
     out = json.loads(json.dumps(data))  # deep copy of plain data
+    settings = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, _, raw = item.partition("=")
+        settings.append((item, key, _parse_value(raw)))
+    settings += [(f"{key}={value}", key, value) for key, value in (values or {}).items()]
+    for item, key, value in settings:
         parts = [k for k in key.strip().split(".") if k]
         if not parts:
             raise ConfigError(f"override {item!r} has an empty key")
@@ -137,12 +146,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             if not isinstance(nxt, dict):
                 raise ConfigError(f"override {item!r}: {k!r} is not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(raw)
+        node[parts[-1]] = value
     return out
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Build a ``cls`` from an optional file plus dotted overrides; defaults fill the rest."""
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> C:
+    """Build a ``cls`` from an optional file plus dotted overrides (then ``values``, unparsed:
+    see :func:`apply_overrides`); defaults fill the rest."""
     data = read_config_file(path) if path is not None else {}
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, values)
     return cls.from_dict(data, source=str(path) if path else "config")
