@@ -64,3 +64,12 @@ def test_cli_train_takes_out_and_data_paths_literally(monkeypatch, tmp_path):
         result = CliRunner().invoke(app, ["train", "--out", out])
         assert result.exit_code == 0, result.output
         assert str(seen["job"].out) == out
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    from freshrec.config import read_config_file
+
+    p = tmp_path / "c.toml"
+    p.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"c.toml is not UTF-8 text \(byte 11"):
+        read_config_file(p)

@@ -96,7 +96,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start}: {exc.reason}"
+        raise ConfigError(f"config file {p} is not UTF-8 text ({where}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {p}: cannot read it: {exc.strerror or exc}") from exc
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)

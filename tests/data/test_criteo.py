@@ -76,7 +76,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(DataError, match=r"train.txt: file is empty"):
         load_criteo(p)
     p.write_text(_row() + _row(i3="lots"))
-    with pytest.raises(DataError, match=r"train.txt: column 'I3' row 1 value 'lots' is not int64"):
+    with pytest.raises(DataError, match=r"train.txt: column 'I3' line \S+ \(data row 2\) value 'lots' is not int64"):
         load_criteo(tmp_path)
     p.write_text(_row() + _row(n_fields=20))
     with pytest.raises(DataError, match=r"train.txt: cannot parse.*Expected 40 columns, got 20"):

@@ -114,7 +114,7 @@ def test_bad_csv_files(tmp_path):
     with pytest.raises(DataError, match=r"e.csv: missing column 'price' \(for dense feature 'price'\)"):
         load_table_file(p, MAPPING)
     p.write_text(CSV.replace("9.5", "cheap"))
-    with pytest.raises(DataError, match=r"e.csv: column 'price' row 0 value 'cheap' is not double"):
+    with pytest.raises(DataError, match=r"e.csv: column 'price' line 2 \(data row 1\) value 'cheap' is not double"):
         load_table_file(p, MAPPING)
     p.write_text("")
     with pytest.raises(DataError, match=r"e.csv: file is empty"):
@@ -132,6 +132,30 @@ def test_bad_csv_files(tmp_path):
     header, *rows = CSV.splitlines()
     p.write_text("\n".join([header + ",price", *(r + ",1.0" for r in rows)]) + "\n")  # a second 'price'
     with pytest.raises(DataError, match=r"e.csv: the header names column\(s\) \['price'\] more than once"):
+        load_table_file(p, MAPPING)
+
+
+def test_a_byte_order_mark_a_bad_timestamp_and_an_unreadable_file(tmp_path, monkeypatch):
+    """A UTF-8 BOM (Excel's "CSV UTF-8") made the first column '\ufeffuid' and a valid file
+    was refused; a bad timestamp was reported at row 0 with a good value; an unreadable file
+    raised PermissionError from pyarrow."""
+    import pyarrow.csv as pacsv
+
+    from freshrec.data._read import CsvFormat, read_csv
+
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + CSV.encode())
+    assert len(load_table_file(p, MAPPING)) == 3
+    p.write_text("id,t\n1,2024-01-01T00:00:00Z\n2,yesterday\n")
+    with pytest.raises(DataError, match=r"column 't' line 3 \(data row 2\) value 'yesterday' is not timestamp"):
+        read_csv(p, CsvFormat(), types={"t": pa.timestamp("us", tz="UTC")})
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    p.write_text(CSV)
+    monkeypatch.setattr(pacsv, "read_csv", denied)  # root reads any file: refuse the read itself
+    with pytest.raises(DataError, match=r"bom.csv: cannot read it: Permission denied"):
         load_table_file(p, MAPPING)
 
 

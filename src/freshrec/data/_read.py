@@ -42,10 +42,17 @@ class CsvFormat:
 
 
 def check_file(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
+    try:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: file is empty")
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    return DataError(f"{path}: cannot read it: {exc.strerror or exc}")
 
 
 def header(path: Path, fmt: CsvFormat) -> list[str]:
@@ -53,8 +60,14 @@ def header(path: Path, fmt: CsvFormat) -> list[str]:
     check_file(path)
     if fmt.names is not None:
         return list(fmt.names)
-    with open(path, encoding=fmt.encoding, errors="replace", newline="") as f:
-        first = f.readline()
+    # a UTF-8 file may start with a byte-order mark (Excel's "CSV UTF-8" writes one): not part
+    # of the first name (pyarrow drops it too, so both readers see the same names)
+    encoding = "utf-8-sig" if fmt.encoding.lower().replace("-", "").replace("_", "") == "utf8" else fmt.encoding
+    try:
+        with open(path, encoding=encoding, errors="replace", newline="") as f:
+            first = f.readline()
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
     quote = {} if fmt.quoting else {"quoting": csv.QUOTE_NONE}
     row = next(csv.reader([first], delimiter=fmt.delimiter, **quote), [])
     if not row or row == [""]:
@@ -119,15 +132,25 @@ def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType | N
         text = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowException:
         return ""
-    parse_value = int if pa.types.is_integer(typ) else float
+    first_line = 1 if fmt.names is not None else 2  # of the first data row (no quoted line breaks)
     for row, value in enumerate(text.column(0).to_pylist()):
-        if value is None:
-            continue
-        try:
-            parse_value(value)
-        except ValueError:
-            return f" row {row} value {value!r} is not {typ}"
+        if value is not None and not _converts(value, typ):
+            return f" line {row + first_line} (data row {row + 1}) value {value!r} is not {typ}"
     return ""
+
+
+def _converts(value: str, typ: pa.DataType) -> bool:
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        try:
+            (int if pa.types.is_integer(typ) else float)(value)
+        except ValueError:
+            return False
+        return True
+    try:  # timestamps and the rest: as pyarrow would convert the text
+        pa.array([value], pa.string()).cast(typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
 
 
 def read_csv(
@@ -144,6 +167,8 @@ def read_csv(
         table = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         raise _translate(path, fmt, exc, types) from exc
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     return table
@@ -167,6 +192,8 @@ def stream_csv(
                 yield batch
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         raise _translate(path, fmt, exc, types) from exc
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def arrays(table: pa.Table | pa.RecordBatch) -> dict[str, pa.Array]:
