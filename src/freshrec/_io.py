@@ -8,6 +8,7 @@ the new one, never a torn mix. Checksums are xxh3-128 (fast enough to verify eve
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import shutil
@@ -136,7 +137,9 @@ def replace_dir(tmp: Path, path: Path) -> None:
 
     A directory cannot be swapped atomically, so an existing ``path`` is first renamed aside to
     ``.<name>.old-<id>``; a crash between the two renames leaves that complete copy, which
-    :func:`recover_dir` finds.
+    :func:`recover_dir` finds. Once ``path`` is in place, what earlier saves of it left when
+    they died (``.<name>.old-*`` copies, unfinished ``.<name>.tmp-*`` folders) is older than
+    it and goes: a set-aside copy would otherwise be loaded as current if ``path`` were deleted.
     """
     fsync_dir(tmp)
     old = None
@@ -150,6 +153,14 @@ def replace_dir(tmp: Path, path: Path) -> None:
             old.unlink()
         else:
             shutil.rmtree(old, ignore_errors=True)
+    name = glob.escape(path.name)
+    for stale in path.parent.glob(f".{name}.old-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+    remove_temps(path.parent, name)
 
 
 def check_writable_parent(path: Path) -> None:
@@ -165,14 +176,16 @@ def check_replaceable(path: Path, fmt: str, what: str) -> None:
     created), an empty directory, or an earlier ``fmt`` directory: :func:`replace_dir` swaps the
     whole folder, so a mistyped path must not cost anyone their files. Our saves never leave a
     torn manifest in place (the folder is renamed in whole), so an unreadable one is refused too;
-    a link to an earlier ``fmt`` directory is replaced by the new directory (its target is kept)."""
+    a link to an earlier ``fmt`` directory is replaced by the new directory (its target is kept).
+    Its folder must be writable (the new copy is made beside it), and ``.`` or ``..`` are
+    refused: a folder is swapped by renaming it, which they cannot be."""
     import json
 
+    if path.name in ("", ".", ".."):
+        raise InputError(f"cannot save a {what} as {str(path)!r}: name a folder (e.g. ./model), not the current one")
+    check_writable_parent(path)  # before anything is computed: the save would fail only at its end
     if not path.exists():
-        if os.path.lexists(path):  # a dangling link: nothing behind it to lose (replace_dir sets it aside)
-            return
-        check_writable_parent(path)
-        return
+        return  # a dangling link too: nothing behind it to lose (replace_dir sets it aside)
     if not path.is_dir():
         raise InputError(f"{path} exists and is not a {what}: refusing to replace it (choose another path)")
     try:

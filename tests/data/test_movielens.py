@@ -129,7 +129,9 @@ def test_bad_files_name_file_and_column(tmp_path):
     with pytest.raises(DataError, match=r"ratings.csv: missing column 'rating' \(for MovieLens ratings\)"):
         load_movielens(d)
     (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,3\n1,3,good,4\n")
-    with pytest.raises(DataError, match=r"ratings.csv: column 'rating' line \S+ \(data row 2\) value 'good' is not double"):
+    with pytest.raises(
+        DataError, match=r"ratings.csv: column 'rating' line \S+ \(data row 2\) value 'good' is not double"
+    ):
         load_movielens(d)
     (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
     with pytest.raises(DataError, match=r"ratings.csv: no data rows"):

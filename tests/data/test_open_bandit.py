@@ -85,5 +85,7 @@ def test_non_numeric_value_names_column_and_row(tmp_path, data_dir):
     fields[5] = "high"  # propensity_score of data row 4
     text[5] = ",".join(fields)
     (tmp_path / "men.csv").write_text("\n".join(text) + "\n")
-    with pytest.raises(DataError, match=r"men.csv: column 'propensity_score' line \S+ \(data row 5\) value 'high' is not double"):
+    with pytest.raises(
+        DataError, match=r"men.csv: column 'propensity_score' line \S+ \(data row 5\) value 'high' is not double"
+    ):
         load_open_bandit(tmp_path)

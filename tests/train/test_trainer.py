@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import threading
 
 import numpy as np
@@ -289,6 +291,64 @@ def test_save_replaces_only_a_model_directory(tmp_path):
     with pytest.raises(InputError, match="not a parameter-server snapshot"):
         a.ps.save(notes / "todo.txt")
     a.close()
+
+
+def test_a_save_after_a_crashed_one_removes_its_leftovers(tmp_path, monkeypatch):
+    """A save killed between its two renames leaves the previous version aside (.m.old-*), one
+    killed while writing leaves an unfinished .m.tmp-* folder. Nothing removed them: a later
+    good save kept the old copy, and once m was deleted, loading m quietly took that pre-crash
+    model."""
+    a = Trainer(SPEC, LRConfig())
+    a.step(synthetic(32, 0))
+    a.save(tmp_path / "m")
+    renames = []
+
+    def dies_between_renames(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            raise KeyboardInterrupt  # as a kill would, after m went aside and before the new m is in
+        os_rename(src, dst)
+
+    os_rename = os.rename
+    monkeypatch.setattr(os, "rename", dies_between_renames)
+    a.step(synthetic(32, 1))
+    with pytest.raises(KeyboardInterrupt):
+        a.save(tmp_path / "m")
+    monkeypatch.undo()
+    (tmp_path / ".m.tmp-deadbeef").mkdir()  # what a kill while writing leaves
+    assert Trainer.load(tmp_path / "m").counters.steps == 1  # m is missing: the copy set aside is found
+    a.save(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    shutil.rmtree(tmp_path / "m")
+    with pytest.raises(CorruptionError, match=r"no manifest\.json"):
+        Trainer.load(tmp_path / "m")
+    a.close()
+
+
+def test_a_save_is_refused_up_front_where_it_could_only_fail_at_its_end(tmp_path, monkeypatch):
+    a = Trainer(SPEC, LRConfig())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="name a folder"):
+        a.save(".")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "m").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("ro") else real_access(p, mode))
+    with pytest.raises(InputError, match="ro is not a writable directory"):  # root writes anywhere: refuse by access
+        a.save(tmp_path / "ro" / "m")
+    a.close()
+
+
+def test_a_model_directory_manifest_missing_a_field_is_corrupt(tmp_path):
+    a = Trainer(SPEC, LRConfig())
+    a.save(tmp_path / "m")
+    a.close()
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    for field in ("files", "counters", "logit_offset"):
+        broken = {k: v for k, v in manifest.items() if k != field}
+        (tmp_path / "m" / "manifest.json").write_text(json.dumps(broken))
+        with pytest.raises(CorruptionError, match=f"manifest.json is malformed \\(KeyError: '{field}'\\)"):
+            Trainer.load(tmp_path / "m")
 
 
 def test_a_batch_of_another_spec_is_refused_before_the_ps_sees_it():

@@ -36,6 +36,7 @@ from freshrec._io import (
     check_replaceable,
     checksum_bytes,
     json_safe,
+    malformed_manifest,
     recover_dir,
     replace_dir,
     temp_dir_beside,
@@ -155,11 +156,18 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
 
     folder = recover_dir(Path(path))
     manifest = read_manifest(folder)
-    blobs = {name: _verified(folder, name, entry) for name, entry in manifest["files"].items()}
+    with malformed_manifest(folder):  # a field missing or of the wrong type: CorruptionError, before anything loads
+        blobs = {name: _verified(folder, name, entry) for name, entry in manifest["files"].items()}
+        c = manifest["counters"]
+        counters = (int(c["steps"]), int(c["examples"]), int(c["skipped_nonfinite"]), c.get("last_event_time"),
+                    int(c.get("metrics_seen", 0)))  # fmt: skip
+        logit_offset = float(manifest["logit_offset"])
+        bias_pending = manifest.get("bias_pending")
+        configs = manifest["spec"], manifest["model"], manifest["train"]
     try:
-        spec = FeatureSpec.from_dict(manifest["spec"], source=f"{folder}/manifest.json")
-        model_config = _MODEL_CONFIG.validate_python(manifest["model"])
-        train_config = TrainConfig.from_dict(manifest["train"], source=f"{folder}/manifest.json")
+        spec = FeatureSpec.from_dict(configs[0], source=f"{folder}/manifest.json")
+        model_config = _MODEL_CONFIG.validate_python(configs[1])
+        train_config = TrainConfig.from_dict(configs[2], source=f"{folder}/manifest.json")
     except (ConfigError, ValueError) as exc:
         raise CorruptionError(f"{folder}/manifest.json holds an invalid config: {exc}") from exc
     ps = LocalPS.load(folder / "ps", ps_config)
@@ -180,15 +188,15 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
         except (SafetensorError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             trainer.close()
             raise CorruptionError(f"{folder}: the dropout generator's state is unusable: {exc}") from exc
-    c = manifest["counters"]
+    steps, examples, skipped, last_event_time, metrics_seen = counters
     if "metrics.safetensors" in blobs:  # older model dirs lack it: progressive metrics start empty
-        _restore_metrics(trainer, blobs["metrics.safetensors"], c.get("metrics_seen", 0), folder)
-    trainer.counters.steps = c["steps"]
-    trainer.counters.examples = c["examples"]
-    trainer.counters.skipped_nonfinite = c["skipped_nonfinite"]
-    if c.get("last_event_time") is not None:
-        trainer.counters.last_event_time = c["last_event_time"]
-    trainer.logit_offset = manifest["logit_offset"]
+        _restore_metrics(trainer, blobs["metrics.safetensors"], metrics_seen, folder)
+    trainer.counters.steps = steps
+    trainer.counters.examples = examples
+    trainer.counters.skipped_nonfinite = skipped
+    if last_event_time is not None:
+        trainer.counters.last_event_time = float(last_event_time)
+    trainer.logit_offset = logit_offset
     # older model dirs lack the flag: a model that has trained keeps its bias
-    trainer.bias_pending = bool(manifest.get("bias_pending", trainer.bias_pending and c["steps"] == 0))
+    trainer.bias_pending = bool(trainer.bias_pending and steps == 0 if bias_pending is None else bias_pending)
     return trainer
