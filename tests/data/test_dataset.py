@@ -98,6 +98,16 @@ def test_bad_datasets():
         Dataset(SPEC, {"a": np.zeros(3), "b": np.zeros(2)})
     with pytest.raises(DataError, match="event_time has missing"):
         Dataset(SPEC, {**make()[0].columns}, event_time=np.full(100, np.nan))
+    cols = {**make()[0].columns}
+    for bad, row in ((np.nan, 4), (-1.0, 4), (np.inf, 4)):
+        w = np.ones(100)
+        w[3] = bad
+        with pytest.raises(
+            DataError, match=f"1 sample weights are negative, missing or non-finite, the first in data row {row}"
+        ):
+            Dataset(SPEC, cols, weights=w)
+    with pytest.raises(DataError, match="every sample weight is 0"):  # every metric came out NaN, quietly
+        Dataset(SPEC, cols, weights=np.zeros(100))
     with pytest.raises(InputError, match="fraction"):
         ds.split_by_time(1.0)
     with pytest.raises(InputError, match="batch_size"):

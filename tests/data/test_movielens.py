@@ -133,6 +133,10 @@ def test_bad_files_name_file_and_column(tmp_path):
         DataError, match=r"ratings.csv: column 'rating' line \S+ \(data row 2\) value 'good' is not double"
     ):
         load_movielens(d)
+    for value in ("nan", "inf", "-3", "6"):  # each became a label silently (0, 1, 0, 1)
+        (d / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n1,2,4.0,3\n1,3,{value},4\n")
+        with pytest.raises(DataError, match=r"ratings.csv: 1 ratings outside 0-5 stars, the first in data row 2"):
+            load_movielens(d)
     (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
     with pytest.raises(DataError, match=r"ratings.csv: no data rows"):
         load_movielens(d)

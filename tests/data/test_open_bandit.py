@@ -89,3 +89,42 @@ def test_non_numeric_value_names_column_and_row(tmp_path, data_dir):
         DataError, match=r"men.csv: column 'propensity_score' line \S+ \(data row 5\) value 'high' is not double"
     ):
         load_open_bandit(tmp_path)
+
+
+def _log_with(tmp_path, data_dir, field: int, value: str, row: int = 5) -> None:
+    src = data_dir / "open-bandit" / "random" / "men" / "men.csv"
+    text = src.read_text().splitlines()[:20]
+    fields = text[row].split(",")
+    fields[field] = value
+    text[row] = ",".join(fields)
+    (tmp_path / "men.csv").write_text("\n".join(text) + "\n")
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    (4, "2", r"column 'click' must be 0 or 1; 1 values are not, the first in data row 5"),
+    (4, "-1", r"column 'click' must be 0 or 1"),
+    (5, "nan", r"column 'propensity_score' must be in \(0, 1\]; 1 values are not, the first in data row 5"),
+    (5, "-0.5", r"column 'propensity_score' must be in \(0, 1\]"),
+    (5, "0", r"column 'propensity_score' must be in \(0, 1\]"),
+])  # fmt: skip
+def test_clicks_and_propensities_out_of_range_are_refused(tmp_path, data_dir, field, value, match):
+    """A click of 2 or a NaN propensity loaded silently (off-policy estimators divide by it)."""
+    _log_with(tmp_path, data_dir, field, value)
+    with pytest.raises(DataError, match=match):
+        load_open_bandit(tmp_path)
+
+
+def test_item_context_is_joined_by_sorting_and_refuses_repeats(tmp_path, data_dir):
+    """A stray item ID of 9e12 in item_context.csv sized a lookup table at 72 TB; a repeated
+    item's row was taken arbitrarily."""
+    src = data_dir / "open-bandit" / "random" / "men"
+    (tmp_path / "men.csv").write_text("\n".join(src.joinpath("men.csv").read_text().splitlines()[:200]) + "\n")
+    items = src.joinpath("item_context.csv").read_text().splitlines()
+    (tmp_path / "item_context.csv").write_text("\n".join([*items, "80,9000000000000,0.1,a,b,c"]) + "\n")
+    ds = load_open_bandit(tmp_path)
+    rows = {int(line.split(",")[1]): float(line.split(",")[2]) for line in items[1:]}
+    got = ds.columns["item_feature_0"]
+    assert np.allclose(got, [rows[int(i)] for i in ds.columns["item_id"]])
+    (tmp_path / "item_context.csv").write_text("\n".join([*items, items[1]]) + "\n")
+    with pytest.raises(DataError, match=r"item_context.csv: item 0 is listed more than once"):
+        load_open_bandit(tmp_path)

@@ -94,6 +94,12 @@ class Dataset:
             weights = np.asarray(weights, dtype=np.float32)
             if weights.shape != (n,):
                 raise DataError(f"{source}: weights have shape {weights.shape}, expected ({n},)")
+            bad = np.flatnonzero(~(weights >= 0) | ~np.isfinite(weights))
+            if bad.size:
+                raise DataError(f"{source}: {bad.size:,} sample weights are negative, missing or non-finite, the "
+                                f"first in data row {bad[0] + 1} ({weights[bad[0]]!r})")  # fmt: skip
+            if n and not weights.any():  # every metric would be 0/0 = NaN, quietly
+                raise DataError(f"{source}: every sample weight is 0")
         if self.has_time and n > 1 and np.any(time[1:] < time[:-1]):
             order = np.argsort(time, kind="stable")
             cols = {k: _take(v, order) for k, v in cols.items()}

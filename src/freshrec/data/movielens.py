@@ -34,6 +34,7 @@ from freshrec.features import FeatureSpec, Jagged, SparseSlot
 __all__ = ["load_movielens", "movielens_spec"]
 
 POSITIVE_RATING = 3.5  # Monolith (section 4.1): ratings >= 3.5 are positives
+MAX_RATING = 5.0  # MovieLens rates on 5 stars (0.5 to 5 in half stars, or 1 to 5)
 AGE_BUCKETS = np.array([1, 18, 25, 35, 45, 50, 56])  # MovieLens 1M's age codes: lower bound of each bucket
 N_GENRES = 19  # u.genre of the 100K release: unknown, Action, ..., Western
 USER_SLOTS = ["age_bucket", "gender", "occupation", "zip_prefix"]
@@ -160,6 +161,10 @@ def load_movielens(path: str | Path, spec: FeatureSpec | None = None) -> Dataset
     item_ids = cols["item_id"].to_numpy()
     cols["user_id"], cols["item_id"] = user_ids, item_ids
     rating = cols["rating"].to_numpy()
+    bad = np.flatnonzero(~((rating >= 0.0) & (rating <= MAX_RATING)))  # NaN fails both
+    if bad.size:  # a NaN, inf or -3 became a label silently (0, 1, 0)
+        raise DataError(f"{file}: {bad.size:,} ratings outside 0-{MAX_RATING:g} stars, the first in data row "
+                        f"{bad[0] + 1} ({rating[bad[0]]!r})")  # fmt: skip
     cols["rating"] = rating
     cols["label"] = (rating >= POSITIVE_RATING).astype(np.float32)
     event_time = cols.pop("timestamp").to_numpy().astype(np.float64)

@@ -76,13 +76,18 @@ def _item_columns(side: Path, item_ids: np.ndarray) -> dict[str, object]:
     ids = items["item_id"].to_numpy(zero_copy_only=False)
     if items["item_id"].null_count or (ids.size and ids.min() < 0):
         raise DataError(f"{side}: column 'item_id' must hold non-negative integers")
-    lookup = np.full(int(ids.max()) + 1 if ids.size else 0, -1, np.int64)
-    lookup[ids] = np.arange(ids.size)
-    rows = np.full(item_ids.shape, -1, np.int64)
-    known = item_ids < lookup.size
-    rows[known] = lookup[item_ids[known]]
-    if (rows < 0).any():
-        raise DataError(f"{side}: item {item_ids[np.flatnonzero(rows < 0)[0]]} of the log is not listed")
+    if ids.size == 0:
+        raise DataError(f"{side}: no items listed")
+    # by sorting, not a table indexed by ID: one stray ID of 9e12 would size that table at 72 TB
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    twice = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if twice.size:  # which row a join takes would be arbitrary
+        raise DataError(f"{side}: item {ordered[twice[0]]} is listed more than once")
+    rows = order[np.minimum(np.searchsorted(ordered, item_ids), ids.size - 1)]
+    absent = np.flatnonzero(ids[rows] != item_ids)
+    if absent.size:
+        raise DataError(f"{side}: item {item_ids[absent[0]]} of the log is not listed")
     out: dict[str, object] = {"item_feature_0": items["item_feature_0"].to_numpy(zero_copy_only=False)[rows]}
     for f in ITEM_SPARSE:
         out[f] = pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), items[f])
@@ -113,6 +118,14 @@ def load_open_bandit(path: str | Path, spec: FeatureSpec | None = None) -> Datas
     item_ids = cols["item_id"].to_numpy()
     if item_ids.size and (item_ids.min() < 0 or item_ids.max() >= n_items):
         raise DataError(f"{file}: column 'item_id' must be in 0..{n_items - 1} (one affinity column each)")
+    click, propensity = cols["click"].to_numpy(), cols["propensity_score"].to_numpy()
+    for name, bad, want in (("click", (click != 0) & (click != 1), "0 or 1"),
+                            ("propensity_score", ~((propensity > 0) & (propensity <= 1)), "in (0, 1]")):  # fmt: skip
+        where = np.flatnonzero(bad)
+        if where.size:
+            value = (click if name == "click" else propensity)[where[0]]
+            raise DataError(f"{file}: column {name!r} must be {want}; {where.size:,} values are not, the first in "
+                            f"data row {where[0] + 1} ({value!r})")  # fmt: skip
     aff = np.stack([cols[a].to_numpy(zero_copy_only=False) for a in aff_cols], axis=1)  # (B, n_items)
     out: dict[str, object] = {
         "item_id": item_ids,
