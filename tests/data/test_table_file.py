@@ -159,6 +159,19 @@ def test_a_byte_order_mark_a_bad_timestamp_and_an_unreadable_file(tmp_path, monk
         load_table_file(p, MAPPING)
 
 
+def test_integers_past_2_to_the_53_in_numeric_columns(tmp_path):
+    """An event time in nanoseconds raised pyarrow's ArrowInvalid (not exactly a float64); now
+    it is the event-time error that says which unit is expected."""
+    p = tmp_path / "ns.csv"
+    p.write_text("uid,click,ts\n1,0,1700000000000000000\n2,1,1700000001000000000\n")
+    mapping = {"event_time": "ts", "spec": {"labels": ["click"], "sparse": [{"name": "uid"}]}}
+    with pytest.raises(DataError, match="past the year 5000 in seconds"):
+        load_table_file(p, mapping)
+    p.write_text("uid,click,big\n1,0,9223372036854775807\n2,1,3\n")
+    mapping = {"spec": {"labels": ["click"], "sparse": [{"name": "uid"}], "dense": [{"name": "big"}]}}
+    assert load_table_file(p, mapping).encode().dense[0, 0] == pytest.approx(9.223372e18)
+
+
 def test_a_label_column_is_read_as_nothing_else():
     """The label as a feature (leakage) or as the time that splits train from test was accepted."""
     from freshrec.errors import ConfigError

@@ -67,7 +67,7 @@ def _columns(path: Path, table: pa.Table | pa.RecordBatch, first_row: int) -> di
         raise DataError(f"{path}: column 'label' must be 0 or 1, got {y[bad][0]} at row {row}")
     out["label"] = y.astype(np.float32)
     for c in INTEGER:
-        x = cols[c].cast(pa.float64()).to_numpy(zero_copy_only=False)  # missing -> NaN
+        x = cols[c].cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # missing -> NaN; past 2**53 rounded
         out[c] = np.maximum(x, 0.0)  # NaN stays NaN (filled by the spec); negatives -> 0
     for c in CATEGORICAL:
         out[c] = pc.fill_null(cols[c], "")  # missing -> "" -> an ID of its own

@@ -142,7 +142,9 @@ def numbers(col: Any, what: str, source: str | None) -> np.ndarray:
             if len(valid):
                 example = f" (e.g. {valid[0].as_py()!r})"
         raise DataError(f"{_where(source)}{what} needs numbers, got {t}{example}")
-    return np.array(arr.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)  # writable
+    # safe=False: an integer past 2**53 is rounded to the nearest float64 (as numpy's astype
+    # does above) instead of raising ArrowInvalid
+    return np.array(arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)  # writable
 
 
 def seconds(col: Any, what: str, source: str | None) -> np.ndarray:
