@@ -153,3 +153,11 @@ def test_ratings_missing_from_side_files(tmp_path, data_dir):
     (tmp_path / "u.user").write_text((data_dir / "ml-100k" / "u.user").read_text(encoding="latin-1"))
     with pytest.raises(DataError, match=r"user 99999 is not in .*u.user"):
         load_movielens(tmp_path)
+
+
+def test_a_side_file_listing_a_user_twice_is_refused(tmp_path, data_dir):
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n")
+    users = (data_dir / "ml-100k" / "u.user").read_text(encoding="latin-1").splitlines()
+    (tmp_path / "u.user").write_text("\n".join([*users, users[0]]) + "\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"u.user: user 1 is listed more than once"):
+        load_movielens(tmp_path)

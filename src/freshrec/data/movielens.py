@@ -92,6 +92,10 @@ def _read_ratings(path: Path) -> dict[str, pa.Array]:
 def _join_index(path: Path, side: Path, keys: np.ndarray, side_keys: np.ndarray, what: str) -> np.ndarray:
     """For each key, its row in the side file (DataError if a key is absent there)."""
     order = np.argsort(side_keys, kind="stable")
+    ordered = side_keys[order]
+    twice = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if twice.size:  # which row the join takes would be arbitrary
+        raise DataError(f"{side}: {what} {ordered[twice[0]]} is listed more than once")
     pos = np.searchsorted(side_keys, keys, sorter=order)
     pos = np.minimum(pos, side_keys.size - 1)
     rows = order[pos]
