@@ -11,6 +11,7 @@ import contextlib
 import glob
 import math
 import os
+import re
 import shutil
 import sqlite3
 import uuid
@@ -132,19 +133,24 @@ def remove_temps(root: Path, name_glob: str) -> list[Path]:
     return gone
 
 
+_ID_CHARS = 8
+_OLD_SUFFIX = re.compile(rf"\.old-[0-9a-f]{{{_ID_CHARS}}}")
+
+
 def replace_dir(tmp: Path, path: Path) -> None:
     """Move the finished directory ``tmp`` to ``path``, replacing what is there.
 
     A directory cannot be swapped atomically, so an existing ``path`` is first renamed aside to
     ``.<name>.old-<id>``; a crash between the two renames leaves that complete copy, which
-    :func:`recover_dir` finds. Once ``path`` is in place, what earlier saves of it left when
-    they died (``.<name>.old-*`` copies, unfinished ``.<name>.tmp-*`` folders) is older than
-    it and goes: a set-aside copy would otherwise be loaded as current if ``path`` were deleted.
+    :func:`recover_dir` finds. Once ``path`` is in place, such copies that earlier saves of it
+    left when they died are older than it and go: one would otherwise be loaded as current if
+    ``path`` were deleted. (Unfinished ``.<name>.tmp-*`` folders stay: another save of the same
+    path may still be writing one.)
     """
     fsync_dir(tmp)
     old = None
     if os.path.lexists(path):  # a dangling link too: rename() cannot replace a link with a folder
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:_ID_CHARS]}"
         os.rename(path, old)
     os.rename(tmp, path)
     fsync_dir(path.parent)
@@ -153,14 +159,14 @@ def replace_dir(tmp: Path, path: Path) -> None:
             old.unlink()
         else:
             shutil.rmtree(old, ignore_errors=True)
-    name = glob.escape(path.name)
-    for stale in path.parent.glob(f".{name}.old-*"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.old-*"):
+        if not _set_aside_for(stale, path):
+            continue  # another name's copy
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-    remove_temps(path.parent, name)
 
 
 def check_writable_parent(path: Path) -> None:
@@ -182,7 +188,8 @@ def check_replaceable(path: Path, fmt: str, what: str) -> None:
     import json
 
     if path.name in ("", ".", ".."):
-        raise InputError(f"cannot save a {what} as {str(path)!r}: name a folder (e.g. ./model), not the current one")
+        raise InputError(f"cannot save a {what} as {str(path)!r}: a save renames its folder, which '.', '..' and "
+                         "'/' cannot be; name a folder of its own (e.g. ./model)")  # fmt: skip
     check_writable_parent(path)  # before anything is computed: the save would fail only at its end
     if not path.exists():
         return  # a dangling link too: nothing behind it to lose (replace_dir sets it aside)
@@ -209,8 +216,15 @@ def recover_dir(path: Path) -> Path:
     aside (if any); else ``path`` unchanged."""
     if path.exists():
         return path
-    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    aside = [p for p in path.parent.glob(f".{glob.escape(path.name)}.old-*") if _set_aside_for(p, path)]
+    aside.sort(key=lambda p: p.stat().st_mtime)
     return aside[-1] if aside else path
+
+
+def _set_aside_for(copy: Path, path: Path) -> bool:
+    """Whether ``copy`` is what :func:`replace_dir` set aside for ``path`` (".m.old-<id>" is
+    for "m"; ".m.old-v1.old-<id>" is for "m.old-v1")."""
+    return bool(_OLD_SUFFIX.fullmatch(copy.name[len(path.name) + 1 :]))
 
 
 @contextlib.contextmanager

@@ -293,35 +293,37 @@ def test_save_replaces_only_a_model_directory(tmp_path):
     a.close()
 
 
-def test_a_save_after_a_crashed_one_removes_its_leftovers(tmp_path, monkeypatch):
-    """A save killed between its two renames leaves the previous version aside (.m.old-*), one
-    killed while writing leaves an unfinished .m.tmp-* folder. Nothing removed them: a later
-    good save kept the old copy, and once m was deleted, loading m quietly took that pre-crash
-    model."""
+def test_a_save_after_a_crashed_one_removes_the_copy_it_set_aside(tmp_path, monkeypatch):
+    """A save killed between its two renames leaves the previous version aside (.m.old-*).
+    Nothing removed it: a later good save kept it, and once m was deleted, loading m quietly
+    took that pre-crash model. Another name's copies stay (.m.old-v1.old-* is m.old-v1's)."""
     a = Trainer(SPEC, LRConfig())
     a.step(synthetic(32, 0))
     a.save(tmp_path / "m")
-    renames = []
-
-    def dies_between_renames(src, dst):
-        renames.append(dst)
-        if len(renames) == 2:
-            raise KeyboardInterrupt  # as a kill would, after m went aside and before the new m is in
-        os_rename(src, dst)
-
+    a.save(tmp_path / "m.old-v1")
     os_rename = os.rename
-    monkeypatch.setattr(os, "rename", dies_between_renames)
+
+    def dies_after_setting_m_aside(src, dst):
+        os_rename(src, dst)
+        if src == tmp_path / "m":  # as a kill would, after m went aside and before the new m is in
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", dies_after_setting_m_aside)
     a.step(synthetic(32, 1))
     with pytest.raises(KeyboardInterrupt):
         a.save(tmp_path / "m")
     monkeypatch.undo()
-    (tmp_path / ".m.tmp-deadbeef").mkdir()  # what a kill while writing leaves
+    assert not (tmp_path / "m").exists()
     assert Trainer.load(tmp_path / "m").counters.steps == 1  # m is missing: the copy set aside is found
+    # a crashed save of m.old-v1 too: its set-aside copy is .m.old-v1.old-<id>, which saving m must keep
+    shutil.copytree(tmp_path / "m.old-v1", tmp_path / ".m.old-v1.old-0123abcd")
     a.save(tmp_path / "m")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.old-v1.old-0123abcd", "m", "m.old-v1"]
     shutil.rmtree(tmp_path / "m")
     with pytest.raises(CorruptionError, match=r"no manifest\.json"):
         Trainer.load(tmp_path / "m")
+    shutil.rmtree(tmp_path / "m.old-v1")
+    assert Trainer.load(tmp_path / "m.old-v1").counters.steps == 1  # its own copy is still found
     a.close()
 
 

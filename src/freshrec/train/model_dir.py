@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +152,20 @@ def _restore_metrics(trainer: Trainer, blob: bytes, seen: int, folder: Path) -> 
         log.warning("%s: progressive metrics start empty (the saved window does not fit: %s)", folder, exc)
 
 
+def _count(value: Any) -> int:
+    """A manifest counter: an int >= 0 (not a bool, a float or a string that looks like one)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"a counter must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _number(value: Any) -> float:
+    """A finite JSON number (not a bool, nor a string such as "nan")."""
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
 def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Trainer:
     from freshrec.train.trainer import Trainer
 
@@ -159,9 +174,10 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
     with malformed_manifest(folder):  # a field missing or of the wrong type: CorruptionError, before anything loads
         blobs = {name: _verified(folder, name, entry) for name, entry in manifest["files"].items()}
         c = manifest["counters"]
-        counters = (int(c["steps"]), int(c["examples"]), int(c["skipped_nonfinite"]), c.get("last_event_time"),
-                    int(c.get("metrics_seen", 0)))  # fmt: skip
-        logit_offset = float(manifest["logit_offset"])
+        last = c.get("last_event_time")
+        counters = (_count(c["steps"]), _count(c["examples"]), _count(c["skipped_nonfinite"]),
+                    None if last is None else _number(last), _count(c.get("metrics_seen", 0)))  # fmt: skip
+        logit_offset = _number(manifest["logit_offset"])
         bias_pending = manifest.get("bias_pending")
         configs = manifest["spec"], manifest["model"], manifest["train"]
     try:
@@ -195,7 +211,7 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
     trainer.counters.examples = examples
     trainer.counters.skipped_nonfinite = skipped
     if last_event_time is not None:
-        trainer.counters.last_event_time = float(last_event_time)
+        trainer.counters.last_event_time = last_event_time
     trainer.logit_offset = logit_offset
     # older model dirs lack the flag: a model that has trained keeps its bias
     trainer.bias_pending = bool(trainer.bias_pending and steps == 0 if bias_pending is None else bias_pending)
