@@ -479,6 +479,23 @@ def test_a_static_model_has_no_sync_status(model_dirs, tmp_path):
     with TestClient(create_app(config, load_states(config))) as client:
         assert client.get("/v1/model").json()["arms"][0]["rank"]["sync"] is None
 
+    class DescribesOnly:  # no state or label: it cannot say which model it feeds (was a 500)
+        def describe(self) -> dict:
+            return {"state": "stale"}
+
+        def catch_up(self, timeout_s: float = 60.0) -> bool:
+            return True
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    with TestClient(create_app(config, load_states(config), subscribers=[DescribesOnly()])) as client:
+        assert client.get("/v1/healthz").json()["stale_models"] == []
+        assert client.get("/v1/model").json()["arms"][0]["rank"]["sync"] is None
+
 
 def test_the_gil_switch_interval_is_set_while_serving_and_restored_after(model_dirs, tmp_path):
     """Requests run on the event loop beside the sync and tailer threads: serving shortens the

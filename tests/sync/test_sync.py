@@ -254,6 +254,43 @@ def test_a_gap_no_snapshot_covers_leaves_the_replica_stale_until_one_does(elog, 
     assert_same_rows(w.ps, state.ps)
 
 
+def test_a_subscriber_whose_polls_keep_failing_counts_as_stale(elog, tmp_path):
+    """Only a failed bootstrap or apply made a subscriber stale: one whose every read failed (the
+    log unreachable) stayed 'live', so healthz and the gauge showed nothing while the model fell
+    behind."""
+    from freshrec.errors import BackendError
+
+    from ._world import LogProxy
+
+    class Down(LogProxy):
+        down = False
+
+        def read(self, *args, **kwargs):
+            if self.down:
+                raise BackendError("broker unreachable")
+            return self._log.read(*args, **kwargs)
+
+    w = World(elog, config(tmp_path))
+    down = Down(elog)
+    _, sub = w.replica(log=down)
+    w.driver.step()
+    w.pub.publish_sparse()
+    sub.poll()
+    down.down = True
+    gauge = lambda: w.registry.get_sample_value("freshrec_sync_stale", {"model": sub.label})  # noqa: E731
+    for n in (1, 2, 3):
+        with pytest.raises(BackendError):
+            sub.poll()
+        assert sub.describe()["failing_polls"] == n
+        assert sub.describe()["state"] == ("stale" if n >= 3 else "live") and gauge() == (1 if n >= 3 else 0)
+    assert sub.status is SubscriberState.LIVE  # the subscriber's own state: no bootstrap is needed
+    down.down = False
+    sub.poll()
+    assert sub.describe()["state"] == "live" and sub.describe()["failing_polls"] == 0 and gauge() == 0
+    sub.close()
+    assert sub.describe()["state"] == "closed" and gauge() == 0
+
+
 def test_without_a_snapshot_the_log_must_start_at_version_one(elog, tmp_path):
     w = World(elog, config(tmp_path, full_delta_on_start=False))
     for _ in range(3):

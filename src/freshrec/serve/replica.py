@@ -363,8 +363,13 @@ class Replica:
         }
 
     def _sync_status(self) -> list[tuple[Any, dict[str, Any]]]:
-        """(subscriber, its describe()) of the subscribers that describe themselves."""
-        return [(sub, sub.describe()) for sub in self.subscribers if hasattr(sub, "describe")]
+        """(subscriber, its describe()) of the subscribers that describe themselves (and say
+        which model they feed: ``state`` and ``label``)."""
+        return [
+            (sub, sub.describe())
+            for sub in self.subscribers
+            if all(hasattr(sub, a) for a in ("describe", "state", "label"))
+        ]
 
     def model(self) -> dict[str, Any]:
         subs = {id(sub.state): seen for sub, seen in self._sync_status()}

@@ -61,6 +61,7 @@ __all__ = ["Subscriber", "SubscriberState", "SubscriberStats"]
 
 _log = logging.getLogger("freshrec.sync")
 _READ_BATCH = 32  # records per read: at most ~16 MiB of 512 KiB parts in memory at once
+STALE_AFTER_FAILURES = 3  # polls failed in a row after which a live subscriber counts as stale
 _LAG_EVERY_S = 1.0  # refresh the lag gauges at most this often (one end-offset request per topic)
 
 
@@ -204,6 +205,7 @@ class Subscriber:
         self._offsets = {"sparse": 0, "dense": 0}
         self._status = SubscriberState.NEW
         self._ok_at: float | None = None  # wall clock of the last poll that did not fail
+        self._failing = 0  # polls failed in a row
         self._lock = threading.RLock()
         self._applied = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -220,17 +222,28 @@ class Subscriber:
     def status(self) -> SubscriberState:
         return self._status
 
+    @property
+    def stale(self) -> bool:
+        """The served parameters have stopped following the log: a bootstrap or an apply failed
+        (``status`` is STALE), or the last ``STALE_AFTER_FAILURES`` polls all failed (the log is
+        unreachable, or holds a record this subscriber cannot read). It keeps retrying."""
+        if self._status is SubscriberState.CLOSED:
+            return False
+        return self._status is SubscriberState.STALE or self._failing >= STALE_AFTER_FAILURES
+
     def _set_status(self, status: SubscriberState) -> None:
         self._status = status
-        self.metrics.stale.labels(self.label).set(1 if status is SubscriberState.STALE else 0)
+        self.metrics.stale.labels(self.label).set(1 if self.stale else 0)
 
     def describe(self) -> dict[str, Any]:
-        """What a replica's ``/v1/model`` shows of this subscriber: its state (``stale``: the
-        served parameters stopped following the log and it is retrying), its failures and the
-        last one, and how long ago a poll last went through (None: never)."""
+        """What a replica's ``/v1/model`` shows of this subscriber: its state (``stale``: see
+        :attr:`stale`), its failures (in all, and in a row) and the last one, and how long ago a
+        poll last went through (None: never). Read without the lock: the figures may be one
+        poll apart, never blocked behind a bootstrap."""
         s = self.stats
         return {
-            "state": self._status.value,
+            "state": "stale" if self.stale else self._status.value,
+            "failing_polls": self._failing,
             "bootstraps": s.bootstraps,
             "gaps": s.gaps,
             "errors": s.errors,
@@ -281,7 +294,7 @@ class Subscriber:
         self.stop()
         with self._lock:
             self._close_retired(force=True)
-            self._status = SubscriberState.CLOSED
+            self._set_status(SubscriberState.CLOSED)
 
     def _run(self) -> None:
         every = self.config.apply_interval
@@ -332,11 +345,15 @@ class Subscriber:
             try:
                 n = self._poll(timeout_s)
             except BaseException as exc:
-                self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.stats.errors += 1
+                self._failing += 1
                 self.metrics.errors.labels(self.label).inc()
+                self._set_status(self._status)  # the gauge: failing polls count too
                 raise
             self._ok_at = time.time()
+            self._failing = 0
+            self._set_status(self._status)
             return n
 
     def _poll(self, timeout_s: float) -> int:
