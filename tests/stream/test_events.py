@@ -59,7 +59,7 @@ feature_values = st.one_of(
     st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=5)), max_size=4),
 )  # fmt: skip
 features = st.dictionaries(st.text(min_size=1, max_size=8), feature_values, max_size=4)
-times = st.floats(min_value=0, allow_nan=False, allow_infinity=False)
+times = st.floats(min_value=0, max_value=1e11, allow_nan=False, allow_infinity=False)
 
 events = st.one_of(
     st.builds(
@@ -108,6 +108,7 @@ BAD = [
     (impression, "event_time", math.nan, "impression.event_time"),
     (impression, "event_time", math.inf, "impression.event_time"),
     (impression, "event_time", -1.0, "impression.event_time"),
+    (impression, "event_time", 1.7e12, "impression.event_time"),  # milliseconds: windows and ttls would be 1000x off
     (impression, "user_id", "", "impression.user_id"),
     (impression, "user_id", None, "impression.user_id"),
     (impression, "item_id", 2**64 - 1, "impression.item_id"),
@@ -154,6 +155,10 @@ def test_non_finite_floats_say_finite():
         decode(msgspec.msgpack.encode(_wire(action, "value", math.inf)))
     with pytest.raises(SchemaError, match=r"impression\.event_time: expected a finite float >= 0"):
         decode(msgspec.msgpack.encode(_wire(impression, "event_time", math.nan)))
+    for t in (math.inf, 1.7e12):
+        with pytest.raises(SchemaError, match=r"impression\.event_time: expected seconds, a finite float <= 1e\+11 "
+                           r"\(a Unix time in milliseconds must be divided by 1000\)"):  # fmt: skip
+            decode(msgspec.msgpack.encode(_wire(impression, "event_time", t)))
 
 
 def test_missing_unknown_and_kind_errors():

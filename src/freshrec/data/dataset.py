@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from freshrec.errors import DataError, InputError
 from freshrec.features import Batch, FeatureSpec, Jagged
+from freshrec.features._encode import check_event_seconds
 
 __all__ = [
     "Column",
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 Column = np.ndarray | pa.Array | Jagged  # (B,) values, or (B,) lists of IDs
-MAX_EVENT_SECONDS = 1e11  # ~ the year 5138 as a Unix time; a Unix time in milliseconds is 1.7e12
 
 
 def _length(col: Column) -> int:
@@ -91,11 +91,7 @@ class Dataset:
                 raise DataError(f"{source}: event_time has shape {time.shape}, expected ({n},)")
             if not np.isfinite(time).all():
                 raise DataError(f"{source}: event_time has missing or non-finite values")
-            top = float(np.abs(time).max()) if n else 0.0
-            if top > MAX_EVENT_SECONDS:  # ttl and windows are in seconds: they would be off by 1000x or more
-                raise DataError(f"{source}: event_time reaches {top:.4g}, past the year 5000 in seconds: event times "
-                                "are seconds (a Unix time in milliseconds, microseconds or nanoseconds must be divided "
-                                "by 1e3, 1e6 or 1e9; Arrow timestamps are converted)")  # fmt: skip
+            check_event_seconds(time, "event_time", source)
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float32)
             if weights.shape != (n,):

@@ -147,8 +147,25 @@ def numbers(col: Any, what: str, source: str | None) -> np.ndarray:
     return np.array(arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)  # writable
 
 
+MAX_EVENT_SECONDS = 1e11  # ~ the year 5138 as a Unix time; a Unix time in milliseconds is 1.7e12
+
+
+def check_event_seconds(time: np.ndarray, what: str, source: str | None) -> None:
+    """Event times are seconds: one past ``MAX_EVENT_SECONDS`` is a Unix time in ms, us or ns,
+    which windows, ttls and sync intervals (all in seconds) would read 1000x or more off."""
+    if time.size:
+        top = float(np.nanmax(np.abs(time)))
+        if top > MAX_EVENT_SECONDS:
+            raise DataError(
+                f"{_where(source)}{what} reaches {top:.4g} in absolute value, past the year 5000 in seconds: event "
+                "times are seconds (a Unix time in milliseconds, microseconds or nanoseconds must be divided by 1e3, "
+                "1e6 or 1e9; Arrow timestamps are converted)"
+            )
+
+
 def seconds(col: Any, what: str, source: str | None) -> np.ndarray:
-    """Event times as (B,) float64 seconds: numbers as they are, Arrow timestamps converted."""
+    """Event times as (B,) float64 seconds: numbers as they are (up to ``MAX_EVENT_SECONDS``),
+    Arrow timestamps converted."""
     if isinstance(col, np.ndarray) and col.dtype.kind == "M":
         missing = int(np.isnat(col).sum())
         if missing:
@@ -161,7 +178,9 @@ def seconds(col: Any, what: str, source: str | None) -> np.ndarray:
         if ints.null_count:
             raise DataError(f"{_where(source)}{what} has {ints.null_count} missing timestamps")
         return ints.to_numpy(zero_copy_only=False) / _NS_PER[col.type.unit]
-    return numbers(col, what, source)
+    time = numbers(col, what, source)
+    check_event_seconds(time, what, source)
+    return time
 
 
 def _finite(x: np.ndarray, what: str, source: str | None, hint: str = "") -> None:

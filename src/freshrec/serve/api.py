@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from freshrec.stream.events import MAX_EVENT_TIME
+
 __all__ = [
     "Candidate",
     "ErrorBody",
@@ -78,8 +80,8 @@ def request_models(max_candidates: int, max_k: int) -> tuple[type[BaseModel], ty
         user_features: Features = Field(default_factory=dict)
         context: Features = Field(default_factory=dict)
         k: int = Field(10, ge=1, le=max_k, strict=True)
-        event_time: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
-            None, description="Event time of the impressions (seconds); default: the server's clock."
+        event_time: Annotated[float, Field(ge=0, le=MAX_EVENT_TIME, allow_inf_nan=False)] | None = Field(
+            None, description="Event time of the impressions (seconds, not milliseconds); default: the server's clock."
         )
 
     return RankRequest, RecommendRequest

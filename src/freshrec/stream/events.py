@@ -17,7 +17,8 @@ msgpack (:func:`encode`, :func:`decode`, :func:`decode_many`); the HTTP edge car
 Contract: constructing a struct in Python does not validate it (that keeps the simulator fast);
 every decode does, structurally and semantically, and :func:`validate` checks a constructed
 event. A bad record raises :class:`~freshrec.errors.SchemaError` whose message starts with the
-field that failed (``"impression.event_time: expected a finite float >= 0"``); the batch
+field that failed (``"impression.event_time: expected a finite float >= 0"``; event times are seconds,
+at most ``MAX_EVENT_TIME`` = 1e11, so a Unix time in milliseconds is refused); the batch
 decoders never raise on a bad record and return it as a :class:`BadRecord` with that reason, so
 the joiner can route it to a dead-letter topic. Unknown fields are rejected (a typo at the edge
 is an error, not silently dropped); a reader accepts schema versions 1..``SCHEMA_VERSION``.
@@ -37,6 +38,7 @@ from freshrec.errors import SchemaError
 __all__ = [
     "ACTION_TYPES",
     "ITEM_STATUSES",
+    "MAX_EVENT_TIME",
     "SCHEMA_VERSION",
     "Action",
     "BadRecord",
@@ -62,7 +64,8 @@ _MAX_ID_LEN = 256  # an ID longer than this is a bug upstream, not an ID
 
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 Id = Int64 | Annotated[str, Meta(min_length=1, max_length=_MAX_ID_LEN)]
-EventTime = Annotated[float, Meta(ge=0.0, le=_FMAX)]  # seconds of event time, finite
+MAX_EVENT_TIME = 1e11  # seconds (~ the year 5138): a Unix time in milliseconds (1.7e12) is refused
+EventTime = Annotated[float, Meta(ge=0.0, le=MAX_EVENT_TIME)]  # seconds of event time
 Finite = Annotated[float, Meta(ge=-_FMAX, le=_FMAX)]
 FeatureValue = Int64 | Finite | str | list[Int64 | str]
 Features = dict[Annotated[str, Meta(min_length=1)], FeatureValue]
@@ -266,6 +269,11 @@ _REWRITES = [
     (f"Expected `float` <= {_FMAX}", "expected a finite float"),
     (f"Expected `float` >= {-_FMAX}", "expected a finite float"),
     ("Expected `float` >= 0.0", "expected a finite float >= 0"),  # NaN fails ">= 0" too
+    (  # +inf fails it too
+        f"Expected `float` <= {MAX_EVENT_TIME}",
+        f"expected seconds, a finite float <= {MAX_EVENT_TIME:.0e} "
+        "(a Unix time in milliseconds must be divided by 1000)",
+    ),
     (
         f"Expected `int` <= {SCHEMA_VERSION}",
         f"unsupported schema version (this reader knows 1..{SCHEMA_VERSION})",
