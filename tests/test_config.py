@@ -73,3 +73,23 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
     p.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match=r"c.toml is not UTF-8 text \(byte 11"):
         read_config_file(p)
+
+
+def test_cli_boolean_flags_left_out_keep_the_config_and_set(monkeypatch):
+    """--baselines (default on) overrode `--set baselines=false` and a config file's value."""
+    from typer.testing import CliRunner
+
+    import freshrec.train.job as job
+    from freshrec.cli import app
+
+    seen = {}
+
+    def capture(config, **_):
+        seen["job"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(job, "run_train_job", capture)
+    for args, want in ((["--set", "baselines=false"], False), ([], True), (["--no-baselines"], False),
+                       (["--set", "baselines=false", "--baselines"], True)):  # fmt: skip
+        assert CliRunner().invoke(app, ["train", *args]).exit_code == 0
+        assert seen["job"].baselines is want, args

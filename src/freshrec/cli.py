@@ -142,7 +142,10 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Passes over the training split.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the model directory here.")] = None,
-    baselines: Annotated[bool, typer.Option(help="Also train LR and score item popularity.")] = True,
+    baselines: Annotated[
+        bool | None,
+        typer.Option("--baselines/--no-baselines", help="Also train LR and score item popularity (default: yes)."),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -155,9 +158,9 @@ def train(
     from freshrec.config import load_config
     from freshrec.train.job import TrainJobConfig, run_train_job
 
-    flags = {"data.path": _text(data), "data.format": format, "train.epochs": epochs,
-             "train.batch_size": batch_size, "out": _text(out), "model.type": model}  # fmt: skip
-    values = {key: value for key, value in flags.items() if value is not None} | {"baselines": baselines}
+    flags = {"data.path": _text(data), "data.format": format, "train.epochs": epochs, "train.batch_size": batch_size,
+             "out": _text(out), "model.type": model, "baselines": baselines}  # fmt: skip
+    values = {key: value for key, value in flags.items() if value is not None}  # a flag not given leaves --set's
     job = load_config(TrainJobConfig, config, list(set_ or []), values)
     console = Console()
     tasks: dict[str, int] = {}
@@ -228,7 +231,9 @@ def demo(
     users: Annotated[int | None, typer.Option(help="Simulated users (default 10,000).")] = None,
     items_per_hour: Annotated[int | None, typer.Option(help="New listings per event hour (default 3,000).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Resume the run in this directory (runs/<id>).")] = None,
-    dashboard: Annotated[bool, typer.Option(help="Live terminal dashboard.")] = True,
+    dashboard: Annotated[
+        bool | None, typer.Option("--dashboard/--no-dashboard", help="Live terminal dashboard (default: yes).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -237,8 +242,8 @@ def demo(
     from freshrec.demo import DemoConfig, run_demo
 
     flags = {"duration_s": duration, "seed": seed, "port": port, "speed": speed, "sim.n_users": users,
-             "sim.items_per_hour": items_per_hour}  # fmt: skip
-    values = {key: value for key, value in flags.items() if value is not None} | {"dashboard": dashboard}
+             "sim.items_per_hour": items_per_hour, "dashboard": dashboard}  # fmt: skip
+    values = {key: value for key, value in flags.items() if value is not None}
     run_demo(load_config(DemoConfig, config, list(set_ or []), values), resume=resume)
 
 

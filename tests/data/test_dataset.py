@@ -103,7 +103,8 @@ def test_bad_datasets():
         w = np.ones(100)
         w[3] = bad
         with pytest.raises(
-            DataError, match=f"1 sample weights are negative, missing or non-finite, the first in data row {row}"
+            DataError,
+            match=f"1 sample weights are negative, missing or not a finite float32, the first in data row {row}",
         ):
             Dataset(SPEC, cols, weights=w)
     for scale in (1e3, 1e6, 1e9):  # a Unix time in ms, us or ns: ttl and windows would be off by that much

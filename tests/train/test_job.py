@@ -108,3 +108,16 @@ def test_one_class_held_out_is_a_warning_and_the_manifest_stays_strict_json(tmp_
     text = (tmp_path / "m" / "manifest.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))  # no NaN tokens
     assert json.loads(text)["extra"]["test_metrics"]["auc"] is None
+
+
+def test_a_held_out_split_with_no_weight_is_a_warning(tmp_path):
+    """Weights of 0 on the newest rows only passed every check and every metric came out NaN."""
+    path = tmp_path / "own.csv"
+    rows = "".join(f"u{i % 7},{i % 11},{i % 2},{1_700_000_000 + i},{0 if i >= 320 else 1}\n" for i in range(400))
+    path.write_text("user,item,y,t,w\n" + rows)
+    mapping = {"spec": {"sparse": [{"name": "user"}, {"name": "item"}], "labels": ["y"]}, "event_time": "t",
+               "weights": "w"}  # fmt: skip
+    cfg = TrainJobConfig(data=DataSource(format="table", path=str(path), mapping=mapping, dedupe=False),
+                         model={"type": "lr"}, train={"batch_size": 64}, baselines=False)  # fmt: skip
+    res = run_train_job(cfg)
+    assert any("every held-out example has sample weight 0" in w for w in res.warnings), res.warnings

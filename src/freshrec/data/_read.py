@@ -140,13 +140,7 @@ def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType | N
 
 
 def _converts(value: str, typ: pa.DataType) -> bool:
-    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
-        try:
-            (int if pa.types.is_integer(typ) else float)(value)
-        except ValueError:
-            return False
-        return True
-    try:  # timestamps and the rest: as pyarrow would convert the text
+    try:  # as pyarrow converts the text (Python's int() would take "1_000" and out-of-range values)
         pa.array([value], pa.string()).cast(typ)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False

@@ -93,13 +93,14 @@ class Dataset:
                 raise DataError(f"{source}: event_time has missing or non-finite values")
             check_event_seconds(time, "event_time", source)
         if weights is not None:
-            weights = np.asarray(weights, dtype=np.float32)
+            weights = np.asarray(weights, dtype=np.float64)
             if weights.shape != (n,):
                 raise DataError(f"{source}: weights have shape {weights.shape}, expected ({n},)")
-            bad = np.flatnonzero(~(weights >= 0) | ~np.isfinite(weights))
+            bad = np.flatnonzero(~(weights >= 0) | ~(weights <= np.finfo(np.float32).max))  # NaN fails both
             if bad.size:
-                raise DataError(f"{source}: {bad.size:,} sample weights are negative, missing or non-finite, the "
-                                f"first in data row {bad[0] + 1} ({weights[bad[0]]!r})")  # fmt: skip
+                raise DataError(f"{source}: {bad.size:,} sample weights are negative, missing or not a finite float32, "
+                                f"the first in data row {bad[0] + 1} ({float(weights[bad[0]])!r})")  # fmt: skip
+            weights = weights.astype(np.float32)
             if n and not weights.any():  # every metric would be 0/0 = NaN, quietly
                 raise DataError(f"{source}: every sample weight is 0")
         if self.has_time and n > 1 and np.any(time[1:] < time[:-1]):

@@ -168,7 +168,7 @@ def load_movielens(path: str | Path, spec: FeatureSpec | None = None) -> Dataset
     bad = np.flatnonzero(~((rating >= 0.0) & (rating <= MAX_RATING)))  # NaN fails both
     if bad.size:  # a NaN, inf or -3 became a label silently (0, 1, 0)
         raise DataError(f"{file}: {bad.size:,} ratings outside 0-{MAX_RATING:g} stars, the first in data row "
-                        f"{bad[0] + 1} ({rating[bad[0]]!r})")  # fmt: skip
+                        f"{bad[0] + 1} ({float(rating[bad[0]])!r})")  # fmt: skip
     cols["rating"] = rating
     cols["label"] = (rating >= POSITIVE_RATING).astype(np.float32)
     event_time = cols.pop("timestamp").to_numpy().astype(np.float64)

@@ -123,7 +123,7 @@ def load_open_bandit(path: str | Path, spec: FeatureSpec | None = None) -> Datas
                             ("propensity_score", ~((propensity > 0) & (propensity <= 1)), "in (0, 1]")):  # fmt: skip
         where = np.flatnonzero(bad)
         if where.size:
-            value = (click if name == "click" else propensity)[where[0]]
+            value = (click if name == "click" else propensity)[where[0]].item()
             raise DataError(f"{file}: column {name!r} must be {want}; {where.size:,} values are not, the first in "
                             f"data row {where[0] + 1} ({value!r})")  # fmt: skip
     aff = np.stack([cols[a].to_numpy(zero_copy_only=False) for a in aff_cols], axis=1)  # (B, n_items)

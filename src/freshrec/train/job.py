@@ -177,6 +177,9 @@ def _check_labels(train: Dataset, test_batch: Batch, source: str, result: JobRes
     if first.size and first.min() == first.max():
         result.warnings.append(f"every held-out example has label {train.spec.labels[0]!r} = {first[0]:g}: "
                                "AUC is undefined (reported as nan)")  # fmt: skip
+    if test_batch.weights.size and not test_batch.weights.any():  # the whole set's are not all 0 (Dataset checks)
+        result.warnings.append("every held-out example has sample weight 0: its metrics are undefined (reported as "
+                               "nan); the newest examples of the data carry no weight")  # fmt: skip
 
 
 def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], None] | None = None) -> JobResult:
