@@ -204,3 +204,18 @@ def test_bad_parquet(tmp_path):
                              "ts": [1], "w": [1.0]}), p)  # fmt: skip
     with pytest.raises(DataError, match=r"x.parquet: sparse slot 'user': IDs must be integers or strings"):
         load_table_file(p, MAPPING)
+
+
+def test_integer_ids_among_text_ids_are_a_warning(tmp_path, caplog):
+    """One text ID makes a CSV column text: its "5" is hashed, and no longer the ID 5 of an
+    all-integer file or of an event sending 5. Silent until now."""
+    p = tmp_path / "mixed.csv"
+    mapping = {"spec": {"labels": ["click"], "sparse": [{"name": "uid"}]}}
+    p.write_text("uid,click\n5,0\n6,1\n")
+    with caplog.at_level("WARNING", logger="freshrec.data.table_file"):
+        load_table_file(p, mapping)
+    assert not caplog.records
+    p.write_text("uid,click\n5,0\n6,1\nguest,0\n")
+    with caplog.at_level("WARNING", logger="freshrec.data.table_file"):
+        load_table_file(p, mapping)
+    assert "column 'uid' holds 2 integer IDs among text ones" in caplog.text

@@ -24,6 +24,7 @@ list is an empty row.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,8 @@ from freshrec.features import Batch, FeatureSpec
 from freshrec.features._encode import numbers, seconds
 
 __all__ = ["ColumnMapping", "load_table_file", "stream_table_file"]
+
+log = logging.getLogger(__name__)
 
 
 class ColumnMapping(Config):
@@ -173,6 +176,22 @@ def _parquet_columns(path: Path, m: ColumnMapping) -> list[str]:
     return list(needed)
 
 
+def _warn_mixed_ids(path: Path, m: ColumnMapping, table: pa.Table) -> None:
+    """A CSV ID column is read as integers only if every cell is one; a single text ID makes the
+    whole column text, hashed, so its "5" is no longer the ID 5 that an all-integer file, or an
+    event sending the integer 5, gives. That skew is silent: say so."""
+    for s in m.spec.sparse:
+        name = m.file_column(s.name)
+        col = table.column(name)
+        if s.multi_valued or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        numeric = pc.sum(pc.cast(pc.match_substring_regex(col, r"^\s*[+-]?[0-9]+\s*$"), pa.int64())).as_py() or 0
+        if numeric:
+            log.warning("%s: column %r holds %d integer IDs among text ones: all are hashed as text, so the integer "
+                        "IDs here differ from the same integers in an all-integer file or in events that send them "
+                        "as numbers; make the column all integers or all text", path, name, numeric)  # fmt: skip
+
+
 def load_table_file(path: str | Path, mapping: ColumnMapping | dict[str, Any]) -> Dataset:
     """Load a Parquet or CSV file into memory as a Dataset under ``mapping.spec``
     (time-ordered if ``mapping.event_time`` is set)."""
@@ -194,6 +213,7 @@ def load_table_file(path: str | Path, mapping: ColumnMapping | dict[str, Any]) -
         fmt = CsvFormat(delimiter=m.delimiter)
         require(file, header(file, fmt), m.needed())
         table = read_csv(file, fmt, types=_csv_types(m), include=list(m.needed()))
+        _warn_mixed_ids(file, m, table)
     cols, time, weights = _columns(file, m, table)
     if weights is not None:
         weights = numbers(weights, f"column {m.weights!r} (weights)", str(file))
