@@ -362,6 +362,9 @@ def test_metrics_expose_latency_versions_rows_and_errors(server):
         "freshrec_serve_live_items",
         'freshrec_serve_item_vectors{arm="two_tower"}',
         'freshrec_serve_impressions_total{arm="newest"}',
+        "freshrec_serve_event_log_pending 0.0",  # a log refusing impressions was visible only in warnings
+        'freshrec_serve_event_log_records_total{outcome="dropped"} 0.0',
+        "freshrec_serve_event_log_failures_total 0.0",
     ):
         assert needle in text, needle
 
@@ -370,6 +373,7 @@ def test_health_model_and_docs(server):
     client, _, _ = server
     h = client.get("/v1/healthz").json()
     assert h["status"] == "ok" and h["state"] == "serving" and h["arms"] == ["two_tower", "newest"]
+    assert h["event_log"] == {"pending": 0, "failures": 0, "dropped": 0}
     m = client.get("/v1/model").json()
     arm = m["arms"][0]
     assert arm["rank"]["type"] == "deepfm" and arm["retrieve"]["type"] == "two_tower"

@@ -135,6 +135,11 @@ class Health(BaseModel):
     uptime_s: float
     arms: list[str]
     live_items: int
+    event_log: dict[str, int] | None = Field(
+        None,
+        description="Events /v1/recommend handed to the log writer and not yet appended (pending), failed appends "
+        "(retried) and events dropped unwritten",
+    )
     stale_models: list[str] = Field(
         default_factory=list,
         description="Sync-fed models (<arm>/<model>) whose parameters stopped following the sync log; still "

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from freshrec.errors import StateError
@@ -25,6 +25,7 @@ from freshrec.errors import StateError
 if TYPE_CHECKING:
     from freshrec.serve.engine import ArmEngine
     from freshrec.serve.items import ItemTailer, LiveItems
+    from freshrec.serve.writer import EventWriter
 
 __all__ = ["LATENCY_BUCKETS", "RateMeter", "ServeMetrics"]
 
@@ -124,9 +125,15 @@ class ServeMetrics:
                 meter = self.rates.setdefault(endpoint, RateMeter())
         return meter
 
-    def watch(self, engines: dict[str, ArmEngine], items: LiveItems, tailer: Callable[[], ItemTailer | None]) -> None:
+    def watch(
+        self,
+        engines: dict[str, ArmEngine],
+        items: LiveItems,
+        tailer: Callable[[], ItemTailer | None],
+        writer: Callable[[], EventWriter | None] = lambda: None,
+    ) -> None:
         """Register the scrape-time collector over the served state."""
-        self.registry.register(_StateCollector(self, engines, items, tailer))
+        self.registry.register(_StateCollector(self, engines, items, tailer, writer))
 
 
 class _StateCollector(Collector):
@@ -136,11 +143,13 @@ class _StateCollector(Collector):
         engines: dict[str, ArmEngine],
         items: LiveItems,
         tailer: Callable[[], ItemTailer | None],
+        writer: Callable[[], EventWriter | None],
     ) -> None:
         self.metrics = metrics
         self.engines = engines
         self.items = items
         self.tailer = tailer
+        self.writer = writer
 
     def collect(self) -> Iterator[Metric]:
         qps = GaugeMetricFamily("freshrec_serve_qps", "Requests per second over the last 10 s.", labels=["endpoint"])
@@ -213,6 +222,23 @@ class _StateCollector(Collector):
             tail.add_metric(["bad"], t.counters.bad_records)
             tail.add_metric(["error"], t.counters.errors)
             yield tail
+        w = self.writer()
+        if w is not None:  # the impressions /v1/recommend logs: a backlog that only grows is a log that refuses them
+            pending = GaugeMetricFamily("freshrec_serve_event_log_pending", "Events waiting to be appended to the log.")
+            pending.add_metric([], w.pending)
+            yield pending
+            done = CounterMetricFamily(
+                "freshrec_serve_event_log_records",
+                "Events handed to the log writer, by outcome (appended; dropped when the writer closed with them "
+                "unwritten).",
+                labels=["outcome"],
+            )
+            done.add_metric(["appended"], w.appended)
+            done.add_metric(["dropped"], w.dropped)
+            yield done
+            failures = CounterMetricFamily("freshrec_serve_event_log_failures", "Failed appends (each is retried).")
+            failures.add_metric([], w.failures)
+            yield failures
 
 
 def _samples(metric: Counter, suffix: str) -> list:

@@ -127,7 +127,7 @@ class Replica:
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:10]  # this process's requests; a counter within
         self.started_wall = time.time()
-        self.metrics.watch(self.engines, self.items, lambda: self.tailer)
+        self.metrics.watch(self.engines, self.items, lambda: self.tailer, lambda: self.writer)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self, *, catch_up_timeout_s: float = 60.0) -> None:
@@ -360,6 +360,15 @@ class Replica:
             "arms": list(self.engines),
             "live_items": len(self.items),
             "stale_models": [sub.label for sub, seen in self._sync_status() if seen["state"] == "stale"],
+            # impressions wait here for the log: a pending count that keeps growing (with failures)
+            # is a log that refuses them; the replica still serves, the feedback loop does not close
+            "event_log": None
+            if self.writer is None
+            else {
+                "pending": self.writer.pending,
+                "failures": self.writer.failures,
+                "dropped": self.writer.dropped,
+            },
         }
 
     def _sync_status(self) -> list[tuple[Any, dict[str, Any]]]:
