@@ -197,6 +197,30 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, stream
     q.close(checkpoint=False)
 
 
+def test_a_failed_joiner_is_not_checkpointed_at_close_and_its_error_is_the_one_seen(tmp_path, stream, monkeypatch):
+    """A cluster outage failed the joiner mid-step; close() then tried a final checkpoint, which
+    raised 'cannot checkpoint: the joiner is failed', and that was all `freshrec online` said."""
+    from freshrec.errors import BackendError
+    from freshrec.joiner import JoinerState
+
+    run = fresh_run(tmp_path, stream, "f")
+    p = OnlinePipeline(config(run))
+    for _ in range(5):
+        p.round()
+    first = p.checkpoint()
+
+    def outage(*args, **kwargs):
+        raise BackendError("cannot read topic 'impressions' (Kafka at 127.0.0.1:9092): Broker transport failure")
+
+    monkeypatch.setattr(p.joiner.log, "read_columns", outage)
+    with pytest.raises(BackendError, match="Broker transport failure"):
+        for _ in range(50):
+            p.round()
+    assert p.joiner.state is JoinerState.FAILED
+    p.close()  # no StateError from a final checkpoint of a failed joiner
+    assert p.checkpoints.candidates()[0] == first
+
+
 def test_metrics_port_serves_the_training_side(tmp_path, stream):
     import urllib.request
 

@@ -32,7 +32,7 @@ from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes, json_safe
 from freshrec.errors import CorruptionError, StateError
 from freshrec.features import Batch
-from freshrec.joiner import Joiner, decode_examples, examples_to_columns
+from freshrec.joiner import Joiner, JoinerState, decode_examples, examples_to_columns
 from freshrec.online.checkpoint import CheckpointStore
 from freshrec.online.config import OnlineConfig
 from freshrec.online.spec import live_commerce_spec, live_commerce_two_tower
@@ -313,9 +313,17 @@ class OnlinePipeline:
             raise StateError(f"cannot {what}: the online pipeline is {self.state.value}")
 
     def close(self, *, checkpoint: bool = True) -> None:
-        """Stop: a final checkpoint (unless told not to), then release everything."""
+        """Stop: a final checkpoint (unless told not to, or the joiner failed: then the last
+        checkpoint stands and a restart resumes from it), then release everything."""
         if self.state is PipelineState.CLOSED:
             return
+        if checkpoint and self.joiner.state is JoinerState.FAILED:
+            # its state is half-stepped: checkpointing it would raise, and that error would hide
+            # the one that failed it (a cluster outage, say) from whoever reads the exit message
+            newest = next(iter(self.checkpoints.candidates()), None)
+            log.warning("no final checkpoint: the joiner failed; a restart resumes from %s",
+                        newest or "the start of the log")  # fmt: skip
+            checkpoint = False
         try:
             if checkpoint:
                 self.checkpoint()
