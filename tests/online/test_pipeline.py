@@ -3,6 +3,7 @@ from its checkpoints ends bit-identical to an uninterrupted one (nothing lost, n
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -219,6 +220,19 @@ def test_a_failed_joiner_is_not_checkpointed_at_close_and_its_error_is_the_one_s
     assert p.joiner.state is JoinerState.FAILED
     p.close()  # no StateError from a final checkpoint of a failed joiner
     assert p.checkpoints.candidates()[0] == first
+
+
+def test_the_timeline_is_rotated_at_its_size_cap(tmp_path, stream):
+    """timeline.jsonl grew by a record every status interval for as long as the run lived (~110 MB
+    a day at the default 2 s)."""
+    run = fresh_run(tmp_path, stream, "t")
+    p = OnlinePipeline(config(run, timeline_max_bytes=1 << 16))
+    for _ in range(120):
+        p._write_status(p.clock())
+    sizes = {f.name: f.stat().st_size for f in run.glob("timeline*.jsonl")}
+    assert set(sizes) == {"timeline.jsonl", "timeline.1.jsonl"} and max(sizes.values()) <= 1 << 16
+    assert all(json.loads(line) for line in (run / "timeline.jsonl").read_text().splitlines())  # whole records
+    p.close(checkpoint=False)
 
 
 def test_metrics_port_serves_the_training_side(tmp_path, stream):

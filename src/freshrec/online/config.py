@@ -52,6 +52,9 @@ class OnlineConfig(Config):
             replay of the same log gives the same model however fast the machine runs.
         status_interval_s: seconds of wall clock between status records (``status.json`` and
             ``timeline.jsonl`` in ``run_dir``), the dashboard's and report's source.
+        timeline_max_bytes: ``timeline.jsonl`` is renamed to ``timeline.1.jsonl`` (replacing an
+            older one) when it would pass this size, so a run of months keeps at most twice this
+            on disk (a record is ~2.5 KB; every 2 s that is ~110 MB a day).
         metrics_port: serve Prometheus metrics on this port (None = off, 0 = any free port).
         metrics_host: the address ``metrics_port`` binds: loopback by default; ``0.0.0.0`` (or
             this host's address) for a Prometheus server on another machine.
@@ -73,6 +76,7 @@ class OnlineConfig(Config):
     keep_checkpoints: int = Field(3, ge=1)
     max_batch_wait_s: float = Field(1.0, gt=0)
     status_interval_s: float = Field(2.0, gt=0)
+    timeline_max_bytes: int = Field(64 << 20, ge=1 << 16)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 

@@ -17,10 +17,12 @@ publishers' full delta on start.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -303,7 +305,11 @@ class OnlinePipeline:
         self.last_status = status  # what /metrics reads: one dict swap, no shared state with the loop
         blob = json.dumps(status).encode()
         atomic_write_bytes(self.config.run_dir / "status.json", blob)
-        with open(self.config.run_dir / "timeline.jsonl", "ab") as f:
+        timeline = self.config.run_dir / "timeline.jsonl"
+        with contextlib.suppress(FileNotFoundError):
+            if timeline.stat().st_size + len(blob) + 1 > self.config.timeline_max_bytes:
+                os.replace(timeline, self.config.run_dir / "timeline.1.jsonl")  # bounded: the newest two parts
+        with open(timeline, "ab") as f:
             f.write(blob + b"\n")
         self._last_status = now
 
