@@ -657,3 +657,21 @@ def test_read_columns_matches_read(log):
             assert got.timestamps_ms.tolist() == [r.timestamp_ms for r in want]
     with pytest.raises(InputError, match="max_records must be >= 1"):
         log.read_columns(t, 0, 0, max_records=0)
+
+
+def test_repeated_kafka_client_errors_are_logged_once_per_interval(caplog, monkeypatch):
+    """A broker that is down made librdkafka report ~68 'Connection refused' in seconds, burying
+    the one line that said which call gave up."""
+    from confluent_kafka import KafkaError
+
+    from freshrec.stream import kafka
+
+    monkeypatch.setattr(kafka, "_error_seen", {})
+    clock = iter([0.0, 1.0, 2.0, 3.0, 11.0])
+    monkeypatch.setattr(kafka, "_now", lambda: next(clock))
+    err = KafkaError(KafkaError._TRANSPORT, "Connection refused")
+    with caplog.at_level("WARNING", logger="freshrec.stream"):
+        for _ in range(5):
+            kafka._on_client_error(err)
+    lines = [r.getMessage() for r in caplog.records if "kafka client error" in r.getMessage()]
+    assert len(lines) == 2 and "(3 more like it in the last 10 s)" in lines[1], lines

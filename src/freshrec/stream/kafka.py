@@ -370,9 +370,26 @@ class KafkaLog(EventLog):
         return f"KafkaLog({self.config.bootstrap_servers!r}, state={self.state.value})"
 
 
+_ERROR_EVERY_S = 10.0  # a client error of one kind is logged at most this often
+_error_seen: dict[int, tuple[float, int]] = {}  # error code -> (last logged, suppressed since)
+_error_lock = threading.Lock()
+_now = time.monotonic  # the clock of that rate limit (tests replace it)
+
+
 def _on_client_error(err: KafkaError) -> None:
     # librdkafka retries connection errors itself; calls that cannot finish raise on their own.
-    _log.warning("kafka client error: %s", err.str())
+    # While a broker is down it reports every failed connection (dozens a second, from every
+    # client): one line per kind of error per 10 s, with how many were left out, keeps the line
+    # that matters (the call that gave up) readable.
+    now = _now()
+    with _error_lock:
+        last, suppressed = _error_seen.get(err.code(), (float("-inf"), 0))
+        if now - last < _ERROR_EVERY_S:
+            _error_seen[err.code()] = (last, suppressed + 1)
+            return
+        _error_seen[err.code()] = (now, 0)
+    more = f" ({suppressed} more like it in the last {_ERROR_EVERY_S:.0f} s)" if suppressed else ""
+    _log.warning("kafka client error: %s%s", err.str(), more)
 
 
 @contextmanager
