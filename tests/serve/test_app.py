@@ -436,6 +436,19 @@ def test_sync_fed_models_catch_up_before_the_replica_says_it_is_healthy(model_di
     assert sub.calls == [("catch_up", "starting"), ("start", "starting")]
 
 
+class _QuietSubscriber:
+    """What the replica requires of a subscriber, doing nothing."""
+
+    def catch_up(self, timeout_s: float = 60.0) -> bool:
+        return True
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 def test_a_stale_sync_fed_model_is_named_by_healthz_and_model_but_still_served(model_dirs, tmp_path):
     """An operator could not see from the replica that a sync-fed model had stopped following
     the log (its subscriber retrying a bootstrap no snapshot can satisfy yet): /v1/model showed
@@ -446,7 +459,7 @@ def test_a_stale_sync_fed_model_is_named_by_healthz_and_model_but_still_served(m
     )
     states = load_states(config)
 
-    class Stale:
+    class Stale(_QuietSubscriber):
         state, label = states["a"].rank, "a/rank"
 
         def __init__(self) -> None:
@@ -454,15 +467,6 @@ def test_a_stale_sync_fed_model_is_named_by_healthz_and_model_but_still_served(m
 
         def describe(self) -> dict:
             return dict(self.status)
-
-        def catch_up(self, timeout_s: float = 60.0) -> bool:
-            return True
-
-        def start(self) -> None:
-            pass
-
-        def stop(self) -> None:
-            pass
 
     sub = Stale()
     with TestClient(create_app(config, states, subscribers=[sub])) as client:
@@ -483,18 +487,9 @@ def test_a_static_model_has_no_sync_status(model_dirs, tmp_path):
     with TestClient(create_app(config, load_states(config))) as client:
         assert client.get("/v1/model").json()["arms"][0]["rank"]["sync"] is None
 
-    class DescribesOnly:  # no state or label: it cannot say which model it feeds (was a 500)
+    class DescribesOnly(_QuietSubscriber):  # no state or label: it cannot say which model it feeds (was a 500)
         def describe(self) -> dict:
             return {"state": "stale"}
-
-        def catch_up(self, timeout_s: float = 60.0) -> bool:
-            return True
-
-        def start(self) -> None:
-            pass
-
-        def stop(self) -> None:
-            pass
 
     with TestClient(create_app(config, load_states(config), subscribers=[DescribesOnly()])) as client:
         assert client.get("/v1/healthz").json()["stale_models"] == []
