@@ -593,38 +593,6 @@ def test_local_broker_starts_and_stops_only_itself(kafka_broker):
     assert kafka_broker.running  # the session's broker was left alone
 
 
-def test_appends_get_through_again_after_the_broker_restarts_empty(kafka_broker):
-    """After a broker restart that lost its state (memory storage), the producer's id was unknown
-    to it: every append timed out, the records stayed queued inside librdkafka and each retry
-    added another copy (1, 2, 3, 4 records 'not acknowledged'), and closing the log hung. A
-    timed-out append now withdraws its records and replaces the producer."""
-    import socket
-
-    from freshrec.stream import LocalBroker
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    broker = LocalBroker(port=port).start()
-    try:
-        lg = open_log(broker.log_config(timeout_s=2.0))
-        lg.create_topic("t")
-        lg.append("t", [b"a", b"b"])
-        broker.stop()
-        broker = LocalBroker(port=port).start()  # the same address, nothing in it
-        lg.ensure_topic("t", 1)
-        with pytest.raises(BackendError, match=r"1 records not acknowledged.*withdrawn"):
-            lg.append("t", [b"c"])
-        lg.append("t", [b"c"])  # the caller's retry: the only copy
-        lg.append("t", [b"d"])
-        assert [r.value for r in lg.read("t", 0, 0)] == [b"c", b"d"]
-        t0 = time.monotonic()
-        lg.close()
-        assert time.monotonic() - t0 < 2.0
-    finally:
-        broker.stop()
-
-
 def test_timestamps_accept_numpy_arrays(log):
     t = new_topic()
     log.create_topic(t)
@@ -675,3 +643,8 @@ def test_repeated_kafka_client_errors_are_logged_once_per_interval(caplog, monke
             kafka._on_client_error(err)
     lines = [r.getMessage() for r in caplog.records if "kafka client error" in r.getMessage()]
     assert len(lines) == 2 and "(3 more like it in the last 10 s)" in lines[1], lines
+    fatal = KafkaError(KafkaError._FATAL, "Unknown Producer Id", fatal=True)
+    with caplog.at_level("WARNING", logger="freshrec.stream"):
+        for _ in range(2):
+            kafka._on_client_error(fatal)  # never held back
+    assert sum("kafka client fatal error" in r.getMessage() for r in caplog.records) == 2

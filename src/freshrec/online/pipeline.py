@@ -323,19 +323,21 @@ class OnlinePipeline:
         checkpoint stands and a restart resumes from it), then release everything."""
         if self.state is PipelineState.CLOSED:
             return
-        if checkpoint and self.joiner.state is JoinerState.FAILED:
-            # its state is half-stepped: checkpointing it would raise, and that error would hide
-            # the one that failed it (a cluster outage, say) from whoever reads the exit message
+        failed = self.joiner.state is JoinerState.FAILED
+        if failed:
+            # its state is half-stepped: checkpointing it would raise, and a final status asks the
+            # log for offsets (which an outage makes wait and raise): either error would hide the
+            # one that failed it from whoever reads the exit message
             newest = next(iter(self.checkpoints.candidates()), None)
-            log.warning("no final checkpoint: the joiner failed; a restart resumes from %s",
+            log.warning("no final checkpoint or status: the joiner failed; a restart resumes from %s",
                         newest or "the start of the log")  # fmt: skip
-            checkpoint = False
         try:
-            if checkpoint:
+            if checkpoint and not failed:
                 self.checkpoint()
                 for pub in self.publishers.values():
                     pub.publish_final()
-            self._write_status(self.clock())  # the final word, not the last periodic one
+            if not failed:
+                self._write_status(self.clock())  # the final word, not the last periodic one
         finally:
             self.state = PipelineState.CLOSED
             if self.metrics_server is not None:

@@ -24,7 +24,6 @@ own lock. librdkafka's log lines go to the ``freshrec.stream.kafka`` logger.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -76,17 +75,17 @@ class KafkaLog(EventLog):
         self._readers: dict[tuple[str, int], _Reader] = {}
         self._groups: dict[str, _Reader] = {}
         self._closables: list[Consumer] = []
-        self._producer_settings = {
-            **self._common,
-            "acks": "all",  # durable: every in-sync replica has the record
-            "enable.idempotence": True,  # retries neither duplicate nor reorder records
-            "delivery.report.only.error": True,  # no Python callback per delivered record
-            **config.producer_settings,
-        }
-        self._append_lock = threading.Lock()  # one append at a time: a failed one may replace the producer
         try:  # librdkafka checks settings here: a bad one is a configuration error
             self._admin = AdminClient(self._common)
-            self._producer = Producer(self._producer_settings)
+            self._producer = Producer(
+                {
+                    **self._common,
+                    "acks": "all",  # durable: every in-sync replica has the record
+                    "enable.idempotence": True,  # retries neither duplicate nor reorder records
+                    "delivery.report.only.error": True,  # no Python callback per delivered record
+                    **config.producer_settings,
+                }
+            )
             self._meta = self._new_consumer("freshrec.meta")  # watermark queries and tail probes
         except (KafkaException, ValueError, TypeError) as exc:
             raise ConfigError(f"invalid Kafka settings for {config.bootstrap_servers!r}: {exc}") from exc
@@ -159,45 +158,25 @@ class KafkaLog(EventLog):
             if err is not None:
                 failed.append(err)
 
-        with self._append_lock:
-            producer = self._producer
-            produce = producer.produce
-            with _kafka(f"append to topic {topic!r}", self.config.bootstrap_servers):
-                for b in batches:
-                    keys = repeat(None) if b.keys is None else b.keys
-                    for value, key, ts in zip(b.values, keys, b.timestamps_ms.tolist(), strict=False):
-                        while True:
-                            try:
-                                produce(topic, value, key, b.partition, on_delivery=on_delivery, timestamp=ts)
-                                break
-                            except BufferError:  # the local queue is full: let deliveries drain it
-                                producer.poll(_SLICE_S)
-                left = producer.flush(self.config.timeout_s)
-            if left or any(e.fatal() for e in failed):
-                self._replace_producer(producer)
-        if left:
-            raise BackendError(
-                f"append to topic {topic!r}: {left} records not acknowledged within timeout_s={self.config.timeout_s}; "
-                "withdrawn from the producer, which was replaced (a retry sends them again: any the broker did "
-                "write come twice, and the joiner drops duplicate events)"
-            )
+        producer = self._producer
+        produce = producer.produce
+        with _kafka(f"append to topic {topic!r}", self.config.bootstrap_servers):
+            for b in batches:
+                keys = repeat(None) if b.keys is None else b.keys
+                for value, key, ts in zip(b.values, keys, b.timestamps_ms.tolist(), strict=False):
+                    while True:
+                        try:
+                            produce(topic, value, key, b.partition, on_delivery=on_delivery, timestamp=ts)
+                            break
+                        except BufferError:  # the local queue is full: let deliveries drain it
+                            producer.poll(_SLICE_S)
+            left = producer.flush(self.config.timeout_s)
         if failed:
             raise BackendError(f"append to topic {topic!r}: {len(failed)} records failed: {failed[0].str()}")
-
-    def _replace_producer(self, old: Producer) -> None:
-        """Withdraw what ``old`` still holds and start a new producer. Records it keeps retrying
-        would otherwise pile up under the caller's own retries (each retry a second copy), and a
-        producer whose id a broker has forgotten (a restart without storage: UnknownProducerId)
-        never gets through again; a new producer gets a new id. Holds ``_append_lock``."""
-        with contextlib.suppress(KafkaException, RuntimeError):
-            old.purge(in_queue=True, in_flight=True, blocking=True)
-            old.flush(0)  # serve the purged records' delivery reports
-        try:
-            self._producer = Producer(self._producer_settings)
-        except KafkaException as exc:  # settings were accepted once: this is the cluster or the host
-            raise BackendError(f"cannot start a new Kafka producer: {exc}") from exc
-        with contextlib.suppress(KafkaException, RuntimeError):
-            old.close()
+        if left:
+            raise BackendError(
+                f"append to topic {topic!r}: {left} records not acknowledged within timeout_s={self.config.timeout_s}"
+            )
 
     def _reader(self, topic: str, partition: int) -> _Reader:
         with self._lock:
@@ -381,6 +360,9 @@ def _on_client_error(err: KafkaError) -> None:
     # While a broker is down it reports every failed connection (dozens a second, from every
     # client): one line per kind of error per 10 s, with how many were left out, keeps the line
     # that matters (the call that gave up) readable.
+    if err.fatal():  # the client is unusable from now on: never held back
+        _log.error("kafka client fatal error: %s", err.str())
+        return
     now = _now()
     with _error_lock:
         last, suppressed = _error_seen.get(err.code(), (float("-inf"), 0))
