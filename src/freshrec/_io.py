@@ -124,13 +124,18 @@ def remove_temps(root: Path, name_glob: str) -> list[Path]:
     would go too."""
     gone = []
     for p in root.glob(f".{name_glob}.tmp-*"):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        _remove(p)
         gone.append(p)
     return gone
+
+
+def _remove(p: Path) -> None:
+    """A folder with what it holds; a file or a link (not its target)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 _ID_CHARS = 8
@@ -148,25 +153,15 @@ def replace_dir(tmp: Path, path: Path) -> None:
     path may still be writing one.)
     """
     fsync_dir(tmp)
-    old = None
     if os.path.lexists(path):  # a dangling link too: rename() cannot replace a link with a folder
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:_ID_CHARS]}"
-        os.rename(path, old)
+        os.rename(path, path.parent / f".{path.name}.old-{uuid.uuid4().hex[:_ID_CHARS]}")
     os.rename(tmp, path)
     fsync_dir(path.parent)
-    if old is not None:
-        if old.is_symlink():  # a link that pointed at the old version: the link goes, its target stays
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
+    # the copy just set aside, and any a crashed save left (a link that pointed at the old
+    # version: the link goes, its target stays)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.old-*"):
-        if not _set_aside_for(stale, path):
-            continue  # another name's copy
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        if _set_aside_for(stale, path):  # not another name's copy
+            _remove(stale)
 
 
 def check_writable_parent(path: Path) -> None:

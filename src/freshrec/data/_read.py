@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -188,6 +189,24 @@ def stream_csv(
         raise _translate(path, fmt, exc, types) from exc
     except OSError as exc:
         raise _unreadable(path, exc) from exc
+
+
+def join_index(path: Path, side: Path, keys: np.ndarray, side_keys: np.ndarray, what: str) -> np.ndarray:
+    """For each of ``path``'s ``keys``, its row in the side file ``side`` whose keys are
+    ``side_keys``, by sorting (a table indexed by key would be sized by the largest one: one
+    stray ID of 9e12 asked for 72 TB). A key listed twice there, or absent, is a DataError."""
+    if side_keys.size == 0:
+        raise DataError(f"{side}: no {what}s listed")
+    order = np.argsort(side_keys, kind="stable")
+    ordered = side_keys[order]
+    twice = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if twice.size:  # which row the join takes would be arbitrary
+        raise DataError(f"{side}: {what} {ordered[twice[0]]} is listed more than once")
+    rows = order[np.minimum(np.searchsorted(ordered, keys), side_keys.size - 1)]
+    absent = np.flatnonzero(side_keys[rows] != keys)
+    if absent.size:
+        raise DataError(f"{path}: {what} {keys[absent[0]]} is not in {side}")
+    return rows
 
 
 def arrays(table: pa.Table | pa.RecordBatch) -> dict[str, pa.Array]:

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from freshrec.data._read import CsvFormat, arrays, header, read_csv, require
+from freshrec.data._read import CsvFormat, arrays, header, join_index, read_csv, require
 from freshrec.data.dataset import Dataset
 from freshrec.errors import DataError
 from freshrec.features import FeatureSpec, Jagged, SparseSlot
@@ -89,22 +89,6 @@ def _read_ratings(path: Path) -> dict[str, pa.Array]:
     return cols
 
 
-def _join_index(path: Path, side: Path, keys: np.ndarray, side_keys: np.ndarray, what: str) -> np.ndarray:
-    """For each key, its row in the side file (DataError if a key is absent there)."""
-    order = np.argsort(side_keys, kind="stable")
-    ordered = side_keys[order]
-    twice = np.flatnonzero(ordered[1:] == ordered[:-1])
-    if twice.size:  # which row the join takes would be arbitrary
-        raise DataError(f"{side}: {what} {ordered[twice[0]]} is listed more than once")
-    pos = np.searchsorted(side_keys, keys, sorter=order)
-    pos = np.minimum(pos, side_keys.size - 1)
-    rows = order[pos]
-    absent = side_keys[rows] != keys
-    if absent.any():
-        raise DataError(f"{path}: {what} {keys[np.flatnonzero(absent)[0]]} is not in {side}")
-    return rows
-
-
 def _dictionary(rows: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
     """Per-rating values of a side column, stored once per side row."""
     return pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), values)
@@ -119,7 +103,7 @@ def _user_columns(path: Path, side: Path, user_ids: np.ndarray) -> dict[str, obj
     for name, arr in users.items():
         if arr.null_count:
             raise DataError(f"{side}: column {name!r} has {arr.null_count} empty values")
-    rows = _join_index(path, side, user_ids, users["user_id"].to_numpy(), "user")
+    rows = join_index(path, side, user_ids, users["user_id"].to_numpy(), "user")
     ages = users["age"].to_numpy()
     bucket = AGE_BUCKETS[np.searchsorted(AGE_BUCKETS[1:], ages, side="right")]  # (U,)
     return {
@@ -136,7 +120,7 @@ def _item_columns(path: Path, side: Path, item_ids: np.ndarray) -> dict[str, obj
     fmt = CsvFormat(delimiter="|", names=names, encoding="latin1", quoting=False)
     types = {"item_id": pa.int64(), "release_date": pa.string(), **{g: pa.int8() for g in genre_cols}}
     items = arrays(read_csv(side, fmt, types=types, include=["item_id", "release_date", *genre_cols]))
-    rows = _join_index(path, side, item_ids, items["item_id"].to_numpy(), "item")
+    rows = join_index(path, side, item_ids, items["item_id"].to_numpy(), "item")
     flags = np.stack([items[g].to_numpy(zero_copy_only=False) for g in genre_cols], axis=1)  # (I, 19)
     if np.isnan(flags.astype(np.float64)).any() or not np.isin(flags, (0, 1)).all():
         raise DataError(f"{side}: genre flags must be 0 or 1")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from freshrec.data._read import CsvFormat, arrays, header, read_csv, require
+from freshrec.data._read import CsvFormat, arrays, header, join_index, read_csv, require
 from freshrec.data.dataset import Dataset
 from freshrec.errors import DataError
 from freshrec.features import DenseFeature, FeatureSpec, SparseSlot
@@ -67,7 +67,7 @@ def _log_file(path: Path) -> Path:
     return logs[0]
 
 
-def _item_columns(side: Path, item_ids: np.ndarray) -> dict[str, object]:
+def _item_columns(log_file: Path, side: Path, item_ids: np.ndarray) -> dict[str, object]:
     fmt = CsvFormat()
     needed = ["item_id", "item_feature_0", *ITEM_SPARSE]
     require(side, header(side, fmt), {c: "item context" for c in needed})
@@ -76,18 +76,7 @@ def _item_columns(side: Path, item_ids: np.ndarray) -> dict[str, object]:
     ids = items["item_id"].to_numpy(zero_copy_only=False)
     if items["item_id"].null_count or (ids.size and ids.min() < 0):
         raise DataError(f"{side}: column 'item_id' must hold non-negative integers")
-    if ids.size == 0:
-        raise DataError(f"{side}: no items listed")
-    # by sorting, not a table indexed by ID: one stray ID of 9e12 would size that table at 72 TB
-    order = np.argsort(ids, kind="stable")
-    ordered = ids[order]
-    twice = np.flatnonzero(ordered[1:] == ordered[:-1])
-    if twice.size:  # which row a join takes would be arbitrary
-        raise DataError(f"{side}: item {ordered[twice[0]]} is listed more than once")
-    rows = order[np.minimum(np.searchsorted(ordered, item_ids), ids.size - 1)]
-    absent = np.flatnonzero(ids[rows] != item_ids)
-    if absent.size:
-        raise DataError(f"{side}: item {item_ids[absent[0]]} of the log is not listed")
+    rows = join_index(log_file, side, item_ids, ids, "item")
     out: dict[str, object] = {"item_feature_0": items["item_feature_0"].to_numpy(zero_copy_only=False)[rows]}
     for f in ITEM_SPARSE:
         out[f] = pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), items[f])
@@ -138,7 +127,7 @@ def load_open_bandit(path: str | Path, spec: FeatureSpec | None = None) -> Datas
     side = file.parent / "item_context.csv"
     has_items = side.is_file()
     if has_items:
-        out.update(_item_columns(side, item_ids))
+        out.update(_item_columns(file, side, item_ids))
     event_time = seconds(cols["timestamp"], "column 'timestamp'", str(file))
     ds = Dataset(spec or open_bandit_spec(has_items), out, event_time=event_time, source=str(file))
     if not any(d.needs_fit for d in ds.spec.dense):

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from freshrec.errors import ConfigError, DataError, InputError
 from freshrec.features.batch import Batch, Jagged
 from freshrec.features.hashing import hash_ids
+from freshrec.stream.events import MAX_EVENT_TIME  # the event schema's bound: one limit for events and data
 
 if TYPE_CHECKING:
     from freshrec.features.spec import DenseFeature, FeatureSpec, SparseSlot
@@ -147,15 +148,12 @@ def numbers(col: Any, what: str, source: str | None) -> np.ndarray:
     return np.array(arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)  # writable
 
 
-MAX_EVENT_SECONDS = 1e11  # ~ the year 5138 as a Unix time; a Unix time in milliseconds is 1.7e12
-
-
 def check_event_seconds(time: np.ndarray, what: str, source: str | None) -> None:
-    """Event times are seconds: one past ``MAX_EVENT_SECONDS`` is a Unix time in ms, us or ns,
+    """Event times are seconds: one past ``MAX_EVENT_TIME`` is a Unix time in ms, us or ns,
     which windows, ttls and sync intervals (all in seconds) would read 1000x or more off."""
     if time.size:
         top = float(np.nanmax(np.abs(time)))
-        if top > MAX_EVENT_SECONDS:
+        if top > MAX_EVENT_TIME:
             raise DataError(
                 f"{_where(source)}{what} reaches {top:.4g} in absolute value, past the year 5000 in seconds: event "
                 "times are seconds (a Unix time in milliseconds, microseconds or nanoseconds must be divided by 1e3, "
@@ -164,7 +162,7 @@ def check_event_seconds(time: np.ndarray, what: str, source: str | None) -> None
 
 
 def seconds(col: Any, what: str, source: str | None) -> np.ndarray:
-    """Event times as (B,) float64 seconds: numbers as they are (up to ``MAX_EVENT_SECONDS``),
+    """Event times as (B,) float64 seconds: numbers as they are (up to ``MAX_EVENT_TIME``),
     Arrow timestamps converted."""
     if isinstance(col, np.ndarray) and col.dtype.kind == "M":
         missing = int(np.isnat(col).sum())
