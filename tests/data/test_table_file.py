@@ -219,3 +219,22 @@ def test_integer_ids_among_text_ids_are_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="freshrec.data.table_file"):
         load_table_file(p, mapping)
     assert "column 'uid' holds 2 integer IDs among text ones" in caplog.text
+
+
+def test_a_declared_id_type_keeps_codes_as_written_and_silences_the_mixed_warning(tmp_path, caplog):
+    """Inference reads "00123" as the integer 123 and types a column by its cells; a slot's
+    id_type decides instead: text keeps the code and makes 5 and "5" one ID, int parses."""
+    p = tmp_path / "codes.csv"
+    p.write_text("sku,uid,click\n00123,5,0\n123,guest,1\n")
+    spec = {"labels": ["click"], "sparse": [{"name": "sku", "id_type": "text"}, {"name": "uid", "id_type": "text"}]}
+    with caplog.at_level("WARNING", logger="freshrec.data.table_file"):
+        b = load_table_file(p, {"spec": spec}).encode()
+    assert not caplog.records
+    assert b.sparse["sku"].values.tolist() == hash_ids(["00123", "123"], 0).tolist()
+    assert b.sparse["uid"].values.tolist() == hash_ids(["5", "guest"], 0).tolist()
+    spec["sparse"] = [{"name": "sku", "id_type": "int"}, {"name": "uid"}]
+    with pytest.raises(DataError, match=r"codes.csv: sparse slot 'sku': id_type is int"):
+        p.write_text("sku,uid,click\n00123,5,0\nB-7,6,1\n")
+        load_table_file(p, {"spec": spec})
+    p.write_text("sku,uid,click\n00123,5,0\n7,6,1\n")
+    assert load_table_file(p, {"spec": spec}).encode().sparse["sku"].values.tolist() == [123, 7]

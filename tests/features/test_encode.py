@@ -159,3 +159,43 @@ def test_encode_is_deterministic(spec):
     for k in a.sparse:
         assert a.sparse[k] == b.sparse[k]
     np.testing.assert_array_equal(a.dense, b.dense)
+
+
+def test_a_column_mixing_integer_and_string_ids_is_encoded_value_by_value():
+    """Events may send an ID as 5 or as "5": a batch that mixes them raised DataError, and the
+    online trainer stopped on it. Each value now gets the ID a column of its own type gives."""
+    spec = FeatureSpec(sparse=[SparseSlot(name="u"), SparseSlot(name="h", multi_valued=True)], hash_seed=3)
+    b = spec.encode({"u": [5, "5", "x"], "h": [[1, "a"], None, ("b",)], "label": [0, 1, 0]})
+    assert b.sparse["u"].values.tolist() == [5, *hash_ids(["5", "x"], 3).tolist()]
+    assert rows_of(b.sparse["h"]) == [[1, hash_ids(["a"], 3)[0]], [], [hash_ids(["b"], 3)[0]]]
+    with pytest.raises(DataError, match=r"sparse slot 'u': IDs must be integers or strings; row 2 has float 1.5"):
+        spec.encode({"u": [5, "x", 1.5], "h": [[]] * 3, "label": [0] * 3})
+    with pytest.raises(DataError, match=r"sparse slot 'u' has missing values \(first at row 1\)"):
+        spec.encode({"u": [5, None, "x"], "h": [[]] * 3, "label": [0] * 3})
+    with pytest.raises(DataError, match=r"sparse slot 'h' is multi-valued and needs lists of IDs; row 1 has str 'a'"):
+        spec.encode({"u": [1, 2], "h": [[1, "b"], "a"], "label": [0] * 2})
+
+
+def test_declared_id_types_make_one_id_whatever_the_source_sends():
+    text = FeatureSpec(sparse=[SparseSlot(name="u", id_type="text"), SparseSlot(name="h", id_type="text",
+                                                                                multi_valued=True)], hash_seed=3)  # fmt: skip
+    want = hash_ids(["5", "7", "007"], 3).tolist()
+    for col in ([5, "7", "007"], np.array([5, 7]), pa.array([5, 7]), pa.array(["5", "7"]).dictionary_encode()):
+        b = text.encode({"u": col, "h": [[5, "7"]] * len(col), "label": [0] * len(col)})
+        assert b.sparse["u"].values.tolist() == want[: len(col)]
+        assert b.sparse["h"].values.tolist() == want[:2] * len(col)
+    ints = FeatureSpec(sparse=[SparseSlot(name="u", id_type="int"), SparseSlot(name="h", id_type="int",
+                                                                               multi_valued=True)])  # fmt: skip
+    b = ints.encode({"u": ["5", " +7 ", 9, "-3"], "h": [["1", 2], [], None, ["007"]], "label": [0] * 4})
+    assert b.sparse["u"].values.tolist() == [5, 7, 9, -3]
+    assert rows_of(b.sparse["h"]) == [[1, 2], [], [], [7]]
+    with pytest.raises(DataError, match=r"sparse slot 'u': id_type is int, but row 2 holds 'guest'"):
+        ints.encode({"u": [1, "2", "guest"], "h": [[]] * 3, "label": [0] * 3})
+    with pytest.raises(
+        DataError, match=r"sparse slot 'h': id_type is int, but ID \(counting across the rows' lists\) 2"
+    ):
+        ints.encode({"u": [1, 2], "h": [["1"], ["2", "x"]], "label": [0] * 2})
+    with pytest.raises(DataError, match=r"sparse slot 'u': id_type is int, and an ID is past the int64 range"):
+        ints.encode({"u": ["99999999999999999999"], "h": [[]], "label": [0]})
+    with pytest.raises(ValueError, match=r"slots sharing table 'items' must agree on id_type: 'a' int, 'b' auto"):
+        FeatureSpec(sparse=[SparseSlot(name="a", table="items", id_type="int"), SparseSlot(name="b", table="items")])

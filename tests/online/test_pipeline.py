@@ -7,12 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
 from freshrec.errors import StateError
 from freshrec.joiner import decode_examples
 from freshrec.online import OnlineConfig, OnlinePipeline, live_commerce_spec
+from freshrec.online.metrics import PipelineCollector
 from freshrec.sim import SimConfig, Simulator
 from freshrec.stream import Action, Impression, encode, open_log
 from freshrec.sync import ServedModel
@@ -20,14 +22,17 @@ from freshrec.sync import ServedModel
 SIM_SECONDS = 1200.0
 
 
-def fill_log(path: Path, seconds: float = SIM_SECONDS, seed: int = 0) -> None:
-    """A simulated stream, all of it in the log before the pipeline starts."""
+def fill_log(path: Path, seconds: float = SIM_SECONDS, seed: int = 0, alter=None) -> None:
+    """A simulated stream, all of it in the log before the pipeline starts; ``alter`` may
+    replace each impression (a producer's bugs)."""
     log = open_log(path=path)
     for t in ("impressions", "actions"):
         log.create_topic(t, 1)
     sim = Simulator(SimConfig(seed=seed, random_ctr=0.03, n_users=20_000, items_per_hour=4_000))
     for batch in sim.batches(until=seconds):
         imps = [e for e in batch if isinstance(e, Impression)]
+        if alter is not None:
+            imps = [alter(e) for e in imps]
         acts = [e for e in batch if isinstance(e, Action)]
         if imps:
             log.append("impressions", encode(imps))
@@ -318,3 +323,33 @@ def test_unfinished_checkpoints_and_snapshots_of_a_crash_are_removed_at_start(tm
         assert q.restored_from is not None
     finally:
         q.close(checkpoint=False)
+
+
+def test_examples_the_spec_cannot_read_are_left_out_and_counted_not_fatal(tmp_path):
+    """A producer that sends a float for an ID slot (or an ID as "42" in one event and 42 in the
+    next) stopped training: the batch's encode raised, and a restart met the same batch again.
+    Mixed ID types now encode, and an example the spec cannot read is left out and counted."""
+    seen = {"n": 0}
+
+    def alter(imp: Impression) -> Impression:
+        seen["n"] += 1
+        if seen["n"] % 97 == 0:  # a float where the category slot needs an integer or a string
+            return msgspec.structs.replace(imp, item_features={**imp.item_features, "category": 2.5})
+        if seen["n"] % 5 == 0:  # some users sent as strings: encodes, value by value
+            return msgspec.structs.replace(imp, user_id=str(imp.user_id))
+        return imp
+
+    run = tmp_path / "poisoned"
+    fill_log(run / "log", seconds=600.0, alter=alter)
+    p = OnlinePipeline(config(run))
+    run_until_caught_up(p)
+    trained = examples_in_topic(run)
+    trained = trained[: len(trained) // 256 * 256]
+    poisoned = sum(isinstance(e.features.get("category"), float) for e in trained)
+    assert poisoned > 0 and any(isinstance(e.user_id, str) for e in trained)
+    st = p.status()
+    assert p.counters["examples_rejected"] == st["counters"]["examples_rejected"] == poisoned
+    assert st["examples_trained"] == len(trained) - poisoned
+    rejected = [f for f in PipelineCollector(lambda: st).collect() if f.name == "freshrec_train_examples_rejected"]
+    assert rejected[0].samples[0].value == poisoned
+    p.close()

@@ -139,7 +139,11 @@ def test_unknown_users_and_items_score_with_defaults(server):
             422,
             "candidates[0].features.price",
         ),
-        (lambda b: b["candidates"][0]["features"].update(category=2.5), 422, "'category' is an ID"),
+        (
+            lambda b: b["candidates"][0]["features"].update(category=2.5),
+            422,
+            "sparse slot 'category': IDs must be integers",
+        ),
         (
             lambda b: b["candidates"][0]["features"].update(price="cheap"),
             422,

@@ -7,7 +7,7 @@ import pytest
 
 from freshrec.errors import InputError
 from freshrec.features import FeatureSpec, SparseSlot, hash_ids
-from freshrec.serve.features import ColumnBuilder, id_column, merge_features
+from freshrec.serve.features import ColumnBuilder, merge_features
 
 from .conftest import SPEC
 
@@ -85,14 +85,22 @@ def test_missing_features_are_reported_per_row():
 
 
 def test_id_columns_hash_like_training_even_when_mixed():
-    seed = 5
+    """A request whose candidates mix integer and string IDs gets, for each, the ID a column of
+    its own type gives (as training does); a float is refused, naming the slot and the row."""
+    b = ColumnBuilder(SPEC)
     mixed = [3, "x", 7, "y"]
-    got = id_column(mixed, seed, "item_id")
-    want = [hash_ids(np.array([3, 7]), seed), hash_ids(["x", "y"], seed)]
-    np.testing.assert_array_equal(got[[0, 2]], want[0])
-    np.testing.assert_array_equal(got[[1, 3]], want[1])
-    with pytest.raises(InputError, match=r"'item_id' is an ID .* row 1 has float 2\.5"):
-        id_column([1, 2.5], seed, "item_id")
+    items = [{"category": 1, "seller_id": 9, "price": 2.0, "tags": [1, "t"]}] * 4
+    cols, missing = b.raw(1, USER, CONTEXT, mixed, items)
+    assert not missing
+    got = b.encode(cols, 4).sparse["item_id"].values
+    seed = SPEC.hash_seed
+    np.testing.assert_array_equal(got[[0, 2]], hash_ids(np.array([3, 7]), seed))
+    np.testing.assert_array_equal(got[[1, 3]], hash_ids(["x", "y"], seed))
+    tags = b.encode(cols, 4).sparse["tags"].values
+    np.testing.assert_array_equal(tags[:2], [1, hash_ids(["t"], seed)[0]])
+    cols, _ = b.raw(1, USER, CONTEXT, [1, 2.5], items[:2])
+    with pytest.raises(InputError, match=r"'item_id': IDs must be integers or strings, got double \(row 1: 2\.5\)"):
+        b.encode(cols, 2)
 
 
 def test_only_keeps_one_tower_and_fills_the_rest():

@@ -125,7 +125,9 @@ def _is_parquet(path: Path, m: ColumnMapping) -> bool:
 
 def _csv_types(m: ColumnMapping) -> dict[str, pa.DataType]:
     """Numbers where numbers are needed (so a stray string fails in the reader, which names
-    the column), text for list cells; single-valued ID columns are left to type inference."""
+    the column), text for list cells and for ID columns whose slot declares an ``id_type`` (the
+    encoder parses or hashes them; zero-padded codes stay as written); other single-valued ID
+    columns are left to type inference."""
     types: dict[str, pa.DataType] = {}
     for d in m.spec.dense:
         types[m.file_column(d.name)] = pa.float64()
@@ -134,7 +136,7 @@ def _csv_types(m: ColumnMapping) -> dict[str, pa.DataType]:
     if m.weights is not None:
         types[m.weights] = pa.float64()
     for s in m.spec.sparse:
-        if s.multi_valued:
+        if s.multi_valued or s.id_type != "auto":
             types[m.file_column(s.name)] = pa.string()
     return types
 
@@ -183,13 +185,14 @@ def _warn_mixed_ids(path: Path, m: ColumnMapping, table: pa.Table) -> None:
     for s in m.spec.sparse:
         name = m.file_column(s.name)
         col = table.column(name)
-        if s.multi_valued or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        if s.multi_valued or s.id_type != "auto" or not text:
             continue
         numeric = pc.sum(pc.cast(pc.match_substring_regex(col, r"^\s*[+-]?[0-9]+\s*$"), pa.int64())).as_py() or 0
         if numeric:
             log.warning("%s: column %r holds %d integer IDs among text ones: all are hashed as text, so the integer "
                         "IDs here differ from the same integers in an all-integer file or in events that send them "
-                        "as numbers; make the column all integers or all text", path, name, numeric)  # fmt: skip
+                        "as numbers; declare the slot's id_type (int or text)", path, name, numeric)  # fmt: skip
 
 
 def load_table_file(path: str | Path, mapping: ColumnMapping | dict[str, Any]) -> Dataset:

@@ -7,7 +7,7 @@ a :class:`DataError` that names the file (when known), the column and the first 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,38 +66,153 @@ def _length(col: Any) -> int:
 
 
 # ---- sparse -------------------------------------------------------------------------------------
-def _ids(col: Any, seed: int, what: str, source: str | None) -> np.ndarray:
+def _ids(col: Any, seed: int, id_type: str, what: str, source: str | None) -> np.ndarray:
     """A single-valued column as (B,) int64 IDs."""
     if isinstance(col, np.ndarray) and col.dtype.kind in "iub":
         if col.ndim != 1:
             raise DataError(f"{_where(source)}{what}: expected a 1-D column, got shape {col.shape}")
-        return hash_ids(col, seed)
+        if id_type != "text":
+            return hash_ids(col, seed)
     if isinstance(col, Jagged):
         raise DataError(f"{_where(source)}{what} is single-valued but got lists; declare it multi_valued")
     if isinstance(col, np.ndarray) and col.dtype.kind in "fc":
         raise DataError(f"{_where(source)}{what}: IDs must be integers or strings, got {col.dtype}")
-    arr = _arrow(col, what, source)
+    arr = _arrow_or_none(col)
+    if arr is None:  # Python values Arrow cannot take as one type: integers among strings, or bad ones
+        return _mixed_ids(_listed(col), seed, id_type, what, source)
     t = arr.type
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         raise DataError(f"{_where(source)}{what} is single-valued but got lists; declare it multi_valued")
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        raise DataError(f"{_where(source)}{what}: IDs must be integers or strings, got {t}")
+        raise DataError(f"{_where(source)}{what}: IDs must be integers or strings, got {t}{_float_example(arr)}")
     if arr.null_count:
         raise DataError(
             f"{_where(source)}{what} has {arr.null_count} missing values (first at row {_first_null(arr)}); "
             "fill them (a missing value may be an ID of its own) or declare the slot multi_valued"
         )
+    return _hash(arr, seed, id_type, what, source)
+
+
+def _float_example(arr: pa.Array) -> str:
+    """Where a float column shows it is not IDs: its first non-integral value, else its first."""
+    x = np.asarray(arr.cast(pa.float64()).to_numpy(zero_copy_only=False))
+    if x.size == 0:
+        return ""
+    odd = np.flatnonzero(~np.isfinite(x) | (x != np.round(x)))
+    i = int(odd[0]) if odd.size else 0
+    return f" (row {i}: {float(x[i])!r})"
+
+
+def _hash(
+    arr: pa.Array, seed: int, id_type: str, what: str, source: str | None,
+    rows: list[int] | None = None, unit: str = "row",
+) -> np.ndarray:  # fmt: skip
+    """``hash_ids`` of IDs as the slot declares them. For error messages: ``rows`` are their
+    positions in the column if ``arr`` is a part of it, ``unit`` what a position counts."""
     try:
-        return hash_ids(arr, seed)
+        return hash_ids(_as_declared(arr, id_type, what, source, rows, unit), seed)
     except InputError as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{_where(source)}{what}: {exc}") from exc
 
 
-def _jagged(col: Any, seed: int, what: str, source: str | None) -> Jagged:
+def _as_declared(
+    arr: pa.Array, id_type: str, what: str, source: str | None, rows: list[int] | None, unit: str
+) -> pa.Array:
+    """IDs (no nulls) in the type the slot's ``id_type`` declares: ``int`` parses strings that
+    hold integers, ``text`` turns integers into their decimal strings; ``auto`` keeps them."""
+    t = arr.type
+    if id_type == "auto":
+        return arr
+    if pa.types.is_dictionary(t):  # decoded, so an error names the row
+        arr = arr.dictionary_decode()
+        t = arr.type
+    if pa.types.is_boolean(t):
+        arr, t = arr.cast(pa.int8()), pa.int8()
+    if id_type == "text":
+        return arr.cast(pa.string()) if pa.types.is_integer(t) else arr
+    if pa.types.is_integer(t) or pa.types.is_null(t):
+        return arr
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+        raise DataError(f"{_where(source)}{what}: id_type is int, got {t}")
+    text = pc.utf8_trim_whitespace(arr.cast(pa.large_string()) if pa.types.is_string_view(t) else arr)
+    integral = pc.match_substring_regex(text, r"^[+-]?[0-9]+$").to_numpy(zero_copy_only=False)
+    if not integral.all():
+        i = int(np.flatnonzero(~integral)[0])
+        row = i if rows is None else rows[i]
+        raise DataError(f"{_where(source)}{what}: id_type is int, but {unit} {row} holds {arr[i].as_py()!r}")
+    try:
+        return pc.replace_substring_regex(text, r"^\+", "").cast(pa.int64())  # Arrow refuses a leading +
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{_where(source)}{what}: id_type is int, and an ID is past the int64 range ({exc})") from exc
+
+
+def _arrow_or_none(col: Any) -> pa.Array | None:
+    """:func:`_arrow`, or None for Python values (a list, a numpy object array) that are not of
+    one type: the caller sorts them out value by value (and names a bad one)."""
+    if isinstance(col, pa.ChunkedArray | pa.Array):
+        return _arrow(col, "", None)
+    try:
+        return pa.array(col, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return None
+
+
+def _listed(col: Any) -> list[Any]:
+    return col.tolist() if isinstance(col, np.ndarray) else list(col)
+
+
+def _id_kind(v: Any) -> str | None:
+    if isinstance(v, int | np.integer):  # bool too: an integer, as everywhere in hash_ids
+        return "int"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, bytes):
+        return "bytes"
+    return None
+
+
+def _mixed_ids(
+    values: list[Any], seed: int, id_type: str, what: str, source: str | None, unit: str = "row"
+) -> np.ndarray:
+    """IDs from Python values mixing integers and strings (events may send either): each value
+    gets the ID it gets in a column of its own type, so a batch's mix does not change any ID."""
+    by_kind: dict[str, list[int]] = {"int": [], "str": [], "bytes": []}
+    for i, v in enumerate(values):
+        kind = _id_kind(v)
+        if kind is None:
+            if v is None:
+                raise DataError(
+                    f"{_where(source)}{what} has missing values (first at {unit} {i}); fill them (a missing value "
+                    "may be an ID of its own) or declare the slot multi_valued"
+                )
+            raise DataError(f"{_where(source)}{what}: IDs must be integers or strings; {unit} {i} has "
+                            f"{type(v).__name__} {v!r}")  # fmt: skip
+        by_kind[kind].append(i)
+    out = np.empty(len(values), np.int64)
+    types = {"int": pa.int64(), "str": pa.string(), "bytes": pa.binary()}
+    for kind, rows in by_kind.items():
+        if rows:
+            try:
+                arr = pa.array([values[i] for i in rows], types[kind])
+            except (pa.ArrowInvalid, OverflowError) as exc:
+                raise DataError(f"{_where(source)}{what}: {exc}") from exc
+            out[rows] = _hash(arr, seed, id_type, what, source, rows, unit)
+    return out
+
+
+_ELEMENT = "ID (counting across the rows' lists)"
+
+
+def _jagged(col: Any, seed: int, id_type: str, what: str, source: str | None) -> Jagged:
     """A multi-valued column as Jagged IDs; a null list is an empty row."""
     if isinstance(col, Jagged):
         return col
-    arr = _arrow(col, what, source)
+    arr = _arrow_or_none(col)
+    if arr is None:  # lists mixing integers and strings, or a row that is not a list
+        flat, lengths = _flatten(_listed(col), what, source)
+        return Jagged.from_lengths(_mixed_ids(flat, seed, id_type, what, source, _ELEMENT), lengths)
     t = arr.type
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
         raise DataError(f"{_where(source)}{what} is multi-valued and needs lists of IDs, got {t}")
@@ -107,18 +222,29 @@ def _jagged(col: Any, seed: int, what: str, source: str | None) -> Jagged:
         raise DataError(f"{_where(source)}{what} has {flat.null_count} null IDs inside its lists")
     if pa.types.is_floating(flat.type):
         raise DataError(f"{_where(source)}{what}: IDs must be integers or strings, got {flat.type}")
-    try:
-        values = hash_ids(flat, seed)
-    except InputError as exc:
-        raise DataError(f"{_where(source)}{what}: {exc}") from exc
-    return Jagged.from_lengths(values, lengths.astype(np.int64))
+    return Jagged.from_lengths(_hash(flat, seed, id_type, what, source, unit=_ELEMENT), lengths.astype(np.int64))
+
+
+def _flatten(rows: list[Any], what: str, source: str | None) -> tuple[list[Any], np.ndarray]:
+    """The values and lengths of Python lists (None is an empty row)."""
+    flat: list[Any] = []
+    lengths = np.zeros(len(rows), np.int64)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        if not isinstance(row, list | tuple | np.ndarray):
+            raise DataError(f"{_where(source)}{what} is multi-valued and needs lists of IDs; row {i} has "
+                            f"{type(row).__name__} {row!r}")  # fmt: skip
+        flat.extend(row)
+        lengths[i] = len(row)
+    return flat, lengths
 
 
 def encode_slot(slot: SparseSlot, col: Any, seed: int, source: str | None = None) -> Jagged:
     what = f"sparse slot {slot.name!r}"
     if not slot.multi_valued:
-        return Jagged.single(_ids(col, seed, what, source))
-    jag = _jagged(col, seed, what, source)
+        return Jagged.single(_ids(col, seed, slot.id_type, what, source))
+    jag = _jagged(col, seed, slot.id_type, what, source)
     return jag.truncate(slot.max_len) if slot.max_len is not None else jag
 
 
@@ -281,3 +407,34 @@ def encode(
         t = np.ascontiguousarray(seconds(event_time, "event_time", source), dtype=np.float64)
         _finite(t, "event_time", source)
     return Batch(sparse=sparse, dense=dense, labels=label_arr, weights=w, event_time=t)
+
+
+# ---- finding the rows that encode -------------------------------------------------------------
+def take_rows(columns: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """``columns`` (numpy arrays or Python sequences) cut to ``rows``, in their order."""
+    idx = rows.tolist()
+    return {k: (v[rows] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in columns.items()}
+
+
+def encodable_rows(encode: Callable[[np.ndarray], object], n: int) -> tuple[np.ndarray, list[tuple[int, InputError]]]:
+    """The rows of ``range(n)`` that ``encode(rows)`` accepts (it raises :class:`InputError`
+    for a set holding a bad row), and each bad row with its error. Found by halving: ``k`` bad
+    rows cost about ``2 k log2(n)`` encodes, so call it once a whole batch failed, not first."""
+    good: list[np.ndarray] = []
+    bad: list[tuple[int, InputError]] = []
+
+    def search(rows: np.ndarray) -> None:
+        try:
+            encode(rows)
+        except InputError as exc:
+            if rows.size == 1:
+                bad.append((int(rows[0]), exc))
+            else:
+                search(rows[: rows.size // 2])
+                search(rows[rows.size // 2 :])
+            return
+        good.append(rows)
+
+    if n:
+        search(np.arange(n))
+    return (np.concatenate(good) if good else np.zeros(0, np.int64)), bad

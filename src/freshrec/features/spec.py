@@ -76,6 +76,13 @@ class SparseSlot(Config):
             pools to zeros either way).
         max_len: keep at most the first ``max_len`` IDs of a row. Lists are expected with the
             most relevant (for histories: the most recent) first, so truncation drops the tail.
+        id_type: what the IDs are, whatever type a source happens to send them as. ``auto``:
+            integers are IDs as they are and strings are hashed, so the integer 5 and the string
+            ``"5"`` are two IDs. ``int``: every ID is an integer; a string holding one (``"5"``,
+            ``" 007"``) is parsed, any other string is an error. ``text``: every ID is text; an
+            integer is hashed as its decimal string, so 5 and ``"5"`` are one ID, and CSV files
+            keep zero-padded codes (``"00123"``) as written. Declare it when sources disagree
+            (a CSV column that pyarrow infers as integers, events sending strings).
     """
 
     name: str = Field(min_length=1)
@@ -88,6 +95,7 @@ class SparseSlot(Config):
     multi_valued: bool = False
     pooling: Literal["sum", "mean"] = "sum"
     max_len: int | None = Field(None, ge=1)
+    id_type: Literal["auto", "int", "text"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> SparseSlot:
@@ -232,6 +240,10 @@ class FeatureSpec(Config):
             raise ValueError(f"tables {unused} are declared but no sparse slot uses them")
         out: dict[str, TableConfig] = {}
         for name, slots in users.items():
+            types = {s.id_type for s in slots}
+            if len(types) > 1:  # one ID would key two rows of the table: as an integer and as text
+                shown = ", ".join(f"{s.name!r} {s.id_type}" for s in slots)
+                raise ValueError(f"slots sharing table {name!r} must agree on id_type: {shown}")
             if name in declared:
                 out[name] = _declared_table(declared[name], slots)
             else:

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes, json_safe
-from freshrec.errors import CorruptionError, StateError
-from freshrec.features import Batch
+from freshrec.errors import CorruptionError, InputError, StateError
+from freshrec.features import Batch, encodable_rows
 from freshrec.joiner import Joiner, JoinerState, decode_examples, examples_to_columns
 from freshrec.online.checkpoint import CheckpointStore
 from freshrec.online.config import OnlineConfig
@@ -45,6 +47,8 @@ from freshrec.train import Trainer
 __all__ = ["OnlinePipeline", "PipelineState"]
 
 log = logging.getLogger(__name__)
+
+REJECTED_LOG_EVERY_S = 60.0  # examples the spec cannot read: one warning a minute at most
 
 
 class PipelineState(enum.Enum):
@@ -96,7 +100,9 @@ class OnlinePipeline:
         self._last_status = 0.0
         self._started = self.clock()
         self.state = PipelineState.RUNNING
-        self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0}
+        self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0,
+                         "examples_rejected": 0}  # fmt: skip
+        self._rejected_logged = (float("-inf"), 0)  # (when the last warning went out, the count then)
         self._rate = (self.clock(), self.trainers["rank"].counters.examples)
         self._examples_per_s = 0.0
         self.last_status: dict[str, Any] | None = None
@@ -191,8 +197,9 @@ class OnlinePipeline:
             want -= len(records)
 
     def _train(self, buf: _Buffer) -> int:
-        cols = examples_to_columns(buf.examples)
-        batch = self.spec.encode(cols, weights=cols["sample_weight"], event_time=cols["event_time"])
+        batch = self._encode(buf.examples)
+        if batch is None:
+            return 0
         for name, trainer in self.trainers.items():
             b = batch if name == "rank" else _first_label(batch)
             trainer.step(b, progressive=True)
@@ -203,6 +210,33 @@ class OnlinePipeline:
         self._maybe_expire(event_time)
         self.counters["batches"] += 1
         return batch.size
+
+    def _encode(self, examples: list) -> Batch | None:
+        """The batch of ``examples``, leaving out (counted, logged) those the spec cannot read: a
+        producer sending a float for an ID or text for a price must not stop training, and a
+        restart would only meet the same example again. None if no example is left."""
+
+        def encode(rows: np.ndarray | None) -> Batch:
+            # columns made from the examples at hand: a column's type follows its values (one
+            # float makes a column of integers float), so cutting the whole batch's would not do
+            c = examples_to_columns(examples if rows is None else [examples[i] for i in rows.tolist()])
+            return self.spec.encode(c, weights=c["sample_weight"], event_time=c["event_time"])
+
+        try:
+            return encode(None)
+        except InputError:  # DataError: find the examples at fault
+            pass
+        keep, bad = encodable_rows(encode, len(examples))
+        self.counters["examples_rejected"] += len(bad)
+        now = time.monotonic()
+        last, count = self._rejected_logged
+        if now - last >= REJECTED_LOG_EVERY_S:
+            row, exc = bad[0]
+            n = self.counters["examples_rejected"] - count
+            log.warning("left out %d example(s) the spec cannot read (%d since the last such warning), e.g. example "
+                        "%r: %s", len(bad), n, examples[row].example_id, exc)  # fmt: skip
+            self._rejected_logged = (now, self.counters["examples_rejected"])
+        return encode(keep) if keep.size else None
 
     def _maybe_expire(self, event_time: float) -> None:
         if self.last_expire is None:

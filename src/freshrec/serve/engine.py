@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from freshrec.errors import ConfigError, DataError, InputError
-from freshrec.features import Batch
+from freshrec.errors import ConfigError, InputError
+from freshrec.features import Batch, encodable_rows, take_rows
 from freshrec.models import TwoTowerConfig
 from freshrec.serve.features import ColumnBuilder, Missing
 from freshrec.serve.items import LiveItems
@@ -97,11 +97,6 @@ def _tower_names(cfg: TwoTowerConfig) -> tuple[list[str], list[str]]:
     return list(cfg.user_slots) + list(cfg.user_dense), list(cfg.item_slots) + list(cfg.item_dense)
 
 
-def _take(cols: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
-    idx = rows.tolist()
-    return {k: (v[rows] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in cols.items()}
-
-
 def _encode_catalog_rows(
     builder: ColumnBuilder, cols: dict[str, Any], ids: Sequence[Any], warn: _RateLimitedWarning, *, request: bool
 ) -> tuple[np.ndarray, Batch | None]:
@@ -116,28 +111,16 @@ def _encode_catalog_rows(
         return np.zeros(0, np.int64), None
     try:
         return np.arange(n), builder.encode(cols, n)
-    except (InputError, DataError) as exc:
+    except InputError as exc:  # DataError too
         first = exc
-    good: list[np.ndarray] = []
-
-    def search(rows: np.ndarray) -> None:
-        try:
-            builder.encode(_take(cols, rows), rows.size)
-            good.append(rows)
-        except (InputError, DataError) as exc:
-            if rows.size == 1:
-                warn.warn(f"catalog item {ids[int(rows[0])]!r}: its features cannot be encoded ({exc}); left out")
-            else:
-                search(rows[: rows.size // 2])
-                search(rows[rows.size // 2 :])
-
-    search(np.arange(n))
-    if not good:
+    keep, bad = encodable_rows(lambda rows: builder.encode(take_rows(cols, rows), rows.size), n)
+    for row, exc in bad:
+        warn.warn(f"catalog item {ids[row]!r}: its features cannot be encoded ({exc}); left out")
+    if keep.size == 0:
         if request:
             raise first
-        return np.zeros(0, np.int64), None
-    keep = np.concatenate(good)
-    return keep, builder.encode(_take(cols, keep), keep.size)
+        return keep, None
+    return keep, builder.encode(take_rows(cols, keep), keep.size)
 
 
 class _RateLimitedWarning:
@@ -215,7 +198,7 @@ class ItemVectors:
         if missing:
             bad = np.unique(np.concatenate([m.rows for m in missing]))
             keep = np.setdiff1d(keep, bad)
-            cols = _take(cols, keep)
+            cols = take_rows(cols, keep)
         if keep.size:
             kept, batch = _encode_catalog_rows(self.builder, cols, [ids[i] for i in keep.tolist()], self.bad_items,
                                                request=False)  # fmt: skip
@@ -284,7 +267,7 @@ class ArmEngine:
                 if m.rows.size == len(ids):
                     raise InputError(_missing_message(m, len(ids), catalog=True))
             keep = np.setdiff1d(np.arange(len(ids)), np.concatenate([m.rows for m in missing]))
-            cols = _take(cols, keep)
+            cols = take_rows(cols, keep)
             ids = [ids[i] for i in keep.tolist()]
             feats = [feats[i] for i in keep.tolist()]
         kept, batch = _encode_catalog_rows(self.ranker, cols, ids, self.bad_items, request=True)

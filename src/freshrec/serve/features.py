@@ -12,8 +12,9 @@ build the same names or a model reads the wrong columns. The rule, per candidate
   (``user_``, ``item_``, ``context_``) in every dict that has it.
 
 Columns are built once per request, not per candidate where it can be helped: a user or context
-feature is broadcast, ID columns are hashed here in one call (so ``encode`` passes them through),
-and only the candidates' own features are gathered row by row.
+feature is broadcast and only the candidates' own features are gathered row by row. IDs are
+hashed by ``FeatureSpec.encode``, as in training (a column mixing integers and strings value by
+value, under each slot's ``id_type``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from freshrec.errors import InputError
-from freshrec.features import Batch, FeatureSpec, hash_ids
+from freshrec.features import Batch, FeatureSpec
 from freshrec.joiner.example import RESERVED_COLUMNS as _JOINER_RESERVED
 from freshrec.joiner.example import merge_features
 from freshrec.stream.events import ACTION_TYPES
@@ -121,10 +122,9 @@ class ColumnBuilder:
     def encode(self, cols: Mapping[str, list[Any] | np.ndarray], n: int) -> Batch:
         """The batch of rows whose columns are ``cols`` (raw, as :meth:`raw` made them, with no
         missing single-valued slot left). Bad values raise :class:`InputError` naming the feature."""
-        seed = self.spec.hash_seed
         out: dict[str, Any] = {}
         for name in self.single:
-            out[name] = id_column(cols[name], seed, name)
+            out[name] = cols[name]
         for name in self.multi:
             out[name] = [v if v is not None else [] for v in cols[name]]
         for name in self.dense:
@@ -156,34 +156,3 @@ def dense_column(values: list[Any] | np.ndarray, name: str) -> np.ndarray:
             f"feature {name!r} is a dense feature and needs numbers; row {bad} has "
             f"{type(values[bad]).__name__} {values[bad]!r}"
         ) from None
-
-
-def id_column(values: list[Any] | np.ndarray, seed: int, name: str) -> np.ndarray:
-    """IDs as int64 the way training hashes them: ints as they are, strings by seeded xxh64.
-
-    A column mixing ints and strings is hashed value by value (training, which sees such a
-    feature one type per batch, gives each value the same ID)."""
-    if isinstance(values, np.ndarray):
-        return values
-    first = type(values[0]) if values else int
-    if first is int and all(type(v) is int for v in values):
-        try:
-            return np.array(values, np.int64)
-        except OverflowError as exc:
-            raise InputError(f"feature {name!r}: integer IDs must fit in int64") from exc
-    if first is str and all(type(v) is str for v in values):
-        return hash_ids(values, seed)
-    out = np.empty(len(values), np.int64)
-    ints = [i for i, v in enumerate(values) if type(v) is int]
-    strs = [i for i, v in enumerate(values) if type(v) is str]
-    if len(ints) + len(strs) != len(values):
-        bad = next(i for i, v in enumerate(values) if type(v) not in (int, str))
-        raise InputError(
-            f"feature {name!r} is an ID (sparse slot) and needs integers or strings; "
-            f"row {bad} has {type(values[bad]).__name__} {values[bad]!r}"
-        )
-    if ints:
-        out[ints] = np.array([values[i] for i in ints], np.int64)
-    if strs:
-        out[strs] = hash_ids([values[i] for i in strs], seed)
-    return out
