@@ -161,3 +161,14 @@ def test_a_side_file_listing_a_user_twice_is_refused(tmp_path, data_dir):
     (tmp_path / "u.user").write_text("\n".join([*users, users[0]]) + "\n", encoding="latin-1")
     with pytest.raises(DataError, match=r"u.user: user 1 is listed more than once"):
         load_movielens(tmp_path)
+
+
+@pytest.mark.parametrize("side", ["u.user", "u.item"])
+def test_a_side_file_that_is_a_directory_is_an_error(tmp_path, side):
+    """A u.user or u.item that was a directory was skipped as if absent: the side features were
+    silently left out. An absent side file is still skipped (the module docstring's rule)."""
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n")
+    assert load_movielens(tmp_path).spec == movielens_spec()
+    (tmp_path / side).mkdir()
+    with pytest.raises(DataError, match=rf"{side}: is a directory, not a file"):
+        load_movielens(tmp_path)

@@ -9,6 +9,7 @@ by re-reading that one column as text (only on the error path).
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,12 +45,26 @@ class CsvFormat:
 
 def check_file(path: Path) -> None:
     try:
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not a file")
+        if not path.exists():
+            raise DataError(f"{path}: no such file" + (" (a broken link)" if path.is_symlink() else ""))
         if not path.is_file():
-            raise DataError(f"{path}: no such file")
+            raise DataError(f"{path}: not a regular file")
         if path.stat().st_size == 0:
             raise DataError(f"{path}: file is empty")
     except OSError as exc:
         raise _unreadable(path, exc) from exc
+
+
+def side_file(path: Path) -> bool:
+    """Whether the optional side file ``path`` is there to be read: False when nothing is at
+    that path, True for a non-empty file; anything else there (a directory, a broken link, an
+    empty file) is a DataError rather than a side file skipped in silence."""
+    if not os.path.lexists(path):
+        return False
+    check_file(path)
+    return True
 
 
 def _unreadable(path: Path, exc: OSError) -> DataError:

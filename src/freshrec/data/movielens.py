@@ -10,7 +10,8 @@ Three layouts are detected from the file name (or found in a directory, in this 
 The label is ``rating >= 3.5`` (the Monolith paper's positives on MovieLens-25M); the raw
 ``rating`` stays available as a column. Event time is the unix timestamp.
 
-For the 100K layout the user and item side files are joined when they sit beside the ratings:
+For the 100K layout the user and item side files are joined when they sit beside the ratings
+(when absent they are skipped; something else of that name, such as a directory, is an error):
 ``u.user`` gives ``age_bucket`` (the 1M release's buckets: 1, 18, 25, 35, 45, 50, 56),
 ``gender``, ``occupation`` and ``zip_prefix`` (first three characters); ``u.item`` gives
 ``genres`` (a multi-valued slot of genre indices 0..18, mean-pooled) and ``release_year``
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from freshrec.data._read import CsvFormat, arrays, header, join_index, read_csv, require
+from freshrec.data._read import CsvFormat, arrays, header, join_index, read_csv, require, side_file
 from freshrec.data.dataset import Dataset
 from freshrec.errors import DataError
 from freshrec.features import FeatureSpec, Jagged, SparseSlot
@@ -157,8 +158,8 @@ def load_movielens(path: str | Path, spec: FeatureSpec | None = None) -> Dataset
     cols["label"] = (rating >= POSITIVE_RATING).astype(np.float32)
     event_time = cols.pop("timestamp").to_numpy().astype(np.float64)
     tab_layout = file.suffix not in (".csv", ".dat")
-    has_users = tab_layout and (file.parent / "u.user").is_file()
-    has_items = tab_layout and (file.parent / "u.item").is_file()
+    has_users = tab_layout and side_file(file.parent / "u.user")
+    has_items = tab_layout and side_file(file.parent / "u.item")
     if has_users:
         cols.update(_user_columns(file, file.parent / "u.user", user_ids))
     if has_items:
