@@ -163,6 +163,15 @@ def test_a_side_file_listing_a_user_twice_is_refused(tmp_path, data_dir):
         load_movielens(tmp_path)
 
 
+def test_a_bad_value_after_blank_lines_names_its_line_in_the_file(tmp_path):
+    """pyarrow skips empty lines without counting them: 'good' on line 6 was reported at line 3."""
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\r\n1,2,4.0,3\r\n\r\n\r\n\r\n1,3,good,4\r\n")
+    with pytest.raises(
+        DataError, match=r"ratings.csv: column 'rating' line 6 \(data row 2\) value 'good' is not double"
+    ):
+        load_movielens(tmp_path)
+
+
 @pytest.mark.parametrize("side", ["u.user", "u.item"])
 def test_a_side_file_that_is_a_directory_is_an_error(tmp_path, side):
     """A u.user or u.item that was a directory was skipped as if absent: the side features were

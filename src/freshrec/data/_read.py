@@ -1,14 +1,17 @@
 """Reading delimited files with pyarrow, with every failure turned into a DataError that names
-the file, the column and (for a bad value) the row.
+the file, the column and (for a bad value) the line.
 
 pyarrow's CSV reader is multi-threaded C++ and yields typed Arrow columns; its errors carry a
-column number but no name or row, so this module adds both: the name from the header, the row
-by re-reading that one column as text (only on the error path).
+column number but no name or line, so this module adds both, only on the error path: the name
+from the header, the data row by re-reading that one column as text, and the line of the file by
+counting its lines (pyarrow skips empty lines without counting them, so the data row alone
+misplaces every line after a blank one).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -134,25 +137,68 @@ def _translate(path: Path, fmt: CsvFormat, exc: Exception, types: dict[str, pa.D
         names = header(path, fmt)
         k = int(m.group(1))
         name = names[k] if k < len(names) else f"#{k}"
-        detail = _first_bad_value(path, fmt, name, (types or {}).get(name))
+        typ = (types or {}).get(name)
+        found = _first_bad_value(path, fmt, name, typ) if typ is not None else None
+        detail = f" {locate(path, fmt, found[0])} value {found[1]!r} is not {typ}" if found else ""
         return DataError(f"{path}: column {name!r}{detail}: {msg}")
     return DataError(f"{path}: cannot parse: {msg}")
 
 
-def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType | None) -> str:
-    """`` row R value 'V'`` for the first value of ``name`` that does not convert to ``typ``."""
-    if typ is None:
-        return ""
+def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType) -> tuple[int, str] | None:
+    """(data row from 0, value) of the first value of ``name`` that does not convert to ``typ``."""
     try:
         read, parse, convert = _options(fmt, {name: pa.string()}, [name], None)
         text = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowException:
-        return ""
-    first_line = 1 if fmt.names is not None else 2  # of the first data row (no quoted line breaks)
+        return None
     for row, value in enumerate(text.column(0).to_pylist()):
         if value is not None and not _converts(value, typ):
-            return f" line {row + first_line} (data row {row + 1}) value {value!r} is not {typ}"
-    return ""
+            return row, value
+    return None
+
+
+def _data_lines(path: Path, fmt: CsvFormat) -> Iterator[tuple[int, list[str], str]]:
+    """(first line number from 1, fields, text) of each data row, as pyarrow's reader sees them:
+    empty lines and the header are skipped, a quoted value may span lines."""
+    quote = {} if fmt.quoting else {"quoting": csv.QUOTE_NONE}
+    with open(path, encoding=fmt.encoding, errors="replace", newline="") as f:
+        raw: list[str] = []
+
+        def lines() -> Iterator[str]:  # \n, \r\n and \r each end a line, as in pyarrow
+            for line in f:
+                raw.append(line)
+                yield line
+
+        reader = csv.reader(lines(), delimiter=fmt.delimiter[0], **quote)
+        seen_header = fmt.names is not None
+        start = 1
+        for fields in reader:
+            number, start = start, reader.line_num + 1
+            text = "".join(raw).rstrip("\r\n")
+            raw.clear()
+            if not fields:  # an empty line
+                continue
+            if not seen_header:
+                seen_header = True
+                continue
+            yield number, fields, text
+
+
+def _data_line(path: Path, fmt: CsvFormat, row: int) -> tuple[int, str] | None:
+    """(line number, text) of data row ``row`` (from 0); None if the file cannot be re-read."""
+    try:
+        found = next(itertools.islice(_data_lines(path, fmt), row, None), None)
+    except (OSError, csv.Error):
+        return None
+    return (found[0], found[2]) if found else None
+
+
+def locate(path: Path, fmt: CsvFormat, row: int) -> str:
+    """``line N (data row M)`` for data row ``row`` (from 0) of ``path``: the line counts the
+    header and empty lines, which pyarrow skips; it re-reads the file up to there (error paths
+    only)."""
+    line = _data_line(path, fmt, row)
+    return f"line {line[0]} (data row {row + 1})" if line else f"data row {row + 1}"
 
 
 def _converts(value: str, typ: pa.DataType) -> bool:
