@@ -1,5 +1,5 @@
 """Reading delimited files with pyarrow, with every failure turned into a DataError that names
-the file, the column and (for a bad value) the line.
+the file, the column and (for a bad value or a row of the wrong width) the line.
 
 pyarrow's CSV reader is multi-threaded C++ and yields typed Arrow columns; its errors carry a
 column number but no name or line, so this module adds both, only on the error path: the name
@@ -25,6 +25,8 @@ import pyarrow.csv as pacsv
 from freshrec.errors import DataError
 
 _COLUMN_NO = re.compile(r"CSV column #(\d+)")
+_WIDTH = re.compile(r"Expected (\d+) columns, got (\d+)")
+_SHOWN = 100  # characters of a bad line quoted in an error
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class CsvFormat:
     """How a delimited file is laid out.
 
     Args:
-        delimiter: one character.
+        delimiter: one character, or one character twice (MovieLens 1M's ``::``): pyarrow splits
+            at each single one and the field between a pair must stay empty, so a lone ``:`` in
+            a line is an error, not a shifted field. A doubled delimiter needs ``names``.
         names: column names when the file has no header row; None = the first row is a header.
         encoding: text encoding (MovieLens 100K side files are latin-1).
         quoting: honour double quotes (off for files whose text fields contain stray quotes).
@@ -44,6 +48,26 @@ class CsvFormat:
     quoting: bool = True
     # only an empty cell is missing: "NA" or "null" may be real IDs (a country, a username)
     null_values: Sequence[str] = field(default_factory=lambda: [""])
+
+    def __post_init__(self) -> None:
+        d = self.delimiter
+        if not (len(d) == 1 or (len(d) == 2 and d[0] == d[1] and self.names is not None)):
+            raise ValueError(f"delimiter {d!r}: one character, or one doubled with names given")
+
+    @property
+    def doubled(self) -> bool:
+        return len(self.delimiter) == 2
+
+    def gaps(self) -> list[str]:
+        """The empty field inside each doubled delimiter, as a column (named as no file's is)."""
+        return [f"{self.delimiter} #{k}" for k in range(1, len(self.names))] if self.doubled else []
+
+    def arrow_names(self) -> list[str] | None:
+        """The column names pyarrow reads: ``names``, with the gaps between them when doubled."""
+        if self.names is None or not self.doubled:
+            return None if self.names is None else list(self.names)
+        gaps = self.gaps()
+        return [self.names[0], *(c for k, name in enumerate(self.names[1:]) for c in (gaps[k], name))]
 
 
 def check_file(path: Path) -> None:
@@ -113,11 +137,15 @@ def _options(
     block_size: int | None,
 ) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
     read = pacsv.ReadOptions(
-        column_names=list(fmt.names) if fmt.names is not None else None,
+        column_names=fmt.arrow_names(),
         encoding=fmt.encoding,
         **({"block_size": block_size} if block_size else {}),
     )
-    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False)
+    parse = pacsv.ParseOptions(delimiter=fmt.delimiter[0], quote_char='"' if fmt.quoting else False)
+    gaps = fmt.gaps()  # typed null, so a value in one fails the read; included, so it is checked at all
+    if gaps:
+        types = {**{g: pa.null() for g in gaps}, **(types or {})}
+        include = [*(include if include is not None else fmt.names), *gaps]
     convert = pacsv.ConvertOptions(
         column_types=types or {},
         include_columns=list(include) if include is not None else None,
@@ -134,13 +162,30 @@ def _translate(path: Path, fmt: CsvFormat, exc: Exception, types: dict[str, pa.D
         return DataError(f"{path}: file is empty")
     m = _COLUMN_NO.search(msg)
     if m:
-        names = header(path, fmt)
+        names = fmt.arrow_names() or header(path, fmt)
         k = int(m.group(1))
         name = names[k] if k < len(names) else f"#{k}"
+        if name in fmt.gaps():  # '1:9:2::3::4': a value where a doubled delimiter's empty field belongs
+            found = _first_bad_value(path, fmt, name, pa.null())
+            line = _data_line(path, fmt, found[0]) if found else None
+            if line:
+                return DataError(f"{path}: line {line[0]} (data row {found[0] + 1}): fields must be separated by "
+                                 f"{fmt.delimiter!r}, not a lone {fmt.delimiter[0]!r}: {_shown(line[1])}")  # fmt: skip
+            return DataError(f"{path}: fields must be separated by {fmt.delimiter!r}: {msg}")
         typ = (types or {}).get(name)
         found = _first_bad_value(path, fmt, name, typ) if typ is not None else None
         detail = f" {locate(path, fmt, found[0])} value {found[1]!r} is not {typ}" if found else ""
         return DataError(f"{path}: column {name!r}{detail}: {msg}")
+    m = _WIDTH.search(msg)
+    if m:  # pyarrow quotes the row (cut at ~100 characters) but not its line
+        expected = int(m.group(1))
+        found = _first_line_not_of_width(path, fmt, expected)
+        if found:
+            line, text, width = found
+            # with a doubled delimiter pyarrow counts the gaps too: say what the file should hold
+            want, got = (len(fmt.names), "") if fmt.doubled else (expected, f", got {width}")
+            return DataError(f"{path}: cannot parse line {line}: expected {want} fields separated by "
+                             f"{fmt.delimiter!r}{got}: {_shown(text)}")  # fmt: skip
     return DataError(f"{path}: cannot parse: {msg}")
 
 
@@ -148,6 +193,7 @@ def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType) ->
     """(data row from 0, value) of the first value of ``name`` that does not convert to ``typ``."""
     try:
         read, parse, convert = _options(fmt, {name: pa.string()}, [name], None)
+        convert.include_columns = [name]  # not the gaps: one of them may be what failed
         text = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowException:
         return None
@@ -201,6 +247,21 @@ def locate(path: Path, fmt: CsvFormat, row: int) -> str:
     return f"line {line[0]} (data row {row + 1})" if line else f"data row {row + 1}"
 
 
+def _first_line_not_of_width(path: Path, fmt: CsvFormat, width: int) -> tuple[int, str, int] | None:
+    """(line number, text, fields) of the first data row not split into ``width`` fields."""
+    try:
+        for number, fields, text in _data_lines(path, fmt):
+            if len(fields) != width:
+                return number, text, len(fields)
+    except (OSError, csv.Error):
+        pass
+    return None
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+
+
 def _converts(value: str, typ: pa.DataType) -> bool:
     try:  # as pyarrow converts the text (Python's int() would take "1_000" and out-of-range values)
         pa.array([value], pa.string()).cast(typ)
@@ -227,7 +288,7 @@ def read_csv(
         raise _unreadable(path, exc) from exc
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
-    return table
+    return table.drop_columns(fmt.gaps())  # all null by now: checked, then dropped
 
 
 def stream_csv(
@@ -245,7 +306,7 @@ def stream_csv(
         reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
         for batch in reader:
             if batch.num_rows:
-                yield batch
+                yield batch.drop_columns(fmt.gaps())  # all null by now: checked, then dropped
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         raise _translate(path, fmt, exc, types) from exc
     except OSError as exc:
