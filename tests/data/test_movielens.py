@@ -141,7 +141,7 @@ def test_bad_files_name_file_and_column(tmp_path):
     with pytest.raises(DataError, match=r"ratings.csv: no data rows"):
         load_movielens(d)
     (tmp_path / "bad.data").write_text("1\t2\t3\n")
-    with pytest.raises(DataError, match=r"bad.data: cannot parse.*Expected 4 columns"):
+    with pytest.raises(DataError, match=r"bad.data: cannot parse line 1: expected 4 fields separated by '\\t', got 3"):
         load_movielens(tmp_path / "bad.data")
     (tmp_path / "nothing").mkdir()
     with pytest.raises(DataError, match="nothing: no MovieLens ratings file here"):
@@ -160,4 +160,42 @@ def test_a_side_file_listing_a_user_twice_is_refused(tmp_path, data_dir):
     users = (data_dir / "ml-100k" / "u.user").read_text(encoding="latin-1").splitlines()
     (tmp_path / "u.user").write_text("\n".join([*users, users[0]]) + "\n", encoding="latin-1")
     with pytest.raises(DataError, match=r"u.user: user 1 is listed more than once"):
+        load_movielens(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "bad", "match"), [
+    ("ratings.dat", "1:9:2::3::4", r"line 3 \(data row 2\): fields must be separated by '::', not a lone ':': "
+                                   r"'1:9:2::3::4'"),
+    ("ratings.dat", "1::2::5::978300760::extra", r"cannot parse line 3: expected 4 fields separated by '::': '1::2"),
+    ("ratings.dat", "1::2::5", r"cannot parse line 3: expected 4 fields separated by '::': '1::2::5'"),
+    ("ratings.dat", "1::2::5::", r"column 'timestamp' has 1 empty values, the first in line 3 \(data row 2\)"),
+    ("u.data", "1\t2\t5\t978300760\t9", r"cannot parse line 3: expected 4 fields separated by '\\t', got 5"),
+])  # fmt: skip
+def test_a_ratings_line_of_another_shape_is_refused_with_its_line(tmp_path, name, bad, match):
+    """'1:9:2::3::4' loaded as user 1, item 2, rating 3 at time 4 (the lone ':' fields were
+    never read); a line with too many or too few fields, or an empty field, was refused without
+    its line, or at a row counted from 0. The blank line 2 is skipped, and counted."""
+    good = "1::2::5::978300760" if name == "ratings.dat" else "1\t2\t5\t978300760"
+    (tmp_path / name).write_text(f"{good}\n\n{bad}\n{good}\n")
+    with pytest.raises(DataError, match=rf"{name}: {match}"):
+        load_movielens(tmp_path)
+
+
+def test_a_bad_value_after_blank_lines_names_its_line_in_the_file(tmp_path):
+    """pyarrow skips empty lines without counting them: 'good' on line 6 was reported at line 3."""
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\r\n1,2,4.0,3\r\n\r\n\r\n\r\n1,3,good,4\r\n")
+    with pytest.raises(
+        DataError, match=r"ratings.csv: column 'rating' line 6 \(data row 2\) value 'good' is not double"
+    ):
+        load_movielens(tmp_path)
+
+
+@pytest.mark.parametrize("side", ["u.user", "u.item"])
+def test_a_side_file_that_is_a_directory_is_an_error(tmp_path, side):
+    """A u.user or u.item that was a directory was skipped as if absent: the side features were
+    silently left out. An absent side file is still skipped (the module docstring's rule)."""
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n")
+    assert load_movielens(tmp_path).spec == movielens_spec()
+    (tmp_path / side).mkdir()
+    with pytest.raises(DataError, match=rf"{side}: is a directory, not a file"):
         load_movielens(tmp_path)

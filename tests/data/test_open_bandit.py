@@ -128,3 +128,15 @@ def test_item_context_is_joined_by_sorting_and_refuses_repeats(tmp_path, data_di
     (tmp_path / "item_context.csv").write_text("\n".join([*items, items[1]]) + "\n")
     with pytest.raises(DataError, match=r"item_context.csv: item 0 is listed more than once"):
         load_open_bandit(tmp_path)
+
+
+def test_an_item_context_that_is_a_directory_is_an_error(tmp_path, data_dir):
+    """An item_context.csv that was a directory was skipped as if absent: the item features were
+    silently left out of the spec. An absent one still is (the module docstring's rule)."""
+    _log_with(tmp_path, data_dir, 4, "0")
+    assert "item_feature_1" not in load_open_bandit(tmp_path).spec.slot_names
+    (tmp_path / "item_context.csv").mkdir()
+    with pytest.raises(DataError, match=r"item_context.csv: is a directory, not a file"):
+        load_open_bandit(tmp_path)
+    with pytest.raises(DataError, match=r"item_context.csv: is a directory, not a file"):
+        load_open_bandit(tmp_path / "men.csv")

@@ -1,14 +1,18 @@
 """Reading delimited files with pyarrow, with every failure turned into a DataError that names
-the file, the column and (for a bad value) the row.
+the file, the column and (for a bad value or a row of the wrong width) the line.
 
 pyarrow's CSV reader is multi-threaded C++ and yields typed Arrow columns; its errors carry a
-column number but no name or row, so this module adds both: the name from the header, the row
-by re-reading that one column as text (only on the error path).
+column number but no name or line, so this module adds both, only on the error path: the name
+from the header, the data row by re-reading that one column as text, and the line of the file by
+counting its lines (pyarrow skips empty lines without counting them, so the data row alone
+misplaces every line after a blank one).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +25,8 @@ import pyarrow.csv as pacsv
 from freshrec.errors import DataError
 
 _COLUMN_NO = re.compile(r"CSV column #(\d+)")
+_WIDTH = re.compile(r"Expected (\d+) columns, got (\d+)")
+_SHOWN = 100  # characters of a bad line quoted in an error
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,9 @@ class CsvFormat:
     """How a delimited file is laid out.
 
     Args:
-        delimiter: one character.
+        delimiter: one character, or one character twice (MovieLens 1M's ``::``): pyarrow splits
+            at each single one and the field between a pair must stay empty, so a lone ``:`` in
+            a line is an error, not a shifted field. A doubled delimiter needs ``names``.
         names: column names when the file has no header row; None = the first row is a header.
         encoding: text encoding (MovieLens 100K side files are latin-1).
         quoting: honour double quotes (off for files whose text fields contain stray quotes).
@@ -41,15 +49,49 @@ class CsvFormat:
     # only an empty cell is missing: "NA" or "null" may be real IDs (a country, a username)
     null_values: Sequence[str] = field(default_factory=lambda: [""])
 
+    def __post_init__(self) -> None:
+        d = self.delimiter
+        if not (len(d) == 1 or (len(d) == 2 and d[0] == d[1] and self.names is not None)):
+            raise ValueError(f"delimiter {d!r}: one character, or one doubled with names given")
+
+    @property
+    def doubled(self) -> bool:
+        return len(self.delimiter) == 2
+
+    def gaps(self) -> list[str]:
+        """The empty field inside each doubled delimiter, as a column (named as no file's is)."""
+        return [f"{self.delimiter} #{k}" for k in range(1, len(self.names))] if self.doubled else []
+
+    def arrow_names(self) -> list[str] | None:
+        """The column names pyarrow reads: ``names``, with the gaps between them when doubled."""
+        if self.names is None or not self.doubled:
+            return None if self.names is None else list(self.names)
+        gaps = self.gaps()
+        return [self.names[0], *(c for k, name in enumerate(self.names[1:]) for c in (gaps[k], name))]
+
 
 def check_file(path: Path) -> None:
     try:
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not a file")
+        if not path.exists():
+            raise DataError(f"{path}: no such file" + (" (a broken link)" if path.is_symlink() else ""))
         if not path.is_file():
-            raise DataError(f"{path}: no such file")
+            raise DataError(f"{path}: not a regular file")
         if path.stat().st_size == 0:
             raise DataError(f"{path}: file is empty")
     except OSError as exc:
         raise _unreadable(path, exc) from exc
+
+
+def side_file(path: Path) -> bool:
+    """Whether the optional side file ``path`` is there to be read: False when nothing is at
+    that path, True for a non-empty file; anything else there (a directory, a broken link, an
+    empty file) is a DataError rather than a side file skipped in silence."""
+    if not os.path.lexists(path):
+        return False
+    check_file(path)
+    return True
 
 
 def _unreadable(path: Path, exc: OSError) -> DataError:
@@ -95,11 +137,15 @@ def _options(
     block_size: int | None,
 ) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
     read = pacsv.ReadOptions(
-        column_names=list(fmt.names) if fmt.names is not None else None,
+        column_names=fmt.arrow_names(),
         encoding=fmt.encoding,
         **({"block_size": block_size} if block_size else {}),
     )
-    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False)
+    parse = pacsv.ParseOptions(delimiter=fmt.delimiter[0], quote_char='"' if fmt.quoting else False)
+    gaps = fmt.gaps()  # typed null, so a value in one fails the read; included, so it is checked at all
+    if gaps:
+        types = {**{g: pa.null() for g in gaps}, **(types or {})}
+        include = [*(include if include is not None else fmt.names), *gaps]
     convert = pacsv.ConvertOptions(
         column_types=types or {},
         include_columns=list(include) if include is not None else None,
@@ -116,28 +162,104 @@ def _translate(path: Path, fmt: CsvFormat, exc: Exception, types: dict[str, pa.D
         return DataError(f"{path}: file is empty")
     m = _COLUMN_NO.search(msg)
     if m:
-        names = header(path, fmt)
+        names = fmt.arrow_names() or header(path, fmt)
         k = int(m.group(1))
         name = names[k] if k < len(names) else f"#{k}"
-        detail = _first_bad_value(path, fmt, name, (types or {}).get(name))
+        if name in fmt.gaps():  # '1:9:2::3::4': a value where a doubled delimiter's empty field belongs
+            found = _first_bad_value(path, fmt, name, pa.null())
+            line = _data_line(path, fmt, found[0]) if found else None
+            if line:
+                return DataError(f"{path}: line {line[0]} (data row {found[0] + 1}): fields must be separated by "
+                                 f"{fmt.delimiter!r}, not a lone {fmt.delimiter[0]!r}: {_shown(line[1])}")  # fmt: skip
+            return DataError(f"{path}: fields must be separated by {fmt.delimiter!r}: {msg}")
+        typ = (types or {}).get(name)
+        found = _first_bad_value(path, fmt, name, typ) if typ is not None else None
+        detail = f" {locate(path, fmt, found[0])} value {found[1]!r} is not {typ}" if found else ""
         return DataError(f"{path}: column {name!r}{detail}: {msg}")
+    m = _WIDTH.search(msg)
+    if m:  # pyarrow quotes the row (cut at ~100 characters) but not its line
+        expected = int(m.group(1))
+        found = _first_line_not_of_width(path, fmt, expected)
+        if found:
+            line, text, width = found
+            # with a doubled delimiter pyarrow counts the gaps too: say what the file should hold
+            want, got = (len(fmt.names), "") if fmt.doubled else (expected, f", got {width}")
+            return DataError(f"{path}: cannot parse line {line}: expected {want} fields separated by "
+                             f"{fmt.delimiter!r}{got}: {_shown(text)}")  # fmt: skip
     return DataError(f"{path}: cannot parse: {msg}")
 
 
-def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType | None) -> str:
-    """`` row R value 'V'`` for the first value of ``name`` that does not convert to ``typ``."""
-    if typ is None:
-        return ""
+def _first_bad_value(path: Path, fmt: CsvFormat, name: str, typ: pa.DataType) -> tuple[int, str] | None:
+    """(data row from 0, value) of the first value of ``name`` that does not convert to ``typ``."""
     try:
         read, parse, convert = _options(fmt, {name: pa.string()}, [name], None)
+        convert.include_columns = [name]  # not the gaps: one of them may be what failed
         text = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowException:
-        return ""
-    first_line = 1 if fmt.names is not None else 2  # of the first data row (no quoted line breaks)
+        return None
     for row, value in enumerate(text.column(0).to_pylist()):
         if value is not None and not _converts(value, typ):
-            return f" line {row + first_line} (data row {row + 1}) value {value!r} is not {typ}"
-    return ""
+            return row, value
+    return None
+
+
+def _data_lines(path: Path, fmt: CsvFormat) -> Iterator[tuple[int, list[str], str]]:
+    """(first line number from 1, fields, text) of each data row, as pyarrow's reader sees them:
+    empty lines and the header are skipped, a quoted value may span lines."""
+    quote = {} if fmt.quoting else {"quoting": csv.QUOTE_NONE}
+    with open(path, encoding=fmt.encoding, errors="replace", newline="") as f:
+        raw: list[str] = []
+
+        def lines() -> Iterator[str]:  # \n, \r\n and \r each end a line, as in pyarrow
+            for line in f:
+                raw.append(line)
+                yield line
+
+        reader = csv.reader(lines(), delimiter=fmt.delimiter[0], **quote)
+        seen_header = fmt.names is not None
+        start = 1
+        for fields in reader:
+            number, start = start, reader.line_num + 1
+            text = "".join(raw).rstrip("\r\n")
+            raw.clear()
+            if not fields:  # an empty line
+                continue
+            if not seen_header:
+                seen_header = True
+                continue
+            yield number, fields, text
+
+
+def _data_line(path: Path, fmt: CsvFormat, row: int) -> tuple[int, str] | None:
+    """(line number, text) of data row ``row`` (from 0); None if the file cannot be re-read."""
+    try:
+        found = next(itertools.islice(_data_lines(path, fmt), row, None), None)
+    except (OSError, csv.Error):
+        return None
+    return (found[0], found[2]) if found else None
+
+
+def locate(path: Path, fmt: CsvFormat, row: int) -> str:
+    """``line N (data row M)`` for data row ``row`` (from 0) of ``path``: the line counts the
+    header and empty lines, which pyarrow skips; it re-reads the file up to there (error paths
+    only)."""
+    line = _data_line(path, fmt, row)
+    return f"line {line[0]} (data row {row + 1})" if line else f"data row {row + 1}"
+
+
+def _first_line_not_of_width(path: Path, fmt: CsvFormat, width: int) -> tuple[int, str, int] | None:
+    """(line number, text, fields) of the first data row not split into ``width`` fields."""
+    try:
+        for number, fields, text in _data_lines(path, fmt):
+            if len(fields) != width:
+                return number, text, len(fields)
+    except (OSError, csv.Error):
+        pass
+    return None
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
 
 
 def _converts(value: str, typ: pa.DataType) -> bool:
@@ -166,7 +288,7 @@ def read_csv(
         raise _unreadable(path, exc) from exc
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
-    return table
+    return table.drop_columns(fmt.gaps())  # all null by now: checked, then dropped
 
 
 def stream_csv(
@@ -184,7 +306,7 @@ def stream_csv(
         reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
         for batch in reader:
             if batch.num_rows:
-                yield batch
+                yield batch.drop_columns(fmt.gaps())  # all null by now: checked, then dropped
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         raise _translate(path, fmt, exc, types) from exc
     except OSError as exc:

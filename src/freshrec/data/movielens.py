@@ -4,13 +4,15 @@ Three layouts are detected from the file name (or found in a directory, in this 
 
 * ``u.data`` (MovieLens 100K): ``user \\t item \\t rating \\t unix_time``, no header; any other
   name that is not ``.dat``/``.csv`` (e.g. ``u1.base``) is read the same way;
-* ``ratings.dat`` (1M, 10M): ``user::item::rating::unix_time``;
+* ``ratings.dat`` (1M, 10M): ``user::item::rating::unix_time`` (a line with a lone ``:`` or
+  another number of fields is refused with its line number, not read shifted);
 * ``ratings.csv`` (20M, 25M, latest): header ``userId,movieId,rating,timestamp``.
 
 The label is ``rating >= 3.5`` (the Monolith paper's positives on MovieLens-25M); the raw
 ``rating`` stays available as a column. Event time is the unix timestamp.
 
-For the 100K layout the user and item side files are joined when they sit beside the ratings:
+For the 100K layout the user and item side files are joined when they sit beside the ratings
+(when absent they are skipped; something else of that name, such as a directory, is an error):
 ``u.user`` gives ``age_bucket`` (the 1M release's buckets: 1, 18, 25, 35, 45, 50, 56),
 ``gender``, ``occupation`` and ``zip_prefix`` (first three characters); ``u.item`` gives
 ``genres`` (a multi-valued slot of genre indices 0..18, mean-pooled) and ``release_year``
@@ -26,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from freshrec.data._read import CsvFormat, arrays, header, join_index, read_csv, require
+from freshrec.data._read import CsvFormat, arrays, header, join_index, locate, read_csv, require, side_file
 from freshrec.data.dataset import Dataset
 from freshrec.errors import DataError
 from freshrec.features import FeatureSpec, Jagged, SparseSlot
@@ -74,10 +76,8 @@ def _read_ratings(path: Path) -> dict[str, pa.Array]:
         types = dict(zip(file_cols, _TYPES.values(), strict=True))
         table = read_csv(path, fmt, types=types, include=file_cols).rename_columns(_RATINGS)
     elif path.suffix == ".dat":
-        # '::' is two one-character delimiters with an empty field between them
-        names = ["user_id", "_a", "item_id", "_b", "rating", "_c", "timestamp"]
-        fmt = CsvFormat(delimiter=":", names=names, quoting=False)
-        table = read_csv(path, fmt, types=_TYPES, include=_RATINGS)
+        fmt = CsvFormat(delimiter="::", names=_RATINGS, quoting=False)  # a lone ':' is refused
+        table = read_csv(path, fmt, types=_TYPES)
     else:
         fmt = CsvFormat(delimiter="\t", names=_RATINGS, quoting=False)
         table = read_csv(path, fmt, types=_TYPES)
@@ -85,7 +85,8 @@ def _read_ratings(path: Path) -> dict[str, pa.Array]:
     for name, arr in cols.items():
         if arr.null_count:
             row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}: column {name!r} has {arr.null_count} empty values (first at row {row})")
+            raise DataError(f"{path}: column {name!r} has {arr.null_count} empty values, the first in "
+                            f"{locate(path, fmt, row)}")  # fmt: skip
     return cols
 
 
@@ -157,8 +158,8 @@ def load_movielens(path: str | Path, spec: FeatureSpec | None = None) -> Dataset
     cols["label"] = (rating >= POSITIVE_RATING).astype(np.float32)
     event_time = cols.pop("timestamp").to_numpy().astype(np.float64)
     tab_layout = file.suffix not in (".csv", ".dat")
-    has_users = tab_layout and (file.parent / "u.user").is_file()
-    has_items = tab_layout and (file.parent / "u.item").is_file()
+    has_users = tab_layout and side_file(file.parent / "u.user")
+    has_items = tab_layout and side_file(file.parent / "u.item")
     if has_users:
         cols.update(_user_columns(file, file.parent / "u.user", user_ids))
     if has_items:

@@ -5,7 +5,8 @@ A log file (e.g. ``random/all/all.csv``) has one row per impression: an unnamed 
 ``propensity_score`` (the logging policy's probability of this item at this position),
 ``user_feature_0..3`` (hashed categorical strings) and ``user-item_affinity_0..n_items-1``.
 ``item_context.csv`` beside it holds ``item_id``, ``item_feature_0`` (numeric) and
-``item_feature_1..3`` (categorical).
+``item_feature_1..3`` (categorical); without one the item features are left out (a directory
+or anything else of that name is an error, not a file skipped).
 
 Features of the default spec:
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from freshrec.data._read import CsvFormat, arrays, header, join_index, read_csv, require
+from freshrec.data._read import CsvFormat, arrays, header, join_index, read_csv, require, side_file
 from freshrec.data.dataset import Dataset
 from freshrec.errors import DataError
 from freshrec.features import DenseFeature, FeatureSpec, SparseSlot
@@ -125,7 +126,7 @@ def load_open_bandit(path: str | Path, spec: FeatureSpec | None = None) -> Datas
         **{u: cols[u] for u in USER_FEATURES},
     }
     side = file.parent / "item_context.csv"
-    has_items = side.is_file()
+    has_items = side_file(side)
     if has_items:
         out.update(_item_columns(file, side, item_ids))
     event_time = seconds(cols["timestamp"], "column 'timestamp'", str(file))
