@@ -6,9 +6,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from freshrec.errors import InputError, StateError
+from freshrec.errors import CorruptionError, InputError, StateError
 from freshrec.joiner import Joiner, JoinerConfig, JoinerState, prometheus_collector, read_examples_parquet
 from freshrec.joiner.example import examples_to_columns
+from freshrec.joiner.owner import Claim, owner_topic
 from freshrec.stream import Action, Impression, encode, open_log, partition_for
 
 from .helpers import JOIN, read_dead, read_examples, run_naive, sim_events, write_stream
@@ -249,6 +250,64 @@ def test_a_second_joiner_on_a_written_examples_topic_is_refused(tmp_path, events
     assert not (tmp_path / "other").exists()  # refused before its state store was made: nothing left behind
     with open_log(path=path / "log") as log:  # another examples topic is a fresh start
         Joiner(log, JoinerConfig(state_dir=tmp_path / "other2", examples_topic="examples-2", **JOIN)).close()
+
+
+def test_two_joiners_started_together_on_empty_topics_one_is_refused(tmp_path):
+    """Both found the examples topic empty and both went on: every example written twice.
+    The first claim on the owner topic wins; the other is refused before it writes anything,
+    naming the owner, and leaves no state behind."""
+    with open_log(path=tmp_path / "log") as log:
+        write_stream(log, [], bad=False)
+        first = Joiner(log, JoinerConfig(state_dir=tmp_path / "a"))
+        with pytest.raises(StateError, match=r"belong to another pipeline: run [0-9a-f]{32} \(host .*state_dir .*a,"):
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "b"))
+        assert not (tmp_path / "b").exists()
+        first.close()
+        with Joiner(log, JoinerConfig(state_dir=tmp_path / "a")) as again:  # a restart knows its own claim
+            assert again.run_id == first.run_id
+        # the race itself: B appends its claim between A's look at the empty topic and A's append
+        real = log.append
+
+        def sneak_in(topic, values, *args, **kw):
+            if topic == owner_topic("ex2") and log.end_offset(topic, 0) == 0:
+                rival = Claim(run_id="b" * 32, host="h", pid=1, claimed_at=0.0, state_dir="/b")
+                real(topic, [msgspec.json.encode(rival)])
+            return real(topic, values, *args, **kw)
+
+        log.append = sneak_in
+        with pytest.raises(StateError, match=f"run {'b' * 32}"):
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "c", examples_topic="ex2"))
+        assert not (tmp_path / "c").exists()
+
+
+def test_a_state_dir_without_a_claim_claims_and_a_lost_run_id_is_refused(tmp_path, monkeypatch):
+    """A state_dir written before claims existed claims at its next start; so does a run that
+    crashed between writing its run id and appending its claim. A run whose owner.json is lost
+    cannot prove the claim is its own: refused, naming the run id to restore."""
+    import freshrec.joiner.joiner as joiner_module
+
+    with open_log(path=tmp_path / "log") as log:
+        write_stream(log, [], bad=False)
+        with monkeypatch.context() as m:  # an older freshrec: no claim, no owner.json
+            m.setattr(joiner_module, "claim_topics", lambda *a: "")
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "old")).close()
+        assert not (tmp_path / "old" / "owner.json").exists()
+        with Joiner(log, JoinerConfig(state_dir=tmp_path / "old")) as j:
+            run_id = j.run_id
+        (tmp_path / "old" / "owner.json").unlink()
+        with pytest.raises(StateError, match=f"run {run_id}"):
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "old"))
+        (tmp_path / "old" / "owner.json").write_text('{"run_id": "' + run_id + '"}')
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "old")).close()
+        (tmp_path / "old" / "owner.json").write_text("{")
+        with pytest.raises(CorruptionError, match=r"owner.json: unreadable run id"):
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "old"))
+    with open_log(path=tmp_path / "log2") as log:  # crashed after writing its run id
+        write_stream(log, [], bad=False)
+        (tmp_path / "s").mkdir()
+        (tmp_path / "s" / "owner.json").write_text('{"run_id": "' + "c" * 32 + '"}')
+        with Joiner(log, JoinerConfig(state_dir=tmp_path / "s")) as j:
+            assert j.run_id == "c" * 32
 
 
 def test_an_examples_record_time_is_when_its_cause_reached_the_log(tmp_path):

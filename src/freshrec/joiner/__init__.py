@@ -6,9 +6,10 @@ spills open impressions to SQLite and holds the checkpoint (``state.py``), the o
 compiled columns and the join's hot loop over them (``_windows.py``), the example record
 and its columnar form (``example.py``), dead letters (``dead_letter.py``), negative
 down-sampling and the log-odds correction (``sampling.py``), Parquet output (``parquet.py``),
-counters (``metrics.py``), the config (``config.py``) and replays of recorded data
-(``replay.py``). Imports numpy, numba, msgspec, pyarrow, sqlite3, xxhash, freshrec's base modules
-and ``freshrec.stream``; ``replay.open_bandit_events`` also loads ``freshrec.data``. The trainer
+counters (``metrics.py``), the config (``config.py``), the claim that makes one pipeline the
+owner of a set of topics (``owner.py``) and replays of recorded data (``replay.py``). Imports
+numpy, numba, msgspec, pyarrow, sqlite3, xxhash, freshrec's base modules and
+``freshrec.stream``; ``replay.open_bandit_events`` also loads ``freshrec.data``. The trainer
 reads what it writes; nothing here imports the trainer, the PS or the models.
 """
 

@@ -44,6 +44,7 @@ from freshrec.joiner.core import CoreState, JoinCore
 from freshrec.joiner.dead_letter import DeadLetter, encode_dead_letters
 from freshrec.joiner.example import Example
 from freshrec.joiner.metrics import JoinerMetrics
+from freshrec.joiner.owner import claim_topics
 from freshrec.joiner.parquet import ParquetSink
 from freshrec.joiner.state import DB_NAME, StateStore, pick
 from freshrec.stream.events import Id
@@ -140,6 +141,7 @@ class Joiner:
         self._last_checkpoint = time.monotonic()
         if not (Path(cfg.state_dir) / DB_NAME).exists():
             self._check_fresh_start()  # refused before the state store is created: a refusal leaves nothing
+        self.run_id = claim_topics(log, cfg.examples_topic, Path(cfg.state_dir))  # one pipeline per set of topics
         self._store = StateStore(cfg.state_dir, cfg.memory_max_impressions, cfg.window_s)
         try:
             self.core = JoinCore(cfg, self._store, keep_examples=self._parquet is not None)
