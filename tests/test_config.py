@@ -33,6 +33,21 @@ def test_a_section_naming_another_type_or_its_own_values_wins():
         OnlineConfig.from_dict({"train": {"batch_sise": 64}})
 
 
+def test_a_spec_of_ones_own_needs_a_retriever_that_fits_it():
+    """The default retriever names the live-commerce slots: with another spec `freshrec online`
+    created its topics and then stopped on "two_tower slots: unknown [...]"."""
+    spec = {"labels": ["click"], "sparse": [{"name": "user_id"}, {"name": "item_id"}, {"name": "category"}],
+            "dense": [{"name": "price", "fill_missing": 0.0}]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"retrieval_model is not set.*set retrieval_model\.user_slots"):
+        OnlineConfig.from_dict({"spec": spec})
+    fits = {"user_slots": ["user_id"], "item_slots": ["item_id", "category"], "item_dense": ["price"]}
+    assert OnlineConfig.from_dict({"spec": spec, "retrieval_model": fits}).retrieval_model.user_slots == ["user_id"]
+    assert OnlineConfig.from_dict({"spec": spec, "retrieval": False}).retrieval_model is None
+    from freshrec.online import live_commerce_spec
+
+    OnlineConfig(spec=live_commerce_spec(labels=("click",)))  # the default spec, given explicitly, still fits
+
+
 def test_flag_values_are_set_as_given_not_parsed_as_yaml():
     """`--out "run #2"` wrote the model to `run` (YAML took ` #2` for a comment), `--out null`
     wrote none and `--data null` trained on the default set: typed flag values are not --set."""

@@ -44,6 +44,14 @@ def test_cli_help():
     assert "bench" in res.stdout
 
 
+def test_python_dash_m_freshrec_is_the_cli():
+    """`python -m freshrec` runs the same CLI as the `freshrec` script (a venv whose bin is not on PATH)."""
+    res = subprocess.run([sys.executable, "-m", "freshrec", "train", "--help"], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "freshrec train" in res.stdout and "--format" in res.stdout
+
+
 def test_bench_refuses_an_unwritable_json_path_before_running(tmp_path):
     """--json naming a directory (or a path under a file) is refused at once, not after the run."""
     (tmp_path / "a_file").write_text("x")

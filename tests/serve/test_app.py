@@ -220,6 +220,18 @@ def test_caps_on_candidates_k_and_body(server):
     assert r.status_code == 413 and "cap is 8192" in r.json()["message"]
 
 
+def test_recommend_event_time_in_milliseconds_names_the_unit(server):
+    """/v1/events said "divide by 1000" for a time in milliseconds; /v1/recommend said only
+    "less than or equal to 100000000000"."""
+    client, _, _ = server
+    r = client.post("/v1/recommend", json={"user_id": 1, "k": 2, "event_time": 1.7e12})
+    message = r.json()["message"]
+    assert r.status_code == 422
+    assert message.startswith("event_time: ") and "milliseconds must be divided by 1000" in message
+    r = client.post("/v1/recommend", json={"user_id": 1, "k": 2, "event_time": -1.0})
+    assert r.status_code == 422 and r.json()["message"].startswith("event_time: Input should be greater than")
+
+
 def test_not_json_and_unknown_paths(server):
     client, _, _ = server
     r = client.post("/v1/rank", content=b"{not json", headers={"content-type": "application/json"})

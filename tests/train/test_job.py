@@ -55,6 +55,19 @@ def test_table_format_needs_a_path_and_a_mapping():
         load_dataset(DataSource(format="table", mapping=mapping))
 
 
+def test_table_format_refuses_a_top_level_spec_it_would_ignore():
+    # the table's features are data.mapping.spec; a top-level [spec] was silently dropped
+    mapping = {"spec": {"sparse": [{"name": "user"}], "labels": ["y"]}}
+    cfg = TrainJobConfig.from_dict({"data": {"format": "table", "path": "x.csv", "mapping": mapping},
+                                    "spec": {"sparse": [{"name": "item"}], "labels": ["y"]}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data\.mapping\.spec.*top-level spec"):
+        run_train_job(cfg)
+    no_mapping = TrainJobConfig.from_dict({"data": {"format": "table", "path": "x.csv"},
+                                           "spec": {"sparse": [{"name": "item"}], "labels": ["y"]}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"move it under data\.mapping"):
+        run_train_job(no_mapping)
+
+
 def test_cli_train_runs_and_bad_config_exits_with_one_line(data_dir, tmp_path):
     ok = subprocess.run(
         [sys.executable, "-m", "freshrec.cli", "train", "--data", str(data_dir / "ml-100k"),

@@ -37,8 +37,10 @@ class OnlineConfig(Config):
         spec: the features; None = :func:`freshrec.online.spec.live_commerce_spec`.
         rank_model: the ranking model (served by /v1/rank and /v1/recommend).
         retrieval: train a retriever at all (False: /v1/recommend ranks recent live items).
-        retrieval_model: the two-tower retriever's config (None = the live-commerce default);
-            trained on the same examples, on its own tables, for the first label.
+        retrieval_model: the two-tower retriever's config (None = the live-commerce default,
+            which fits only the default spec: with a ``spec`` of your own, name its
+            ``user_slots`` / ``item_slots``); trained on the same examples, on its own tables,
+            for the first label.
         train: trainer settings (both models).
         ps: parameter-server settings (both models).
         sync: publishing cadences and serving snapshots (``snapshot_dir`` defaults to
@@ -89,6 +91,26 @@ class OnlineConfig(Config):
             self.joiner = JoinerConfig.from_dict({**self.joiner.model_dump(), "state_dir": self.run_dir / "joiner"})
         if "snapshot_dir" not in self.sync.model_fields_set:
             self.sync = SyncConfig.from_dict({**self.sync.model_dump(), "snapshot_dir": self.run_dir / "snapshots"})
+        return self
+
+    @model_validator(mode="after")
+    def _default_retriever_fits(self) -> OnlineConfig:
+        # the default retriever names the live-commerce slots: with a spec of one's own it fails at
+        # the first start, after the input topics were made, with "two_tower slots: unknown [...]"
+        if self.spec is None or not self.retrieval or self.retrieval_model is not None:
+            return self
+        from freshrec.online.spec import live_commerce_two_tower
+
+        tt = live_commerce_two_tower()
+        slots, dense = set(self.spec.slot_names), {d.name for d in self.spec.dense}
+        if set(tt.user_slots + tt.item_slots) != slots or not set(tt.user_dense + tt.item_dense) <= dense:
+            raise ValueError(
+                f"retrieval_model is not set, so the retriever would be the live-commerce default (user_slots "
+                f"{tt.user_slots}, item_slots {tt.item_slots}, item_dense {tt.item_dense}), which does not fit "
+                f"this spec (slots {sorted(slots)}, dense {sorted(dense)}): set retrieval_model.user_slots and "
+                "item_slots (every slot in one of them; user_dense / item_dense for dense features), or "
+                "retrieval = false"
+            )
         return self
 
     @property

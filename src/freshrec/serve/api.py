@@ -49,6 +49,14 @@ Features = Annotated[
 ]
 
 
+def _seconds(t: float) -> float:
+    # not Field(le=...): its message ("less than or equal to 100000000000") does not say why
+    if t > MAX_EVENT_TIME:
+        raise ValueError(f"expected seconds, at most {MAX_EVENT_TIME:g} (a Unix time in milliseconds must be "
+                         "divided by 1000)")  # fmt: skip
+    return t
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,7 +88,7 @@ def request_models(max_candidates: int, max_k: int) -> tuple[type[BaseModel], ty
         user_features: Features = Field(default_factory=dict)
         context: Features = Field(default_factory=dict)
         k: int = Field(10, ge=1, le=max_k, strict=True)
-        event_time: Annotated[float, Field(ge=0, le=MAX_EVENT_TIME, allow_inf_nan=False)] | None = Field(
+        event_time: Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_seconds)] | None = Field(
             None, description="Event time of the impressions (seconds, not milliseconds); default: the server's clock."
         )
 

@@ -74,7 +74,8 @@ class TrainJobConfig(Config):
         model: the model to train (DeepFM by default).
         train: trainer settings.
         ps: parameter-server settings.
-        spec: the features; None = the loader's default spec for the format.
+        spec: the features; None = the loader's default spec for the format. Not for ``table``,
+            whose features are ``data.mapping.spec`` (a spec here is then an error).
         baselines: also train LR and score item popularity on the same split.
         item_slot: the slot whose popularity is the baseline (skipped if absent).
         out: write the model directory here.
@@ -110,6 +111,9 @@ class JobResult:
 
 def load_dataset(source: DataSource, spec: FeatureSpec | None = None) -> Dataset:
     if source.format == "table":
+        if spec is not None:  # the mapping's spec is what a table file is read with: never drop one silently
+            raise ConfigError("data.format 'table' reads its features from data.mapping.spec; the top-level spec "
+                              "would be ignored: move it under data.mapping (TOML: [data.mapping.spec])")  # fmt: skip
         if source.mapping is None:
             raise ConfigError("data.format 'table' needs data.mapping (a spec and its columns)")
         if source.path is None:
