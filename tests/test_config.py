@@ -39,13 +39,23 @@ def test_a_spec_of_ones_own_needs_a_retriever_that_fits_it():
     spec = {"labels": ["click"], "sparse": [{"name": "user_id"}, {"name": "item_id"}, {"name": "category"}],
             "dense": [{"name": "price", "fill_missing": 0.0}]}  # fmt: skip
     with pytest.raises(ConfigError, match=r"retrieval_model is not set.*set retrieval_model\.user_slots"):
-        OnlineConfig.from_dict({"spec": spec})
+        OnlineConfig.from_dict({"spec": spec, "joiner": {"labels": ["click"]}})
     fits = {"user_slots": ["user_id"], "item_slots": ["item_id", "category"], "item_dense": ["price"]}
-    assert OnlineConfig.from_dict({"spec": spec, "retrieval_model": fits}).retrieval_model.user_slots == ["user_id"]
-    assert OnlineConfig.from_dict({"spec": spec, "retrieval": False}).retrieval_model is None
+    one = {"spec": spec, "joiner": {"labels": ["click"]}}
+    assert OnlineConfig.from_dict({**one, "retrieval_model": fits}).retrieval_model.user_slots == ["user_id"]
+    assert OnlineConfig.from_dict({**one, "retrieval": False}).retrieval_model is None
     from freshrec.online import live_commerce_spec
 
-    OnlineConfig(spec=live_commerce_spec(labels=("click",)))  # the default spec, given explicitly, still fits
+    OnlineConfig.from_dict({**one, "spec": live_commerce_spec(labels=("click",))})  # the default spec still fits
+
+
+def test_a_spec_of_ones_own_must_have_the_joiners_labels():
+    """A spec whose labels are not the joiner's was refused only when the pipeline started, after
+    it had made its topics."""
+    spec = {"labels": ["click"], "sparse": [{"name": "user_id"}]}
+    with pytest.raises(ConfigError, match=r"spec.labels \['click'\] must equal joiner.labels \['click', 'purchase'\]"):
+        OnlineConfig.from_dict({"spec": spec, "retrieval": False})
+    assert OnlineConfig.from_dict({"spec": spec, "retrieval": False, "joiner": {"labels": ["click"]}}).spec
 
 
 def test_flag_values_are_set_as_given_not_parsed_as_yaml():

@@ -149,6 +149,11 @@ def test_unknown_users_and_items_score_with_defaults(server):
             422,
             "'price' is a dense feature and needs numbers; row 0 has str 'cheap'",
         ),
+        (  # scored as 12.5 before, though training refuses the same string
+            lambda b: b["candidates"][1]["features"].update(price="12.5"),
+            422,
+            "'price' is a dense feature and needs numbers; row 1 has str '12.5'",
+        ),
         (lambda b: b.update(user_features={}), 422, "features.segment: missing"),
         (lambda b: b["candidates"][0]["features"].pop("price"), 422, "candidates[0].features.price: missing"),
         (lambda b: b.update(user_id=2**63), 422, "user_id"),

@@ -94,6 +94,17 @@ class OnlineConfig(Config):
         return self
 
     @model_validator(mode="after")
+    def _labels_agree(self) -> OnlineConfig:
+        # each label is an action type the joiner marks: refused here rather than when the
+        # pipeline starts (after it made its topics)
+        if self.spec is not None and list(self.spec.labels) != list(self.joiner.labels):
+            raise ValueError(
+                f"spec.labels {self.spec.labels} must equal joiner.labels {self.joiner.labels} (the joiner "
+                f"marks one label per action type, in that order): set joiner.labels = {self.spec.labels}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _default_retriever_fits(self) -> OnlineConfig:
         # the default retriever names the live-commerce slots: with a spec of one's own it fails at
         # the first start, after the input topics were made, with "two_tower slots: unknown [...]"

@@ -145,14 +145,14 @@ def _none_rows(values: list[Any] | np.ndarray) -> np.ndarray:
 
 
 def dense_column(values: list[Any] | np.ndarray, name: str) -> np.ndarray:
-    """Numbers as float64, ``None`` as NaN (``encode`` fills it or names it)."""
+    """Numbers as float64, ``None`` as NaN (``encode`` fills it or names it). A string is refused
+    even if it reads as a number (``"12.5"``): training refuses it, so serving must not score it."""
     if isinstance(values, np.ndarray):
         return values
-    try:
+    bad = next((i for i, v in enumerate(values) if v is not None and type(v) not in (int, float, bool)), None)
+    if bad is None:
         return np.array(values, np.float64)
-    except (TypeError, ValueError):
-        bad = next(i for i, v in enumerate(values) if v is not None and type(v) not in (int, float))
-        raise InputError(
-            f"feature {name!r} is a dense feature and needs numbers; row {bad} has "
-            f"{type(values[bad]).__name__} {values[bad]!r}"
-        ) from None
+    raise InputError(
+        f"feature {name!r} is a dense feature and needs numbers; row {bad} has {type(values[bad]).__name__} "
+        f"{values[bad]!r}"
+    )
