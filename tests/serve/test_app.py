@@ -547,3 +547,36 @@ def test_overlapping_replicas_share_the_switch_interval_and_the_last_one_restore
     assert sys.getswitchinterval() == pytest.approx(0.001)
     switch.release(0.001)
     assert sys.getswitchinterval() == before
+
+
+def test_exploration_picks_are_flagged_logged_and_counted(model_dirs, tmp_path):
+    """An arm's explore share: the response flags its picks, their impressions carry the model
+    version with /explore (so offline analysis can tell them apart), and /metrics counts them."""
+    config = ServeConfig.from_dict(
+        {
+            "arms": [{"name": "a", "model_dir": str(model_dirs["rank"]), "explore": 0.5}],
+            "log": {"path": str(tmp_path / "log")},
+        }
+    )
+    app = create_app(config, load_states(config))
+    with TestClient(app) as client:
+        listed = [
+            {"kind": "item", "event_id": f"l{i}", "event_time": 100.0 + i, "item_id": f"it{i}", "status": "listed",
+             "features": item_features(i)}
+            for i in range(40)
+        ]  # fmt: skip
+        assert client.post("/v1/events", json=listed).status_code == 200
+        client.app.state.replica.refresh_item_vectors()
+        outs = []
+        for user in range(10):
+            r = client.post("/v1/recommend", json={"user_id": user, "user_features": USER, "context": CONTEXT, "k": 4})
+            assert r.status_code == 200, r.text
+            outs.append(r.json())
+        assert [sum(i["explored"] for i in o["items"]) for o in outs] == [2] * 10
+        client.app.state.replica.writer.flush(10)
+        imps = {(e.request_id, e.item_id): e.model_version for e in read_topic(tmp_path / "log", "impressions")}
+        for o in outs:
+            for i in o["items"]:
+                want = o["model"]["version"] + ("/explore" if i["explored"] else "")
+                assert imps[o["request_id"], i["item_id"]] == want
+        assert 'freshrec_serve_explored_total{arm="a"} 20.0' in client.get("/metrics").text

@@ -150,3 +150,41 @@ def test_an_item_whose_features_cannot_be_encoded_is_left_out_not_every_request(
     # a request whose own features no row can encode is the request's error, not an empty answer
     with pytest.raises((InputError, DataError)):
         engine.recommend(1, {**USER, "segment": 1.5}, CONTEXT, 5)
+
+
+def test_exploration_gives_its_share_of_each_slate_to_fresh_items_retrieval_did_not_pick(models):
+    """A model shows what it already knows: a cold one kept showing the same few items, and a
+    fresh listing never got the impressions its row needs. An arm's explore share goes to items
+    drawn from the newest listings (not among the top scores), at random positions, the rest as
+    before."""
+    rank, retrieve = models
+    items = catalog(300)
+    plain = ArmEngine("a", ServingState(rank, retrieve), items, retrieve_k=30)
+    engine = ArmEngine("a", ServingState(rank, retrieve), items, retrieve_k=30, explore=0.25, explore_pool=100,
+                       seed=0)  # fmt: skip
+    plain.vectors.refresh()
+    engine.vectors.refresh()
+    newest = {f"it{i}" for i in range(200, 300)}
+    positions, picks, shown = [], 0, set()
+    for user in range(200):
+        want = plain.recommend(user, USER, CONTEXT, 10)
+        rec = engine.recommend(user, USER, CONTEXT, 10)
+        assert len(rec.item_ids) == len(rec.explored) == 10 and len(set(rec.item_ids)) == 10
+        explored = [i for i, e in zip(rec.item_ids, rec.explored, strict=True) if e]
+        exploited = [i for i, e in zip(rec.item_ids, rec.explored, strict=True) if not e]
+        assert exploited == want.item_ids[: len(exploited)]  # the top scores, in order
+        assert set(explored) <= newest and not set(explored) & set(exploited)
+        positions += [p for p, e in enumerate(rec.explored) if e]
+        picks += len(explored)
+        shown |= set(rec.item_ids)
+    assert abs(picks / 2000 - 0.25) < 0.03  # 2.5 of 10 on average: 2 or 3 per slate
+    assert set(positions) == set(range(10))  # anywhere in the slate, the top included
+    assert len(shown & newest) > len(set().union(*(plain.recommend(u, USER, CONTEXT, 10).item_ids
+                                                   for u in range(200))) & newest)  # fmt: skip
+    assert ArmEngine("a", ServingState(rank), LiveItems(), explore=1.0).recommend(1, USER, CONTEXT, 3).item_ids == []
+    # no retriever, a catalog smaller than retrieve_k: everything is ranked, and exploration still
+    # shows what the top would not; a slate of 3 from 4 items with 2 picks has no repeats
+    small = ArmEngine("a", ServingState(rank), catalog(4), explore=0.5, explore_pool=4, seed=1)
+    for user in range(30):
+        rec = small.recommend(user, USER, CONTEXT, 4)
+        assert len(set(rec.item_ids)) == len(rec.item_ids) == 4 and sum(rec.explored) == 2

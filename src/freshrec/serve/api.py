@@ -119,6 +119,7 @@ class RecommendItem(BaseModel):
     item_id: Id
     position: int
     score: float
+    explored: bool = Field(False, description="An exploration pick (the arm's `explore` share), not a top score.")
 
 
 class RecommendResponse(BaseModel):

@@ -82,6 +82,12 @@ class ArmConfig(Config):
         retrieval_dir: the two-tower retriever for /v1/recommend; None: /v1/recommend ranks the
             ``retrieve_k`` most recently listed live items instead.
         sync: instead of model directories, follow the training side live (see ArmSyncConfig).
+        explore: share of each /v1/recommend slate given to exploration: items drawn at random
+            from the ``explore_pool`` newest live listings that retrieval did not pick, at random
+            positions (``explore * k`` per slate on average). A model learns only from what it
+            shows, and a fresh listing has no row until it was shown a few times: without it, a
+            model that starts cold keeps showing the few items it knows. 0 = off.
+        explore_pool: how many of the newest live listings exploration draws from.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -89,6 +95,8 @@ class ArmConfig(Config):
     model_dir: Path | None = None
     retrieval_dir: Path | None = None
     sync: ArmSyncConfig | None = None
+    explore: float = Field(0.0, ge=0.0, le=1.0)
+    explore_pool: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> ArmConfig:

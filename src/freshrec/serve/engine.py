@@ -11,6 +11,14 @@ live catalog (retrieve with the two-tower model, then rank).
 
 Without a retriever, step 1-2 are replaced by "the R most recently listed live items".
 Scores are probabilities corrected for negative sampling (``ServedModel.predict``).
+
+Exploration (an arm's ``explore`` share ``e``): a model only learns about items it shows, and a
+fresh listing has no row yet (admission needs a few impressions), so a model left to itself
+shows the few items it already knows. ``m = e * k`` positions of a slate (stochastically
+rounded, so the mean is exact) go to items drawn at random from the ``explore_pool`` newest live
+listings that the top ``k - m`` scores do not already show; they are scored with the rest,
+placed at random positions, and their impressions carry the model version with ``/explore``
+appended.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,13 +81,14 @@ class Ranked:
 
 @dataclass(frozen=True)
 class Recommended:
-    item_ids: list[Any]  # k best, best first
+    item_ids: list[Any]  # k best, best first (exploration picks at random positions among them)
     features: list[dict[str, Any]]  # their catalog features (logged with the impressions)
     probs: np.ndarray  # (k, T) float32
     tasks: list[str]
     model: ModelInfo
     retrieval: ModelInfo | None
     candidates: int  # how many the ranking model scored
+    explored: list[bool] = field(default_factory=list)  # per item: an exploration pick ([] = none)
 
 
 @dataclass(frozen=True)
@@ -212,11 +221,18 @@ class ItemVectors:
 class ArmEngine:
     """Rank and recommend for one arm. Thread-safe: requests run concurrently."""
 
-    def __init__(self, arm: str, state: ServingState, items: LiveItems, *, retrieve_k: int = 300) -> None:
+    def __init__(
+        self, arm: str, state: ServingState, items: LiveItems, *, retrieve_k: int = 300,
+        explore: float = 0.0, explore_pool: int = 1000, seed: int | None = None,
+    ) -> None:  # fmt: skip
         self.arm = arm
         self.state = state
         self.items = items
         self.retrieve_k = retrieve_k
+        self.explore = explore
+        self.explore_pool = explore_pool
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()  # numpy Generators are not thread-safe
         self.ranker = ColumnBuilder(state.rank.spec)
         self.bad_items = _RateLimitedWarning(f"arm {arm!r}")  # catalog items ranking left out
         self.tasks = list(state.rank.tasks)
@@ -248,6 +264,11 @@ class ArmEngine:
     # ---- /v1/recommend ---------------------------------------------------------------------------
     def recommend(self, user_id: Any, user: Mapping[str, Any], context: Mapping[str, Any], k: int) -> Recommended:
         ids, feats, retrieval = self._retrieve(user_id, user, context)
+        n_explore = self._explore_count(k)
+        retrieved = len(ids)
+        if n_explore:
+            extra_ids, extra_feats = self._explore_candidates(n_explore, k)
+            ids, feats = ids + extra_ids, feats + extra_feats
         model = self.state.rank
         if not ids:
             return Recommended(
@@ -267,26 +288,66 @@ class ArmEngine:
                 if m.rows.size == len(ids):
                     raise InputError(_missing_message(m, len(ids), catalog=True))
             keep = np.setdiff1d(np.arange(len(ids)), np.concatenate([m.rows for m in missing]))
-            cols = take_rows(cols, keep)
-            ids = [ids[i] for i in keep.tolist()]
-            feats = [feats[i] for i in keep.tolist()]
-        kept, batch = _encode_catalog_rows(self.ranker, cols, ids, self.bad_items, request=True)
+        else:
+            keep = np.arange(len(ids))
+        cols = take_rows(cols, keep) if keep.size < len(ids) else cols
+        kept, batch = _encode_catalog_rows(self.ranker, cols, [ids[i] for i in keep.tolist()], self.bad_items,
+                                           request=True)  # fmt: skip
         if batch is None:  # every candidate lacked something: nothing to rank
             return Recommended([], [], np.zeros((0, len(self.tasks)), np.float32), self.tasks,
                                ModelInfo.of(self.arm, model), retrieval, 0)  # fmt: skip
-        ids, feats = [ids[i] for i in kept.tolist()], [feats[i] for i in kept.tolist()]
-        probs = model.predict(batch)  # (R, T)
-        order = np.argsort(-probs[:, 0], kind="stable")[:k]
-        top = order.tolist()
+        rows = keep[kept]  # (C,) indices into ids of the candidates scored
+        probs = model.predict(batch)  # (C, T)
+        exploring = rows >= retrieved  # (C,)
+        ranked = np.flatnonzero(~exploring)
+        ranked = ranked[np.argsort(-probs[ranked, 0], kind="stable")][:k]
+        best, picks = ranked, np.zeros(0, np.int64)
+        if n_explore:  # m picks that the top k - m do not show anyway (fewer picks: a longer top)
+            drawn = np.flatnonzero(exploring).tolist()
+            m = min(n_explore, len(drawn))
+            while True:
+                best = ranked[: k - m]
+                top = {ids[i] for i in rows[best].tolist()}
+                chosen = [c for c in drawn if ids[rows[c]] not in top][:m]
+                if len(chosen) == m:
+                    break
+                m = len(chosen)
+            picks = np.array(chosen, np.int64)
+        order, explored = best, np.zeros(best.size, bool)
+        if picks.size:  # exploration picks at random positions of the slate
+            with self._rng_lock:
+                at = np.sort(self._rng.choice(best.size + picks.size, picks.size, replace=False))
+            order = np.insert(best, at - np.arange(at.size), picks)
+            explored = np.insert(explored, at - np.arange(at.size), True)
         return Recommended(
-            [ids[i] for i in top],
-            [feats[i] for i in top],
+            [ids[i] for i in rows[order].tolist()],
+            [feats[i] for i in rows[order].tolist()],
             probs[order],
             self.tasks,
             ModelInfo.of(self.arm, model),
             retrieval,
-            len(ids),
+            len(rows),
+            explored.tolist() if picks.size else [],
         )
+
+    def _explore_count(self, k: int) -> int:
+        """Positions of a slate of ``k`` given to exploration: ``explore * k`` rounded up or
+        down at random, so that the share is exact on average."""
+        if self.explore <= 0.0:
+            return 0
+        x = self.explore * k
+        with self._rng_lock:
+            return min(k, int(x) + int(self._rng.random() < x - int(x)))
+
+    def _explore_candidates(self, n: int, k: int) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Items drawn at random, without replacement, from the ``explore_pool`` newest live
+        listings: ``n`` and ``k`` spare, since those that the top scores show anyway are no
+        exploration (O(n + k) per request, not O(catalog))."""
+        view = self.items.view()
+        pool_ids, pool_feats = view.ids[-self.explore_pool :], view.features[-self.explore_pool :]
+        with self._rng_lock:
+            draw = self._rng.choice(len(pool_ids), min(len(pool_ids), n + k), replace=False)
+        return [pool_ids[i] for i in draw.tolist()], [pool_feats[i] for i in draw.tolist()]
 
     @torch.no_grad()
     def _retrieve(

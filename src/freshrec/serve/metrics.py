@@ -108,6 +108,8 @@ class ServeMetrics:
             registry=r,
         )
         self.impressions = Counter("freshrec_serve_impressions", "Impressions by arm.", ["arm"], registry=r)
+        self.explored = Counter("freshrec_serve_explored", "Impressions that were exploration picks, by arm.",
+                                ["arm"], registry=r)  # fmt: skip
         self.actions = Counter(
             "freshrec_serve_actions",
             "Actions by the arm that served their request ('unknown': a request "

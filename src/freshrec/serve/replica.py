@@ -111,7 +111,15 @@ class Replica:
         self.state = ReplicaState.CREATED
         self.items = LiveItems()
         self.engines = {
-            a.name: ArmEngine(a.name, states[a.name], self.items, retrieve_k=config.retrieve_k) for a in config.arms
+            a.name: ArmEngine(
+                a.name,
+                states[a.name],
+                self.items,
+                retrieve_k=config.retrieve_k,
+                explore=a.explore,
+                explore_pool=a.explore_pool,
+            )
+            for a in config.arms
         }
         self.router = ArmRouter([(a.name, a.weight) for a in config.arms], seed=config.arm_seed)
         self.ledger = RequestLedger(config.request_memory)
@@ -253,6 +261,7 @@ class Replica:
         rid = self._request_id()
         t = time.time() if event_time is None else event_time
         version = rec.model.version
+        explored = rec.explored or [False] * len(rec.item_ids)
         impressions = [
             Impression(
                 event_id=f"{rid}.{p}",
@@ -261,12 +270,12 @@ class Replica:
                 user_id=user_id,
                 item_id=iid,
                 position=p,
-                model_version=version,
+                model_version=f"{version}/explore" if e else version,  # tells exploration apart offline
                 user_features=user,
                 item_features=feats,
                 context=context,
             )
-            for p, (iid, feats) in enumerate(zip(rec.item_ids, rec.features, strict=True))
+            for p, (iid, feats, e) in enumerate(zip(rec.item_ids, rec.features, explored, strict=True))
         ]
         if impressions:
             self._log_events(
@@ -278,6 +287,8 @@ class Replica:
             self.metrics.events.labels("impression", "recommend").inc(len(impressions))
         self.ledger.remember(rid, arm)
         self.metrics.impressions.labels(arm).inc(len(impressions))
+        if rec.explored:
+            self.metrics.explored.labels(arm).inc(sum(rec.explored))
         scores = rec.probs[:, 0].astype(np.float64).tolist() if len(rec.item_ids) else []
         return {
             "request_id": rid,
@@ -286,8 +297,8 @@ class Replica:
             "retrieval": _model_out(rec.retrieval) if rec.retrieval is not None else None,
             "candidates": rec.candidates,
             "items": [
-                {"item_id": iid, "position": p, "score": s}
-                for p, (iid, s) in enumerate(zip(rec.item_ids, scores, strict=True))
+                {"item_id": iid, "position": p, "score": s, "explored": e}
+                for p, (iid, s, e) in enumerate(zip(rec.item_ids, scores, explored, strict=True))
             ],
         }
 
