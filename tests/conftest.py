@@ -1,8 +1,11 @@
-"""Shared fixtures: where the real data sets live (``FRESHREC_DATA``, default ../shared/data)."""
+"""Shared fixtures: where the real data sets live (``FRESHREC_DATA``, default ../shared/data); local
+Kafka-protocol brokers, one shared by the session and one a test may break."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -52,3 +55,26 @@ def kafka_broker():
 
     with LocalBroker() as broker:
         yield broker
+
+
+@pytest.fixture
+def own_kafka_broker():
+    """A Kafka-protocol broker of this test's own, for tests that break it (the session's
+    ``kafka_broker`` is shared); see :func:`frozen`."""
+    from freshrec.stream.broker import LocalBroker
+
+    with LocalBroker() as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def frozen(broker):
+    """The broker stopped with SIGSTOP for the block: it keeps its connections open and answers
+    nothing, as a hung broker or a network partition does (requests wait for their timeouts,
+    where a stopped broker refuses connections at once)."""
+    pid = broker._proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

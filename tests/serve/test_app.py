@@ -438,7 +438,7 @@ def test_sync_fed_models_catch_up_before_the_replica_says_it_is_healthy(model_di
         def start(self) -> None:
             self.calls.append(("start", self.replica_state().value))
 
-        def stop(self) -> None:
+        def stop(self, timeout: float) -> None:
             pass
 
         def close(self) -> None:
@@ -466,7 +466,7 @@ class _QuietSubscriber:
     def start(self) -> None:
         pass
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> None:
         pass
 
 

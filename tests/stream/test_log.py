@@ -24,7 +24,7 @@ from freshrec.errors import BackendError, ConfigError, CorruptionError, InputErr
 from freshrec.stream import EmbeddedLog, EventLog, LogConfig, LogRecord, LogState, open_log, partition_for
 from freshrec.stream.log import PARTITION_SEED
 
-from ..conftest import ROOT
+from ..conftest import ROOT, frozen
 
 APPENDER = Path(__file__).with_name("_appender.py")
 BACKENDS = ["embedded", "kafka"]
@@ -591,6 +591,52 @@ def test_local_broker_starts_and_stops_only_itself(kafka_broker):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert kafka_broker.running  # the session's broker was left alone
+
+
+def test_kafka_close_drops_what_a_frozen_broker_never_acknowledged_instead_of_waiting(own_kafka_broker):
+    """With records the broker never acknowledged, close() flushed for timeout_s, then librdkafka
+    held the producer's close until they expired (message.timeout.ms, 5 min by default): a
+    replica took 316 s to stop. Now they are purged after the flush."""
+    lg = open_log(own_kafka_broker.log_config(timeout_s=1.0, producer_settings={"message.timeout.ms": 20_000}))
+    lg.create_topic("t")
+    lg.append("t", [b"a", b"b"])
+    with frozen(own_kafka_broker):
+        with pytest.raises(BackendError, match=r"not acknowledged within timeout_s=1\.0"):
+            lg.append("t", [b"c"])
+        t0 = time.monotonic()
+        lg.close()
+        assert time.monotonic() - t0 < 1.0 + 2.0
+    with open_log(own_kafka_broker.log_config()) as lg:
+        assert [r.value for r in lg.read("t", 0, 0, timeout_s=5)][:2] == [b"a", b"b"]  # acknowledged: kept
+
+
+def test_kafka_close_with_a_timeout_cuts_an_append_in_flight_short(own_kafka_broker):
+    """close(timeout_s) returns within about timeout_s however long the log's own timeouts are:
+    an append still waiting for acknowledgements then fails with StateError, its records dropped."""
+    lg = open_log(own_kafka_broker.log_config(timeout_s=30.0))
+    lg.create_topic("t")
+    lg.append("t", [b"a"])
+    outcome: list[Exception] = []
+
+    def append() -> None:
+        try:
+            lg.append("t", [b"x"] * 100)
+        except Exception as exc:  # the test looks at what it was
+            outcome.append(exc)
+
+    with frozen(own_kafka_broker):
+        appender = threading.Thread(target=append)
+        appender.start()
+        time.sleep(0.3)  # the append is waiting for acknowledgements
+        t0 = time.monotonic()
+        lg.close(timeout_s=1.0)
+        assert time.monotonic() - t0 < 1.0 + 1.0
+        appender.join(5)
+    assert not appender.is_alive() and len(outcome) == 1
+    assert isinstance(outcome[0], StateError) and "100 records not acknowledged were dropped" in str(outcome[0])
+    assert lg.state is LogState.CLOSED
+    with open_log(own_kafka_broker.log_config()) as lg2:
+        assert lg2.read("t", 0, 0, timeout_s=5)[0].value == b"a"
 
 
 def test_timestamps_accept_numpy_arrays(log):

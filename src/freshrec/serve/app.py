@@ -160,8 +160,8 @@ def create_app(
         states: arm name -> what it serves (``freshrec.serve.server.load_states`` reads them
             from the config's model directories).
         log_: an open event log to use (not closed at shutdown); None opens ``config.log``.
-        subscribers: sync subscribers keeping the states fresh (``start()``/``stop()``),
-            started after warmup and stopped first at shutdown.
+        subscribers: sync subscribers keeping the states fresh (``start()``/``stop(timeout)``),
+            started after warmup and stopped at shutdown.
         registry: the Prometheus registry for the replica's metrics (subscribers may register
             theirs in the same one); a new one if None.
     """

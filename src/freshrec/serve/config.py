@@ -165,6 +165,14 @@ class ServeConfig(Config):
             waits up to 5 ms for the GIL. Process-wide while replicas serve (the shortest any running
             replica asks for); the process's own value comes back when the last one stops.
         warmup_candidates: candidate count of the synthetic requests that warm the path at start.
+        shutdown_timeout_s: how long stopping the replica may take once uvicorn has let the
+            requests in flight finish (up to 10 s): stopping the subscribers and background
+            threads, appending the impressions still queued, closing the event log. If the log
+            cannot take them in time (a Kafka cluster that is down), the impressions not yet
+            acknowledged are dropped, counted in
+            ``freshrec_serve_event_log_records_total{outcome="dropped"}`` and logged once as an
+            error. A SIGTERM thus ends the process within about 10 s + this: keep the sum under
+            the supervisor's grace period (Kubernetes': 30 s).
         log_level: uvicorn's and freshrec's log level.
     """
 
@@ -189,6 +197,8 @@ class ServeConfig(Config):
     ps_threads: int = Field(1, ge=1, le=256)
     gil_switch_interval_ms: float = Field(0.5, ge=0.05, le=100.0, allow_inf_nan=False)
     warmup_candidates: int = Field(100, ge=1)
+    # 10 s of request draining + 15 s = 25 s: under Kubernetes' 30 s before its SIGKILL
+    shutdown_timeout_s: float = Field(15.0, gt=0, le=3600, allow_inf_nan=False)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
 
     def ps_config(self) -> PSConfig:

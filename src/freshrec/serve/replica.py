@@ -6,8 +6,8 @@ impressions, the request ledger that credits actions to arms, and the metrics. T
 (``app.py``) only parses, calls a method here, and renders.
 
 Subscribers (the sync subscribers that keep each :class:`ServedModel` fresh) are plugged in
-from outside: any object with ``start()`` and ``stop()``; the replica starts them after warmup
-and stops them first on shutdown.
+from outside: any object with ``start()`` and ``stop(timeout)``; the replica starts them after
+warmup and stops them on shutdown, after the impression writer.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from freshrec.errors import ConfigError, InputError, SchemaError, StateError
+from freshrec.errors import ConfigError, FreshrecError, InputError, SchemaError, StateError
 from freshrec.features import warmup as warm_features
 from freshrec.serve.arms import ArmRouter, RequestLedger
 from freshrec.serve.config import ServeConfig
@@ -59,7 +59,9 @@ class Subscriber(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> None: ...
+    def stop(self, timeout: float) -> None:
+        """Stop within about ``timeout`` seconds (the replica's shutdown budget, what is left of it)."""
+        ...
 
 
 class _SwitchInterval:
@@ -182,21 +184,37 @@ class Replica:
         self.state = ReplicaState.SERVING
 
     def stop(self) -> None:
-        """Stop subscribers, threads and the writer (flushing it); close the log if owned."""
+        """Stop subscribers, threads and the writer (flushing it); close the log if owned.
+
+        Takes at most about ``config.shutdown_timeout_s``, however the log fares. The writer goes
+        first, since only it can lose anything: it gets the budget but the log's share (a fifth,
+        at most 2 s); impressions not acknowledged by then are dropped (the writer counts them
+        and logs the count once). Subscribers and threads get what is left: one stuck in a call
+        to a hung log is left to finish on its own (they are daemons). A failure to close the
+        log is logged, not raised, so everything else is released."""
         if self.state in (ReplicaState.STOPPING, ReplicaState.STOPPED):
             return
         self.state = ReplicaState.STOPPING
+        budget = self.config.shutdown_timeout_s
+        deadline = time.monotonic() + budget
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        if self.writer is not None:
+            self.writer.close(max(0.0, left() - min(2.0, budget / 5)))
         for sub in self.subscribers:
-            sub.stop()
+            sub.stop(left())
         self._stop.set()
         if self._refresher is not None:
-            self._refresher.join(10.0)
+            self._refresher.join(left())
         if self.tailer is not None:
-            self.tailer.stop()
-        if self.writer is not None:
-            self.writer.close()
+            self.tailer.stop(min(5.0, left()))
         if self.log is not None and self._owns_log:
-            self.log.close()
+            try:
+                self.log.close(left())
+            except FreshrecError as exc:
+                log.error("stopping the replica: closing the event log: %s", exc)
         for engine in self.engines.values():
             engine.state.close()
         if self._switched is not None:

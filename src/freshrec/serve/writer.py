@@ -7,6 +7,11 @@ process dies: that is the trade for not paying an fsync per request (``sync_impr
 in the config pays it instead). A failed append is retried every ``retry_s`` until it succeeds
 or the writer is closed; the backlog is capped, and a full backlog refuses new work
 (:class:`CapacityError`, a 503) rather than grow without bound.
+
+:meth:`EventWriter.close` is bounded: it waits up to its ``timeout`` for what is queued to be
+appended, then counts whatever is still queued or being appended as ``dropped`` and logs the
+count once, as an error. A log that is down (a frozen Kafka broker) thus costs a stopping
+replica ``timeout`` seconds and the events it held, not the log's own timeouts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class EventWriter:
-    """Batched, asynchronous appends to ``log``. Thread-safe."""
+    """Batched, asynchronous appends to ``log``. Thread-safe.
+
+    Every record submitted ends up counted once: ``appended``, ``dropped`` (failed once the
+    writer was closing, refused by a closed log, or still waiting at :meth:`close`'s deadline),
+    or ``pending`` while neither has happened yet.
+    """
 
     def __init__(self, log_: EventLog, *, max_pending: int = 100_000, retry_s: float = 0.5) -> None:
         self.log = log_
@@ -36,6 +46,8 @@ class EventWriter:
         self._done = 0  # batches appended (or dropped at close)
         self._cond = threading.Condition()
         self._closed = False
+        self._abandoned = False  # close() gave up waiting: what the thread still holds is counted dropped
+        self._last_error: str | None = None  # why the last append failed (the close report names it)
         self.appended = 0
         self.failures = 0
         self.dropped = 0
@@ -67,20 +79,44 @@ class EventWriter:
             target = self._submitted
             return self._cond.wait_for(lambda: self._done >= target, timeout)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Append what is queued (waiting up to ``timeout``), then stop the thread."""
+    def close(self, timeout: float | None = 10.0) -> int:
+        """Refuse new events, append what is queued (a failed append is no longer retried), and
+        stop the thread, waiting up to ``timeout`` seconds (None: as long as it takes). Records
+        still queued or being appended then are counted as dropped (an append still running is
+        abandoned: should it succeed later, its records are in the log but counted dropped).
+        Logs one error with the number of events dropped since close began, if any; returns it.
+        Idempotent (a second call returns 0)."""
         with self._cond:
             if self._closed:
-                return
+                return 0
             self._closed = True
+            dropped_before = self.dropped
             self._cond.notify_all()
         self._thread.join(timeout)
+        with self._cond:
+            if self._thread.is_alive():  # stuck in an append the log cannot finish
+                self._abandoned = True
+                self.dropped += self._pending
+                self._pending = 0
+                self._queue.clear()
+                self._done = self._submitted
+                self._cond.notify_all()
+            lost = self.dropped - dropped_before
+        if lost:
+            why = f"; last error: {self._last_error}" if self._last_error else ""
+            log.error(
+                "event writer: closed with %d events not appended to the log, dropped (waited %s)%s",
+                lost,
+                "without limit" if timeout is None else f"{timeout:.1f} s",
+                why,
+            )
+        return lost
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._queue or self._closed)
-                if not self._queue:
+                if not self._queue or self._abandoned:
                     return
                 work = list(self._queue)
                 self._queue.clear()
@@ -90,24 +126,35 @@ class EventWriter:
                 vals += values
                 ks += keys
             for topic, (vals, ks) in by_topic.items():
-                self._append(topic, vals, ks)
+                ok = self._append(topic, vals, ks)
+                with self._cond:
+                    if self._abandoned:  # close() has counted these already
+                        return
+                    if ok:
+                        self.appended += len(vals)
+                    else:
+                        self.dropped += len(vals)
+                    self._pending -= len(vals)
             with self._cond:
                 self._done += len(work)
-                self._pending -= sum(len(v) for _, v, _ in work)
                 self._cond.notify_all()
 
-    def _append(self, topic: str, values: list[bytes], keys: list[bytes | None]) -> None:
+    def _append(self, topic: str, values: list[bytes], keys: list[bytes | None]) -> bool:
+        """Append, retrying every ``retry_s`` until it works (True) or the writer is closing
+        (False: dropped; a batch never tried is still tried once after close began)."""
         while True:
             try:
                 self.log.append(topic, values, keys)
-                self.appended += len(values)
-                return
+                return True
             except FreshrecError as exc:
                 self.failures += 1
-                if self._closed or isinstance(exc, StateError):
-                    self.dropped += len(values)
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                if self._closed:  # close() reports the count, once
+                    return False
+                if isinstance(exc, StateError):  # the log was closed under a running writer
                     log.error("event writer: dropped %d events for %s: %s", len(values), topic, exc)
-                    return
+                    return False
                 log.warning("event writer: append to %s failed, retrying: %s", topic, exc)
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closed, self.retry_s)
+                    if self._cond.wait_for(lambda: self._closed, self.retry_s):
+                        return False  # closing: no more retries (close() reports the count)

@@ -338,7 +338,7 @@ class EmbeddedLog(EventLog):
         with self._appended:
             self._appended.notify_all()
 
-    def _close(self) -> None:
+    def _close(self, timeout_s: float | None) -> None:  # closing a connection takes no waiting
         errors = []
         with self._pool_lock:
             cons = [*self._all, self._writer]

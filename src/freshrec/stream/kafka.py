@@ -17,6 +17,10 @@ cluster):
   not also have subscribed members elsewhere (Kafka would refuse the commit).
 * **End offset** is the high watermark (ListOffsets), confirmed by a fetch of the tail when
   ``probe_end_offset`` is on (Tansu 0.6 under-reports ListOffsets; see LogConfig).
+* **Close** gives up on records not yet acknowledged after one flush (or at the deadline of
+  ``close(timeout_s)``): they are purged (an append in flight raises :class:`StateError`),
+  never left queued, since librdkafka would hold the process for their ``message.timeout.ms``
+  (5 min) on exit. Consumers still used by a call in flight are left for the process's exit.
 
 Threads: the producer and the admin client are thread-safe; each consumer is used under its
 own lock. librdkafka's log lines go to the ``freshrec.stream.kafka`` logger.
@@ -24,6 +28,7 @@ own lock. librdkafka's log lines go to the ``freshrec.stream.kafka`` logger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -35,7 +40,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from freshrec.errors import BackendError, ConfigError, InputError
+from freshrec.errors import BackendError, ConfigError, InputError, StateError
 from freshrec.stream.config import LogConfig
 from freshrec.stream.log import EventLog, LogRecord, PartitionBatch
 
@@ -74,7 +79,8 @@ class KafkaLog(EventLog):
         self._topics: dict[str, int] = {}  # name -> partitions (a cluster may add some: reopen)
         self._readers: dict[tuple[str, int], _Reader] = {}
         self._groups: dict[str, _Reader] = {}
-        self._closables: list[Consumer] = []
+        self._closables: list[_Reader] = []
+        self._dropping = False  # close() gave up on unacknowledged records: appends purge theirs and fail
         try:  # librdkafka checks settings here: a bad one is a configuration error
             self._admin = AdminClient(self._common)
             self._producer = Producer(
@@ -103,8 +109,9 @@ class KafkaLog(EventLog):
                 **self.config.consumer_settings,
             }
         )
-        self._closables.append(consumer)
-        return _Reader(consumer)
+        reader = _Reader(consumer)
+        self._closables.append(reader)
+        return reader
 
     # ---- topics ------------------------------------------------------------------------------
 
@@ -169,14 +176,34 @@ class KafkaLog(EventLog):
                             produce(topic, value, key, b.partition, on_delivery=on_delivery, timestamp=ts)
                             break
                         except BufferError:  # the local queue is full: let deliveries drain it
+                            if self._dropping:
+                                break
                             producer.poll(_SLICE_S)
-            left = producer.flush(self.config.timeout_s)
+            left = self._flush()
+        if self._dropping and (failed or left):
+            raise StateError(
+                f"cannot append to topic {topic!r}: the event log is {self.state.value}; "
+                f"{len(failed) + left} records not acknowledged were dropped"
+            )
         if failed:
             raise BackendError(f"append to topic {topic!r}: {len(failed)} records failed: {failed[0].str()}")
         if left:
             raise BackendError(
                 f"append to topic {topic!r}: {left} records not acknowledged within timeout_s={self.config.timeout_s}"
             )
+
+    def _flush(self) -> int:
+        """Wait up to ``timeout_s`` for every record to be acknowledged; returns how many were
+        not. Cut short, and the records purged, once close() gives up on them (``_dropping``)."""
+        producer = self._producer
+        deadline = time.monotonic() + self.config.timeout_s
+        while True:
+            if self._dropping:  # purge again: this append may have produced since close() purged
+                producer.purge()
+                return producer.flush(_SLICE_S)  # serves the purged records' delivery reports
+            left = producer.flush(min(_SLICE_S, max(0.0, deadline - time.monotonic())))
+            if not left or time.monotonic() >= deadline:
+                return left
 
     def _reader(self, topic: str, partition: int) -> _Reader:
         with self._lock:
@@ -326,20 +353,48 @@ class KafkaLog(EventLog):
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def _close(self) -> None:
+    def _cut_short(self) -> bool:
+        # An append in flight would wait timeout_s for acknowledgements the broker may never send;
+        # purged, its records fail at once. Reads notice the closing log within _SLICE_S, or when
+        # their broker request times out; _close() leaves the consumers they hold alone.
+        self._dropping = True
+        with contextlib.suppress(KafkaException):
+            self._producer.purge()
+        return True
+
+    def _close(self, timeout_s: float | None) -> None:
         first: Exception | None = None
+        budget = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
+        deadline = time.monotonic() + budget
         try:
-            left = self._producer.flush(self.config.timeout_s)
+            cut = self._dropping  # _cut_short() purged the records of the appends in flight: they say so
+            left = self._producer.flush(budget)
             if left:
-                first = BackendError(f"closing: {left} records were never acknowledged")
+                # Never close() with records queued: librdkafka would wait for their
+                # message.timeout.ms (5 min by default) before letting the process go. Their
+                # appends failed (timed out) or fail now: the callers know.
+                self._dropping = True
+                self._producer.purge()
+                self._producer.flush(0)
+                if not cut:
+                    _log.warning("closing: %d records not acknowledged within %.1f s were dropped", left, budget)
             self._producer.close()
         except KafkaException as exc:
             first = BackendError(f"closing the producer: {exc}")
-        for c in self._closables:
+        busy = 0
+        for r in self._closables:
+            if not r.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                busy += 1  # a call cut short by close() still uses it: closing it under the call could crash
+                continue
             try:
-                c.close()
+                r.consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 first = first or BackendError(f"closing a consumer: {exc}")
+            finally:
+                r.lock.release()
+        if busy:
+            _log.warning("closing: %d consumers still used by calls in flight are left open until the process exits",
+                         busy)  # fmt: skip
         self._closables.clear()
         self._admin = None  # type: ignore[assignment]  # it has no close(): dropping it disconnects
         if first is not None:

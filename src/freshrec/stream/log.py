@@ -23,8 +23,9 @@ Contract
   group will read (Kafka's convention); :meth:`committed` returns them.
 * **Threads.** One instance may be shared by any number of threads (the server's request
   threads, the joiner). :meth:`close` refuses new calls, wakes waiting reads (they raise
-  :class:`StateError`), waits for calls in flight to finish, then releases everything; it is
-  idempotent, and every call after it raises :class:`StateError` naming the state.
+  :class:`StateError`), waits for calls in flight to finish (at most its ``timeout_s``, if
+  given), then releases everything; it is idempotent, and every call after it raises
+  :class:`StateError` naming the state.
 * **Errors.** Bad arguments raise :class:`InputError` naming the argument, before anything is
   written; failures of SQLite or Kafka are raised as :class:`BackendError` with the original
   exception chained.
@@ -271,8 +272,16 @@ class EventLog(ABC):
     def state(self) -> LogState:
         return self._state
 
-    def close(self) -> None:
-        """Refuse new calls, wake waiting reads, wait for calls in flight, release everything."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Refuse new calls, wake waiting reads, wait for calls in flight, release everything.
+
+        ``timeout_s`` bounds the whole close (None: calls in flight take as long as the
+        backend's own timeouts let them). At the deadline a backend that can cuts short what is
+        still in flight, and releases what no call is using: Kafka drops the records it has not
+        delivered (an append in flight raises :class:`StateError`) and leaves a consumer that a
+        call still uses for the process's exit. The embedded log waits for its calls regardless
+        (SQLite bounds them with ``busy_timeout_s``)."""
+        deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
         with self._life:
             if self._state is not LogState.OPEN:
                 while self._state is LogState.CLOSING:  # another thread is closing: wait for it
@@ -282,9 +291,14 @@ class EventLog(ABC):
         try:
             self._wake()
             with self._life:
-                while self._inflight:
-                    self._life.wait()
-            self._close()
+                while self._inflight and (deadline is None or time.monotonic() < deadline):
+                    self._life.wait(None if deadline is None else deadline - time.monotonic())
+                late = self._inflight > 0
+            if late and not self._cut_short():
+                with self._life:
+                    while self._inflight:
+                        self._life.wait()
+            self._close(None if deadline is None else max(0.0, deadline - time.monotonic()))
         finally:
             with self._life:
                 self._state = LogState.CLOSED
@@ -322,6 +336,12 @@ class EventLog(ABC):
     def _wake(self) -> None:  # noqa: B027 - optional hook: backends whose reads wait override it
         """Wake reads that are waiting for records (close() calls it)."""
 
+    def _cut_short(self) -> bool:
+        """close() reached its deadline with calls in flight: make them end soon and return
+        True if ``_close`` may then run while they finish (it must leave alone what they use);
+        False (the default) makes close() wait for them."""
+        return False
+
     @abstractmethod
     def _create_topic(self, topic: str, partitions: int) -> None: ...
 
@@ -357,7 +377,8 @@ class EventLog(ABC):
     def _committed(self, group: str, topic: str, partitions: int) -> dict[int, int]: ...
 
     @abstractmethod
-    def _close(self) -> None: ...
+    def _close(self, timeout_s: float | None) -> None:
+        """Release everything within about ``timeout_s`` (None: the backend's own timeouts)."""
 
 
 def open_log(config: LogConfig | None = None, **fields: Any) -> EventLog:
