@@ -134,3 +134,15 @@ def test_the_joiner_emit_mode_reaches_the_pipeline(tmp_path):
     cfg = tiny(emit="window_close")
     assert _online_config(cfg, 1200.0, 0, tmp_path).joiner.emit == "window_close"
     assert _online_config(tiny(), 1200.0, 0, tmp_path).joiner.emit == "first_action"
+
+
+def test_an_exploring_arm_gives_its_share_of_slates_to_the_newest_listings():
+    """An arm's explore share works as a serving arm's: e * k picks per slate on average, the
+    rest of the slate unchanged; the other arms explore nothing."""
+    cfg = tiny(arms=[{"name": "fresh", "sync_every_s": 10.0}, {"name": "explore", "sync_every_s": 10.0,
+                                                               "explore": 0.3, "explore_pool": 50}])  # fmt: skip
+    led = run_world(cfg, 1200.0, seed=0)["ledger"]
+    arm, shown, explored = (np.asarray(x) for x in (led.arm, led.shown, led.explored))
+    assert explored[arm == 0].sum() == 0
+    share = explored[arm == 1].sum() / shown[arm == 1].sum()
+    assert abs(share - 0.3) < 0.03, share

@@ -63,11 +63,15 @@ REFERENCES = ("random", "oracle")
 
 
 class ArmConfig(Config):
-    """One arm: its name and how often its replica applies the sync log (event seconds; None =
-    never after the warm-up: the batch-only model)."""
+    """One arm: its name, how often its replica applies the sync log (event seconds; None =
+    never after the warm-up: the batch-only model), and its exploration share and pool (as a
+    serving arm's ``explore`` / ``explore_pool``: ``explore * k`` positions of each slate go to
+    random items of the ``explore_pool`` newest listings that its top scores do not show)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     sync_every_s: float | None = Field(None, gt=0)
+    explore: float = Field(0.0, ge=0.0, le=1.0)
+    explore_pool: int = Field(1000, ge=1)
 
 
 def _default_arms() -> list[ArmConfig]:
@@ -176,6 +180,7 @@ def _arm_rows(cfg: ABConfig, lifetime: float, seed: int, out: dict[str, Any]) ->
     led: Ledger = out["ledger"]
     arm = np.asarray(led.arm, np.int64)
     shown = np.asarray(led.shown, np.float64)
+    explored = np.asarray(led.explored, np.float64)
     expected = np.asarray(led.expected, np.float64)
     age = np.asarray(led.age, np.float64)
     clicks = np.zeros(arm.size)
@@ -202,6 +207,7 @@ def _arm_rows(cfg: ABConfig, lifetime: float, seed: int, out: dict[str, Any]) ->
                 "ctr_lo": lo,
                 "ctr_hi": hi,
                 "expected_ctr": float(expected[m].sum()) / n if n else math.nan,
+                "explored": float(explored[m].sum()) / n if n else math.nan,
                 "model_age_s": float(np.nanmean(age[m])) if m.any() else math.nan,
                 "syncs": out["syncs"][a.name],
                 "trainer_auc_warmup": out["warm_auc"],
@@ -263,6 +269,7 @@ def run(cfg: ABConfig, progress: ProgressFn | None = None) -> ExperimentResult:
 
 def _result(cfg: ABConfig, runs: list[dict[str, Any]], curves: dict, seconds: float) -> ExperimentResult:
     metrics = ["ctr", "expected_ctr", "lift", "expected_lift", "expected_lift_next", "model_age_s", "impressions"]
+    metrics += ["explored"]
     metrics += ["clicks"]
     metrics += ["trainer_auc_warmup", "trainer_auc_end", "trainer_calibration_warmup", "trainer_calibration_end"]
     full = [{m: r.get(m, math.nan) for m in metrics} | r for r in runs]
@@ -293,7 +300,14 @@ def _result(cfg: ABConfig, runs: list[dict[str, Any]], curves: dict, seconds: fl
         Column("model_age", "model age at request"),
         Column("impressions", "impressions / seed", "pm", 0),
     ]
-    arms = ", ".join(f"{a.name} ({'never' if a.sync_every_s is None else duration(a.sync_every_s)})" for a in cfg.arms)
+    if any(a.explore for a in cfg.arms):
+        columns.append(Column("explored", "exploration picks", "cipct", 1))
+
+    def _arm(a: ArmConfig) -> str:
+        sync = "never" if a.sync_every_s is None else duration(a.sync_every_s)
+        return f"{a.name} ({sync}{f', explore {a.explore:g} of the {a.explore_pool} newest' if a.explore else ''})"
+
+    arms = ", ".join(_arm(a) for a in cfg.arms)
     # one trainer per world: its progressive metrics are the same on every arm's row (keep the first)
     trainer: dict[str, dict[str, Any]] = {}
     for row in summary:

@@ -40,6 +40,7 @@ from freshrec.models import TwoTowerConfig
 from freshrec.online import OnlineConfig, OnlinePipeline, live_commerce_spec
 from freshrec.ps import PSConfig
 from freshrec.serve.arms import ArmRouter
+from freshrec.serve.engine import explore_count, mix_exploration
 from freshrec.serve.features import ColumnBuilder
 from freshrec.serve.items import LiveItems
 from freshrec.sim import Recommendation, Simulator
@@ -91,8 +92,10 @@ class _Arm:
     item vectors of the live catalog under its current parameters, and a user-vector cache."""
 
     def __init__(self, cfg: ArmConfig, index: int, model: ServedModel, subscriber: Subscriber | None,
-                 user_builder: ColumnBuilder, start: float) -> None:  # fmt: skip
+                 user_builder: ColumnBuilder, start: float, seed: int) -> None:  # fmt: skip
         self.name, self.index, self.every = cfg.name, index, cfg.sync_every_s
+        self.explore, self.explore_pool = cfg.explore, cfg.explore_pool
+        self.rng = np.random.default_rng([seed, index])  # exploration draws: the same run, the same draws
         self.model, self.subscriber, self.user_builder = model, subscriber, user_builder
         self.last_sync = start
         self.syncs = 0
@@ -154,6 +157,7 @@ class Ledger:
     user: list[int] = field(default_factory=list)
     time: list[float] = field(default_factory=list)
     shown: list[int] = field(default_factory=list)
+    explored: list[int] = field(default_factory=list)  # of the items shown, exploration picks
     expected: list[float] = field(default_factory=list)
     age: list[float] = field(default_factory=list)
     clicks: dict[int, int] = field(default_factory=dict)  # request serial -> clicks
@@ -176,12 +180,20 @@ class Recommender:
     def recommend(self, user_id: int, k: int, now: float, context: dict[str, Any]) -> Recommendation:
         arm = self.by_name[self.router.assign(user_id)]
         ids: list[Any] = []
+        explored = 0
         if arm.ids:
             scores = arm.matrix @ arm.user_vector(user_id, self.sim.user_features(user_id), context)  # (N,)
-            kk = min(k, scores.shape[0])
+            n = scores.shape[0]
+            kk = min(k, n)
             top = np.argpartition(-scores, kk - 1)[:kk]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            ids = [arm.ids[i] for i in top.tolist()]
+            slate = top[np.argsort(-scores[top], kind="stable")].tolist()
+            m = explore_count(arm.explore, k, arm.rng)
+            if m:  # as a serving arm does: random picks among the newest listings (the catalog's last)
+                pool = min(n, arm.explore_pool)
+                drawn = (n - pool + arm.rng.choice(pool, min(pool, m + k), replace=False)).tolist()
+                slate, flags = mix_exploration(slate, drawn, k, m, lambda i: i, arm.rng)
+                explored = sum(flags)
+            ids = [arm.ids[i] for i in slate]
         p = self.sim.true_ctr(user_id, ids, now, positions=np.arange(len(ids)), device=context["device"])
         led = self.ledger
         serial = len(led.arm)
@@ -189,6 +201,7 @@ class Recommender:
         led.user.append(user_id)
         led.time.append(now)
         led.shown.append(len(ids))
+        led.explored.append(explored)
         led.expected.append(float(p.sum()))
         et = arm.model.event_time
         led.age.append(now - et if math.isfinite(et) else math.nan)
@@ -295,7 +308,7 @@ def run_world(cfg: ABConfig, lifetime: float, seed: int, progress: ProgressFn | 
                 if a.sync_every_s is not None:
                     sub = Subscriber(model, pipe.log, online.sync, registry=registry, metrics_label=f"{a.name}/rank")
                     sub.poll()  # bootstrap: the snapshot, then the deltas after it (none yet)
-                arms.append(_Arm(a, i, model, sub, ColumnBuilder(spec, only=names[0]), t))
+                arms.append(_Arm(a, i, model, sub, ColumnBuilder(spec, only=names[0]), t, seed))
             for arm in arms:
                 arm.refresh(catalog)
 

@@ -27,9 +27,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -41,9 +41,10 @@ from freshrec.serve.features import ColumnBuilder, Missing
 from freshrec.serve.items import LiveItems
 from freshrec.sync import ServedModel, ServingState
 
-__all__ = ["ArmEngine", "ItemVectors", "ModelInfo", "Ranked", "Recommended"]
+__all__ = ["ArmEngine", "ItemVectors", "ModelInfo", "Ranked", "Recommended", "explore_count", "mix_exploration"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _CHUNK = 8192  # items per tower pass when rebuilding item vectors: bounds the temporary memory
 
 
@@ -130,6 +131,39 @@ def _encode_catalog_rows(
             raise first
         return keep, None
     return keep, builder.encode(take_rows(cols, keep), keep.size)
+
+
+def explore_count(share: float, k: int, rng: np.random.Generator) -> int:
+    """Positions of a slate of ``k`` given to exploration: ``share * k`` rounded up or down at
+    random, so that the share is exact on average."""
+    if share <= 0.0:
+        return 0
+    x = share * k
+    return min(k, int(x) + int(rng.random() < x - int(x)))
+
+
+def mix_exploration(
+    ranked: list[T], drawn: list[T], k: int, m: int, key: Callable[[T], Hashable], rng: np.random.Generator
+) -> tuple[list[T], list[bool]]:
+    """A slate of at most ``k``: the top ``k - m'`` of ``ranked`` (best first) and, at random
+    positions among them, the first ``m'`` of ``drawn`` (exploration candidates in random order)
+    that those top ones do not show anyway (``key`` tells items apart). ``m' = m`` unless
+    ``drawn`` has too few, and then as many as it has (the top fills the rest). Returns the slate
+    and, per position, whether it is an exploration pick."""
+    m = min(m, len(drawn), k)
+    while True:
+        best = ranked[: k - m]
+        top = {key(x) for x in best}
+        picks = [d for d in drawn if key(d) not in top][:m]
+        if len(picks) == m:
+            break
+        m = len(picks)  # fewer picks: a longer top, which may show more of drawn: look again
+    slate, explored = list(best), [False] * len(best)
+    if picks:
+        for j, pos in enumerate(np.sort(rng.choice(len(best) + m, m, replace=False)).tolist()):
+            slate.insert(pos, picks[j])  # in increasing order: each lands at its final position
+            explored.insert(pos, True)
+    return slate, explored
 
 
 class _RateLimitedWarning:
@@ -301,24 +335,13 @@ class ArmEngine:
         exploring = rows >= retrieved  # (C,)
         ranked = np.flatnonzero(~exploring)
         ranked = ranked[np.argsort(-probs[ranked, 0], kind="stable")][:k]
-        best, picks = ranked, np.zeros(0, np.int64)
-        if n_explore:  # m picks that the top k - m do not show anyway (fewer picks: a longer top)
-            drawn = np.flatnonzero(exploring).tolist()
-            m = min(n_explore, len(drawn))
-            while True:
-                best = ranked[: k - m]
-                top = {ids[i] for i in rows[best].tolist()}
-                chosen = [c for c in drawn if ids[rows[c]] not in top][:m]
-                if len(chosen) == m:
-                    break
-                m = len(chosen)
-            picks = np.array(chosen, np.int64)
-        order, explored = best, np.zeros(best.size, bool)
-        if picks.size:  # exploration picks at random positions of the slate
+        order, explored = ranked.tolist(), []
+        if n_explore:
             with self._rng_lock:
-                at = np.sort(self._rng.choice(best.size + picks.size, picks.size, replace=False))
-            order = np.insert(best, at - np.arange(at.size), picks)
-            explored = np.insert(explored, at - np.arange(at.size), True)
+                order, explored = mix_exploration(ranked.tolist(), np.flatnonzero(exploring).tolist(), k, n_explore,
+                                                  lambda c: ids[rows[c]], self._rng)  # fmt: skip
+            if not any(explored):
+                explored = []
         return Recommended(
             [ids[i] for i in rows[order].tolist()],
             [feats[i] for i in rows[order].tolist()],
@@ -327,17 +350,12 @@ class ArmEngine:
             ModelInfo.of(self.arm, model),
             retrieval,
             len(rows),
-            explored.tolist() if picks.size else [],
+            explored,
         )
 
     def _explore_count(self, k: int) -> int:
-        """Positions of a slate of ``k`` given to exploration: ``explore * k`` rounded up or
-        down at random, so that the share is exact on average."""
-        if self.explore <= 0.0:
-            return 0
-        x = self.explore * k
         with self._rng_lock:
-            return min(k, int(x) + int(self._rng.random() < x - int(x)))
+            return explore_count(self.explore, k, self._rng)
 
     def _explore_candidates(self, n: int, k: int) -> tuple[list[Any], list[dict[str, Any]]]:
         """Items drawn at random, without replacement, from the ``explore_pool`` newest live
