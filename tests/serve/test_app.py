@@ -281,6 +281,12 @@ def test_events_are_all_or_nothing(server):
     assert r.status_code == 422
     r = client.post("/v1/events", json={"kind": "item"}, headers=KEY)
     assert r.status_code == 422 and "expected a JSON array" in r.json()["message"]
+    # a position past int64: 2**70 was a 500 (msgpack cannot hold it), 2**64 - 1 reached the log and
+    # stopped the trainer at the batch that held it
+    imp = {"kind": "impression", "event_id": "p", "request_id": "r", "event_time": 1.0, "user_id": 1, "item_id": "x"}
+    for position in (2**64 - 1, 2**70):
+        r = client.post("/v1/events", json=[{**imp, "position": position}], headers=KEY)
+        assert r.status_code == 422 and "events[0].impression.position" in r.json()["message"]
 
 
 def test_item_events_update_the_catalog(server):
