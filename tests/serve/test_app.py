@@ -144,6 +144,11 @@ def test_unknown_users_and_items_score_with_defaults(server):
             422,
             "sparse slot 'category': IDs must be integers",
         ),
+        (  # finite, but Inf in the model's float32 input: answered 200 with null scores
+            lambda b: b["candidates"][1]["features"].update(discount=1e300),
+            422,
+            "dense feature 'discount': 1e+300 at row 1 is past float32's range",
+        ),
         (
             lambda b: b["candidates"][0]["features"].update(price="cheap"),
             422,
