@@ -9,7 +9,9 @@ import warnings
 
 import pytest
 
+from freshrec.errors import TooLargeError
 from freshrec.serve import ServeConfig, create_app, load_states
+from freshrec.serve.app import status_of
 from freshrec.stream import decode, open_log
 
 with warnings.catch_warnings():  # starlette's TestClient warns about httpx; the app does not care
@@ -223,6 +225,8 @@ def test_caps_on_candidates_k_and_body(server):
 
     r = client.post("/v1/rank", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "cap is 8192" in r.json()["message"]
+    # an event the log will not take (over Kafka's message.max.bytes): 413, not a 503 "retry"
+    assert status_of(TooLargeError("a record is larger than the cluster takes")) == 413
 
 
 def test_not_json_and_unknown_paths(server):

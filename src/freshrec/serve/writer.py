@@ -6,7 +6,9 @@ requests on the embedded log). What was handed over and not yet appended is lost
 process dies: that is the trade for not paying an fsync per request (``sync_impressions``
 in the config pays it instead). A failed append is retried every ``retry_s`` until it succeeds
 or the writer is closed; the backlog is capped, and a full backlog refuses new work
-(:class:`CapacityError`, a 503) rather than grow without bound.
+(:class:`CapacityError`, a 503) rather than grow without bound. A batch the log refuses for its
+content (:class:`TooLargeError`: a record over Kafka's size limit) is never retried whole: it
+is halved until the records at fault are found, and those are dropped (counted, logged).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import threading
 from collections import deque
 
-from freshrec.errors import CapacityError, FreshrecError, StateError
+from freshrec.errors import CapacityError, FreshrecError, StateError, TooLargeError
 from freshrec.stream import EventLog
 
 __all__ = ["EventWriter"]
@@ -101,6 +103,16 @@ class EventWriter:
             try:
                 self.log.append(topic, values, keys)
                 self.appended += len(values)
+                return
+            except TooLargeError as exc:  # a record no retry will take: retried, it blocked everything after it
+                self.failures += 1
+                if len(values) > 1:  # halves: a prefix Kafka kept may go twice (the joiner drops duplicates)
+                    h = len(values) // 2
+                    self._append(topic, values[:h], keys[:h])
+                    self._append(topic, values[h:], keys[h:])
+                else:
+                    self.dropped += 1
+                    log.error("event writer: dropped an event for %s that the log refuses: %s", topic, exc)
                 return
             except FreshrecError as exc:
                 self.failures += 1
