@@ -5,7 +5,9 @@
     ├── InputError(ValueError)    a caller passed bad data; nothing was changed
     │   ├── NonFiniteError        NaN or Inf in gradients, losses or dense features
     │   ├── SchemaError           an event or record does not match its schema
-    │   └── DataError             a data file is empty, misses a column, has a wrong type
+    │   ├── DataError             a data file is empty, misses a column, has a wrong type
+    │   └── TooLargeError         a record is larger than the event log takes (Kafka's
+    │                             message.max.bytes): no retry will take it
     ├── StateError                the operation is not allowed in the component's current state
     │                             (message names the state: "cannot push: the PS is closed")
     ├── CapacityError             a hard limit was reached (e.g. a table index beyond 2**32 slots)
@@ -33,6 +35,7 @@ __all__ = [
     "SchemaError",
     "StateError",
     "SyncError",
+    "TooLargeError",
 ]
 
 
@@ -59,6 +62,11 @@ class SchemaError(InputError):
 
 class DataError(InputError):
     """A data file is empty, lacks a column, or holds a value of the wrong type."""
+
+
+class TooLargeError(InputError):
+    """A record is larger than the event log takes (Kafka's ``message.max.bytes``); retrying
+    the same record does not help."""
 
 
 class StateError(FreshrecError):

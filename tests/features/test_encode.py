@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from freshrec.errors import ConfigError, DataError
-from freshrec.features import DenseFeature, FeatureSpec, Jagged, SparseSlot, hash_ids
+from freshrec.features import DenseFeature, FeatureSpec, Jagged, SparseSlot, encodable_rows, hash_ids, take_rows
 
 
 def rows_of(j: Jagged) -> list[list[int]]:
@@ -107,6 +107,24 @@ def test_nan_in_dense_names_the_feature(spec):
     inf = {**columns(), "price": [1.0, np.inf, 2.0]}
     with pytest.raises(DataError, match=r"dense feature 'price'.*non-finite"):
         spec.encode(inf)  # Inf is not "missing": fill_missing does not hide it
+
+
+def test_a_dense_value_past_float32_is_refused_naming_the_feature(spec):
+    """The batch holds float32: 1e300 (finite as float64) became Inf there, so the model's outputs
+    went NaN. The trainer then skipped the whole batch as non-finite and serving answered null
+    scores; a DataError lets the trainer leave out the one example and serving answer 422."""
+    spec2 = FeatureSpec(sparse=[SparseSlot(name="user")], dense=[DenseFeature(name="discount")], labels=["click"])
+    cols = {**columns(), "discount": [0.5, -1e300, 0.1]}
+    with pytest.raises(DataError, match=r"^f.csv: dense feature 'discount': -1e\+300 at row 1 is past float32's range"):
+        spec2.encode(cols, source="f.csv")
+    std = FeatureSpec(sparse=[SparseSlot(name="user")], labels=["click"],
+                      dense=[DenseFeature(name="discount", transform="standardize", mean=0.0, std=1e-300)])  # fmt: skip
+    with pytest.raises(DataError, match=r"'discount': [0-9.e+]+ after transform standardize at row 0 is past"):
+        std.encode({**cols, "discount": [0.5, 0.0, 0.1]})
+    b = spec.encode({**columns(), "price": [1.7e308, 1.0, 2.0]})  # log1p brings it in range: fine
+    assert np.isfinite(b.dense).all()
+    keep, bad = encodable_rows(lambda rows: spec2.encode(take_rows(cols, rows)), 3)
+    assert keep.tolist() == [0, 2] and [row for row, _ in bad] == [1]
 
 
 def test_transform_domain_and_wrong_types(spec):

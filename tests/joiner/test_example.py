@@ -37,6 +37,7 @@ def test_round_trip_and_version():
     ("change", "field"),
     [
         ({"position": -1}, "example.position"),
+        ({"position": 2**63}, "example.position"),  # examples_to_columns' int64 column cannot hold it
         ({"labels": {"click": 2}}, "example.labels"),
         ({"sample_weight": 0.0}, "example.sample_weight"),
         ({"sampling_rate": 1.5}, "example.sampling_rate"),

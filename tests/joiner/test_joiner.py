@@ -3,6 +3,8 @@ output that depends on the log only, dead letters, metrics, restarts, refusals, 
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 
@@ -10,9 +12,9 @@ from freshrec.errors import CorruptionError, InputError, StateError
 from freshrec.joiner import Joiner, JoinerConfig, JoinerState, prometheus_collector, read_examples_parquet
 from freshrec.joiner.example import examples_to_columns
 from freshrec.joiner.owner import Claim, owner_topic
-from freshrec.stream import Action, Impression, encode, open_log, partition_for
+from freshrec.stream import Action, Impression, ItemLifecycle, encode, open_log, partition_for
 
-from .helpers import JOIN, read_dead, read_examples, run_naive, sim_events, write_stream
+from .helpers import JOIN, act, imp, read_dead, read_examples, run_naive, sim_events, write_stream
 
 
 @pytest.fixture(scope="module")
@@ -324,8 +326,8 @@ def test_an_examples_record_time_is_when_its_cause_reached_the_log(tmp_path):
     log.append("impressions", encode(imp), timestamps_ms=[1_000, 2_000])
     log.append("actions", encode([Action(event_id=10, request_id=0, event_time=5.0, user_id=1, item_id=0,
                                          type="click")]), timestamps_ms=[7_000])  # fmt: skip
-    late = Impression(event_id=20, request_id=20, event_time=500.0, user_id=1, item_id=9, position=0)
-    log.append("impressions", encode([late]), timestamps_ms=[9_000])  # moves the watermark past both windows
+    late = Impression(event_id=20, request_id=20, event_time=100.0, user_id=1, item_id=9, position=0)
+    log.append("impressions", encode([late]), timestamps_ms=[9_000])  # past both windows, < max_future_s ahead
     cfg = JoinerConfig(state_dir=tmp_path / "state", window_s=60, allowed_lateness_s=0, labels=["click"])
     with Joiner(log, cfg) as j:
         j.run(until_idle=True)
@@ -335,3 +337,39 @@ def test_an_examples_record_time_is_when_its_cause_reached_the_log(tmp_path):
     }
     assert by_id == {0: 7_000, 1: 9_000}
     log.close()
+
+
+def test_an_event_dated_in_the_future_is_dead_lettered_rather_than_making_every_later_one_late(tmp_path):
+    """The join's clock is the newest event time seen and never goes back (it is checkpointed): one
+    event dated years ahead (a producer's clock, a wrong year; the schema takes times up to 1e11)
+    made every event after it late, for good, and ItemLifecycle events, otherwise skipped, did it
+    too. An event more than max_future_s after its record reached the log is dead-lettered."""
+    now = time.time()
+    cfg = JoinerConfig(state_dir=tmp_path / "state", labels=["click"], window_s=60.0, allowed_lateness_s=5.0)
+    assert cfg.max_future_s == 300.0
+    with open_log(path=tmp_path / "log") as log:
+        for topic in ("impressions", "actions"):
+            log.create_topic(topic, 1)
+        with Joiner(log, cfg) as j:
+            log.append("impressions", encode([imp(0, now - 100.0, req=0)]))
+            log.append("actions", encode([act(1, now - 99.0, req=0)]))
+            j.run(until_idle=True)
+            log.append("impressions", encode([imp(2, now + 4e8, req=2),  # 2039
+                                              ItemLifecycle(event_id=3, event_time=now + 4e8, item_id=1,
+                                                            status="listed")]))  # fmt: skip
+            log.append("actions", encode([act(4, now + 3600.0, req=0)]))
+            j.run(until_idle=True)
+            log.append("impressions", encode([imp(5, now - 50.0, req=5), imp(6, now + 200.0, req=6)]))
+            log.append("actions", encode([act(7, now - 49.0, req=5)]))
+            j.run(until_idle=True)
+            m = j.metrics()
+        assert (m.late_impressions, m.late_actions, m.positives_out) == (0, 0, 2)  # the later events still join
+        assert m.event_time == now + 200.0  # within max_future_s: a clock a little ahead is fine
+        assert m.bad_records == m.dead_letters == 3
+        dead = read_dead(log)
+        assert [(d.topic, d.offset, d.field) for d in dead] == [
+            ("impressions", 1, "event_time"), ("impressions", 2, "event_time"), ("actions", 1, "event_time")
+        ]  # fmt: skip
+        assert dead[0].reason.startswith(f"impression.event_time: {now + 4e8!r} is ")
+        assert "after its record reached the log" in dead[0].reason and "max_future_s = 300" in dead[0].reason
+        assert dead[1].reason.startswith("item.event_time") and dead[2].reason.startswith("action.event_time")

@@ -86,6 +86,7 @@ def test_the_rest_of_an_impression_is_validated_when_used_with_the_schemas_reaso
     imp = msgspec.msgpack.decode(encode(GOOD[:1])[0])
     for change, why in [
         ({"position": -1}, "impression.position: expected `int` >= 0"),
+        ({"position": 2**63}, "impression.position: expected `int` <= 9223372036854775807"),
         ({"surprise": 1}, "impression.surprise: object contains unknown field `surprise`"),
         ({"schema_version": 9}, "impression.schema_version: unsupported schema version"),
         ({"item_features": {"p": float("nan")}}, "impression.item_features[...]: expected a finite float"),

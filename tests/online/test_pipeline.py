@@ -353,3 +353,25 @@ def test_examples_the_spec_cannot_read_are_left_out_and_counted_not_fatal(tmp_pa
     rejected = [f for f in PipelineCollector(lambda: st).collect() if f.name == "freshrec_train_examples_rejected"]
     assert rejected[0].samples[0].value == poisoned
     p.close()
+
+
+def test_records_of_the_examples_topic_that_are_not_examples_are_left_out_and_counted(tmp_path, stream):
+    """A record on the examples topic that does not decode as an Example (another producer's, a
+    newer freshrec's schema version, an old example with a position past int64) made
+    decode_examples raise: training stopped there, and a restart read the same record again."""
+    run = fresh_run(tmp_path, stream, "foreign")
+    p = OnlinePipeline(config(run))
+    try:
+        run_until_caught_up(p)
+        trained = p.status()["examples_trained"]
+        good = [r.value for r in p.log.read("examples", 0, 0, max_records=256)]
+        newer = msgspec.msgpack.decode(good[0]) | {"schema_version": 2}
+        huge = msgspec.msgpack.decode(good[1]) | {"position": 2**64 - 1}
+        p.log.append("examples", [b"not msgpack", *good[:100], msgspec.msgpack.encode(newer), *good[100:],
+                                  msgspec.msgpack.encode(huge)])  # fmt: skip
+        run_until_caught_up(p)
+        assert p.counters["examples_rejected"] == 3
+        assert p.status()["examples_trained"] == trained + 256  # the good ones around them: one more batch
+        assert p.offsets[0] == p.log.end_offset("examples", 0)
+    finally:
+        p.close()

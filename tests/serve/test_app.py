@@ -9,7 +9,9 @@ import warnings
 
 import pytest
 
+from freshrec.errors import TooLargeError
 from freshrec.serve import ServeConfig, create_app, load_states
+from freshrec.serve.app import status_of
 from freshrec.stream import decode, open_log
 
 with warnings.catch_warnings():  # starlette's TestClient warns about httpx; the app does not care
@@ -144,6 +146,11 @@ def test_unknown_users_and_items_score_with_defaults(server):
             422,
             "sparse slot 'category': IDs must be integers",
         ),
+        (  # finite, but Inf in the model's float32 input: answered 200 with null scores
+            lambda b: b["candidates"][1]["features"].update(discount=1e300),
+            422,
+            "dense feature 'discount': 1e+300 at row 1 is past float32's range",
+        ),
         (
             lambda b: b["candidates"][0]["features"].update(price="cheap"),
             422,
@@ -223,6 +230,8 @@ def test_caps_on_candidates_k_and_body(server):
 
     r = client.post("/v1/rank", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "cap is 8192" in r.json()["message"]
+    # an event the log will not take (over Kafka's message.max.bytes): 413, not a 503 "retry"
+    assert status_of(TooLargeError("a record is larger than the cluster takes")) == 413
 
 
 def test_recommend_event_time_in_milliseconds_names_the_unit(server):
@@ -298,6 +307,12 @@ def test_events_are_all_or_nothing(server):
     assert r.status_code == 422
     r = client.post("/v1/events", json={"kind": "item"}, headers=KEY)
     assert r.status_code == 422 and "expected a JSON array" in r.json()["message"]
+    # a position past int64: 2**70 was a 500 (msgpack cannot hold it), 2**64 - 1 reached the log and
+    # stopped the trainer at the batch that held it
+    imp = {"kind": "impression", "event_id": "p", "request_id": "r", "event_time": 1.0, "user_id": 1, "item_id": "x"}
+    for position in (2**64 - 1, 2**70):
+        r = client.post("/v1/events", json=[{**imp, "position": position}], headers=KEY)
+        assert r.status_code == 422 and "events[0].impression.position" in r.json()["message"]
 
 
 def test_item_events_update_the_catalog(server):

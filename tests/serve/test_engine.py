@@ -188,3 +188,30 @@ def test_exploration_gives_its_share_of_each_slate_to_fresh_items_retrieval_did_
     for user in range(30):
         rec = small.recommend(user, USER, CONTEXT, 4)
         assert len(set(rec.item_ids)) == len(rec.item_ids) == 4 and sum(rec.explored) == 2
+
+
+@pytest.mark.parametrize("retriever", [False, True])
+def test_an_item_whose_feature_names_stay_ambiguous_is_left_out_not_every_request(models, retriever):
+    """Names are prefixed where they clash; an item whose names are still ambiguous after that (its
+    "segment" and "user_segment" beside a request's "segment", or "click" and "item_click") made
+    merging raise: a 422 for every request that retrieved it, and a failed rebuild of the item
+    vectors at every refresh, so the retriever's catalog stopped following the listings."""
+    rank, retrieve = models
+    items = catalog(20)
+    items.apply([
+        ItemLifecycle(event_id=8, event_time=9.0, item_id="seg", status="listed",
+                      features={**item_features(3), "segment": 2, "user_segment": 5}),
+        ItemLifecycle(event_id=9, event_time=9.1, item_id="clk", status="listed",
+                      features={**item_features(3), "click": 1, "item_click": 0}),
+        ItemLifecycle(event_id=10, event_time=9.5, item_id="late", status="listed", features=item_features(4)),
+    ])  # fmt: skip
+    engine = ArmEngine("a", ServingState(rank, retrieve if retriever else None), items, retrieve_k=30)
+    if retriever:
+        engine.vectors.refresh()
+        view = engine.vectors.view()
+        assert "clk" not in view.ids and "seg" in view.ids and "late" in view.ids  # "seg" is fine without a user
+    rec = engine.recommend(1, USER, CONTEXT, 50)
+    assert not {"seg", "clk"} & set(rec.item_ids) and "late" in rec.item_ids and rec.candidates == 21
+    assert engine.bad_items.count >= 1
+    with pytest.raises(InputError, match="both end up as 'user_category'"):  # the request's own names: its error
+        engine.recommend(1, {**USER, "category": 1, "user_category": 2}, CONTEXT, 5)

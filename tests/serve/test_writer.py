@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from freshrec.errors import BackendError, CapacityError, StateError
+from freshrec.errors import BackendError, CapacityError, StateError, TooLargeError
 from freshrec.serve.writer import EventWriter
 from freshrec.stream import open_log
 
@@ -98,3 +98,36 @@ def test_a_failed_append_is_not_retried_once_closing(tmp_path, caplog):
         assert (w.appended, w.dropped, w.pending) == (2, 5, 0)
         assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
         assert log.end_offset("t", 0) == 2
+
+
+class _SizeLimitedLog:
+    """Refuses a batch holding a record over ``limit`` bytes, before writing any (as Kafka
+    refuses one over message.max.bytes); otherwise the real log."""
+
+    def __init__(self, log, limit: int) -> None:
+        self._log, self.limit = log, limit
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+    def append(self, topic, values, keys=None, **kw):
+        if any(len(v) > self.limit for v in values):
+            raise TooLargeError(f"append to topic {topic!r}: a record is larger than the cluster takes")
+        return self._log.append(topic, values, keys, **kw)
+
+
+def test_a_record_the_log_will_never_take_is_dropped_not_retried_with_everything_after_it(tmp_path):
+    """An impression over Kafka's message.max.bytes failed its batch as a BackendError, retried
+    every retry_s for good: every impression queued after it waited behind it (the backlog grew
+    until /v1/recommend answered 503), and Kafka kept the batch's prefix at every retry."""
+    with open_log(path=tmp_path / "log") as log:
+        log.create_topic("t", 1)
+        w = EventWriter(_SizeLimitedLog(log, 100), retry_s=0.01)
+        w.submit("t", [b"a", b"b", b"x" * 101, b"c"], [None] * 4)
+        w.submit("t", [b"d"], [None])
+        assert w.flush(10)
+        w.submit("t", [b"e"], [None])
+        assert w.flush(10)
+        assert [r.value for r in log.read("t", 0, 0, 100)] == [b"a", b"b", b"c", b"d", b"e"]
+        assert (w.dropped, w.pending, w.appended) == (1, 0, 5)
+        w.close()

@@ -116,6 +116,7 @@ BAD = [
     (impression, "request_id", "", "impression.request_id"),
     (impression, "event_id", "x" * 300, "impression.event_id"),
     (impression, "position", -1, "impression.position"),
+    (impression, "position", 2**64 - 1, "impression.position"),  # a uint64 sentinel: stopped the trainer
     (impression, "model_version", "", "impression.model_version"),
     (impression, "user_features", {"age": [1.5]}, "impression.user_features"),
     (impression, "context", {"temperature": math.nan}, "impression.context"),

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from freshrec.errors import BackendError, ConfigError, CorruptionError, InputError, StateError
+from freshrec.errors import BackendError, ConfigError, CorruptionError, InputError, StateError, TooLargeError
 from freshrec.stream import EmbeddedLog, EventLog, LogConfig, LogRecord, LogState, open_log, partition_for
 from freshrec.stream.log import PARTITION_SEED
 
@@ -567,6 +567,18 @@ def test_config_errors_name_the_field():
         }
     )
     assert cfg.kafka_settings == {"security.protocol": "SASL_SSL"}
+
+
+def test_a_record_over_the_clusters_size_limit_is_too_large_not_a_backend_failure(kafka_broker):
+    """A BackendError says "retry": the serving event writer retried such a record forever, and
+    everything queued behind it waited."""
+    with open_log(kafka_broker.log_config()) as log:
+        t = new_topic()
+        log.create_topic(t, 1)
+        with pytest.raises(TooLargeError, match=r"larger than the cluster takes \(message\.max\.bytes"):
+            log.append(t, [b"x" * 2_000_000])
+        log.append(t, [b"fine"])
+        assert [r.value for r in log.read(t, 0, 0)] == [b"fine"]
 
 
 def test_bad_librdkafka_setting_is_a_config_error(kafka_broker):

@@ -3,6 +3,8 @@ parts under the size limit, and anything that is not a well-formed record is ref
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -105,6 +107,33 @@ def test_a_corrupted_dense_part_fails_the_checksum():
 def test_what_is_not_a_sync_record_is_refused(blob):
     with pytest.raises(SchemaError):
         read_header(blob)
+
+
+def _with_header(**change) -> bytes:
+    (record,) = encode_sparse([], model="m", version=3, published_ms=1, max_bytes=LIMIT)
+    meta = {**json.loads(read_header(record).to_json()), **change}
+    return np_save({"x": np.zeros(1, np.int64)}, metadata={"freshrec.sync": json.dumps(meta)})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"version": "3"}, {"parts": "1"}, {"version": True}, {"event_time": "soon"}, {"newest_arrival_ms": "x"},
+     {"tables": [["a", "1", 0]]}, {"tables": 5}, {"kind": "both"}, {"surprise": 1}],
+)  # fmt: skip
+def test_a_header_field_of_the_wrong_type_is_refused(change):
+    """A version that is a string raised TypeError where the subscriber compared it, on every poll,
+    so the record was never seen as bad and the replica never bootstrapped past it."""
+    assert read_header(_with_header()).version == 3
+    with pytest.raises(SchemaError, match=r"^bad sync record header"):
+        read_header(_with_header(**change))
+
+
+def test_a_dense_part_without_its_chunk_is_refused():
+    _, (record,) = encode_dense({"w": torch.ones(3)}, model="m", version=1, published_ms=1, max_bytes=LIMIT,
+                                logit_offset=0.0)  # fmt: skip
+    h = json.loads(read_header(record).to_json())
+    with pytest.raises(SchemaError, match="no 'chunk' tensor"):  # was a KeyError
+        join_dense([np_save({"x": np.zeros(1, np.uint8)}, metadata={"freshrec.sync": json.dumps(h)})])
 
 
 def test_tensors_that_disagree_with_the_header_are_refused():

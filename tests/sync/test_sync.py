@@ -18,6 +18,7 @@ from freshrec.models import DCNConfig, build_model
 from freshrec.ps import LocalPS, PSConfig
 from freshrec.stream import open_log
 from freshrec.sync import Publisher, ServedModel, Subscriber, SubscriberState, SyncConfig
+from freshrec.sync.delta import encode_sparse, read_header
 from freshrec.table import TableConfig
 
 from ._world import (
@@ -222,6 +223,43 @@ def test_a_publisher_refuses_snapshots_left_by_another_log(elog, tmp_path):
     finally:
         fresh.close()
     Publisher(w.name, w.ps, lambda: w.module, elog, w.cfg, spec=SPEC, model_config=MODEL)  # its own log: fine
+
+
+def _bad_record(name: str, model: str, version: int) -> bytes:
+    """A sync record that reads as one but cannot be applied."""
+    import json
+
+    from safetensors.numpy import save
+
+    (good,) = encode_sparse([], model=model, version=version, published_ms=1, max_bytes=65536)
+    meta = json.loads(read_header(good).to_json())
+    meta.update({"version_str": {"version": str(version)}, "other_model": {"model": "other"},
+                 "dense_kind": {"kind": "dense"}}[name])  # fmt: skip
+    return save({"x": np.zeros(1, np.int64)}, metadata={"freshrec.sync": json.dumps(meta)})
+
+
+@pytest.mark.parametrize("bad", ["version_str", "other_model", "dense_kind"])
+def test_a_record_that_cannot_be_applied_is_a_gap_the_next_snapshot_bridges(elog, tmp_path, bad):
+    """A header field of the wrong type (TypeError where the version was compared) or a record of
+    another model or kind (SyncError) failed every poll at the same offset: the replica never
+    bootstrapped, and stayed behind for good even once a snapshot past the record existed."""
+    w = World(elog, config(tmp_path))
+    state, sub = w.replica()
+    for _ in range(2):
+        w.driver.step()
+        w.pub.publish_sparse()
+    sub.poll()
+    elog.append(w.pub.sparse_topic, [_bad_record(bad, w.name, 3)])
+    for _ in range(2):  # stale, and says why, until a snapshot covers the record
+        with pytest.raises(SyncError, match="cannot bootstrap"):
+            sub.poll()
+        assert sub.describe()["state"] == "stale" and state.sparse_version == 2
+    w.driver.step()
+    w.pub.publish_sparse()  # v3: the publisher does not know the bad record
+    w.pub.snapshot()
+    sub.poll()
+    assert sub.status is SubscriberState.LIVE and state.sparse_version == w.pub.sparse_version
+    assert_same_rows(w.ps, state.ps)
 
 
 def test_a_gap_no_snapshot_covers_leaves_the_replica_stale_until_one_does(elog, tmp_path):

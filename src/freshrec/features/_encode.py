@@ -334,8 +334,12 @@ def dense_raw(feat: DenseFeature, col: Any, source: str | None) -> np.ndarray:
     return x
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def dense_values(feat: DenseFeature, col: Any, source: str | None) -> np.ndarray:
-    """The transformed feature, (B,) float64."""
+    """The transformed feature, (B,) float64, each value within float32's range (the batch's
+    dtype: a value past it would be Inf there, and NaN in every score and loss it touches)."""
     if feat.needs_fit:
         raise ConfigError(
             f"dense feature {feat.name!r} uses transform {feat.transform} but has no mean/std: "
@@ -346,6 +350,14 @@ def dense_values(feat: DenseFeature, col: Any, source: str | None) -> np.ndarray
         x = np.log1p(x)
     if feat.standardizes:
         x = (x - feat.mean) / feat.std
+    big = np.abs(x) > _F32_MAX
+    if big.any():
+        first = int(np.flatnonzero(big)[0])
+        after = "" if feat.transform == "none" else f" after transform {feat.transform}"
+        raise DataError(
+            f"{_where(source)}dense feature {feat.name!r}: {float(x[first])!r}{after} at row {first} is past float32's "
+            f"range (+-{_F32_MAX:.4g}), the dtype models read; scale it (e.g. transform log1p)"
+        )
     return x
 
 

@@ -16,14 +16,13 @@ validated whole on read (:class:`WireAction`). Tests pin these mirrors to the ev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta
 
 from freshrec.errors import SchemaError
 from freshrec.stream import events
-from freshrec.stream.events import ActionType, EventTime, Finite, Id, ItemLifecycle, Version
+from freshrec.stream.events import ActionType, EventTime, Finite, Id, ItemLifecycle, Position, Version
 
 __all__ = ["Bad", "Header", "WireAction", "WireImpression", "decode_batch", "impression"]
 
@@ -54,7 +53,7 @@ class WireImpression(_Base, tag="impression"):
     event_time: EventTime
     user_id: Id
     item_id: Id
-    position: Annotated[int, Meta(ge=0)]
+    position: Position
     model_version: Id | None = None
     user_features: msgspec.Raw = _EMPTY_MAP
     item_features: msgspec.Raw = _EMPTY_MAP

@@ -52,6 +52,12 @@ class JoinerConfig(Config):
             Negatives are emitted at window close in both.
         labels: the action types that become labels (one 0/1 label each, in this order); actions
             of other types are counted and ignored.
+        max_future_s: an event whose event time is more than this many seconds after its record
+            reached the log (the record's timestamp) is dead-lettered: the join's clock only moves
+            forward, so one event dated in the future (a producer's clock ahead, a wrong year)
+            would make every later event late until that time came. The largest clock jump one
+            event can cause. None turns the check off (a log whose timestamps are not arrival
+            times, a simulation that runs ahead of the wall clock).
         negative_rate: keep this share of negatives (a seeded, deterministic decision per
             impression); every example records it as ``sampling_rate``.
         reweight_negatives: give kept negatives ``sample_weight = 1 / negative_rate`` (training
@@ -77,6 +83,8 @@ class JoinerConfig(Config):
     allowed_lateness_s: float = Field(60.0, ge=0, allow_inf_nan=False)  # a minute of disorder between topics
     emit: Literal["first_action", "window_close"] = "first_action"  # freshness first (the paper)
     labels: list[ActionType] = Field(default_factory=lambda: list(ACTION_TYPES), min_length=1)
+    # 5 minutes: far above the clock skew of machines kept by NTP, and what one bad event may cost
+    max_future_s: float | None = Field(300.0, gt=0, allow_inf_nan=False)
 
     negative_rate: float = Field(1.0, gt=0, le=1)  # 1: keep every negative, the safe default
     reweight_negatives: bool = True

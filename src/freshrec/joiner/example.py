@@ -30,7 +30,7 @@ import numpy as np
 from msgspec import Meta
 
 from freshrec.errors import InputError, SchemaError
-from freshrec.stream.events import EventTime, Features, Id
+from freshrec.stream.events import EventTime, Features, Id, Position
 
 __all__ = [
     "EXAMPLE_SCHEMA_VERSION",
@@ -79,7 +79,7 @@ class Example(
     emitted_at: EventTime  # the joiner's event-time clock (newest event time seen) at emission
     user_id: Id
     item_id: Id
-    position: Annotated[int, Meta(ge=0)]
+    position: Position
     model_version: Id | None = None
     features: Features = {}
     labels: dict[Annotated[str, Meta(min_length=1)], Annotated[int, Meta(ge=0, le=1)]] = {}

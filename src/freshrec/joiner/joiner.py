@@ -38,7 +38,7 @@ import msgspec
 import numpy as np
 
 from freshrec.errors import InputError, StateError
-from freshrec.joiner._wire import decode_batch
+from freshrec.joiner._wire import Bad, decode_batch
 from freshrec.joiner.config import JoinerConfig
 from freshrec.joiner.core import CoreState, JoinCore
 from freshrec.joiner.dead_letter import DeadLetter, encode_dead_letters
@@ -386,6 +386,8 @@ class Joiner:
             return
         decoded = decode_batch(cols.values)
         times = np.fromiter(map(_event_time, decoded), np.float64, n)  # (n,) -inf for bad records
+        if self.config.max_future_s is not None:
+            self._refuse_future(decoded, times, cols.values, cols.timestamps_ms)
         # bad records sort right after what precedes them: at the newest time read so far
         order_times = np.maximum.accumulate(np.concatenate(([s.high], times)))[1:]
         bad = times == -np.inf
@@ -407,6 +409,29 @@ class Joiner:
         s.offsets = np.concatenate((s.offsets, cols.offsets))
         s.arrivals = np.concatenate((s.arrivals, cols.timestamps_ms))
         s.next_read = int(cols.offsets[-1]) + 1
+
+    def _refuse_future(
+        self, decoded: list[Any], times: np.ndarray, records: list[bytes], timestamps_ms: np.ndarray
+    ) -> None:
+        """Turn the events dated more than ``max_future_s`` after their record reached the log into
+        bad records (dead-lettered, and never moving the clock); ``times`` is updated in place."""
+        limit = self.config.max_future_s
+        arrived = np.asarray(timestamps_ms, np.float64) / 1000.0  # (n,) seconds; <= 0: no timestamp
+        ahead = times - arrived  # (n,)
+        future = (ahead > limit) & (arrived > 0)
+        if not future.any():
+            return
+        for i in np.flatnonzero(future).tolist():
+            ev = decoded[i]
+            kind = type(ev).__struct_config__.tag
+            decoded[i] = Bad(
+                "event_time",
+                f"{kind}.event_time: {float(times[i])!r} is {ahead[i]:.0f} s after its record reached the log "
+                f"(at {arrived[i]:.3f}); more than max_future_s = {limit:g} (a producer's clock ahead, or a date "
+                "in the future)",
+                records[i],
+            )
+        times[future] = -np.inf
 
     def _frontier(self) -> float:
         return min((s.high for s in self._sources if not s.caught_up), default=float("inf"))

@@ -41,8 +41,9 @@ class PipelineCollector(Collector):
                                 value=st["examples_per_s"])  # fmt: skip
         yield CounterMetricFamily("freshrec_train_skipped_nonfinite", "Steps skipped for NaN/Inf",
                                   value=st["skipped_nonfinite"])  # fmt: skip
-        yield CounterMetricFamily("freshrec_train_examples_rejected", "Examples left out because the spec cannot "
-                                  "read them (a float for an ID, text for a number), since the process started",
+        yield CounterMetricFamily("freshrec_train_examples_rejected", "Examples left out because the trainer cannot "
+                                  "read them (a record that is not a valid example, a float for an ID, text for a "
+                                  "number), since the process started",
                                   value=st["counters"].get("examples_rejected", 0))  # fmt: skip
         if _ok(st.get("examples_lag")):
             yield GaugeMetricFamily("freshrec_train_examples_lag", "Examples in the log not yet trained on",

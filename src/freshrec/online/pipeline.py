@@ -34,9 +34,9 @@ import numpy as np
 
 from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes, json_safe
-from freshrec.errors import CorruptionError, InputError, StateError
+from freshrec.errors import CorruptionError, InputError, SchemaError, StateError
 from freshrec.features import Batch, encodable_rows
-from freshrec.joiner import Joiner, JoinerState, decode_examples, examples_to_columns
+from freshrec.joiner import Joiner, JoinerState, decode_example, decode_examples, examples_to_columns
 from freshrec.online.checkpoint import CheckpointStore
 from freshrec.online.config import OnlineConfig
 from freshrec.online.spec import live_commerce_spec, live_commerce_two_tower
@@ -48,7 +48,7 @@ __all__ = ["OnlinePipeline", "PipelineState"]
 
 log = logging.getLogger(__name__)
 
-REJECTED_LOG_EVERY_S = 60.0  # examples the spec cannot read: one warning a minute at most
+REJECTED_LOG_EVERY_S = 60.0  # examples the trainer cannot read: one warning a minute at most
 
 
 class PipelineState(enum.Enum):
@@ -188,13 +188,42 @@ class OnlinePipeline:
             records = self.log.read(self.topic, p, self.offsets[p], max_records=want)
             if not records:
                 continue
-            self._buffer.examples += decode_examples([r.value for r in records])
+            self._buffer.examples += self._decode([r.value for r in records], p, records[0].offset)
             self._buffer.arrival_ms = max(self._buffer.arrival_ms, max(r.timestamp_ms for r in records))
             if self._buffer.since is None:
                 self._buffer.since = self.clock()
             self.offsets[p] = records[-1].offset + 1
             self.counters["examples_read"] += len(records)
             want -= len(records)
+
+    def _decode(self, values: list[bytes], partition: int, first_offset: int) -> list[Any]:
+        """The examples of ``values``, leaving out (counted, logged) records that are not valid
+        examples: one written by another producer or another freshrec version must not stop
+        training, and a restart would only read it again."""
+        try:
+            return decode_examples(values)
+        except SchemaError:
+            pass
+        out, bad = [], []
+        for i, blob in enumerate(values):
+            try:
+                out.append(decode_example(blob))
+            except SchemaError as exc:
+                bad.append((f"record {self.topic}[{partition}]@{first_offset + i}", exc))
+        self._reject(bad)
+        return out
+
+    def _reject(self, bad: list[tuple[str, Exception]]) -> None:
+        """Count examples left out, and name one of them in a warning (one a minute at most)."""
+        self.counters["examples_rejected"] += len(bad)
+        now = time.monotonic()
+        last, count = self._rejected_logged
+        if bad and now - last >= REJECTED_LOG_EVERY_S:
+            what, exc = bad[0]
+            n = self.counters["examples_rejected"] - count
+            log.warning("left out %d example(s) the trainer cannot read (%d since the last such warning), e.g. %s: "
+                        "%s", len(bad), n, what, exc)  # fmt: skip
+            self._rejected_logged = (now, self.counters["examples_rejected"])
 
     def _train(self, buf: _Buffer) -> int:
         batch = self._encode(buf.examples)
@@ -227,15 +256,7 @@ class OnlinePipeline:
         except InputError:  # DataError: find the examples at fault
             pass
         keep, bad = encodable_rows(encode, len(examples))
-        self.counters["examples_rejected"] += len(bad)
-        now = time.monotonic()
-        last, count = self._rejected_logged
-        if now - last >= REJECTED_LOG_EVERY_S:
-            row, exc = bad[0]
-            n = self.counters["examples_rejected"] - count
-            log.warning("left out %d example(s) the spec cannot read (%d since the last such warning), e.g. example "
-                        "%r: %s", len(bad), n, examples[row].example_id, exc)  # fmt: skip
-            self._rejected_logged = (now, self.counters["examples_rejected"])
+        self._reject([(f"example {examples[row].example_id!r}", exc) for row, exc in bad])
         return encode(keep) if keep.size else None
 
     def _maybe_expire(self, event_time: float) -> None:

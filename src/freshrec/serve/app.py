@@ -9,8 +9,9 @@
     GET  /docs           OpenAPI (Swagger UI); the schema at /openapi.json
 
 Errors: freshrec's tree maps onto status codes in :func:`status_of` (bad input 422, too large
-413, not ready / overloaded / backend down 503, anything else 500); every error body is
-``{"error": type, "message": text naming the field, "detail": [...]?}``.
+413: a body over the limit or an event over what the event log takes, not ready / overloaded /
+backend down 503, anything else 500); every error body is ``{"error": type, "message": text
+naming the field, "detail": [...]?}``.
 
 Where requests run: /v1/rank runs on the event loop itself. Measured on 2 cores (100
 candidates, DeepFM 400-400-400), handing it to a thread cost 0.3-0.6 ms more CPU per request
@@ -51,6 +52,7 @@ from freshrec.errors import (
     InputError,
     StateError,
     SyncError,
+    TooLargeError,
 )
 from freshrec.serve._asgi import BodyLimit, Observe
 from freshrec.serve.api import (
@@ -73,6 +75,7 @@ log = logging.getLogger(__name__)
 
 ENDPOINTS = {"/v1/rank", "/v1/recommend", "/v1/events", "/v1/healthz", "/v1/model", "/metrics"}
 _STATUS: list[tuple[type[FreshrecError], int]] = [
+    (TooLargeError, 413),  # an event larger than the event log takes
     (InputError, 422),  # SchemaError, DataError, NonFiniteError too
     (StateError, 503),  # not started, or stopping
     (CapacityError, 503),  # a backlog or a table is full: retry later

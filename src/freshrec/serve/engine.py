@@ -133,6 +133,32 @@ def _encode_catalog_rows(
     return keep, builder.encode(take_rows(cols, keep), keep.size)
 
 
+def _unambiguous_rows(
+    builder: ColumnBuilder,
+    user: Mapping[str, Any],
+    context: Mapping[str, Any],
+    ids: Sequence[Any],
+    feats: Sequence[Mapping[str, Any]],
+    warn: _RateLimitedWarning,
+    *,
+    request: bool,
+) -> np.ndarray:
+    """The rows of catalog items whose feature names merge with the request's: an item with both
+    ``segment`` and ``user_segment`` beside a request's ``segment`` is ambiguous after prefixing.
+    It is left out with a warning; it used to fail every request that retrieved it, and every
+    rebuild of the item vectors. With ``request``, if no item is left the request's own names
+    are at fault: its error is raised."""
+    n = len(ids)
+    bad = builder.ambiguous(user, context, feats)
+    if not bad:
+        return np.arange(n)
+    if request and len(bad) == n:
+        raise bad[0][1]
+    for row, exc in bad:
+        warn.warn(f"catalog item {ids[row]!r}: {exc}; left out")
+    return np.setdiff1d(np.arange(n), [row for row, _ in bad])
+
+
 def explore_count(share: float, k: int, rng: np.random.Generator) -> int:
     """Positions of a slate of ``k`` given to exploration: ``share * k`` rounded up or down at
     random, so that the share is exact on average."""
@@ -235,17 +261,20 @@ class ItemVectors:
     @torch.no_grad()
     def item_vectors(self, ids: Sequence[Any], feats: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """(rows kept, their vectors (n, K)); rows lacking an item-tower feature are left out."""
-        n = len(ids)
+        keep = _unambiguous_rows(self.builder, {}, {}, ids, feats, self.bad_items, request=False)
+        if keep.size < len(ids):
+            ids, feats = [ids[i] for i in keep.tolist()], [feats[i] for i in keep.tolist()]
         cols, missing = self.builder.raw(0, {}, {}, ids, feats)
-        keep = np.arange(n)
+        rows = np.arange(len(ids))  # (m,) into ids; keep[rows] into the caller's
         if missing:
             bad = np.unique(np.concatenate([m.rows for m in missing]))
-            keep = np.setdiff1d(keep, bad)
-            cols = take_rows(cols, keep)
-        if keep.size:
-            kept, batch = _encode_catalog_rows(self.builder, cols, [ids[i] for i in keep.tolist()], self.bad_items,
+            rows = np.setdiff1d(rows, bad)
+            cols = take_rows(cols, rows)
+        if rows.size:
+            kept, batch = _encode_catalog_rows(self.builder, cols, [ids[i] for i in rows.tolist()], self.bad_items,
                                                request=False)  # fmt: skip
-            keep = keep[kept]
+            rows = rows[kept]
+        keep = keep[rows]
         if keep.size == 0:
             return keep, np.zeros((0, self._view.matrix.shape[1]), np.float32)
         module, pooled = self.model.pooled(batch)
@@ -299,10 +328,14 @@ class ArmEngine:
     def recommend(self, user_id: Any, user: Mapping[str, Any], context: Mapping[str, Any], k: int) -> Recommended:
         ids, feats, retrieval = self._retrieve(user_id, user, context)
         n_explore = self._explore_count(k)
-        retrieved = len(ids)
+        exploring = [False] * len(ids)  # per candidate: an exploration candidate
         if n_explore:
             extra_ids, extra_feats = self._explore_candidates(n_explore, k)
-            ids, feats = ids + extra_ids, feats + extra_feats
+            ids, feats, exploring = ids + extra_ids, feats + extra_feats, exploring + [True] * len(extra_ids)
+        ok = _unambiguous_rows(self.ranker, user, context, ids, feats, self.bad_items, request=True)
+        if ok.size < len(ids):
+            ids, feats = [ids[i] for i in ok.tolist()], [feats[i] for i in ok.tolist()]
+            exploring = [exploring[i] for i in ok.tolist()]
         model = self.state.rank
         if not ids:
             return Recommended(
@@ -332,7 +365,7 @@ class ArmEngine:
                                ModelInfo.of(self.arm, model), retrieval, 0)  # fmt: skip
         rows = keep[kept]  # (C,) indices into ids of the candidates scored
         probs = model.predict(batch)  # (C, T)
-        exploring = rows >= retrieved  # (C,)
+        exploring = np.asarray(exploring, bool)[rows]  # (C,)
         ranked = np.flatnonzero(~exploring)
         ranked = ranked[np.argsort(-probs[ranked, 0], kind="stable")][:k]
         order, explored = ranked.tolist(), []

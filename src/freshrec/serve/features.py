@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.errors import InputError
+from freshrec.errors import InputError, SchemaError
 from freshrec.features import Batch, FeatureSpec
 from freshrec.joiner.example import RESERVED_COLUMNS as _JOINER_RESERVED
 from freshrec.joiner.example import merge_features
@@ -89,11 +89,8 @@ class ColumnBuilder:
         ``fill_missing`` is filled, so neither is reported."""
         n = len(item_ids)
         item_keys = set(chain.from_iterable(items))
-        u, c = user.keys(), context.keys()
-        every = u | c | item_keys
-        clash = (u & c) or (u & item_keys) or (c & item_keys) or not self.reserved.isdisjoint(every)
         cols: dict[str, list[Any] | np.ndarray] = {}
-        if not clash:  # the common case: broadcast user and context, gather the items' own
+        if not self._clash(user, context, item_keys):  # the common case: broadcast user and context, gather the rest
             for name in self.names:
                 if name in user:
                     cols[name] = [user[name]] * n
@@ -118,6 +115,27 @@ class ColumnBuilder:
             if rows.size and self.fill[name] is None:
                 missing.append(Missing(name, f"dense feature {name!r}", rows))
         return cols, missing
+
+    def _clash(self, user: Mapping[str, Any], context: Mapping[str, Any], item_keys: set[str]) -> bool:
+        """Some name needs a prefix (it is in two of the dicts, or reserved)."""
+        u, c = user.keys(), context.keys()
+        return bool((u & c) or (u & item_keys) or (c & item_keys) or not self.reserved.isdisjoint(u | c | item_keys))
+
+    def ambiguous(
+        self, user: Mapping[str, Any], context: Mapping[str, Any], items: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[int, SchemaError]]:
+        """The rows whose names are still ambiguous after prefixing (e.g. an item with both
+        ``segment`` and ``user_segment`` beside a user's ``segment``), each with the error
+        :meth:`raw` would raise for it. Catalog items are left out rather than fail a request."""
+        if not self._clash(user, context, set(chain.from_iterable(items))):
+            return []
+        bad = []
+        for i, f in enumerate(items):
+            try:
+                merge_features(user, f, context, self.reserved)
+            except SchemaError as exc:
+                bad.append((i, exc))
+        return bad
 
     def encode(self, cols: Mapping[str, list[Any] | np.ndarray], n: int) -> Batch:
         """The batch of rows whose columns are ``cols`` (raw, as :meth:`raw` made them, with no

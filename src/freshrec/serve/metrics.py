@@ -232,13 +232,16 @@ class _StateCollector(Collector):
             done = CounterMetricFamily(
                 "freshrec_serve_event_log_records",
                 "Events handed to the log writer, by outcome (appended; dropped when the writer closed with them "
-                "unwritten).",
+                "unwritten, or when the log refuses them as too large).",
                 labels=["outcome"],
             )
             done.add_metric(["appended"], w.appended)
             done.add_metric(["dropped"], w.dropped)
             yield done
-            failures = CounterMetricFamily("freshrec_serve_event_log_failures", "Failed appends (each is retried).")
+            failures = CounterMetricFamily(
+                "freshrec_serve_event_log_failures",
+                "Failed appends (each is retried, or split to find a record too large).",
+            )
             failures.add_metric([], w.failures)
             yield failures
 

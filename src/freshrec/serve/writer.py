@@ -6,7 +6,9 @@ requests on the embedded log). What was handed over and not yet appended is lost
 process dies: that is the trade for not paying an fsync per request (``sync_impressions``
 in the config pays it instead). A failed append is retried every ``retry_s`` until it succeeds
 or the writer is closed; the backlog is capped, and a full backlog refuses new work
-(:class:`CapacityError`, a 503) rather than grow without bound.
+(:class:`CapacityError`, a 503) rather than grow without bound. A batch the log refuses for its
+content (:class:`TooLargeError`: a record over Kafka's size limit) is never retried whole: it
+is halved until the records at fault are found, and those are dropped (counted, logged).
 
 :meth:`EventWriter.close` is bounded: it waits up to its ``timeout`` for what is queued to be
 appended, then counts whatever is still queued or being appended as ``dropped`` and logs the
@@ -20,7 +22,7 @@ import logging
 import threading
 from collections import deque
 
-from freshrec.errors import CapacityError, FreshrecError, StateError
+from freshrec.errors import CapacityError, FreshrecError, StateError, TooLargeError
 from freshrec.stream import EventLog
 
 __all__ = ["EventWriter"]
@@ -126,35 +128,42 @@ class EventWriter:
                 vals += values
                 ks += keys
             for topic, (vals, ks) in by_topic.items():
-                ok = self._append(topic, vals, ks)
+                n = self._append(topic, vals, ks)
                 with self._cond:
                     if self._abandoned:  # close() has counted these already
                         return
-                    if ok:
-                        self.appended += len(vals)
-                    else:
-                        self.dropped += len(vals)
+                    self.appended += n
+                    self.dropped += len(vals) - n
                     self._pending -= len(vals)
             with self._cond:
                 self._done += len(work)
                 self._cond.notify_all()
 
-    def _append(self, topic: str, values: list[bytes], keys: list[bytes | None]) -> bool:
-        """Append, retrying every ``retry_s`` until it works (True) or the writer is closing
-        (False: dropped; a batch never tried is still tried once after close began)."""
+    def _append(self, topic: str, values: list[bytes], keys: list[bytes | None]) -> int:
+        """Append, retrying every ``retry_s`` until it works or the writer is closing; returns how
+        many records were appended (the others are dropped). A batch never tried is still tried
+        once after close began; one the log refuses for its content is halved (see the module
+        docstring)."""
         while True:
             try:
                 self.log.append(topic, values, keys)
-                return True
+                return len(values)
+            except TooLargeError as exc:  # a record no retry will take: retried, it blocked everything after it
+                self.failures += 1
+                if len(values) > 1:  # halves: a prefix Kafka kept may go twice (the joiner drops duplicates)
+                    h = len(values) // 2
+                    return self._append(topic, values[:h], keys[:h]) + self._append(topic, values[h:], keys[h:])
+                log.error("event writer: dropped an event for %s that the log refuses: %s", topic, exc)
+                return 0
             except FreshrecError as exc:
                 self.failures += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 if self._closed:  # close() reports the count, once
-                    return False
+                    return 0
                 if isinstance(exc, StateError):  # the log was closed under a running writer
                     log.error("event writer: dropped %d events for %s: %s", len(values), topic, exc)
-                    return False
+                    return 0
                 log.warning("event writer: append to %s failed, retrying: %s", topic, exc)
                 with self._cond:
                     if self._cond.wait_for(lambda: self._closed, self.retry_s):
-                        return False  # closing: no more retries (close() reports the count)
+                        return 0  # closing: no more retries (close() reports the count)

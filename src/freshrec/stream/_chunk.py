@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
-from freshrec.errors import CorruptionError, InputError
+from freshrec.errors import CorruptionError, TooLargeError
 
 __all__ = ["MAX_RECORD_BYTES", "checksum", "pack", "spans", "unpack"]
 
@@ -56,7 +56,7 @@ def record_sizes(values: list[bytes], keys: list[bytes | None] | None) -> tuple[
     else:
         klen = np.fromiter((-1 if k is None else len(k) for k in keys), np.int64, n)
     if n and max(int(vlen.max()), int(klen.max())) > MAX_RECORD_BYTES:
-        raise InputError(f"a record's key or value is longer than {MAX_RECORD_BYTES} bytes")
+        raise TooLargeError(f"a record's key or value is longer than {MAX_RECORD_BYTES} bytes")
     return vlen, klen
 
 

@@ -9,10 +9,11 @@ Three kinds of event, one tagged union (``kind`` is the tag), schema version 1:
     ItemLifecycle  an item was listed, updated or ended, with its features, so serving knows
                    which items are live
 
-IDs are ``int`` (int64 range) or non-empty ``str``; a feature value is ``int | float | str |
-list[int | str]``; floats (event time, value, feature values) must be finite. The log carries
-msgpack (:func:`encode`, :func:`decode`, :func:`decode_many`); the HTTP edge carries JSON
-(:func:`encode_json`, :func:`decode_json`, :func:`decode_json_many`).
+IDs are ``int`` (int64 range) or non-empty ``str``; a position is an int in ``0..2**63 - 1``
+(the trainer's int64 column: a uint64 "unknown" sentinel is refused); a feature value is
+``int | float | str | list[int | str]``; floats (event time, value, feature values) must be
+finite. The log carries msgpack (:func:`encode`, :func:`decode`, :func:`decode_many`); the HTTP
+edge carries JSON (:func:`encode_json`, :func:`decode_json`, :func:`decode_json_many`).
 
 Contract: constructing a struct in Python does not validate it (that keeps the simulator fast);
 every decode does, structurally and semantically, and :func:`validate` checks a constructed
@@ -67,6 +68,9 @@ Id = Int64 | Annotated[str, Meta(min_length=1, max_length=_MAX_ID_LEN)]
 MAX_EVENT_TIME = 1e11  # seconds (~ the year 5138): a Unix time in milliseconds (1.7e12) is refused
 EventTime = Annotated[float, Meta(ge=0.0, le=MAX_EVENT_TIME)]  # seconds of event time
 Finite = Annotated[float, Meta(ge=-_FMAX, le=_FMAX)]
+# int64, as the trainer's position column: 2**64 - 1 (a uint64 "npos" sentinel) passed ge=0 and then
+# stopped every trainer batch that held it
+Position = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 FeatureValue = Int64 | Finite | str | list[Int64 | str]
 Features = dict[Annotated[str, Meta(min_length=1)], FeatureValue]
 Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION)]
@@ -96,7 +100,7 @@ class Impression(_Base, tag="impression"):
     event_time: EventTime
     user_id: Id
     item_id: Id
-    position: Annotated[int, Meta(ge=0)]  # 0 = top of the slate
+    position: Position  # 0 = top of the slate
     model_version: Id | None = None  # what ranked it (a sync version, a policy name); None = unknown
     user_features: Features = {}
     item_features: Features = {}

@@ -40,7 +40,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from freshrec.errors import BackendError, ConfigError, InputError, StateError
+from freshrec.errors import BackendError, ConfigError, InputError, StateError, TooLargeError
 from freshrec.stream.config import LogConfig
 from freshrec.stream.log import EventLog, LogRecord, PartitionBatch
 
@@ -50,6 +50,9 @@ _log = logging.getLogger("freshrec.stream.kafka")
 _SLICE_S = 0.05  # waits are cut into slices this long, so close() wakes a waiting read quickly
 _NO_OFFSET = -1001  # librdkafka's OFFSET_INVALID: "no committed offset", "watermark unknown"
 _BAD_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
+# a record over the producer's or the broker's message.max.bytes: no retry will take it
+_TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE,)
+_TOO_LARGE_HINT = "a record is larger than the cluster takes (message.max.bytes, 1 MB by default)"
 
 
 class _Reader:
@@ -186,6 +189,9 @@ class KafkaLog(EventLog):
                 f"{len(failed) + left} records not acknowledged were dropped"
             )
         if failed:
+            too_large = [e for e in failed if e.code() in _TOO_LARGE]
+            if too_large:  # the others were likely delivered: a prefix, as any failed batch may leave
+                raise TooLargeError(f"append to topic {topic!r}: {_TOO_LARGE_HINT}: {too_large[0].str()}")
             raise BackendError(f"append to topic {topic!r}: {len(failed)} records failed: {failed[0].str()}")
         if left:
             raise BackendError(
@@ -432,12 +438,15 @@ def _on_client_error(err: KafkaError) -> None:
 @contextmanager
 def _kafka(what: str, servers: str) -> Iterator[None]:
     """Translate a KafkaException raised inside the block into BackendError (InputError for an
-    unknown topic or partition) naming what was being done and the cluster's address (a wrong
-    ``bootstrap_servers`` otherwise shows only as a transport failure or a controller timeout)."""
+    unknown topic or partition, TooLargeError for a record over the size limit) naming what was
+    being done and the cluster's address (a wrong ``bootstrap_servers`` otherwise shows only as a
+    transport failure or a controller timeout)."""
     try:
         yield
     except KafkaException as exc:
         err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
         if err is not None and err.code() in _BAD_TOPIC:
             raise InputError(f"cannot {what}: {err.str()}") from exc
+        if err is not None and err.code() in _TOO_LARGE:
+            raise TooLargeError(f"cannot {what}: {_TOO_LARGE_HINT}: {err.str()}") from exc
         raise BackendError(f"cannot {what} (Kafka at {servers}): {err.str() if err else exc}") from exc

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
+import msgspec
 import numpy as np
 import torch
 from safetensors import SafetensorError
@@ -86,13 +87,17 @@ class DeltaHeader:
 
     @classmethod
     def from_json(cls, text: str) -> DeltaHeader:
+        """The header, every field of its declared type (a version that is a string would
+        otherwise fail later, on every poll, where a bad record is not recognised as one)."""
         try:
             data = json.loads(text)
             if data.pop("format") != FORMAT or data.pop("format_version") != FORMAT_VERSION:
                 raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} record")
-            data["tables"] = [(str(t), int(r), int(m)) for t, r, m in data.get("tables", [])]
-            h = cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
+            unknown = set(data) - set(_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown fields {sorted(unknown)}")
+            h = msgspec.convert(data, cls)
+        except (ValueError, TypeError, KeyError, AttributeError, msgspec.ValidationError) as exc:
             raise SchemaError(f"bad sync record header: {exc}") from exc
         if h.kind not in ("sparse", "dense") or h.version < 1 or not 0 <= h.part < h.parts:
             raise SchemaError(f"bad sync record header: kind {h.kind!r}, version {h.version}, "
@@ -101,6 +106,9 @@ class DeltaHeader:
 
     def describe(self) -> str:
         return f"{self.kind} delta v{self.version} of model {self.model!r} (part {self.part + 1}/{self.parts})"
+
+
+_FIELDS = tuple(f.name for f in fields(DeltaHeader))
 
 
 @dataclass(frozen=True)
@@ -258,10 +266,17 @@ def join_dense(blobs: list[bytes]) -> tuple[DeltaHeader, bytes]:
     h = headers[0]
     if [x.part for x in headers] != list(range(h.parts)) or any(x.version != h.version for x in headers):
         raise SchemaError(f"{h.describe()}: parts do not form one complete version")
-    joined = b"".join(_load(b, x)["chunk"].tobytes() for b, x in zip(blobs, headers, strict=True))
+    joined = b"".join(_chunk(b, x) for b, x in zip(blobs, headers, strict=True))
     if len(joined) != h.dense_bytes or checksum_bytes(joined) != h.dense_xxh3:
         raise CorruptionError(f"{h.describe()}: joined dense state fails its size or checksum")
     return h, joined
+
+
+def _chunk(blob: bytes, h: DeltaHeader) -> bytes:
+    chunk = _load(blob, h).get("chunk")
+    if chunk is None:
+        raise SchemaError(f"{h.describe()}: no 'chunk' tensor")
+    return chunk.tobytes()
 
 
 def load_dense(blob: bytes, what: str) -> dict[str, torch.Tensor]:

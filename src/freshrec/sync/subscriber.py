@@ -389,9 +389,9 @@ class Subscriber:
                 timeout_s = 0.0
                 for rec in records:
                     h = read_header(rec.value)
-                    if h.model != self.model or h.kind != kind:
-                        raise SyncError(f"topic {topic!r} holds a {h.describe()}; expected {kind} deltas "
-                                        f"of model {self.model!r}")  # fmt: skip
+                    if h.model != self.model or h.kind != kind:  # a bad record: a gap, as one that does not parse
+                        raise SchemaError(f"topic {topic!r} holds a {h.describe()}; expected {kind} deltas "
+                                          f"of model {self.model!r}")  # fmt: skip
                     parts = order.feed(h, rec.value)
                     offsets[kind] = rec.offset + 1
                     if parts is not None:
