@@ -188,6 +188,60 @@ def train(
         console.print(f"model directory: {result.out}")
 
 
+@app.command("evaluate")
+@_friendly
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A model directory written by freshrec train (--out).")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data file or folder (default: the format's set under $FRESHREC_DATA or ../shared/data)."),
+    ] = None,
+    format: Annotated[str | None, typer.Option("--format", help="movielens | criteo | open_bandit | table.")] = None,
+    held_out: Annotated[
+        bool,
+        typer.Option("--held-out", help="Only the newest data.test_fraction: the split freshrec train held out."),
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The train config (TOML or YAML): its data section is read.")
+    ] = None,
+    set_: SetOpt = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Score a saved model on a data file, per task: AUC, log loss, calibration."""
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from freshrec._io import atomic_write_bytes, json_safe
+    from freshrec.config import load_config
+    from freshrec.train.evaluate import evaluate_model
+    from freshrec.train.job import TrainJobConfig
+
+    flags = {"data.path": _text(data), "data.format": format}
+    job = load_config(TrainJobConfig, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None})
+    result = evaluate_model(model_dir, job.data, spec=job.spec, held_out=held_out)
+    console = Console()
+    what = "the newest " + f"{job.data.test_fraction:g} of it (held out)" if held_out else "all of it"
+    table = Table(title=f"{result.model_dir} on {result.source}, {what}: {result.examples:,} examples",
+                  title_justify="left")  # fmt: skip
+    for col in ("task", "AUC", "logloss", "calibration", "positive rate"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for row in result.rows:
+        table.add_row(str(row["task"]), f"{row['auc']:.4f}", f"{row['logloss']:.4f}", f"{row['calibration']:.3f}",
+                      f"{100 * float(row['positive_rate']):.2f}%")  # fmt: skip
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
+    if json_path is not None:
+        out = {"model_dir": str(result.model_dir), "data": result.source, "held_out": held_out,
+               "examples": result.examples, "tasks": result.rows, "warnings": result.warnings,
+               "seconds": result.seconds}  # fmt: skip
+        atomic_write_bytes(json_path, json.dumps(json_safe(out), indent=2).encode())
+        console.print(f"wrote {json_path}")
+
+
 @app.command("serve")
 @_friendly
 def serve(

@@ -160,7 +160,8 @@ def item_popularity(train: Dataset, test: Dataset, item_slot: str, smoothing: fl
     return np.where(known, rate[at], prior)
 
 
-def _metrics(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+def metric_row(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    """AUC, log loss and calibration (predicted over observed rate), weighted."""
     return {
         "auc": weighted_auc(probs, labels, weights),
         "logloss": logloss(probs, labels, weights),
@@ -221,7 +222,7 @@ def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], 
         try:
             trainer.fit(train.with_spec(spec), on_step=progress)
             probs = trainer.predict(test_batch)[:, 0]  # same IDs; only table widths differ per spec
-            row = {"model": name, **_metrics(probs, labels, weights), "seconds": time.perf_counter() - t0}
+            row = {"model": name, **metric_row(probs, labels, weights), "seconds": time.perf_counter() - t0}
             result.rows.append(row)
             if name == config.model.type and config.out is not None:
                 result.out = trainer.save(config.out, extra={"test_metrics": row})
@@ -230,6 +231,6 @@ def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], 
     if config.baselines and config.item_slot in train.spec.slot_names:
         t0 = time.perf_counter()
         probs = item_popularity(train, test, config.item_slot)
-        result.rows.append({"model": "item_popularity", **_metrics(probs, labels, weights),
+        result.rows.append({"model": "item_popularity", **metric_row(probs, labels, weights),
                             "seconds": time.perf_counter() - t0})  # fmt: skip
     return result
