@@ -4,7 +4,8 @@ Owns the trainer (``trainer.py``: one ``step`` for both stages of the paper, NaN
 bridge that pulls sparse rows from the PS, pools them per slot and pushes merged gradients
 (``sparse.py``), quality metrics and their sliding-window form (``metrics.py``), the trainer's
 config (``config.py``), the model directory format (``model_dir.py``), and the ``freshrec
-train`` job over files (``job.py``: its data source and baselines). Imports ``ps``, ``models``,
+train`` job over files (``job.py``: its data source and baselines), and ``freshrec evaluate``
+of a saved model on a file (``evaluate.py``). Imports ``ps``, ``models``,
 ``features``, ``data`` (the job only) and base modules; sync and serving build on it, never
 the reverse.
 """
