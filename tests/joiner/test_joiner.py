@@ -8,7 +8,7 @@ import time
 import msgspec
 import pytest
 
-from freshrec.errors import CorruptionError, InputError, StateError
+from freshrec.errors import BackendError, CorruptionError, InputError, StateError
 from freshrec.joiner import Joiner, JoinerConfig, JoinerState, prometheus_collector, read_examples_parquet
 from freshrec.joiner.example import examples_to_columns
 from freshrec.joiner.owner import Claim, owner_topic
@@ -373,3 +373,41 @@ def test_an_event_dated_in_the_future_is_dead_lettered_rather_than_making_every_
         assert dead[0].reason.startswith(f"impression.event_time: {now + 4e8!r} is ")
         assert "after its record reached the log" in dead[0].reason and "max_future_s = 300" in dead[0].reason
         assert dead[1].reason.startswith("item.event_time") and dead[2].reason.startswith("action.event_time")
+
+
+def test_a_claim_whose_append_failed_late_stays_this_runs(tmp_path, monkeypatch):
+    """An append that timed out may still have landed (librdkafka keeps the record queued):
+    the refusal deleted owner.json, and every later start of the same state_dir was refused as
+    another pipeline's. The run id stays; the next start finds its own claim. A refused fresh
+    start leaves none of the folders it made; two starts on one fresh state_dir share one id."""
+    import freshrec.joiner.owner as owner
+
+    with open_log(path=tmp_path / "log") as log:
+        write_stream(log, [], bad=False)
+        real = log.append
+
+        def lands_then_fails(topic, values, *args, **kw):
+            real(topic, values, *args, **kw)
+            raise BackendError("append to topic 'examples.owner': 1 records not acknowledged within timeout_s")
+
+        log.append = lands_then_fails
+        with pytest.raises(BackendError):
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "a"))
+        log.append = real
+        assert (tmp_path / "a" / "owner.json").exists()
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "a")).close()  # its own claim
+        with pytest.raises(StateError, match="belong to another pipeline"):
+            Joiner(log, JoinerConfig(state_dir=tmp_path / "x" / "y" / "b"))
+        assert not (tmp_path / "x").exists()
+        # another process writes the run id between this one's look and its write: this one takes it
+        early = tmp_path / "c"
+        real_write = owner.write_durable
+
+        def other_first(path, data):
+            if not (early / "owner.json").exists():
+                (early / "owner.json").write_text('{"run_id": "' + "d" * 32 + '"}')
+            real_write(path, data)
+
+        monkeypatch.setattr(owner, "write_durable", other_first)
+        assert owner._run_id(early) == ("d" * 32, False)
+        assert [p.name for p in early.iterdir()] == ["owner.json"]  # its temp file is gone

@@ -375,3 +375,30 @@ def test_records_of_the_examples_topic_that_are_not_examples_are_left_out_and_co
         assert p.offsets[0] == p.log.end_offset("examples", 0)
     finally:
         p.close()
+
+
+def test_examples_of_another_label_set_and_reads_of_nothing_but_junk_do_not_stop_or_stall(tmp_path, stream):
+    """Review findings: an example with a label the spec lacks failed only beside the others
+    (each passed alone, so the search found none and the batch's encode raised again: a crash
+    loop); and a read of nothing but bad records left the trained offsets behind (a restart read
+    and counted them again, and the lag stayed up)."""
+    run = fresh_run(tmp_path, stream, "labels")
+    p = OnlinePipeline(config(run))
+    try:
+        run_until_caught_up(p)
+        trained, end = p.status()["examples_trained"], p.log.end_offset("examples", 0)
+        good = [r.value for r in p.log.read("examples", 0, 0, max_records=256)]
+        other = msgspec.msgpack.decode(good[0])
+        other["labels"] = {**other["labels"], "share": 1}
+        r = len(p._buffer.examples)  # examples read, waiting for a full batch
+        more = [*good[:100], msgspec.msgpack.encode(other), *good[100 : 255 - r]]  # completes one batch
+        p.log.append("examples", more)
+        run_until_caught_up(p)
+        assert p.counters["examples_rejected"] == 1 and not p._buffer.examples
+        assert p.status()["examples_trained"] == trained + 255
+        p.log.append("examples", [b"junk"] * 10)
+        run_until_caught_up(p)
+        assert p.counters["examples_rejected"] == 11
+        assert p.trained_offsets == p.offsets == [end + len(more) + 10]
+    finally:
+        p.close()

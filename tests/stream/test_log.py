@@ -226,9 +226,9 @@ def test_ensure_topic_creates_once_and_keeps_an_existing_count(log, monkeypatch)
     raced = new_topic()
     create = type(log).create_topic
 
-    def late(self, topic, partitions=1):
+    def late(self, topic, partitions=1, **kw):
         create(self, topic, 2)  # the other process wins
-        create(self, topic, partitions)  # ours: exists with 2, not 4
+        create(self, topic, partitions, **kw)  # ours: exists with 2, not 4
 
     monkeypatch.setattr(type(log), "create_topic", late)
     assert log.ensure_topic(raced, 4) == (2, False)

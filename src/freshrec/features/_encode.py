@@ -182,6 +182,8 @@ def _mixed_ids(
     for i, v in enumerate(values):
         kind = _id_kind(v)
         if kind is None:
+            if v is None and unit == _ELEMENT:
+                raise DataError(f"{_where(source)}{what} has null IDs inside its lists (first: {unit} {i})")
             if v is None:
                 raise DataError(
                     f"{_where(source)}{what} has missing values (first at {unit} {i}); fill them (a missing value "
@@ -195,8 +197,9 @@ def _mixed_ids(
     for kind, rows in by_kind.items():
         if rows:
             try:
-                arr = pa.array([values[i] for i in rows], types[kind])
-            except (pa.ArrowInvalid, OverflowError) as exc:
+                part = [int(values[i]) for i in rows] if kind == "int" else [values[i] for i in rows]  # bools as 0/1
+                arr = pa.array(part, types[kind])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
                 raise DataError(f"{_where(source)}{what}: {exc}") from exc
             out[rows] = _hash(arr, seed, id_type, what, source, rows, unit)
     return out

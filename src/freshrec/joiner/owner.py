@@ -11,7 +11,7 @@ first record back. Only the run whose claim is first goes on; the others are ref
 A run's id is kept in ``state_dir/owner.json`` (written before its claim is appended), so a
 restarted run recognises its own claim, also after a crash between the two. A state_dir written
 before claims existed gets an id and claims the topics at its next start, if nobody else did.
-The owner topic must keep its first record: give it no retention limit on Kafka.
+The owner topic must keep its first record: it is created with no retention limit (Kafka).
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from pathlib import Path
 
 import msgspec
 
-from freshrec._io import atomic_write_bytes
-from freshrec.errors import CorruptionError, StateError
+from freshrec._io import write_durable
+from freshrec.errors import CorruptionError, InputError, StateError
 from freshrec.stream.log import EventLog
 
 __all__ = ["Claim", "claim_topics", "owner_topic"]
 
 OWNER_FILE = "owner.json"
+CONFIRM_S = 10.0  # how long a claim appended may take to become readable
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,46 +56,67 @@ def owner_topic(examples_topic: str) -> str:
 
 def claim_topics(log: EventLog, examples_topic: str, state_dir: Path) -> str:
     """Claim the topics of ``examples_topic`` for the run of ``state_dir`` (see the module
-    docstring); returns the run id. :class:`StateError` if another run claimed them first. A
-    refused fresh start leaves no ``state_dir`` behind (if it had none before)."""
+    docstring); returns the run id. :class:`StateError` if another run claimed them first (a
+    fresh start refused so leaves no ``state_dir`` behind), or if the claim could not be
+    confirmed (the run id is kept: a retry finds out whether the claim made it)."""
     state_dir = Path(state_dir)
-    existed = state_dir.exists()
+    made = _missing_folders(state_dir)
     run_id, written = _run_id(state_dir)
     topic = owner_topic(examples_topic)
-    try:
-        log.ensure_topic(topic, 1)
-        first = _first_claim(log, topic)
+    log.ensure_topic(topic, 1, keep_forever=True)
+    first = _first_claim(log, topic)
+    if first is None:
+        mine = Claim(run_id=run_id, host=socket.gethostname(), pid=os.getpid(), claimed_at=time.time(),
+                     state_dir=str(state_dir.resolve()))  # fmt: skip
+        log.append(topic, [msgspec.json.encode(mine)])  # a failure keeps the run id: the claim may have landed
+        deadline = time.monotonic() + CONFIRM_S
+        while (first := _first_claim(log, topic)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # acks short of all replicas: visible a little after the append
         if first is None:
-            mine = Claim(run_id=run_id, host=socket.gethostname(), pid=os.getpid(), claimed_at=time.time(),
-                         state_dir=str(state_dir.resolve()))  # fmt: skip
-            log.append(topic, [msgspec.json.encode(mine)])
-            first = _first_claim(log, topic)
-        if first is None or first.run_id != run_id:
-            shown = "nobody (the owner topic is empty after the claim)" if first is None else first.describe()
-            raise StateError(
-                f"topics of examples topic {examples_topic!r} belong to another pipeline: {shown} claimed them "
-                f"first (owner topic {topic!r}). Run one `freshrec online` per set of topics: stop this one, or give "
-                "it its own joiner.examples_topic and sync.topic_prefix"
-            )
-    except BaseException:
-        if written:
+            raise StateError(f"owner topic {topic!r}: the claim of run {run_id} was appended but is not "
+                             f"readable after {CONFIRM_S:g} s; start again (if it made it, it is ours)")  # fmt: skip
+    if first.run_id != run_id:
+        if written:  # refused: what this call made goes (a run id another process wrote stays)
             (state_dir / OWNER_FILE).unlink(missing_ok=True)
-            if not existed:
-                _remove_empty(state_dir)
-        raise
+            for folder in reversed(made):
+                _remove_empty(folder)
+        raise StateError(
+            f"topics of examples topic {examples_topic!r} belong to another pipeline: {first.describe()} claimed "
+            f"them first (owner topic {topic!r}). Run one `freshrec online` per set of topics: stop this one, or give "
+            "it its own joiner.examples_topic and sync.topic_prefix"
+        )
     return run_id
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, outermost first."""
+    out: list[Path] = []
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        out.append(p)
+    return out[::-1]
+
+
 def _run_id(state_dir: Path) -> tuple[str, bool]:
-    """(this state_dir's run id, whether this call created it)."""
+    """(this state_dir's run id, whether this call created it). Created exclusively: of two
+    processes starting on one fresh state_dir, the second reads the first's id (and then the
+    state store's lock refuses it), rather than replacing it."""
     path = state_dir / OWNER_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        run_id = uuid.uuid4().hex
+        tmp = state_dir / f".{OWNER_FILE}.tmp-{run_id[:8]}"
+        try:
+            write_durable(tmp, msgspec.json.encode({"run_id": run_id}))
+            os.link(tmp, path)  # fails if the file exists: never replaces another process's id
+            return run_id, True
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
     try:
         data = msgspec.json.decode(path.read_bytes())
-    except FileNotFoundError:
-        run_id = uuid.uuid4().hex
-        state_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, msgspec.json.encode({"run_id": run_id}))
-        return run_id, True
     except (OSError, msgspec.DecodeError) as exc:
         raise CorruptionError(f"{path}: unreadable run id ({exc}); restore it, or move the state_dir aside") from exc
     run_id = data.get("run_id") if isinstance(data, dict) else None
@@ -106,7 +128,13 @@ def _run_id(state_dir: Path) -> tuple[str, bool]:
 def _first_claim(log: EventLog, topic: str) -> Claim | None:
     if log.end_offset(topic, 0) == 0:
         return None
-    records = log.read(topic, 0, 0, max_records=1)
+    try:
+        records = log.read(topic, 0, 0, max_records=1)
+    except InputError as exc:  # Kafka: offset 0 deleted by a retention limit
+        raise StateError(
+            f"owner topic {topic!r}: its first claim is gone ({exc}); it must keep its records (no "
+            "retention limit: freshrec creates it so); to start over, delete the topic"
+        ) from exc
     if not records:
         return None
     try:

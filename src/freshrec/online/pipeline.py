@@ -149,6 +149,9 @@ class OnlinePipeline:
         self._check("run a round")
         self.joiner.step()
         self._read()
+        if not self._buffer.examples:  # whatever was read was left out: no later batch owes it
+            self._buffer = _Buffer()
+            self.trained_offsets = list(self.offsets)
         trained = 0
         now = self.clock()
         buf = self._buffer
@@ -255,9 +258,22 @@ class OnlinePipeline:
             return encode(None)
         except InputError:  # DataError: find the examples at fault
             pass
-        keep, bad = encodable_rows(encode, len(examples))
-        self._reject([(f"example {examples[row].example_id!r}", exc) for row, exc in bad])
-        return encode(keep) if keep.size else None
+        # labels other than the spec's (another joiner's examples) fail only beside the others':
+        # every such example passes alone, so the search below would not find them
+        labels = set(self.spec.labels)
+        ours = np.array([i for i, e in enumerate(examples) if set(e.labels) == labels], np.int64)
+        self._reject([(f"example {e.example_id!r}", InputError(f"labels {sorted(e.labels)}, the spec's are "
+                                                                f"{sorted(labels)}"))
+                      for e in examples if set(e.labels) != labels])  # fmt: skip
+        kept, bad = encodable_rows(lambda rows: encode(ours[rows]), ours.size)
+        self._reject([(f"example {examples[ours[row]].example_id!r}", exc) for row, exc in bad])
+        if kept.size == 0:
+            return None
+        try:
+            return encode(ours[kept])
+        except InputError as exc:  # rows that encode alone but not together: none is known; stay up
+            self._reject([(f"example {examples[i].example_id!r}", exc) for i in ours[kept].tolist()])
+            return None
 
     def _maybe_expire(self, event_time: float) -> None:
         if self.last_expire is None:

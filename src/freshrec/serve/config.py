@@ -83,8 +83,8 @@ class ArmConfig(Config):
             ``retrieve_k`` most recently listed live items instead.
         sync: instead of model directories, follow the training side live (see ArmSyncConfig).
         explore: share of each /v1/recommend slate given to exploration: items drawn at random
-            from the ``explore_pool`` newest live listings that retrieval did not pick, at random
-            positions (``explore * k`` per slate on average). A model learns only from what it
+            from the ``explore_pool`` newest live listings that the slate's top scores do not
+            show anyway, at random positions (``explore * k`` per slate on average). A model learns only from what it
             shows, and a fresh listing has no row until it was shown a few times: without it, a
             model that starts cold keeps showing the few items it knows. 0 = off.
         explore_pool: how many of the newest live listings exploration draws from.

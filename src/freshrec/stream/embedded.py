@@ -199,7 +199,7 @@ class EmbeddedLog(EventLog):
             found = self._topics[topic] = (int(row[0]), int(row[1]))
         return found
 
-    def _create_topic(self, topic: str, partitions: int) -> None:
+    def _create_topic(self, topic: str, partitions: int, keep_forever: bool) -> None:  # it keeps everything
         with self._transaction("create a topic") as con:
             row = con.execute("SELECT id, partitions FROM topics WHERE name = ?", (topic,)).fetchone()
             if row is None:

@@ -118,9 +118,12 @@ class KafkaLog(EventLog):
 
     # ---- topics ------------------------------------------------------------------------------
 
-    def _create_topic(self, topic: str, partitions: int) -> None:
+    def _create_topic(self, topic: str, partitions: int, keep_forever: bool) -> None:
         cfg = self.config
-        new = NewTopic(topic, partitions, cfg.replication_factor, config=dict(cfg.topic_settings))
+        settings = dict(cfg.topic_settings)
+        if keep_forever:
+            settings.update({"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"})
+        new = NewTopic(topic, partitions, cfg.replication_factor, config=settings)
         with _kafka(f"create topic {topic!r}", self.config.bootstrap_servers):
             future = self._admin.create_topics([new], request_timeout=cfg.timeout_s)[topic]
             try:

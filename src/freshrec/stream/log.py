@@ -142,24 +142,26 @@ class EventLog(ABC):
 
     # ---- the interface -----------------------------------------------------------------------
 
-    def create_topic(self, topic: str, partitions: int = 1) -> None:
+    def create_topic(self, topic: str, partitions: int = 1, *, keep_forever: bool = False) -> None:
         """Create ``topic`` with ``partitions`` partitions. Idempotent for the same count; a
-        topic that exists with another count is an :class:`InputError`."""
+        topic that exists with another count is an :class:`InputError`. ``keep_forever``: no
+        retention limit, whatever the log's topic settings say (Kafka; the embedded log keeps
+        every record anyway)."""
         _check_topic(topic)
         partitions = _check_int(partitions, "partitions", 1, MAX_PARTITIONS)
         with self._call("create a topic"):
-            self._create_topic(topic, partitions)
+            self._create_topic(topic, partitions, keep_forever)
 
-    def ensure_topic(self, topic: str, partitions: int = 1) -> tuple[int, bool]:
+    def ensure_topic(self, topic: str, partitions: int = 1, *, keep_forever: bool = False) -> tuple[int, bool]:
         """``(partition count, created)``: create ``topic`` with ``partitions`` partitions unless
-        it exists (an existing topic keeps its own count, also when another process creates it
-        between the check and the creation)."""
+        it exists (an existing topic keeps its own count and settings, also when another process
+        creates it between the check and the creation)."""
         try:
             return self.partitions(topic), False
         except InputError:  # no such topic (or a bad name, which create_topic reports again)
             pass
         try:
-            self.create_topic(topic, partitions)
+            self.create_topic(topic, partitions, keep_forever=keep_forever)
         except InputError:
             return self.partitions(topic), False  # created meanwhile with another count
         return partitions, True
@@ -343,7 +345,7 @@ class EventLog(ABC):
         return False
 
     @abstractmethod
-    def _create_topic(self, topic: str, partitions: int) -> None: ...
+    def _create_topic(self, topic: str, partitions: int, keep_forever: bool) -> None: ...
 
     @abstractmethod
     def _partitions(self, topic: str) -> int: ...
