@@ -14,7 +14,7 @@ from freshrec.joiner.example import examples_to_columns
 from freshrec.joiner.owner import Claim, owner_topic
 from freshrec.stream import Action, Impression, ItemLifecycle, encode, open_log, partition_for
 
-from .helpers import JOIN, act, imp, read_dead, read_examples, run_naive, sim_events, write_stream
+from .helpers import JOIN, act, imp, read_dead, read_examples, read_topic, run_naive, sim_events, write_stream
 
 
 @pytest.fixture(scope="module")
@@ -411,3 +411,34 @@ def test_a_claim_whose_append_failed_late_stays_this_runs(tmp_path, monkeypatch)
         monkeypatch.setattr(owner, "write_durable", other_first)
         assert owner._run_id(early) == ("d" * 32, False)
         assert [p.name for p in early.iterdir()] == ["owner.json"]  # its temp file is gone
+
+
+def test_outputs_larger_than_a_record_may_be_are_cut_not_a_reason_to_stop(tmp_path):
+    """An impression just under Kafka's record limit makes an example (or a dead letter, record
+    plus reason) over it: the append failed, the joiner stopped, and met it again at every
+    restart. Examples over max_output_bytes are left out (counted); dead letters keep their
+    record's head; both the same on every backend."""
+    big = [f"item-{i:06d}" for i in range(600)]  # ~7 KB of history
+    imps = [
+        Impression(event_id=f"e{i}", request_id=f"r{i}", event_time=100.0 + i, user_id=1, item_id=i, position=0,
+                   user_features={"history": big if i == 3 else ["a"]})
+        for i in range(6)
+    ]  # fmt: skip
+    acts = [Action(event_id=f"c{i}", request_id=f"r{i}", event_time=101.0 + i, user_id=1, item_id=i, type="click")
+            for i in range(6)]  # fmt: skip
+    with open_log(path=tmp_path / "log") as log:
+        log.create_topic("impressions", 1)
+        log.create_topic("actions", 1)
+        log.append("impressions", encode(imps))
+        log.append("actions", encode(acts))
+        log.append("impressions", [b"\x00" * 9000])  # malformed: a dead letter holding 9 KB of record
+        with Joiner(log, JoinerConfig(state_dir=tmp_path / "s", max_output_bytes=4096, labels=["click"],
+                                      window_s=60.0)) as j:  # fmt: skip
+            m = j.run(until_idle=True, drain=True)
+        got = read_examples(log)
+        assert sorted(e.example_id for e in got) == ["e0", "e1", "e2", "e4", "e5"]
+        assert m.examples_too_large == 1
+        raw = read_topic(log, "dead-letters")
+        assert len(raw) == 1 and len(raw[0]) <= 4096
+        (dead,) = read_dead(log)
+        assert dead.record == b"\x00" * len(dead.record) and "record cut to its first" in dead.reason

@@ -58,6 +58,13 @@ class JoinerConfig(Config):
             would make every later event late until that time came. The largest clock jump one
             event can cause. None turns the check off (a log whose timestamps are not arrival
             times, a simulation that runs ahead of the wall clock).
+        max_output_bytes: the largest example or dead letter the joiner writes (Kafka refuses a
+            record over the producer's ``message.max.bytes``, 1,000,000 by default, and a joiner
+            whose append failed would stop, then meet the same record at every restart). A larger
+            example is left out of the examples topic (counted as ``examples_too_large``, logged;
+            Parquet files keep it); a larger dead letter
+            keeps only the head of its record (its reason says how much). The same on every
+            backend, so the output does not depend on the log. None: no limit.
         negative_rate: keep this share of negatives (a seeded, deterministic decision per
             impression); every example records it as ``sampling_rate``.
         reweight_negatives: give kept negatives ``sample_weight = 1 / negative_rate`` (training
@@ -85,6 +92,7 @@ class JoinerConfig(Config):
     labels: list[ActionType] = Field(default_factory=lambda: list(ACTION_TYPES), min_length=1)
     # 5 minutes: far above the clock skew of machines kept by NTP, and what one bad event may cost
     max_future_s: float | None = Field(300.0, gt=0, allow_inf_nan=False)
+    max_output_bytes: int | None = Field(990_000, ge=4096)  # under Kafka's 1,000,000 with room for the key
 
     negative_rate: float = Field(1.0, gt=0, le=1)  # 1: keep every negative, the safe default
     reweight_negatives: bool = True

@@ -26,6 +26,7 @@ again from the checkpoint) and nothing is written twice. Parquet files follow th
 
 from __future__ import annotations
 
+import logging
 import operator
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,30 @@ _BINDING = (
     "input_topics", "examples_topic", "dead_letter_topic", "window_s", "allowed_lateness_s", "emit",
     "labels", "negative_rate", "reweight_negatives", "sampling_seed", "parquet_dir",
 )  # fmt: skip
+
+
+_log = logging.getLogger(__name__)
+
+
+def _fit(blob: bytes, letter: DeadLetter, limit: int | None) -> bytes:
+    """A dead letter's bytes under ``limit``: the head of its record, the reason saying so."""
+    if limit is None or len(blob) <= limit:
+        return blob
+    head = max(0, limit - (len(blob) - len(letter.record)) - 128)  # 128: the note added to the reason
+    note = f" [record cut to its first {head:,} of {len(letter.record):,} bytes: over max_output_bytes]"
+    cut = msgspec.structs.replace(letter, record=letter.record[:head], reason=letter.reason + note)
+    return encode_dead_letters([cut])[0]
+
+
+_too_large_at = [float("-inf")]
+
+
+def _log_too_large(msg: str) -> None:
+    """One warning a minute at most: a producer sending huge events sends many."""
+    now = time.monotonic()
+    if now - _too_large_at[0] >= 60.0:
+        _too_large_at[0] = now
+        _log.warning("joiner: %s", msg)
 
 
 class JoinerState(Enum):
@@ -501,6 +526,15 @@ class Joiner:
         m = self.core.m
         if examples:
             self._parquet_buffer += examples  # every example, suppressed ones too (see parquet.py)
+        limit = cfg.max_output_bytes
+        if blobs and limit is not None and max(map(len, blobs)) > limit:
+            keep = [i for i, b in enumerate(blobs) if len(b) <= limit]
+            big = next(i for i, b in enumerate(blobs) if len(b) > limit)
+            m.examples_too_large += len(blobs) - len(keep)
+            _log_too_large(f"example {ids[big]!r} is {len(blobs[big]):,} bytes, over max_output_bytes = {limit:,}: "
+                           f"left out ({m.examples_too_large:,} so far)")  # fmt: skip
+            blobs, ids, users = [blobs[i] for i in keep], [ids[i] for i in keep], [users[i] for i in keep]
+            arrivals = [arrivals[i] for i in keep]
         if blobs and self._suppress_examples:
             sup = self._suppress_examples
             keep = [i for i, x in enumerate(ids) if x not in sup]
@@ -532,7 +566,10 @@ class Joiner:
                 sup_l.difference_update(d.origin for d in letters)
                 letters = kept
             if letters:
-                self.log.append(cfg.dead_letter_topic, encode_dead_letters(letters))
+                blobs_d = encode_dead_letters(letters)
+                self.log.append(
+                    cfg.dead_letter_topic, [_fit(b, d, limit) for b, d in zip(blobs_d, letters, strict=True)]
+                )
 
     def _checkpoint(self) -> None:
         cfg = self.config

@@ -35,6 +35,7 @@ COUNTERS: tuple[str, ...] = (
     "negatives_out",
     "negatives_dropped",  # down-sampled away
     "examples_suppressed",  # already in the examples topic from before a crash: not written again
+    "examples_too_large",  # larger than max_output_bytes: left out
     "dead_letters_suppressed",
     "checkpoints",
 )
@@ -65,6 +66,7 @@ class JoinerMetrics:
     negatives_out: int = 0
     negatives_dropped: int = 0
     examples_suppressed: int = 0
+    examples_too_large: int = 0
     dead_letters_suppressed: int = 0
     checkpoints: int = 0
     # gauges
