@@ -3,6 +3,7 @@ output that depends on the log only, dead letters, metrics, restarts, refusals, 
 
 from __future__ import annotations
 
+import json
 import time
 
 import msgspec
@@ -10,6 +11,7 @@ import pytest
 
 from freshrec.errors import BackendError, CorruptionError, InputError, StateError
 from freshrec.joiner import Joiner, JoinerConfig, JoinerState, prometheus_collector, read_examples_parquet
+from freshrec.joiner.dead_letter import DeadLetter, decode_dead_letters, encode_dead_letters
 from freshrec.joiner.example import examples_to_columns
 from freshrec.joiner.owner import Claim, owner_topic
 from freshrec.stream import Action, Impression, ItemLifecycle, encode, open_log, partition_for
@@ -442,3 +444,38 @@ def test_outputs_larger_than_a_record_may_be_are_cut_not_a_reason_to_stop(tmp_pa
         assert len(raw) == 1 and len(raw[0]) <= 4096
         (dead,) = read_dead(log)
         assert dead.record == b"\x00" * len(dead.record) and "record cut to its first" in dead.reason
+
+
+def test_a_dead_letter_whose_field_and_reason_alone_are_too_large_still_fits(tmp_path):
+    """An event with a huge unknown field name puts the name in the dead letter's field and twice
+    in its reason: cutting the record alone left the dead letter over the limit (and Kafka would
+    refuse it at every restart). Field and reason are cut too."""
+    from freshrec.joiner.joiner import _fit
+
+    for name_len, record_len in ((100, 1_000), (3_000, 200), (20_000, 50_000), (300_000, 10)):
+        name = "é" * name_len
+        letter = DeadLetter(topic="impressions", partition=0, offset=7, field=name,
+                            reason=f"impression.{name}: unknown field {name!r}", record=b"x" * record_len)  # fmt: skip
+        blob = encode_dead_letters([letter])[0]
+        out = _fit(blob, letter, 4096)
+        assert len(out) <= 4096, (name_len, record_len, len(out))
+        back = decode_dead_letters([out])[0]
+        assert back.origin == letter.origin and ("cut" in back.reason or out == blob)
+
+
+def test_a_state_dir_on_a_filesystem_without_hard_links_still_gets_its_run_id(tmp_path, monkeypatch):
+    """owner.json is linked into place (exclusive and never half-written); where the filesystem
+    has no hard links (some network and FUSE mounts) every start failed with a raw OSError."""
+    import freshrec.joiner.owner as owner
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted", str(src))
+
+    monkeypatch.setattr(owner.os, "link", no_links)
+    with open_log(path=tmp_path / "log") as log:
+        write_stream(log, [], bad=False)
+        with Joiner(log, JoinerConfig(state_dir=tmp_path / "s")) as j:
+            run_id = j.run_id
+        assert json.loads((tmp_path / "s" / "owner.json").read_text()) == {"run_id": run_id}
+        assert not list((tmp_path / "s").glob(".owner.json.tmp-*"))
+        Joiner(log, JoinerConfig(state_dir=tmp_path / "s")).close()  # and recognises its claim

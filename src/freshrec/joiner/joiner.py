@@ -67,13 +67,22 @@ _log = logging.getLogger(__name__)
 
 
 def _fit(blob: bytes, letter: DeadLetter, limit: int | None) -> bytes:
-    """A dead letter's bytes under ``limit``: the head of its record, the reason saying so."""
+    """A dead letter's bytes under ``limit``: the head of its record, the reason saying so; if
+    the rest (a field name sent as a huge key, repeated in the reason) is still too large, the
+    field and reason are cut too (by characters, so the text stays valid)."""
     if limit is None or len(blob) <= limit:
         return blob
     head = max(0, limit - (len(blob) - len(letter.record)) - 128)  # 128: the note added to the reason
     note = f" [record cut to its first {head:,} of {len(letter.record):,} bytes: over max_output_bytes]"
-    cut = msgspec.structs.replace(letter, record=letter.record[:head], reason=letter.reason + note)
-    return encode_dead_letters([cut])[0]
+    out = encode_dead_letters([msgspec.structs.replace(letter, record=letter.record[:head],
+                                                       reason=letter.reason + note)])[0]  # fmt: skip
+    field, reason = letter.field, letter.reason
+    note = f" [field, reason and record ({len(letter.record):,} bytes) cut: over max_output_bytes]"
+    while len(out) > limit and (reason or len(field) > 64):  # a topic name (<= 249 B) alone always fits
+        field, reason = field[: max(64, len(field) // 2)], reason[: len(reason) // 2]
+        out = encode_dead_letters([msgspec.structs.replace(letter, field=field, reason=reason + note,
+                                                           record=b"")])[0]  # fmt: skip
+    return out
 
 
 _too_large_at = [float("-inf")]

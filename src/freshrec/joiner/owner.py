@@ -26,7 +26,7 @@ from pathlib import Path
 
 import msgspec
 
-from freshrec._io import write_durable
+from freshrec._io import fsync_dir, write_durable
 from freshrec.errors import CorruptionError, InputError, StateError
 from freshrec.stream.log import EventLog
 
@@ -101,28 +101,53 @@ def _missing_folders(folder: Path) -> list[Path]:
 def _run_id(state_dir: Path) -> tuple[str, bool]:
     """(this state_dir's run id, whether this call created it). Created exclusively: of two
     processes starting on one fresh state_dir, the second reads the first's id (and then the
-    state store's lock refuses it), rather than replacing it."""
+    state store's lock refuses it), rather than replacing it. Durable (file and folder synced)
+    before the claim is appended: a run id lost after its claim landed would lock the run out."""
     path = state_dir / OWNER_FILE
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        run_id = uuid.uuid4().hex
-        tmp = state_dir / f".{OWNER_FILE}.tmp-{run_id[:8]}"
-        try:
-            write_durable(tmp, msgspec.json.encode({"run_id": run_id}))
-            os.link(tmp, path)  # fails if the file exists: never replaces another process's id
-            return run_id, True
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
     try:
+        if not path.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            for stale in state_dir.glob(f".{OWNER_FILE}.tmp-*"):  # a crash between write and link
+                stale.unlink(missing_ok=True)
+            run_id = uuid.uuid4().hex
+            if _create_exclusive(path, msgspec.json.encode({"run_id": run_id})):
+                fsync_dir(state_dir)
+                return run_id, True
         data = msgspec.json.decode(path.read_bytes())
-    except (OSError, msgspec.DecodeError) as exc:
+    except msgspec.DecodeError as exc:
         raise CorruptionError(f"{path}: unreadable run id ({exc}); restore it, or move the state_dir aside") from exc
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read or write the run id: {exc.strerror or exc}") from exc
     run_id = data.get("run_id") if isinstance(data, dict) else None
     if not isinstance(run_id, str) or not run_id:
         raise CorruptionError(f"{path}: no run id in it; restore it, or move the state_dir aside")
     return run_id, False
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    """Write ``path`` unless it exists (False then): a synced temp file linked into place, so the
+    file never shows half-written; where the filesystem has no hard links (some network and FUSE
+    mounts), an exclusive create instead."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write_durable(tmp, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            pass
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _first_claim(log: EventLog, topic: str) -> Claim | None:

@@ -248,23 +248,27 @@ class OnlinePipeline:
         producer sending a float for an ID or text for a price must not stop training, and a
         restart would only meet the same example again. None if no example is left."""
 
-        def encode(rows: np.ndarray | None) -> Batch:
+        def encode(rows: np.ndarray) -> Batch:
             # columns made from the examples at hand: a column's type follows its values (one
             # float makes a column of integers float), so cutting the whole batch's would not do
-            c = examples_to_columns(examples if rows is None else [examples[i] for i in rows.tolist()])
+            c = examples_to_columns([examples[i] for i in rows.tolist()])
             return self.spec.encode(c, weights=c["sample_weight"], event_time=c["event_time"])
 
-        try:
-            return encode(None)
-        except InputError:  # DataError: find the examples at fault
-            pass
-        # labels other than the spec's (another joiner's examples) fail only beside the others':
-        # every such example passes alone, so the search below would not find them
+        # labels other than the spec's (another joiner's examples) are left out first, whatever
+        # the rest of the batch: beside the others' they fail only together (each passes alone,
+        # so the search below would not find them), and a superset of the spec's even encodes
         labels = set(self.spec.labels)
         ours = np.array([i for i, e in enumerate(examples) if set(e.labels) == labels], np.int64)
-        self._reject([(f"example {e.example_id!r}", InputError(f"labels {sorted(e.labels)}, the spec's are "
-                                                                f"{sorted(labels)}"))
-                      for e in examples if set(e.labels) != labels])  # fmt: skip
+        if ours.size < len(examples):
+            self._reject([(f"example {e.example_id!r}", InputError(f"labels {sorted(e.labels)}, the spec's are "
+                                                                    f"{sorted(labels)}"))
+                          for e in examples if set(e.labels) != labels])  # fmt: skip
+            if ours.size == 0:
+                return None
+        try:
+            return encode(ours)
+        except InputError:  # DataError: find the examples at fault
+            pass
         kept, bad = encodable_rows(lambda rows: encode(ours[rows]), ours.size)
         self._reject([(f"example {examples[ours[row]].example_id!r}", exc) for row, exc in bad])
         if kept.size == 0:
