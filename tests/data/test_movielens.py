@@ -199,3 +199,15 @@ def test_a_side_file_that_is_a_directory_is_an_error(tmp_path, side):
     (tmp_path / side).mkdir()
     with pytest.raises(DataError, match=rf"{side}: is a directory, not a file"):
         load_movielens(tmp_path)
+
+
+def test_a_csv_of_ones_own_read_as_movielens_points_at_the_table_format(tmp_path):
+    """`freshrec train --data my.csv` (format movielens by default) listed four missing MovieLens
+    columns and no way forward; a file with none of them is a file of one's own."""
+    p = tmp_path / "my.csv"
+    p.write_text("user,sku,clicked,ts\nu1,A-1,1,1700000000\n")
+    with pytest.raises(DataError, match=r"not a MovieLens ratings file .*'user', 'sku'.*--format table"):
+        load_movielens(p)
+    p.write_text("userId,movieId,rating\n1,2,4.0\n")  # a MovieLens file missing a column: named as before
+    with pytest.raises(DataError, match=r"missing column 'timestamp' \(for MovieLens ratings\)"):
+        load_movielens(p)

@@ -62,6 +62,8 @@ def test_two_tower_scores_by_dot_product():
 
 
 def test_bad_model_configs():
+    with pytest.raises(ConfigError, match=r"needs user_slots and item_slots.*model\.user_slots"):  # where to set them
+        build_model(TwoTowerConfig(), SPEC.model_copy(update={"labels": ["c"]}))
     with pytest.raises(ConfigError, match="in neither"):
         build_model(
             TwoTowerConfig(user_slots=["user"], item_slots=["item"]),

@@ -595,3 +595,22 @@ def test_exploration_picks_are_flagged_logged_and_counted(model_dirs, tmp_path):
                 want = o["model"]["version"] + ("/explore" if i["explored"] else "")
                 assert imps[o["request_id"], i["item_id"]] == want
         assert 'freshrec_serve_explored_total{arm="a"} 20.0' in client.get("/metrics").text
+
+
+def test_event_times_far_ahead_of_the_server_clock_are_refused(server):
+    """The joiner dead-letters an event dated more than max_future_s after its arrival (one such
+    event would make every later one late): serving answered 200 and its impressions were lost
+    downstream, silently. Now a 422 that says so, and nothing is written."""
+    import time as _time
+
+    client, _, log_path = server
+    ahead = _time.time() + 3600
+    r = client.post("/v1/recommend", json={"user_id": 1, "user_features": USER, "context": CONTEXT, "k": 2,
+                                           "event_time": ahead})  # fmt: skip
+    assert r.status_code == 422 and "ahead of this server's clock" in r.json()["message"], r.text
+    before = len(read_topic(log_path, "actions"))
+    act = {"kind": "action", "event_id": "far", "request_id": "r", "event_time": ahead, "user_id": 1, "item_id": "x",
+           "type": "click"}  # fmt: skip
+    r = client.post("/v1/events", json=[{**act, "event_id": "ok", "event_time": 5000.0}, act], headers=KEY)
+    assert r.status_code == 422 and "events[1].event_time" in r.json()["message"], r.text
+    assert len(read_topic(log_path, "actions")) == before  # all or nothing

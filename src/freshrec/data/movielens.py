@@ -72,7 +72,12 @@ def _read_ratings(path: Path) -> dict[str, pa.Array]:
     if path.suffix == ".csv":
         fmt = CsvFormat(delimiter=",")
         file_cols = ["userId", "movieId", "rating", "timestamp"]
-        require(path, header(path, fmt), {c: "MovieLens ratings" for c in file_cols})
+        names = header(path, fmt)
+        if not set(file_cols) & set(names):  # not MovieLens at all: most likely a file of one's own
+            raise DataError(f"{path}: not a MovieLens ratings file (no userId, movieId, rating or timestamp column; "
+                            f"it has {', '.join(map(repr, names[:10]))}); a file of your own is read with "
+                            "data.format = 'table' (--format table) and a data.mapping: docs/features.md")  # fmt: skip
+        require(path, names, {c: "MovieLens ratings" for c in file_cols})
         types = dict(zip(file_cols, _TYPES.values(), strict=True))
         table = read_csv(path, fmt, types=types, include=file_cols).rename_columns(_RATINGS)
     elif path.suffix == ".dat":

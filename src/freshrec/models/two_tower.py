@@ -24,7 +24,11 @@ class TwoTower(RecModel):
             raise ConfigError(f"the two-tower model scores one task, got {tasks}")
         user, item = list(config.user_slots), list(config.item_slots)
         if not user or not item:
-            raise ConfigError("two_tower needs user_slots and item_slots")
+            raise ConfigError(
+                "two_tower needs user_slots and item_slots: the slots of each tower, every slot in "
+                "one (in a config: model.user_slots / model.item_slots, or --set "
+                "'model.user_slots=[user_id]' --set 'model.item_slots=[item_id]')"
+            )
         unknown = sorted(set(user + item) - set(slot_dims))
         both = sorted(set(user) & set(item))
         missing = sorted(set(slot_dims) - set(user) - set(item))

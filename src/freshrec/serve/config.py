@@ -146,6 +146,10 @@ class ServeConfig(Config):
         max_candidates: candidates per /v1/rank request.
         max_k: items per /v1/recommend request.
         max_events: events per /v1/events request.
+        max_future_s: an event time more than this many seconds after this server's clock (in
+            /v1/events, and /v1/recommend's ``event_time``) is refused with a 422: the joiner
+            would dead-letter it (its ``max_future_s``: keep the two equal), and a catalog event
+            dated far ahead would hold its item until then. None: no check.
         retrieve_k: items the retriever hands to the ranking model in /v1/recommend.
         sync_impressions: /v1/recommend returns only after its impressions are durable in the
             log (one fsync per request on the embedded log); off, a background writer appends
@@ -189,6 +193,7 @@ class ServeConfig(Config):
     max_candidates: int = Field(1000, ge=1)
     max_k: int = Field(100, ge=1)
     max_events: int = Field(10_000, ge=1)
+    max_future_s: float | None = Field(300.0, gt=0, allow_inf_nan=False)
     retrieve_k: int = Field(300, ge=1)  # the "top few hundred" by dot product
     sync_impressions: bool = False
     request_memory: int = Field(200_000, ge=1)  # ~100 B each: 20 MB, an hour at ~55 requests/s

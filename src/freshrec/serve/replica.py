@@ -274,6 +274,8 @@ class Replica:
         self, user_id: Any, user: dict[str, Any], context: dict[str, Any], k: int, event_time: float | None
     ) -> dict[str, Any]:
         self._check("recommend")
+        if event_time is not None:
+            self._check_not_ahead(event_time, "event_time", "no impression was logged")
         arm = self.router.assign(user_id)
         rec = self.engines[arm].recommend(user_id, user, context, k)
         rid = self._request_id()
@@ -328,6 +330,13 @@ class Replica:
         else:
             self.writer.submit(topic, values, ks)
 
+    def _check_not_ahead(self, t: float, what: str, outcome: str) -> None:
+        """Refuse an event time more than ``max_future_s`` after this server's clock."""
+        limit = self.config.max_future_s
+        if limit is not None and t > time.time() + limit:
+            raise InputError(f"{what}: {t:.3f} is {t - time.time():,.0f} s ahead of this server's clock (more than "
+                             f"max_future_s = {limit:g}): the joiner would dead-letter it; {outcome}")  # fmt: skip
+
     def ingest(self, body: bytes) -> dict[str, int]:
         """/v1/events: a JSON array of events, appended durably when this returns. One invalid
         event rejects the request before anything is written. Each topic's share is one atomic
@@ -343,6 +352,8 @@ class Replica:
             raise exc
         if len(events) > self.config.max_events:
             raise InputError(f"body: at most {self.config.max_events} events per request, got {len(events)}")
+        for i, e in enumerate(events):
+            self._check_not_ahead(e.event_time, f"events[{i}].event_time", "none was written")
         topics = self.config.topics
         groups: dict[str, tuple[list[Any], list[Any]]] = {}
         for e in events:
