@@ -365,9 +365,10 @@ def _online_line(st: dict) -> str:
     auc_s = f"{auc:.3f}" if isinstance(auc, float) and auc == auc else "-"
     versions = ", ".join(f"{n} v{v['sparse_version']}" for n, v in st["sync"].items())
     events = st["joiner"].get("events_in", 0)
+    warming = " | warming up: clicks only until the first windows close" if st.get("warming_up") else ""
     return (
         f"trained {st['examples_trained']:,} examples ({st['examples_per_s']:,.0f}/s) | "
-        f"progressive {label} AUC {auc_s} | joiner in {events:,} | sync {versions}"
+        f"progressive {label} AUC {auc_s} | joiner in {events:,} | sync {versions}{warming}"
     )
 
 

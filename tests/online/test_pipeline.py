@@ -402,3 +402,24 @@ def test_examples_of_another_label_set_and_reads_of_nothing_but_junk_do_not_stop
         assert p.trained_offsets == p.offsets == [end + len(more) + 10]
     finally:
         p.close()
+
+
+def test_warming_up_means_clicks_out_and_no_negative_yet(tmp_path, stream):
+    """A fresh run with emit = first_action trains on clicks alone until the first windows
+    close; the walkthrough saw scores of ~0.95 and a CTR of 1 with nothing saying why."""
+    from freshrec.online.pipeline import warming_up
+
+    assert warming_up({"examples_out": 12, "negatives_out": 0})
+    assert not warming_up({"examples_out": 0, "negatives_out": 0})  # nothing yet: not warming, idle
+    assert not warming_up({"examples_out": 40, "negatives_out": 3})
+    run = fresh_run(tmp_path, stream, "warm")
+    p = OnlinePipeline(config(run))
+    try:
+        run_until_caught_up(p)
+        st = p.status()
+        assert st["warming_up"] is False and st["joiner"]["negatives_out"] > 0
+        gauge = [f for f in PipelineCollector(lambda: {**st, "warming_up": True}).collect()
+                 if f.name == "freshrec_train_warming_up"]  # fmt: skip
+        assert gauge[0].samples[0].value == 1.0
+    finally:
+        p.close()

@@ -41,6 +41,9 @@ class PipelineCollector(Collector):
                                 value=st["examples_per_s"])  # fmt: skip
         yield CounterMetricFamily("freshrec_train_skipped_nonfinite", "Steps skipped for NaN/Inf",
                                   value=st["skipped_nonfinite"])  # fmt: skip
+        yield GaugeMetricFamily("freshrec_train_warming_up", "1 while the trainer has seen clicks but no negative yet "
+                                "(first_action: negatives come when the first windows close); scores are then near 1",
+                                value=float(bool(st.get("warming_up"))))  # fmt: skip
         yield CounterMetricFamily("freshrec_train_examples_rejected", "Examples left out because the trainer cannot "
                                   "read them (a record that is not a valid example, a float for an ID, text for a "
                                   "number), since the process started",

@@ -63,6 +63,14 @@ class _Buffer:
     since: float | None = None  # wall clock when the first of them was read
 
 
+def warming_up(joiner: dict[str, Any]) -> bool:
+    """Whether the joiner has emitted examples but not one negative yet: with ``emit =
+    first_action`` a click is emitted at once and the negatives of its request only when windows
+    close (``window_s + allowed_lateness_s`` of event time after the stream starts), so until
+    then the model learns from clicks alone and scores everything near 1."""
+    return joiner.get("examples_out", 0) > 0 and joiner.get("negatives_out", 0) == 0
+
+
 class OnlinePipeline:
     """``freshrec online`` as an object: build it, call :meth:`run` (or :meth:`round` by hand)."""
 
@@ -352,6 +360,7 @@ class OnlinePipeline:
             },
             "counters": dict(self.counters),
             "restored_from": str(self.restored_from) if self.restored_from else None,
+            "warming_up": warming_up(joiner),
         }
 
     def _serve_metrics(self, port: int) -> None:
