@@ -38,6 +38,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from freshrec._ratelimit import RateLimitedLog
 from freshrec.errors import InputError, StateError
 from freshrec.joiner._wire import Bad, decode_batch
 from freshrec.joiner.config import JoinerConfig
@@ -85,15 +86,7 @@ def _fit(blob: bytes, letter: DeadLetter, limit: int | None) -> bytes:
     return out
 
 
-_too_large_at = [float("-inf")]
-
-
-def _log_too_large(msg: str) -> None:
-    """One warning a minute at most: a producer sending huge events sends many."""
-    now = time.monotonic()
-    if now - _too_large_at[0] >= 60.0:
-        _too_large_at[0] = now
-        _log.warning("joiner: %s", msg)
+_too_large = RateLimitedLog(_log, "joiner: ")  # a producer sending huge events sends many
 
 
 class JoinerState(Enum):
@@ -540,8 +533,8 @@ class Joiner:
             keep = [i for i, b in enumerate(blobs) if len(b) <= limit]
             big = next(i for i, b in enumerate(blobs) if len(b) > limit)
             m.examples_too_large += len(blobs) - len(keep)
-            _log_too_large(f"example {ids[big]!r} is {len(blobs[big]):,} bytes, over max_output_bytes = {limit:,}: "
-                           f"left out ({m.examples_too_large:,} so far)")  # fmt: skip
+            _too_large.warn(f"example {ids[big]!r} is {len(blobs[big]):,} bytes, over max_output_bytes = {limit:,}: "
+                            f"left out ({m.examples_too_large:,} so far)", n=len(blobs) - len(keep))  # fmt: skip
             blobs, ids, users = [blobs[i] for i in keep], [ids[i] for i in keep], [users[i] for i in keep]
             arrivals = [arrivals[i] for i in keep]
         if blobs and self._suppress_examples:

@@ -34,6 +34,7 @@ import numpy as np
 
 from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes, json_safe
+from freshrec._ratelimit import RateLimitedLog
 from freshrec.errors import CorruptionError, InputError, SchemaError, StateError
 from freshrec.features import Batch, encodable_rows
 from freshrec.joiner import Joiner, JoinerState, decode_example, decode_examples, examples_to_columns
@@ -78,9 +79,7 @@ class OnlinePipeline:
         self.config = config
         self.clock = clock
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        self.spec = config.spec or live_commerce_spec(labels=tuple(config.joiner.labels))
-        if list(self.spec.labels) != list(config.joiner.labels):
-            raise StateError(f"the spec's labels {self.spec.labels} must be the joiner's {config.joiner.labels}")
+        self.spec = config.spec or live_commerce_spec(labels=tuple(config.joiner.labels))  # labels: OnlineConfig checks
         self.log = open_log(config.log)
         for topic in config.joiner.input_topics:  # a first start on an empty cluster
             if self.log.ensure_topic(topic, config.input_partitions)[1]:
@@ -110,7 +109,7 @@ class OnlinePipeline:
         self.state = PipelineState.RUNNING
         self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0,
                          "examples_rejected": 0}  # fmt: skip
-        self._rejected_logged = (float("-inf"), 0)  # (when the last warning went out, the count then)
+        self._rejected_log = RateLimitedLog(log, every_s=REJECTED_LOG_EVERY_S)
         self._rate = (self.clock(), self.trainers["rank"].counters.examples)
         self._examples_per_s = 0.0
         self.last_status: dict[str, Any] | None = None
@@ -227,14 +226,10 @@ class OnlinePipeline:
     def _reject(self, bad: list[tuple[str, Exception]]) -> None:
         """Count examples left out, and name one of them in a warning (one a minute at most)."""
         self.counters["examples_rejected"] += len(bad)
-        now = time.monotonic()
-        last, count = self._rejected_logged
-        if bad and now - last >= REJECTED_LOG_EVERY_S:
+        if bad:
             what, exc = bad[0]
-            n = self.counters["examples_rejected"] - count
-            log.warning("left out %d example(s) the trainer cannot read (%d since the last such warning), e.g. %s: "
-                        "%s", len(bad), n, what, exc)  # fmt: skip
-            self._rejected_logged = (now, self.counters["examples_rejected"])
+            self._rejected_log.warn(f"left out {len(bad)} example(s) the trainer cannot read, e.g. {what}: {exc}",
+                                    n=len(bad))  # fmt: skip
 
     def _train(self, buf: _Buffer) -> int:
         batch = self._encode(buf.examples)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from freshrec._ratelimit import RateLimitedLog
 from freshrec.errors import ConfigError, InputError
 from freshrec.features import Batch, encodable_rows, take_rows
 from freshrec.models import TwoTowerConfig
@@ -108,7 +109,7 @@ def _tower_names(cfg: TwoTowerConfig) -> tuple[list[str], list[str]]:
 
 
 def _encode_catalog_rows(
-    builder: ColumnBuilder, cols: dict[str, Any], ids: Sequence[Any], warn: _RateLimitedWarning, *, request: bool
+    builder: ColumnBuilder, cols: dict[str, Any], ids: Sequence[Any], warn: RateLimitedLog, *, request: bool
 ) -> tuple[np.ndarray, Batch | None]:
     """(rows kept, their batch) for rows built from catalog items: an item whose features the
     model cannot read (a float where an ID slot needs integers, a scalar for a list) is a catalog
@@ -139,7 +140,7 @@ def _unambiguous_rows(
     context: Mapping[str, Any],
     ids: Sequence[Any],
     feats: Sequence[Mapping[str, Any]],
-    warn: _RateLimitedWarning,
+    warn: RateLimitedLog,
     *,
     request: bool,
 ) -> np.ndarray:
@@ -192,22 +193,6 @@ def mix_exploration(
     return slate, explored
 
 
-class _RateLimitedWarning:
-    """One log line a minute at most per owner (an arm's ranking, its item vectors): a bad item
-    would otherwise log on every request."""
-
-    def __init__(self, owner: str, every_s: float = 60.0) -> None:
-        self.owner, self.every_s, self._last = owner, every_s, float("-inf")
-        self.count = 0  # items left out, over the owner's life
-
-    def warn(self, msg: str) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self._last = now
-            log.warning("%s: %s", self.owner, msg)
-
-
 class ItemVectors:
     """The retriever's vector of every live item, cached per (catalog version, sparse version,
     dense version, module); :meth:`refresh` rebuilds, :meth:`view` reads (any thread)."""
@@ -218,7 +203,7 @@ class ItemVectors:
             raise ConfigError(f"the retrieval model {model.name!r} must be two_tower, got {cfg.type}")
         self.model = model
         self.items = items
-        self.bad_items = _RateLimitedWarning(f"item vectors of {model.name!r}")
+        self.bad_items = RateLimitedLog(log, f"item vectors of {model.name!r}: ")
         self.builder = ColumnBuilder(model.spec, only=_tower_names(cfg)[1])
         self._view = VectorView((-1, -1, -1, -1), [], [], np.zeros((0, cfg.out_dim), np.float32), 0)
         self._lock = threading.Lock()  # one rebuild at a time
@@ -297,7 +282,7 @@ class ArmEngine:
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()  # numpy Generators are not thread-safe
         self.ranker = ColumnBuilder(state.rank.spec)
-        self.bad_items = _RateLimitedWarning(f"arm {arm!r}")  # catalog items ranking left out
+        self.bad_items = RateLimitedLog(log, f"arm {arm!r}: ")  # catalog items ranking left out
         self.tasks = list(state.rank.tasks)
         self.vectors: ItemVectors | None = None
         self.user_builder: ColumnBuilder | None = None
