@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from freshrec.errors import DataError
+from freshrec.errors import ConfigError, DataError
 from freshrec.train.evaluate import evaluate_model
-from freshrec.train.job import DataSource, TrainJobConfig, run_train_job
+from freshrec.train.job import DataSource, TrainJobConfig, load_dataset, run_train_job
 
 from ..conftest import ROOT
 
@@ -61,8 +61,9 @@ def test_a_new_file_is_scored_whole_with_the_models_own_spec(trained):
     got = evaluate_model(res.out, new)
     assert got.examples == 1000 and got.rows[0]["auc"] > 0.6
     assert evaluate_model(res.out, new).rows == got.rows  # deterministic
-    # the spec of the mapping (unfitted) could not encode the price at all: the model's is used
-    assert "mean" not in str(MAPPING)
+    # the mapping's own spec (unfitted) cannot encode the price at all: the model's was used
+    with pytest.raises(ConfigError, match=r"call spec\.fit"):
+        load_dataset(new).encode()
 
 
 def test_what_cannot_be_scored_is_refused(trained, tmp_path):

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from freshrec.data.dataset import drop_repeats
 from freshrec.errors import ConfigError, DataError
 from freshrec.features import FeatureSpec
-from freshrec.train.job import DataSource, load_dataset, metric_row
+from freshrec.train.job import DataSource, check_label_range, load_examples, metric_row
 from freshrec.train.trainer import Trainer
 
 __all__ = ["EvalResult", "evaluate_model"]
@@ -45,9 +44,7 @@ def evaluate_model(
     t0 = time.perf_counter()
     trainer = Trainer.load(model_dir)
     try:
-        dataset = load_dataset(data, spec)
-        if data.dedupe:
-            dataset, _ = drop_repeats(dataset)
+        dataset, _ = load_examples(data, spec)
         if held_out:
             _, dataset = dataset.split_by_time(1 - data.test_fraction)
         if len(dataset) == 0:
@@ -59,11 +56,9 @@ def evaluate_model(
         weights = batch.weights
         if not weights.any():
             raise DataError(f"{dataset.source}: every example to evaluate has sample weight 0")
+        check_label_range(dataset.source, trainer.spec.labels, batch.labels, "the data scored")
         for j, task in enumerate(trainer.spec.labels):
             labels = batch.labels[:, j]
-            if labels.min() < 0 or labels.max() > 1:
-                raise DataError(f"{dataset.source}: label {task!r} must be in [0, 1] (the loss is binary "
-                                f"cross-entropy), got values in [{labels.min():g}, {labels.max():g}]")  # fmt: skip
             if labels.min() == labels.max():
                 result.warnings.append(f"every example has label {task!r} = {labels[0]:g}: its AUC is undefined (nan)")
             row = metric_row(probs[:, j], labels, weights)

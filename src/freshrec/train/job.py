@@ -169,15 +169,26 @@ def metric_row(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> di
     }
 
 
+def load_examples(source: DataSource, spec: FeatureSpec | None = None) -> tuple[Dataset, int]:
+    """:func:`load_dataset`, without exact repeats if ``source.dedupe``; (data, repeats dropped)."""
+    data = load_dataset(source, spec)
+    return drop_repeats(data) if source.dedupe else (data, 0)
+
+
+def check_label_range(source: str, names: list[str], labels: np.ndarray, where: str) -> None:
+    """Labels ``(B, T)`` must be in [0, 1]: the loss and the metrics are binary."""
+    for j, name in enumerate(names):
+        col = labels[:, j]
+        if col.size and (col.min() < 0 or col.max() > 1):
+            raise DataError(f"{source}: label {name!r} must be in [0, 1] (the loss is binary cross-entropy); "
+                            f"{where} has values in [{col.min():g}, {col.max():g}]")  # fmt: skip
+
+
 def _check_labels(train: Dataset, test_batch: Batch, source: str, result: JobResult) -> None:
     """Labels must be in [0, 1] on both sides of the split (the trainer checks only what it trains
     on, so a bad held-out label gave garbage metrics quietly); one class held out is a warning."""
     for part, y in (("training", train.encode().labels), ("held-out", test_batch.labels)):
-        for j, name in enumerate(train.spec.labels):
-            col = y[:, j]
-            if col.size and (col.min() < 0 or col.max() > 1):
-                raise DataError(f"{source}: label {name!r} must be in [0, 1] (the loss is binary cross-entropy); "
-                                f"the {part} split has values in [{col.min():g}, {col.max():g}]")  # fmt: skip
+        check_label_range(source, train.spec.labels, y, f"the {part} split")
     first = test_batch.labels[:, 0]
     if first.size and first.min() == first.max():
         result.warnings.append(f"every held-out example has label {train.spec.labels[0]!r} = {first[0]:g}: "
@@ -191,10 +202,7 @@ def run_train_job(config: TrainJobConfig, *, on_step: Callable[[str, int, int], 
     """Run the job; ``on_step(model_name, step, total_steps)`` reports progress."""
     if config.out is not None:  # before any work: a path the save would refuse fails now
         check_replaceable(Path(config.out), MODEL_DIR_FORMAT, "model directory")
-    data = load_dataset(config.data, config.spec)
-    dropped = 0
-    if config.data.dedupe:
-        data, dropped = drop_repeats(data)
+    data, dropped = load_examples(config.data, config.spec)
     train, test = data.split_by_time(1 - config.data.test_fraction)
     if len(train) == 0 or len(test) == 0:
         raise ConfigError(f"the split left {len(train)} training and {len(test)} test examples")
