@@ -154,6 +154,35 @@ def test_a_run_cut_and_restored_ends_identical_to_an_uninterrupted_one(tmp_path,
     q.close(checkpoint=False)
 
 
+@pytest.mark.slow
+def test_a_run_trained_on_ray_and_restored_in_process_ends_identical_to_a_local_one(tmp_path, stream):
+    """The training PS on Ray (two shard actors; Ray started by the pipeline's own PSs and
+    stopped when the last closes): the same batches train the same rows, and its checkpoint
+    resumes on the in-process PS as if the run had never left it."""
+    import ray
+
+    shards = {"threads": 1, "num_shards": 2}
+    whole = fresh_run(tmp_path, stream, "whole")
+    p = OnlinePipeline(config(whole, ps=shards))
+    run_until_caught_up(p)
+    want, trained = _predictions(p), p.status()["examples_trained"]
+    p.close(checkpoint=False)
+
+    cut = fresh_run(tmp_path, stream, "cut")
+    p = OnlinePipeline(config(cut, ps={**shards, "backend": "ray"}))
+    assert type(p.trainers["rank"].ps).__name__ == "RayPS" and ray.is_initialized()
+    for _ in range(40):
+        p.round()
+    p.close()  # a final checkpoint, written by the shard actors
+    assert not ray.is_initialized()  # the pipeline started Ray, and its last PS stopped it
+    q = OnlinePipeline(config(cut, ps=shards))
+    assert q.restored_from is not None and type(q.trainers["rank"].ps).__name__ == "LocalPS"
+    run_until_caught_up(q)
+    assert q.status()["examples_trained"] == trained
+    np.testing.assert_array_equal(_predictions(q), want)
+    q.close(checkpoint=False)
+
+
 class StepClock:
     """A wall clock that moves ``step`` seconds at every reading: a fast or a slow machine."""
 

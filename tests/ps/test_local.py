@@ -10,7 +10,8 @@ import pytest
 
 from freshrec.errors import InputError, NonFiniteError, StateError
 from freshrec.ps import LocalPS, PSConfig, shard_of
-from freshrec.ps.local import INLINE_KEYS, _shard_config
+from freshrec.ps.local import INLINE_KEYS
+from freshrec.ps.sharded import shard_config as _shard_config
 from freshrec.table import SGD, AdmissionConfig, EmbeddingTable, TableConfig
 
 TABLES = [

@@ -10,6 +10,11 @@ salted): the same number of lookups and updates per step; its table is on huge p
 step by step, each going first every other step, and each figure is from the median step: this
 VM's noise hits both alike, and one slow step (measured: 881 ms among 95 ms ones) does not move
 the ratio.
+
+With the ``ray`` extra installed, a third side trains the same model with its tables in a RayPS
+(``ray_ps_*``: two shard actors on a local Ray instance, started before the clock): what moving
+the parameter server out of the trainer's process costs on one machine (every pull and push
+crosses to another process), beside the in-process LocalPS of the same run.
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ class TorchBaseline:
         self.dense_opt.step()
 
 
-def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
+def run(*, quick: bool = False, seed: int = 0, ray: bool = True) -> BenchReport:
     torch.set_num_threads(THREADS)
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: torch's default, minus its warning
     warm, steps = (2, 8) if quick else (3, 40)
@@ -105,11 +110,17 @@ def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
     batches = _batches(warm + steps, seed)
     ours = Trainer(spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=THREADS), ps_config=PSConfig(threads=THREADS))
     theirs = TorchBaseline(spec)
+    sides = {"ours": ours, "theirs": theirs}
+    on_ray = _ray_trainer(spec, report) if ray else None
+    if on_ray is not None:
+        sides["ray"] = on_ray
     for b in batches[:warm]:  # compile kernels, allocate state
-        ours.step(b)
-        theirs.step(b)
-    ours.counters.pull_push_seconds = ours.counters.step_seconds = 0.0
-    t = time_each({"ours": ours.step, "theirs": theirs.step}, batches[warm:])
+        for side in sides.values():
+            side.step(b)
+    for trainer in (ours, on_ray):
+        if trainer is not None:
+            trainer.counters.pull_push_seconds = trainer.counters.step_seconds = 0.0
+    t = time_each({name: side.step for name, side in sides.items()}, batches[warm:])
     t_ours, t_theirs = float(np.median(t["ours"])), float(np.median(t["theirs"]))
     report.figure("train_examples_per_s", BATCH / t_ours)
     report.figure("torch_baseline_examples_per_s", BATCH / t_theirs)
@@ -121,4 +132,22 @@ def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
     report.figure("peak_rss_bytes", float(peak_rss_bytes()))
     report.notes.append("target: train_vs_torch_baseline >= 1.0 (collisionless must cost nothing)")
     ours.close()
+    if on_ray is not None:
+        t_ray = float(np.median(t["ray"]))
+        report.figure("ray_ps_train_examples_per_s", BATCH / t_ray)
+        report.ratio("ray_ps_vs_local_ps", t_ours / t_ray)
+        report.figure("ray_ps_pull_push_share", on_ray.counters.pull_push_seconds / on_ray.counters.step_seconds)
+        on_ray.close()
     return report
+
+
+def _ray_trainer(spec: FeatureSpec, report: BenchReport) -> Trainer | None:
+    """The model on a RayPS of two shard actors (one thread each: the VM has two cores), or
+    None with a note when the ray extra is not installed."""
+    try:
+        import ray  # noqa: F401  (the optional extra RayPS needs)
+    except ImportError as exc:
+        report.notes.append(f"ray: skipped ({exc}; pip install 'freshrec[ray]')")
+        return None
+    config = PSConfig(backend="ray", num_shards=2, threads=1)
+    return Trainer(spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=THREADS), ps_config=config)

@@ -194,6 +194,55 @@ def check_counts(counts: Any | None, keys: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(occ, dtype=np.int64)
 
 
+def check_assign(
+    config: TableConfig,
+    ids: Any,
+    embeddings: Any,
+    *,
+    state: Any | None = None,
+    last_seen: Any | None = None,
+    counts: Any | None = None,
+    now: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An assignment's input checks for a table of ``config``, without writing: (keys, values,
+    last-seen ms, counts) as :meth:`EmbeddingTable.assign` would write them, or the error it would
+    raise. A sharded PS checks a whole assignment this way before any shard writes."""
+    keys = check_ids(ids)
+    n = keys.shape[0]
+    dim, state_width = config.dim, config.state_width
+    emb = _rows_values(embeddings, n, dim, "embeddings")
+    if state is not None:
+        st = _rows_values(state, n, state_width, "state")
+        values = np.concatenate([emb, st], axis=1)
+    else:
+        values = emb
+    if not K.all_finite(values):
+        raise NonFiniteError(f"table {config.name!r}: assigned values contain NaN or Inf")
+    problem = None if state is None else state_problem(config.optimizer, st, dim)
+    if problem:
+        raise InputError(f"table {config.name!r}: assigned state: {problem}")
+    if last_seen is not None:
+        ts = _int_column(last_seen, n, "last_seen", "event times in int64 milliseconds")
+    else:
+        ts = np.full(n, 0 if now is None else to_ms(now), np.int64)
+    if counts is not None:
+        cnt = _int_column(counts, n, "counts", "non-negative integers")
+        if n and cnt.min() < 0:
+            raise InputError(f"counts must be {n} non-negative integers")
+    else:
+        cnt = np.ones(n, np.int64)
+    return keys, values, ts, cnt
+
+
+def _rows_values(values: Any, n: int, width: int, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.shape != (n, width):
+        raise InputError(f"{what} must have shape ({n}, {width}), got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
 class EmbeddingTable:
     """A growable hash table from int64 IDs to embedding rows (the contract is in the module
     docstring).
@@ -350,14 +399,6 @@ class EmbeddingTable:
 
     # ---- input checks ------------------------------------------------------------------------
 
-    def _rows_values(self, values: Any, n: int, width: int, what: str) -> np.ndarray:
-        arr = np.asarray(values)
-        if arr.dtype.kind not in "fiu":
-            raise InputError(f"{what} must be numeric, got dtype {arr.dtype}")
-        if arr.shape != (n, width):
-            raise InputError(f"{what} must have shape ({n}, {width}), got {arr.shape}")
-        return np.ascontiguousarray(arr, dtype=np.float32)
-
     # ---- lookups -----------------------------------------------------------------------------
 
     def lookup(
@@ -467,7 +508,7 @@ class EmbeddingTable:
         pass ``GRAD_MAX`` (:func:`gradient_problem`), reject the whole batch (counted, table
         unchanged). Returns the number of rows updated."""
         keys = check_ids(ids)
-        g = self._rows_values(grads, keys.shape[0], self.dim, "grads")
+        g = _rows_values(grads, keys.shape[0], self.dim, "grads")
         now_ms = to_ms(now)
         problem = gradient_problem(g)
         if problem:
@@ -498,33 +539,8 @@ class EmbeddingTable:
         counts: Any | None = None,
         now: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`assign`'s input checks, without writing: (keys, values, last-seen ms, counts) as
-        it would write them, or the error it would raise. A sharded PS checks a whole assignment
-        this way before any shard writes."""
-        keys = check_ids(ids)
-        n = keys.shape[0]
-        emb = self._rows_values(embeddings, n, self.dim, "embeddings")
-        if state is not None:
-            st = self._rows_values(state, n, self.state_width, "state")
-            values = np.concatenate([emb, st], axis=1)
-        else:
-            values = emb
-        if not K.all_finite(values):
-            raise NonFiniteError(f"table {self.config.name!r}: assigned values contain NaN or Inf")
-        problem = None if state is None else state_problem(self.config.optimizer, st, self.dim)
-        if problem:
-            raise InputError(f"table {self.config.name!r}: assigned state: {problem}")
-        if last_seen is not None:
-            ts = _int_column(last_seen, n, "last_seen", "event times in int64 milliseconds")
-        else:
-            ts = np.full(n, 0 if now is None else to_ms(now), np.int64)
-        if counts is not None:
-            cnt = _int_column(counts, n, "counts", "non-negative integers")
-            if n and cnt.min() < 0:
-                raise InputError(f"counts must be {n} non-negative integers")
-        else:
-            cnt = np.ones(n, np.int64)
-        return keys, values, ts, cnt
+        """:meth:`assign`'s input checks, without writing (see :func:`check_assign`)."""
+        return check_assign(self.config, ids, embeddings, state=state, last_seen=last_seen, counts=counts, now=now)
 
     def assign(
         self,

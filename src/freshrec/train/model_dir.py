@@ -47,7 +47,7 @@ from freshrec._io import read_manifest as _read_manifest
 from freshrec.errors import ConfigError, CorruptionError
 from freshrec.features import FeatureSpec
 from freshrec.models import ModelConfig
-from freshrec.ps import LocalPS, PSConfig
+from freshrec.ps import PSConfig, load_ps
 from freshrec.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def load_model_dir(path: str | Path, *, ps_config: PSConfig | None = None) -> Tr
         train_config = TrainConfig.from_dict(configs[2], source=f"{folder}/manifest.json")
     except (ConfigError, ValueError) as exc:
         raise CorruptionError(f"{folder}/manifest.json holds an invalid config: {exc}") from exc
-    ps = LocalPS.load(folder / "ps", ps_config)
+    ps = load_ps(folder / "ps", ps_config)
     try:
         trainer = Trainer(spec, model_config, train_config, ps=ps)
         try:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from freshrec.errors import ConfigError, InputError, StateError
 from freshrec.features import Batch, FeatureSpec
 from freshrec.models import Dropout, ModelConfig, RecModel, build_model
-from freshrec.ps import LocalPS, ParameterServer, PSConfig
+from freshrec.ps import ParameterServer, PSConfig, make_ps
 from freshrec.table.table import gradient_problem
 from freshrec.train.config import TrainConfig
 from freshrec.train.metrics import StreamingMetrics, calibration, logloss, weighted_auc
@@ -60,8 +60,9 @@ class TrainerCounters:
 
 
 class Trainer:
-    """Trains ``model_config`` on ``spec`` with sparse rows in ``ps`` (a new :class:`LocalPS`
-    over the spec's tables when not given) and dense weights in a torch optimizer."""
+    """Trains ``model_config`` on ``spec`` with sparse rows in ``ps`` (when not given, a new
+    parameter server over the spec's tables, of the backend ``ps_config`` names: in this process
+    by default, Ray actors with ``backend = "ray"``) and dense weights in a torch optimizer."""
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class Trainer:
         self.config = config or TrainConfig()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        self.ps = ps if ps is not None else LocalPS(spec.table_configs(), ps_config)
+        self.ps = ps if ps is not None else make_ps(spec.table_configs(), ps_config)
         missing = sorted(set(spec.table_configs()) - set(self.ps.tables))
         if missing:
             raise ConfigError(f"the parameter server lacks tables {missing} that the spec reads")
