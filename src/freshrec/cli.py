@@ -271,7 +271,10 @@ def serve(
         data["arms"] = [arm]
     cfg = ServeConfig.from_dict(data, source=str(config) if config else "config")
     where = f"port {cfg.port}" if cfg.port else "a free port"
-    typer.echo(f"freshrec serve: arms {[a.name for a in cfg.arms]}, starting on {cfg.host}, {where}", err=True)
+    log = cfg.log
+    into = f"Kafka at {log.bootstrap_servers}" if log.backend == "kafka" else f"the embedded log {log.path.absolute()}"
+    typer.echo(f"freshrec serve: arms {[a.name for a in cfg.arms]}, starting on {cfg.host}, {where}; "
+               f"impressions and events go to {into} (set log.*)", err=True)  # fmt: skip
     run_server(cfg)
 
 

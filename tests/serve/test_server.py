@@ -89,7 +89,9 @@ def test_serves_over_http_and_stops_cleanly(server_process):
     # uvicorn shuts down gracefully (lifespan: the writer flushes, the log closes), then re-raises
     # the signal it caught, so the exit status is the signal's
     assert proc.wait(30) in (0, -signal.SIGTERM)
-    assert f"listening on {url} " in proc.stdout.read()  # the port 0 became, for a human or a script
+    out = proc.stdout.read()
+    assert f"listening on {url} " in out  # the port 0 became, for a human or a script
+    assert f"impressions and events go to the embedded log {log_path}" in out  # where its data lands
     assert not (log_path.parent / "server.port").exists()  # removed at shutdown: nothing listens there
     with open_log(path=log_path) as log:
         imps = [decode(rec.value) for rec in log.read("impressions", 0, 0, 1000)]
