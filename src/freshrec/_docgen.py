@@ -122,6 +122,9 @@ def render() -> str:
         "A section given in part in a file or with `--set` keeps its config's own defaults for the",
         "rest (`--set train.dense_lr=0.003` on `freshrec online` keeps its batch size of 512); a",
         "section whose default is None (`retrieval_model`) starts from its class's defaults.",
+        "Relative paths (`run_dir`, `log.path`, `model_dir`, ...) are taken from the working",
+        "directory of the process, not from the config file's folder: write absolute paths in files",
+        "that services run from anywhere.",
         "",
     ]
     for title, how, classes in _sections():
