@@ -336,7 +336,18 @@ def online(
     if pipeline.restored_from is not None:
         console.print(f"resumed from {pipeline.restored_from}")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a redeploy is a clean stop, not a crash
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        """SIGTERM (a redeploy) and Ctrl-C stop between rounds, so the final checkpoint holds whole
+        rounds; a second Ctrl-C stops at once (no final checkpoint if mid-round: the last stands)."""
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     # a terminal gets one live status line; a log (systemd, Docker) a plain line every 10 s
     live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
     last_line = float("-inf")
@@ -353,9 +364,9 @@ def online(
         if live is None:  # the log's last word on progress, not up to 10 s old
             console.print(_online_line(pipeline.status()))
         if stop.is_set():
-            console.print("stopping (SIGTERM): final checkpoint")
+            console.print(f"stopping ({stopped_by[0]}): final checkpoint")
     except KeyboardInterrupt:
-        console.print("stopping: final checkpoint")
+        console.print("stopping at once (a second Ctrl-C)")
     finally:
         pipeline.close()
     console.print(f"checkpoints in {cfg.checkpoint_dir}, serving snapshots in {cfg.sync.snapshot_dir}")

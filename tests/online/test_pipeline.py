@@ -11,7 +11,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from freshrec.errors import StateError
+from freshrec.errors import BackendError, StateError
 from freshrec.joiner import decode_examples
 from freshrec.online import OnlineConfig, OnlinePipeline, live_commerce_spec
 from freshrec.online.metrics import PipelineCollector
@@ -213,6 +213,50 @@ def test_a_replay_on_a_slow_machine_trains_the_same_batches_as_on_a_fast_one(tmp
     (n_fast, steps_fast, fast), (n_slow, steps_slow, slow) = models["fast"], models["slow"]
     assert n_fast == n_slow == len(examples_in_topic(tmp_path / "fast")) and steps_fast == steps_slow
     np.testing.assert_array_equal(fast, slow)
+
+
+def test_a_round_that_fails_part_way_is_not_checkpointed_at_close(tmp_path, stream, monkeypatch):
+    """A training step that raises after the dense optimizer stepped (a PS shard lost mid-push,
+    Ctrl-C at the wrong moment) leaves the models half-stepped: close() must not save that, or the
+    restart trains the batch again on top of half of it. The restart resumes from the last
+    checkpoint and ends identical to a run never interrupted."""
+    whole = fresh_run(tmp_path, stream, "whole")
+    p = OnlinePipeline(config(whole))
+    run_until_caught_up(p)
+    want, trained = _predictions(p), p.status()["examples_trained"]
+    p.close(checkpoint=False)
+
+    cut = fresh_run(tmp_path, stream, "cut")
+    p = OnlinePipeline(config(cut))
+    for _ in range(5):
+        p.round()
+    p.checkpoint()
+    ps = p.trainers["rank"].ps
+    pushes = {"n": 0}
+    real_push = ps.push_many
+
+    def push_then_fail(*args, **kwargs):
+        pushes["n"] += 1
+        if pushes["n"] == 3:
+            raise BackendError("cannot push: shard 1's actor is gone")
+        return real_push(*args, **kwargs)
+
+    monkeypatch.setattr(ps, "push_many", push_then_fail)
+    with pytest.raises(BackendError):
+        for _ in range(200):
+            p.round()
+    checkpoints = sorted((cut / "checkpoints").iterdir())
+    with pytest.raises(StateError, match="failed part-way"):
+        p.checkpoint()
+    p.close()  # as freshrec online's `finally` does after the error
+    assert sorted((cut / "checkpoints").iterdir()) == checkpoints  # no checkpoint of the half-step
+    with pytest.raises(StateError, match="closed"):
+        p.round()
+    q = OnlinePipeline(config(cut))
+    run_until_caught_up(q)
+    assert q.status()["examples_trained"] == trained
+    np.testing.assert_array_equal(_predictions(q), want)
+    q.close(checkpoint=False)
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, stream):

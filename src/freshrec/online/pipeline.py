@@ -107,6 +107,7 @@ class OnlinePipeline:
         self._last_status = 0.0
         self._started = self.clock()
         self.state = PipelineState.RUNNING
+        self._failed_round = False
         self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0,
                          "examples_rejected": 0}  # fmt: skip
         self._rejected_log = RateLimitedLog(log, every_s=REJECTED_LOG_EVERY_S)
@@ -152,8 +153,17 @@ class OnlinePipeline:
     # ---- the loop ------------------------------------------------------------------------------
     def round(self) -> int:
         """One round: join, read, train if a batch is due, expire, publish, checkpoint. Returns
-        the examples trained this round."""
+        the examples trained this round. A round that raises leaves the pipeline failed: part of
+        it may have run (a dense step without its sparse push), so :meth:`close` then writes no
+        checkpoint and a restart resumes from the last one."""
         self._check("run a round")
+        try:
+            return self._round()
+        except BaseException:
+            self._failed_round = True
+            raise
+
+    def _round(self) -> int:
         self.joiner.step()
         self._read()
         if not self._buffer.examples:  # whatever was read was left out: no later batch owes it
@@ -396,20 +406,24 @@ class OnlinePipeline:
     def _check(self, what: str) -> None:
         if getattr(self, "state", PipelineState.RUNNING) is not PipelineState.RUNNING:
             raise StateError(f"cannot {what}: the online pipeline is {self.state.value}")
+        if getattr(self, "_failed_round", False):
+            raise StateError(f"cannot {what}: a round failed part-way; close the pipeline and start it again "
+                             "(it resumes from its last checkpoint)")  # fmt: skip
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Stop: a final checkpoint (unless told not to, or the joiner failed: then the last
         checkpoint stands and a restart resumes from it), then release everything."""
         if self.state is PipelineState.CLOSED:
             return
-        failed = self.joiner.state is JoinerState.FAILED
+        failed = self.joiner.state is JoinerState.FAILED or self._failed_round
         if failed:
-            # its state is half-stepped: checkpointing it would raise, and a final status asks the
-            # log for offsets (which an outage makes wait and raise): either error would hide the
-            # one that failed it from whoever reads the exit message
+            # its state is half-stepped: checkpointing it would save half a round (or raise), and a
+            # final status asks the log for offsets (which an outage makes wait and raise): either
+            # error would hide the one that failed it from whoever reads the exit message
             newest = next(iter(self.checkpoints.candidates()), None)
-            log.warning("no final checkpoint or status: the joiner failed; a restart resumes from %s",
-                        newest or "the start of the log")  # fmt: skip
+            what = "the joiner failed" if self.joiner.state is JoinerState.FAILED else "a round failed part-way"
+            log.warning("no final checkpoint or status: %s; a restart resumes from %s",
+                        what, newest or "the start of the log")  # fmt: skip
         try:
             if checkpoint and not failed:
                 self.checkpoint()
