@@ -4,7 +4,9 @@ from its checkpoints ends bit-identical to an uninterrupted one (nothing lost, n
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import msgspec
@@ -145,6 +147,7 @@ def test_a_run_cut_and_restored_ends_identical_to_an_uninterrupted_one(tmp_path,
         p.round()
     p.log.close()  # a crash: no final checkpoint, no clean shutdown of the joiner
     p.joiner.close()
+    p.run_lock.release()  # the kernel drops a dead process's lock
     q = OnlinePipeline(config(cut))
     assert q.restored_from is not None
     run_until_caught_up(q)
@@ -257,6 +260,28 @@ def test_a_round_that_fails_part_way_is_not_checkpointed_at_close(tmp_path, stre
     assert q.status()["examples_trained"] == trained
     np.testing.assert_array_equal(_predictions(q), want)
     q.close(checkpoint=False)
+
+
+def test_one_pipeline_per_run_dir_and_a_second_one_waits_for_the_first_to_stop(tmp_path, stream):
+    """Two `freshrec online` on one run_dir (a rolling restart, a start script run twice, a
+    zombie) would both train and write checkpoints into one folder: the second waits up to
+    lock_wait_s for the first to stop, then exits naming it, having touched nothing."""
+    run = fresh_run(tmp_path, stream, "r")
+    first = OnlinePipeline(config(run))
+    for _ in range(5):
+        first.round()
+    listing = sorted(str(x) for x in run.rglob("*") if "log" not in x.parts)
+    with pytest.raises(StateError, match=rf"run_dir {run} is in use by pid {os.getpid()} on "):
+        OnlinePipeline(config(run, lock_wait_s=0.3))
+    assert sorted(str(x) for x in run.rglob("*") if "log" not in x.parts) == listing
+    stopper = threading.Timer(1.0, first.close)  # its final checkpoint, then the lock goes
+    stopper.start()
+    second = OnlinePipeline(config(run, lock_wait_s=60))
+    stopper.join()
+    assert second.restored_from is not None  # it waited, then resumed from the first's final checkpoint
+    assert second.trainers["rank"].counters.examples == first.trainers["rank"].counters.examples
+    second.close(checkpoint=False)
+    OnlinePipeline(config(run, lock_wait_s=0)).close(checkpoint=False)  # closed: free at once
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, stream):

@@ -60,6 +60,9 @@ class OnlineConfig(Config):
         metrics_port: serve Prometheus metrics on this port (None = off, 0 = any free port).
         metrics_host: the address ``metrics_port`` binds: loopback by default; ``0.0.0.0`` (or
             this host's address) for a Prometheus server on another machine.
+        lock_wait_s: one process per ``run_dir`` (a lock on ``run_dir/.lock``, dropped by the
+            kernel when its process dies): a second one waits this long for the first to stop
+            (a rolling restart: the old process writes its final checkpoint), then exits naming it.
     """
 
     run_dir: Path = Path("runs/online")
@@ -81,6 +84,7 @@ class OnlineConfig(Config):
     timeline_max_bytes: int = Field(64 << 20, ge=1 << 16)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    lock_wait_s: float = Field(60.0, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> OnlineConfig:

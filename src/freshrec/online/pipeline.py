@@ -34,6 +34,7 @@ import numpy as np
 
 from freshrec._faults import crash_point
 from freshrec._io import atomic_write_bytes, json_safe
+from freshrec._lock import FolderLock
 from freshrec._ratelimit import RateLimitedLog
 from freshrec.errors import CorruptionError, InputError, SchemaError, StateError
 from freshrec.features import Batch, encodable_rows
@@ -79,6 +80,15 @@ class OnlinePipeline:
         self.config = config
         self.clock = clock
         config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_lock = FolderLock(config.run_dir, "run_dir")
+        self.run_lock.acquire(config.lock_wait_s)  # before anything in run_dir is read or written
+        try:
+            self._open(config)
+        except BaseException:
+            self.run_lock.release()
+            raise
+
+    def _open(self, config: OnlineConfig) -> None:
         self.spec = config.spec or live_commerce_spec(labels=tuple(config.joiner.labels))  # labels: OnlineConfig checks
         self.log = open_log(config.log)
         for topic in config.joiner.input_topics:  # a first start on an empty cluster
@@ -439,6 +449,7 @@ class OnlinePipeline:
             for trainer in self.trainers.values():
                 trainer.close()
             self.log.close()
+            self.run_lock.release()
 
 
 def _first_label(batch: Batch) -> Batch:
