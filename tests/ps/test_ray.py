@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 def ray_instance():
     started = not ray.is_initialized()
     if started:
-        ray.init( num_cpus=2, include_dashboard=False, logging_level="warning")
+        # "local": a Ray of our own, even where `ray start` made a cluster this machine's drivers would join
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield
     if started:
         ray.shutdown()
@@ -85,6 +86,13 @@ def test_every_operation_gives_what_local_gives(num_shards):
             some = rng.integers(-80, 80, 30)
             _same_export(ray_ps.export(t, some), local.export(t, some))
             np.testing.assert_array_equal(ray_ps.pull(t, some), local.pull(t, some))  # inference: no admission
+        # the steps above see most IDs every second, so nothing outlived the ttl: now every row does
+        got, want = ray_ps.expire(30.0), local.expire(30.0)
+        assert got["user"].size > 0 and set(got) == set(want)
+        for t in TABLES:
+            np.testing.assert_array_equal(np.sort(got[t]), np.sort(want[t]))
+        a, b = ray_ps.drain_changes(), local.drain_changes()
+        np.testing.assert_array_equal(np.sort(a.tables["user"].removed), np.sort(b.tables["user"].removed))
         assert ray_ps.stats() == local.stats()
         assert ray_ps.stats()["user"].evicted > 0  # max_rows per shard was reached: eviction ran in actors
     finally:
