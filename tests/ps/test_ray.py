@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from freshrec.errors import BackendError, ConfigError, InputError, NonFiniteError, StateError
-from freshrec.ps import LocalPS, PSConfig, RayPS, load_ps, make_ps
+from freshrec.ps import LocalPS, PSConfig, RayPS, load_ps, make_ps, shard_of
 from freshrec.table import Adagrad, AdmissionConfig, TableConfig
 
 from ..conftest import ROOT
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 def ray_instance():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+        # "local": a Ray of our own, even where `ray start` made a cluster this machine's drivers would join
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield
     if started:
         ray.shutdown()
@@ -85,6 +86,13 @@ def test_every_operation_gives_what_local_gives(num_shards):
             some = rng.integers(-80, 80, 30)
             _same_export(ray_ps.export(t, some), local.export(t, some))
             np.testing.assert_array_equal(ray_ps.pull(t, some), local.pull(t, some))  # inference: no admission
+        # the steps above see most IDs every second, so nothing outlived the ttl: now every row does
+        got, want = ray_ps.expire(30.0), local.expire(30.0)
+        assert got["user"].size > 0 and set(got) == set(want)
+        for t in TABLES:
+            np.testing.assert_array_equal(np.sort(got[t]), np.sort(want[t]))
+        a, b = ray_ps.drain_changes(), local.drain_changes()
+        np.testing.assert_array_equal(np.sort(a.tables["user"].removed), np.sort(b.tables["user"].removed))
         assert ray_ps.stats() == local.stats()
         assert ray_ps.stats()["user"].evicted > 0  # max_rows per shard was reached: eviction ran in actors
     finally:
@@ -203,3 +211,92 @@ def test_freshrec_train_on_ray_matches_local_and_starts_and_stops_ray_itself(dat
     served = LocalPS.load(tmp_path / "ray" / "ps")  # a model trained on Ray loads locally
     assert served.num_shards == 2 and served.stats()["item_id"].rows > 0
     served.close()
+
+
+def _shard_ids(num_shards: int, shard: int, n: int) -> np.ndarray:
+    """``n`` IDs that shard ``shard`` of ``num_shards`` owns."""
+    ids = np.arange(20 * n * num_shards)
+    return ids[shard_of(ids, num_shards) == shard][:n]
+
+
+def _wait_dead(actor) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the kill is asynchronous
+        try:
+            ray.get(actor.ready.remote(), timeout=5)
+        except ray.exceptions.RayError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the actor is still alive")
+
+
+def test_an_error_names_the_shard_that_failed_when_a_call_reaches_only_some_shards():
+    """The operator restores the shard the error names: it must be the dead one."""
+    ray_ps = RayPS({"t": TableConfig(dim=2)}, PSConfig(backend="ray", num_shards=3, threads=1))
+    try:
+        ray.kill(ray_ps.shard_actors[2], no_restart=True)
+        _wait_dead(ray_ps.shard_actors[2])
+        with pytest.raises(BackendError, match="shard 2's actor is gone"):  # the only shard this pull reaches
+            ray_ps.pull("t", _shard_ids(3, 2, 5))
+        ray_ps.pull("t", _shard_ids(3, 1, 5))  # the others still answer
+    finally:
+        ray_ps.close()
+
+
+def test_a_drain_that_fails_on_one_shard_loses_nothing_the_others_drained(tmp_path):
+    """The live shards' changes go out with the next drain that succeeds, merged with what changed
+    since (a row removed since is a tombstone only, a row re-admitted an upsert only)."""
+    ray_ps = RayPS({"t": TableConfig(dim=2)}, PSConfig(backend="ray", num_shards=2, threads=1))
+    try:
+        ray_ps.save(tmp_path / "empty")
+        ray_ps.drain_changes()
+        kept, removed_later = _shard_ids(2, 1, 20)[:10], _shard_ids(2, 1, 20)[10:]
+        ray_ps.pull("t", np.concatenate([kept, removed_later]), train=True, now=1.0)
+        gone_before = _shard_ids(2, 1, 30)[25:]  # removed before the failed drain, admitted again after
+        ray_ps.pull("t", gone_before, train=True, now=1.0)
+        ray_ps.drain_changes()
+        ray_ps.remove("t", gone_before)
+        ray_ps.push("t", kept, np.ones((kept.size, 2), np.float32), now=2.0)  # drained by the drain that fails
+        ray.kill(ray_ps.shard_actors[0], no_restart=True)
+        _wait_dead(ray_ps.shard_actors[0])
+        with pytest.raises(BackendError, match="shard 0's actor is gone"):
+            ray_ps.drain_changes()
+        ray_ps.restore_shard(0, tmp_path / "empty")
+        ray_ps.remove("t", removed_later[:5])
+        ray_ps.pull("t", gone_before[:2], train=True, now=3.0)
+        got = ray_ps.drain_changes()
+        assert got.version == 3  # the failed drain took no version
+        changes = got.tables["t"]
+        want_upserts = np.concatenate([kept, gone_before[:2]])
+        np.testing.assert_array_equal(np.sort(changes.upserts.ids), np.sort(want_upserts))
+        np.testing.assert_array_equal(
+            np.sort(changes.removed), np.sort(np.concatenate([gone_before[2:], removed_later[:5]]))
+        )
+        _same_export(changes.upserts, ray_ps.export("t", want_upserts))  # the rows' current values
+        assert ray_ps.drain_changes().empty  # sent once
+    finally:
+        ray_ps.close()
+
+
+def test_restoring_a_shard_whose_actor_does_not_answer_stops_that_actor(tmp_path, monkeypatch):
+    """An actor that misses restore_shard's liveness probe (busy, or its machine unreachable) is
+    replaced, and killed: it would otherwise hold its shard's memory for nothing."""
+    ray_ps = RayPS({"t": TableConfig(dim=2)}, PSConfig(backend="ray", num_shards=2, threads=1))
+    try:
+        ray_ps.save(tmp_path / "snap")
+        old = ray_ps.shard_actors[1]
+        real_get = ray.get
+
+        def slow_probe(ref, *args, timeout=None, **kwargs):
+            if timeout is not None:  # the probe: as if the actor had not answered in time
+                raise ray.exceptions.GetTimeoutError("no answer")
+            return real_get(ref, *args, **kwargs)
+
+        monkeypatch.setattr(ray, "get", slow_probe)
+        ray_ps.restore_shard(1, tmp_path / "snap")
+        monkeypatch.setattr(ray, "get", real_get)
+        assert ray_ps.shard_actors[1] is not old
+        _wait_dead(old)
+        ray_ps.pull("t", np.arange(10))
+    finally:
+        ray_ps.close()

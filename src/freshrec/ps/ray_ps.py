@@ -172,6 +172,16 @@ def _own(x: Any) -> Any:
     return x
 
 
+def _merge_changes(old: TableChanges, new: TableChanges) -> TableChanges:
+    """One shard's changes of two drains as one: the later wins for an ID in both."""
+    newer = np.concatenate([new.upserts.ids, new.removed])
+    keep = ~np.isin(old.upserts.ids, newer)
+    upserts = concat_exports([TableExport(*(getattr(old.upserts, f)[keep] for f in old.upserts.__dataclass_fields__)),
+                              new.upserts])  # fmt: skip
+    removed = old.removed[~np.isin(old.removed, newer)]
+    return TableChanges(upserts, np.concatenate([removed, new.removed]))
+
+
 class RayPS(ShardedPS):
     """A parameter server whose ``num_shards`` shards are Ray actors (``config.backend = "ray"``)."""
 
@@ -190,6 +200,7 @@ class RayPS(ShardedPS):
         """Join Ray and start one empty actor per shard."""
         self._setup(tables, config)
         self._actors: list[Any] = []
+        self._undelivered: dict[int, dict[str, TableChanges]] = {}  # drained from a shard, not yet returned
         self._ray = _connect(self.config)
         try:
             self._actors = [self._new_actor() for _ in range(self.num_shards)]
@@ -212,28 +223,41 @@ class RayPS(ShardedPS):
     def _call(self, what: str, refs: list[Any]) -> list[Any]:
         """Results of one call per shard (``refs[s]`` from shard ``s``'s actor), in shard order.
         freshrec's own errors raised in an actor are raised here as themselves."""
-        ray = self._ray
-        out = []
-        for s, ref in enumerate(refs):
-            try:
-                out.append(ray.get(ref))
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, FreshrecError):
-                    raise cause from None
-                raise BackendError(f"cannot {what}: shard {s}'s actor failed: {exc}") from exc
-            except ray.exceptions.RayError as exc:  # the actor died or cannot be reached
-                raise BackendError(
-                    f"cannot {what}: shard {s}'s actor is gone ({type(exc).__name__}); its rows live on only in "
-                    "snapshots: restore_shard(shard, snapshot) or restart from the last checkpoint"
-                ) from exc
-        return out
+        return list(self._call_shards(what, dict(enumerate(refs))).values())
 
     def _call_shards(self, what: str, calls: dict[int, Any]) -> dict[int, Any]:
         """Like ``_call`` for calls to some shards: ``{shard: ref}`` -> ``{shard: result}``."""
-        shards = list(calls)
-        results = self._call(what, [calls[s] for s in shards]) if shards else []
-        return dict(zip(shards, results, strict=True))
+        results, error = self._gather(what, calls)
+        if error is not None:
+            raise error
+        return results
+
+    def _gather(self, what: str, calls: dict[int, Any]) -> tuple[dict[int, Any], FreshrecError | None]:
+        """The results of the calls that succeeded and the error of the first that failed (by
+        shard), once every call has ended: nothing the caller does next (remove a folder, retry,
+        restore) races a shard still working on this one."""
+        ray = self._ray
+        results: dict[int, Any] = {}
+        error: FreshrecError | None = None
+        for s, ref in calls.items():
+            try:
+                results[s] = ray.get(ref)
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, FreshrecError):
+                    failure = cause.with_traceback(None)
+                else:
+                    failure = BackendError(f"cannot {what}: shard {s}'s actor failed: {exc}")
+                    failure.__cause__ = exc
+            except ray.exceptions.RayError as exc:  # the actor died or cannot be reached
+                failure = BackendError(
+                    f"cannot {what}: shard {s}'s actor is gone ({type(exc).__name__}); its rows live on only in "
+                    "snapshots: restore_shard(shard, snapshot) or restart from the last checkpoint"
+                )
+                failure.__cause__ = exc
+            error = error or failure
+        return results, error
 
     # ---- pull / push -------------------------------------------------------------------------
     def _split(self, keys: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
@@ -332,7 +356,17 @@ class RayPS(ShardedPS):
         return _own(concat_exports(parts))
 
     def drain_changes(self) -> PSChanges:
-        parts = self._each("drain changes", "drain")
+        """As LocalPS's; a drain that fails on a shard (its actor gone) keeps what the other
+        shards handed over, and the next drain that succeeds sends it, merged with what changed
+        since: a drained shard's changes exist nowhere else."""
+        self._check_open("drain changes")
+        got, error = self._gather("drain changes", {s: a.drain.remote() for s, a in enumerate(self._actors)})
+        for s, part in got.items():
+            held = self._undelivered.get(s)
+            self._undelivered[s] = part if held is None else {t: _merge_changes(held[t], part[t]) for t in part}
+        if error is not None:
+            raise error
+        parts = [self._undelivered.pop(s) for s in range(self.num_shards)]
         version = self._next_version()
         tables = {
             t: _own(TableChanges(concat_exports([p[t].upserts for p in parts]),
@@ -408,6 +442,9 @@ class RayPS(ShardedPS):
             if fresh is not None:
                 self._ray.kill(fresh, no_restart=True)
             raise
+        if fresh is not None:  # the old actor, if it is alive at all (busy, unreachable), holds rows for nothing
+            with contextlib.suppress(Exception):
+                self._ray.kill(self._actors[shard], no_restart=True)
         self._actors[shard] = actor
 
     def close(self) -> None:
