@@ -109,9 +109,20 @@ def run(*, quick: bool = False, seed: int = 0, ray: bool = True) -> BenchReport:
     spec = _spec()
     batches = _batches(warm + steps, seed)
     ours = Trainer(spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=THREADS), ps_config=PSConfig(threads=THREADS))
-    theirs = TorchBaseline(spec)
+    on_ray = None
+    try:  # closed whatever happens: the Ray side's actors (and the Ray it started) must not outlive the run
+        on_ray = _ray_trainer(spec, report) if ray else None
+        _measure(report, batches, warm, ours, TorchBaseline(spec), on_ray)
+    finally:
+        ours.close()
+        if on_ray is not None:
+            on_ray.close()
+    return report
+
+
+def _measure(report: BenchReport, batches: list[Batch], warm: int, ours: Trainer, theirs: TorchBaseline,
+             on_ray: Trainer | None) -> None:  # fmt: skip
     sides = {"ours": ours, "theirs": theirs}
-    on_ray = _ray_trainer(spec, report) if ray else None
     if on_ray is not None:
         sides["ray"] = on_ray
     for b in batches[:warm]:  # compile kernels, allocate state
@@ -131,14 +142,11 @@ def run(*, quick: bool = False, seed: int = 0, ray: bool = True) -> BenchReport:
     report.figure("rows_in_ps", float(sum(s.rows for s in ours.ps.stats().values())))
     report.figure("peak_rss_bytes", float(peak_rss_bytes()))
     report.notes.append("target: train_vs_torch_baseline >= 1.0 (collisionless must cost nothing)")
-    ours.close()
     if on_ray is not None:
         t_ray = float(np.median(t["ray"]))
         report.figure("ray_ps_train_examples_per_s", BATCH / t_ray)
         report.ratio("ray_ps_vs_local_ps", t_ours / t_ray)
         report.figure("ray_ps_pull_push_share", on_ray.counters.pull_push_seconds / on_ray.counters.step_seconds)
-        on_ray.close()
-    return report
 
 
 def _ray_trainer(spec: FeatureSpec, report: BenchReport) -> Trainer | None:

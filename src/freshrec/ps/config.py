@@ -33,7 +33,11 @@ class PSConfig(Config):
             one. Snapshot paths must be on storage every actor's machine sees (a shared
             filesystem) when the cluster spans machines.
         ray_actor_cpus: CPUs Ray reserves for each shard actor (0 lets any number of shards share
-            a small machine; raise it so Ray spreads shards over machines).
+            a small machine; 1 keeps a core free for each shard, and a cluster with fewer free
+            cores than shards does not start them: see ``ray_start_timeout_s``).
+        ray_start_timeout_s: how long the shard actors may take to start; past it (the cluster
+            lacks the CPUs ``ray_actor_cpus`` asks for, a machine is unreachable) a BackendError
+            says so instead of waiting for ever.
     """
 
     backend: Literal["local", "ray"] = "local"
@@ -41,6 +45,7 @@ class PSConfig(Config):
     threads: int = Field(0, ge=0, le=256)
     ray_address: str | None = None
     ray_actor_cpus: float = Field(0.0, ge=0, le=1024)
+    ray_start_timeout_s: float = Field(120.0, gt=0, le=86_400)
 
     @property
     def worker_threads(self) -> int:

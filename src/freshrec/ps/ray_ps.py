@@ -76,6 +76,8 @@ def _connect(config: PSConfig) -> Any:
     global _users, _started_here, _actor_class
     ray = _import_ray()
     with _lock:
+        if _users == 0:  # whatever Ray runs now, no RayPS of ours started it (the last would have stopped it)
+            _started_here = False
         if not ray.is_initialized():
             try:
                 ray.init(address=config.ray_address, include_dashboard=False, logging_level="warning")
@@ -204,7 +206,16 @@ class RayPS(ShardedPS):
         self._ray = _connect(self.config)
         try:
             self._actors = [self._new_actor() for _ in range(self.num_shards)]
-            self._call("start the shard actors", [a.ready.remote() for a in self._actors])
+            refs = [a.ready.remote() for a in self._actors]
+            ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=self.config.ray_start_timeout_s)
+            if len(ready) < len(refs):  # Ray keeps an actor it cannot place pending for ever
+                raise BackendError(
+                    f"{len(refs) - len(ready)} of {len(refs)} PS shard actors did not start within "
+                    f"{self.config.ray_start_timeout_s:g} s (ps.ray_start_timeout_s): the cluster may lack the "
+                    f"{self.config.ray_actor_cpus:g} CPU(s) each asks for (ps.ray_actor_cpus; `ray status` shows "
+                    "what is pending), or a machine is unreachable"
+                )
+            self._call("start the shard actors", refs)
         except BaseException:
             self.close()
             raise
