@@ -20,6 +20,7 @@ from freshrec.online.metrics import PipelineCollector
 from freshrec.sim import SimConfig, Simulator
 from freshrec.stream import Action, Impression, encode, open_log
 from freshrec.sync import ServedModel
+from freshrec.train import Trainer
 
 SIM_SECONDS = 1200.0
 
@@ -304,7 +305,6 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, stream
 def test_a_failed_joiner_is_not_checkpointed_at_close_and_its_error_is_the_one_seen(tmp_path, stream, monkeypatch):
     """A cluster outage failed the joiner mid-step; close() then tried a final checkpoint, which
     raised 'cannot checkpoint: the joiner is failed', and that was all `freshrec online` said."""
-    from freshrec.errors import BackendError
     from freshrec.joiner import JoinerState
 
     run = fresh_run(tmp_path, stream, "f")
@@ -324,6 +324,32 @@ def test_a_failed_joiner_is_not_checkpointed_at_close_and_its_error_is_the_one_s
     assert p.joiner.state is JoinerState.FAILED
     p.close()  # no StateError from a final checkpoint of a failed joiner
     assert p.checkpoints.candidates()[0] == first
+
+
+def test_a_start_that_fails_leaves_nothing_open_and_a_second_start_works(tmp_path, stream, monkeypatch):
+    """The retriever's PS failed to start (a Ray cluster without CPUs for its shard actors) after
+    the ranker's had: the ranker (its actors holding the cluster's CPUs), the joiner (its state
+    store locked) and the log stayed open, so a second start in the same process was refused."""
+    from freshrec.online import pipeline as pipeline_module
+
+    run = fresh_run(tmp_path, stream, "s")
+    started = []
+
+    class FailingRetriever(Trainer):
+        def __init__(self, spec, model, *args, **kwargs):
+            if model.type == "two_tower":
+                raise BackendError("cannot start the shard actors: 2 of 2 not started after 60 s")
+            super().__init__(spec, model, *args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(pipeline_module, "Trainer", FailingRetriever)
+    with pytest.raises(BackendError, match="cannot start the shard actors"):
+        OnlinePipeline(config(run))
+    assert len(started) == 1 and started[0].state.value == "closed"
+    monkeypatch.undo()
+    p = OnlinePipeline(config(run))  # the joiner's state store is not locked
+    p.round()
+    p.close(checkpoint=False)
 
 
 def test_the_timeline_is_rotated_at_its_size_cap(tmp_path, stream):

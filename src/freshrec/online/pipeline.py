@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 import logging
 import math
@@ -101,32 +102,41 @@ class OnlinePipeline:
         except BaseException:
             self.log.close()  # refused (e.g. another pipeline's examples topic): nothing left open
             raise
-        self.topic = config.joiner.examples_topic
-        self.checkpoints = CheckpointStore(config.checkpoint_dir, config.keep_checkpoints)
-        self.offsets = [0] * self.log.partitions(self.topic)  # read up to here
-        self.trained_offsets = list(self.offsets)  # every example before these is trained on
-        self.last_expire: float | None = None
         self.trainers: dict[str, Trainer] = {}
-        self.restored_from: Path | None = None
-        self._restore_or_start()
-        self.publishers = {
-            name: Publisher.for_trainer(tr, self.log, config.sync, name=name) for name, tr in self.trainers.items()
-        }
-        self._buffer = _Buffer()
-        self._last_checkpoint = self.clock()
-        self._last_status = 0.0
-        self._started = self.clock()
-        self.state = PipelineState.RUNNING
-        self._failed_round = False
-        self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0,
-                         "examples_rejected": 0}  # fmt: skip
-        self._rejected_log = RateLimitedLog(log, every_s=REJECTED_LOG_EVERY_S)
-        self._rate = (self.clock(), self.trainers["rank"].counters.examples)
-        self._examples_per_s = 0.0
-        self.last_status: dict[str, Any] | None = None
-        self.metrics_server = None
-        if config.metrics_port is not None:
-            self._serve_metrics(config.metrics_port)
+        try:
+            self.topic = config.joiner.examples_topic
+            self.checkpoints = CheckpointStore(config.checkpoint_dir, config.keep_checkpoints)
+            self.offsets = [0] * self.log.partitions(self.topic)  # read up to here
+            self.trained_offsets = list(self.offsets)  # every example before these is trained on
+            self.last_expire: float | None = None
+            self.restored_from: Path | None = None
+            self._restore_or_start()
+            self.publishers = {
+                name: Publisher.for_trainer(tr, self.log, config.sync, name=name) for name, tr in self.trainers.items()
+            }
+            self._buffer = _Buffer()
+            self._last_checkpoint = self.clock()
+            self._last_status = 0.0
+            self._started = self.clock()
+            self.state = PipelineState.RUNNING
+            self._failed_round = False
+            self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0,
+                             "examples_rejected": 0}  # fmt: skip
+            self._rejected_log = RateLimitedLog(log, every_s=REJECTED_LOG_EVERY_S)
+            self._rate = (self.clock(), self.trainers["rank"].counters.examples)
+            self._examples_per_s = 0.0
+            self.last_status: dict[str, Any] | None = None
+            self.metrics_server = None
+            if config.metrics_port is not None:
+                self._serve_metrics(config.metrics_port)
+        except BaseException:
+            # nothing left open: the joiner's state store stays locked while open (a second start
+            # in this process was refused), and a RayPS's actors hold the cluster's CPUs
+            for trainer in self.trainers.values():
+                trainer.close()
+            self.joiner.close()
+            self.log.close()
+            raise
 
     # ---- start ---------------------------------------------------------------------------------
     def _new_trainers(self) -> dict[str, Trainer]:
@@ -135,18 +145,19 @@ class OnlinePipeline:
         # joiner's reweighted negatives (1/r) there is nothing to undo
         neg = 1.0 if c.train.weighted_loss and c.joiner.reweight_negatives else c.joiner.negative_rate
         train = c.train.model_copy(update={"negative_sampling_rate": neg})
-        trainers = {"rank": Trainer(self.spec, c.rank_model, train, ps_config=c.ps)}
+        makers = {"rank": lambda: Trainer(self.spec, c.rank_model, train, ps_config=c.ps)}
         if c.retrieval:
             first = self.spec.model_copy(update={"labels": [self.spec.labels[0]]})
             model = c.retrieval_model or live_commerce_two_tower()
-            trainers["retrieve"] = Trainer(first, model, train, ps_config=c.ps)
-        return trainers
+            makers["retrieve"] = lambda: Trainer(first, model, train, ps_config=c.ps)
+        return _all_or_none(makers)
 
     def _restore_or_start(self) -> None:
         for path in self.checkpoints.candidates():
             try:
                 manifest = CheckpointStore.manifest(path)
-                trainers = {name: Trainer.load(path / name, ps_config=self.config.ps) for name in manifest["models"]}
+                trainers = _all_or_none({name: functools.partial(Trainer.load, path / name, ps_config=self.config.ps)
+                                         for name in manifest["models"]})  # fmt: skip
             except (CorruptionError, OSError, KeyError) as exc:
                 log.warning("checkpoint %s is unusable (%s); trying an older one", path, exc)
                 continue
@@ -450,6 +461,20 @@ class OnlinePipeline:
                 trainer.close()
             self.log.close()
             self.run_lock.release()
+
+
+def _all_or_none(makers: dict[str, Callable[[], Trainer]]) -> dict[str, Trainer]:
+    """Every trainer, or none left open: one that fails to start closes those started before it
+    (a RayPS's actors hold the cluster's CPUs until closed)."""
+    trainers: dict[str, Trainer] = {}
+    try:
+        for name, make in makers.items():
+            trainers[name] = make()
+    except BaseException:
+        for trainer in trainers.values():
+            trainer.close()
+        raise
+    return trainers
 
 
 def _first_label(batch: Batch) -> Batch:
