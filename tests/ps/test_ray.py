@@ -205,6 +205,16 @@ def test_make_ps_picks_the_backend_and_ray_missing_is_a_config_error(monkeypatch
         make_ps(TABLES, PSConfig(backend="ray"))
 
 
+def test_a_ray_that_is_installed_but_does_not_import_says_why(monkeypatch, tmp_path):
+    """A broken Ray (here a dependency missing) was reported as not installed: 'pip install
+    freshrec[ray]', which the user had done."""
+    (tmp_path / "ray.py").write_text("raise ModuleNotFoundError(\"No module named 'grpc'\", name='grpc')\n")
+    monkeypatch.delitem(sys.modules, "ray")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="Ray is installed but does not import: No module named 'grpc'"):
+        make_ps(TABLES, PSConfig(backend="ray"))
+
+
 def test_freshrec_train_on_ray_matches_local_and_starts_and_stops_ray_itself(data_dir, tmp_path):
     def train(backend: str) -> str:
         out = subprocess.run(

@@ -66,8 +66,11 @@ _actor_class: Any = None
 def _import_ray() -> Any:
     try:
         import ray
-    except ImportError:
-        raise ConfigError("ps.backend = 'ray' needs Ray: pip install 'freshrec[ray]'") from None
+    except ImportError as exc:
+        if exc.name == "ray":  # not installed
+            raise ConfigError("ps.backend = 'ray' needs Ray: pip install 'freshrec[ray]'") from None
+        # installed, but it does not import (a missing dependency, a build for another Python)
+        raise ConfigError(f"ps.backend = 'ray': Ray is installed but does not import: {exc}") from exc
     return ray
 
 
