@@ -210,14 +210,9 @@ class RayPS(ShardedPS):
         try:
             self._actors = [self._new_actor() for _ in range(self.num_shards)]
             refs = [a.ready.remote() for a in self._actors]
-            ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=self.config.ray_start_timeout_s)
-            if len(ready) < len(refs):  # Ray keeps an actor it cannot place pending for ever
-                raise BackendError(
-                    f"{len(refs) - len(ready)} of {len(refs)} PS shard actors did not start within "
-                    f"{self.config.ray_start_timeout_s:g} s (ps.ray_start_timeout_s): the cluster may lack the "
-                    f"{self.config.ray_actor_cpus:g} CPU(s) each asks for (ps.ray_actor_cpus; `ray status` shows "
-                    "what is pending), or a machine is unreachable"
-                )
+            _, pending = self._ray.wait(refs, num_returns=len(refs), timeout=self.config.ray_start_timeout_s)
+            if pending:  # Ray keeps an actor it cannot place pending for ever
+                raise BackendError(self._unplaced(len(pending)))
             self._call("start the shard actors", refs)
         except BaseException:
             self.close()
@@ -227,6 +222,17 @@ class RayPS(ShardedPS):
         # SPREAD: shards go to different machines where the cluster has them (their memory adds up)
         return _actor_class.options(num_cpus=self.config.ray_actor_cpus, scheduling_strategy="SPREAD").remote(
             self.config.threads
+        )
+
+    def _unplaced(self, pending: int) -> str:
+        c = self.config
+        total = self._ray.cluster_resources().get("CPU", 0.0)
+        free = self._ray.available_resources().get("CPU", 0.0)
+        return (
+            f"{pending} of {self.num_shards} PS shard actors did not start within {c.ray_start_timeout_s:g} s "
+            f"(ps.ray_start_timeout_s); each reserves ps.ray_actor_cpus = {c.ray_actor_cpus:g} CPU and the cluster "
+            f"has {free:g} of {total:g} CPUs free: lower ray_actor_cpus or num_shards, add machines, or raise "
+            "ray_start_timeout_s for a cluster still adding them (or a machine is unreachable)"
         )
 
     @property
