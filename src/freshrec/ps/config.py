@@ -27,7 +27,8 @@ class PSConfig(Config):
         threads: worker threads for shards and tables (0 = one per CPU core); with ``ray``, in
             each actor for its tables.
         ray_address: the Ray cluster to join (``auto``: the one ``ray start`` made on this machine;
-            ``ray://host:10001``: a remote one; ``local``: always a new one in this process).
+            ``ray://host:10001``: a remote one, through Ray Client, ``pip install "ray[client]"``;
+            ``local``: always a new one in this process).
             Unset: the Ray instance this process already runs, else Ray's own default: the
             cluster ``RAY_ADDRESS`` names or ``ray start`` made on this machine, else a new local
             one. Snapshot paths must be on storage every actor's machine sees (a shared
