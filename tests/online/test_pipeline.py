@@ -132,12 +132,18 @@ def _predictions(p: OnlinePipeline) -> np.ndarray:
     return p.trainers["rank"].predict(batch)
 
 
-def test_a_run_cut_and_restored_ends_identical_to_an_uninterrupted_one(tmp_path, stream):
+def _uninterrupted(tmp_path: Path, stream: Path, **kw) -> tuple[Path, np.ndarray, int]:
+    """A run through the whole stream, never cut: its run_dir, predictions and examples trained."""
     whole = fresh_run(tmp_path, stream, "whole")
-    p = OnlinePipeline(config(whole))
+    p = OnlinePipeline(config(whole, **kw))
     run_until_caught_up(p)
     want, trained = _predictions(p), p.status()["examples_trained"]
     p.close(checkpoint=False)
+    return whole, want, trained
+
+
+def test_a_run_cut_and_restored_ends_identical_to_an_uninterrupted_one(tmp_path, stream):
+    whole, want, trained = _uninterrupted(tmp_path, stream)
 
     cut = fresh_run(tmp_path, stream, "cut")
     p = OnlinePipeline(config(cut))
@@ -166,11 +172,7 @@ def test_a_run_trained_on_ray_and_restored_in_process_ends_identical_to_a_local_
     import ray
 
     shards = {"threads": 1, "num_shards": 2}
-    whole = fresh_run(tmp_path, stream, "whole")
-    p = OnlinePipeline(config(whole, ps=shards))
-    run_until_caught_up(p)
-    want, trained = _predictions(p), p.status()["examples_trained"]
-    p.close(checkpoint=False)
+    _, want, trained = _uninterrupted(tmp_path, stream, ps=shards)
 
     cut = fresh_run(tmp_path, stream, "cut")
     p = OnlinePipeline(config(cut, ps={**shards, "backend": "ray"}))
@@ -224,11 +226,7 @@ def test_a_round_that_fails_part_way_is_not_checkpointed_at_close(tmp_path, stre
     Ctrl-C at the wrong moment) leaves the models half-stepped: close() must not save that, or the
     restart trains the batch again on top of half of it. The restart resumes from the last
     checkpoint and ends identical to a run never interrupted."""
-    whole = fresh_run(tmp_path, stream, "whole")
-    p = OnlinePipeline(config(whole))
-    run_until_caught_up(p)
-    want, trained = _predictions(p), p.status()["examples_trained"]
-    p.close(checkpoint=False)
+    _, want, trained = _uninterrupted(tmp_path, stream)
 
     cut = fresh_run(tmp_path, stream, "cut")
     p = OnlinePipeline(config(cut))

@@ -101,13 +101,6 @@ class LocalPS(ShardedPS):
                 jobs.append(job)
         return jobs
 
-    def pull(
-        self, table: str, ids: Any, *, train: bool = False, now: float | None = None, counts: Any | None = None
-    ) -> np.ndarray:
-        return self.pull_many({table: ids}, train=train, now=now, counts=None if counts is None else {table: counts})[
-            table
-        ]
-
     def pull_many(
         self,
         ids: Mapping[str, Any],
@@ -123,9 +116,6 @@ class LocalPS(ShardedPS):
             jobs += self._pull_jobs(table, keys, train, now, outs[table], occ)
         self._run(jobs, sum(o.shape[0] for o in outs.values()))
         return outs
-
-    def push(self, table: str, ids: Any, grads: Any, *, now: float) -> int:
-        return self.push_many({table: (ids, grads)}, now=now)
 
     def push_many(self, grads: Mapping[str, tuple[Any, Any]], *, now: float) -> int:
         prepared = self._prepare_push(grads)

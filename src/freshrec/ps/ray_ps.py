@@ -287,13 +287,6 @@ class RayPS(ShardedPS):
         order, starts = self._groups(keys)
         return [(s, order[starts[s] : starts[s + 1]]) for s in range(self.num_shards) if starts[s + 1] > starts[s]]
 
-    def pull(
-        self, table: str, ids: Any, *, train: bool = False, now: float | None = None, counts: Any | None = None
-    ) -> np.ndarray:
-        return self.pull_many({table: ids}, train=train, now=now, counts=None if counts is None else {table: counts})[
-            table
-        ]
-
     def pull_many(
         self,
         ids: Mapping[str, Any],
@@ -325,9 +318,6 @@ class RayPS(ShardedPS):
                 else:
                     outs[table][pos] = emb
         return outs
-
-    def push(self, table: str, ids: Any, grads: Any, *, now: float) -> int:
-        return self.push_many({table: (ids, grads)}, now=now)
 
     def push_many(self, grads: Mapping[str, tuple[Any, Any]], *, now: float) -> int:
         prepared = self._prepare_push(grads)

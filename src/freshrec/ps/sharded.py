@@ -138,6 +138,16 @@ class ShardedPS(ParameterServer):
     def _groups(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return group_by_shard(ids, self.num_shards)
 
+    def pull(
+        self, table: str, ids: Any, *, train: bool = False, now: float | None = None, counts: Any | None = None
+    ) -> np.ndarray:
+        return self.pull_many({table: ids}, train=train, now=now, counts=None if counts is None else {table: counts})[
+            table
+        ]
+
+    def push(self, table: str, ids: Any, grads: Any, *, now: float) -> int:
+        return self.push_many({table: (ids, grads)}, now=now)
+
     def _prepare_pull(
         self, ids: Mapping[str, Any], train: bool, now: float | None, counts: Mapping[str, Any] | None
     ) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
