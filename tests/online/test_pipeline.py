@@ -350,6 +350,85 @@ def test_a_start_that_fails_leaves_nothing_open_and_a_second_start_works(tmp_pat
     p.close(checkpoint=False)
 
 
+def test_a_close_that_meets_an_outage_still_releases_everything_and_keeps_the_first_error(
+    tmp_path, stream, monkeypatch
+):
+    """A round failed on a log outage after the joiner had stepped (the trainer's read of the
+    examples topic); close() then closed the joiner, whose own checkpoint met the same outage and
+    raised: the trainers (a RayPS's actors), the log and the run_dir lock stayed open (a second
+    close() returned at once), and `freshrec online` reported the joiner's error, not the round's."""
+    run = fresh_run(tmp_path, stream, "o")
+    p = OnlinePipeline(config(run))
+    for _ in range(3):
+        p.round()
+    real_step = p.joiner.step
+
+    def outage(*args, **kwargs):
+        raise BackendError("cannot reach the log: the broker is down")
+
+    def step_then_outage():
+        n = real_step()
+        for name in ("read", "append", "end_offset"):
+            monkeypatch.setattr(p.log, name, outage)
+        return n
+
+    monkeypatch.setattr(p.joiner, "step", step_then_outage)
+    with pytest.raises(BackendError, match="broker is down"):
+        p.round()
+    p.close()  # the round's error is the one to report: close adds none of its own
+    assert all(tr.state.value == "closed" for tr in p.trainers.values())
+    assert not p.run_lock.held
+    OnlinePipeline(config(run, lock_wait_s=0)).close(checkpoint=False)  # the run_dir is free
+
+
+def test_a_close_that_fails_releases_everything_then_raises(tmp_path, stream, monkeypatch):
+    """Not after a failed round: the error of a release step (here the joiner's final checkpoint)
+    is raised, but only once everything else is released."""
+    run = fresh_run(tmp_path, stream, "c")
+    p = OnlinePipeline(config(run, metrics_port=0))
+    p.round()
+    port = p.metrics_port
+
+    real_close = p.joiner.close
+
+    def broken_close():  # as a joiner whose final checkpoint fails does: its store released, then the error
+        real_close()
+        raise BackendError("cannot checkpoint the joiner: disk full")
+
+    monkeypatch.setattr(p.joiner, "close", broken_close)
+    with pytest.raises(BackendError, match="disk full"):
+        p.close(checkpoint=False)
+    assert all(tr.state.value == "closed" for tr in p.trainers.values())
+    assert not p.run_lock.held
+    p.close()  # closed: nothing more to do
+    q = OnlinePipeline(config(run, lock_wait_s=0, metrics_port=port))  # the lock and the metrics port are free
+    q.close(checkpoint=False)
+
+
+def test_a_start_whose_log_cannot_create_the_input_topics_closes_the_log(tmp_path, stream, monkeypatch):
+    """ensure_topic (the first call to a Kafka cluster) ran before anything guarded the log: a
+    cluster unreachable at start left the log's clients open in a process that retries."""
+    from freshrec.online import pipeline as pipeline_module
+
+    opened = []
+
+    def open_failing_log(cfg):
+        log = open_log(cfg)
+        opened.append(log)
+
+        def unreachable(*args, **kwargs):
+            raise BackendError("cannot reach the Kafka cluster")
+
+        monkeypatch.setattr(log, "ensure_topic", unreachable)
+        return log
+
+    monkeypatch.setattr(pipeline_module, "open_log", open_failing_log)
+    run = fresh_run(tmp_path, stream, "k")
+    with pytest.raises(BackendError, match="cannot reach"):
+        OnlinePipeline(config(run))
+    assert len(opened) == 1 and opened[0].state.value == "closed"
+
+
 def test_the_timeline_is_rotated_at_its_size_cap(tmp_path, stream):
     """timeline.jsonl grew by a record every status interval for as long as the run lived (~110 MB
     a day at the default 2 s)."""

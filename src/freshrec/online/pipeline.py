@@ -92,15 +92,15 @@ class OnlinePipeline:
     def _open(self, config: OnlineConfig) -> None:
         self.spec = config.spec or live_commerce_spec(labels=tuple(config.joiner.labels))  # labels: OnlineConfig checks
         self.log = open_log(config.log)
-        for topic in config.joiner.input_topics:  # a first start on an empty cluster
-            if self.log.ensure_topic(topic, config.input_partitions)[1]:
-                log.warning("input topic %r did not exist: created with %d partition(s); nothing has written "
-                            "to it yet (check joiner.input_topics if a producer uses another name)",
-                            topic, config.input_partitions)  # fmt: skip
         try:
+            for topic in config.joiner.input_topics:  # a first start on an empty cluster
+                if self.log.ensure_topic(topic, config.input_partitions)[1]:
+                    log.warning("input topic %r did not exist: created with %d partition(s); nothing has written "
+                                "to it yet (check joiner.input_topics if a producer uses another name)",
+                                topic, config.input_partitions)  # fmt: skip
             self.joiner = Joiner(self.log, config.joiner)
-        except BaseException:
-            self.log.close()  # refused (e.g. another pipeline's examples topic): nothing left open
+        except BaseException:  # the cluster unreachable, another pipeline's examples topic: nothing left open
+            _release_all([("the log", self.log.close)], quiet=True)
             raise
         self.trainers: dict[str, Trainer] = {}
         try:
@@ -132,10 +132,7 @@ class OnlinePipeline:
         except BaseException:
             # nothing left open: the joiner's state store stays locked while open (a second start
             # in this process was refused), and a RayPS's actors hold the cluster's CPUs
-            for trainer in self.trainers.values():
-                trainer.close()
-            self.joiner.close()
-            self.log.close()
+            _release_all(self._release_steps(), quiet=True)
             raise
 
     # ---- start ---------------------------------------------------------------------------------
@@ -432,8 +429,10 @@ class OnlinePipeline:
                              "(it resumes from its last checkpoint)")  # fmt: skip
 
     def close(self, *, checkpoint: bool = True) -> None:
-        """Stop: a final checkpoint (unless told not to, or the joiner failed: then the last
-        checkpoint stands and a restart resumes from it), then release everything."""
+        """Stop: a final checkpoint (unless told not to, or the joiner or a round failed: then the
+        last checkpoint stands and a restart resumes from it), then release everything, each part
+        whatever the others do; an error on the way is raised once all is released (only logged
+        after a failure, whose own error is the one to report)."""
         if self.state is PipelineState.CLOSED:
             return
         failed = self.joiner.state is JoinerState.FAILED or self._failed_round
@@ -452,15 +451,25 @@ class OnlinePipeline:
                     pub.publish_final()
             if not failed:
                 self._write_status(self.clock())  # the final word, not the last periodic one
-        finally:
+        except BaseException:
             self.state = PipelineState.CLOSED
-            if self.metrics_server is not None:
-                self.metrics_server.shutdown()
-            self.joiner.close()
-            for trainer in self.trainers.values():
-                trainer.close()
-            self.log.close()
-            self.run_lock.release()
+            _release_all(self._release_steps(), quiet=True)  # the error above is the one to report
+            raise
+        self.state = PipelineState.CLOSED
+        # after a failure the error that caused it is the one to report: the joiner's own final
+        # checkpoint (it stepped whole) may meet the same outage, and must not replace it
+        _release_all(self._release_steps(), quiet=failed)
+
+    def _release_steps(self) -> list[tuple[str, Callable[[], None]]]:
+        """What close() releases, in order; the run_dir lock last (the next process may start)."""
+        steps: list[tuple[str, Callable[[], None]]] = []
+        server = getattr(self, "metrics_server", None)
+        if server is not None:
+            steps += [("the metrics server", server.shutdown), ("the metrics port", server.server_close)]
+        steps.append(("the joiner", self.joiner.close))
+        steps += [(f"the {name} trainer", trainer.close) for name, trainer in self.trainers.items()]
+        steps += [("the log", self.log.close), ("the run_dir lock", self.run_lock.release)]
+        return steps
 
 
 def _all_or_none(makers: dict[str, Callable[[], Trainer]]) -> dict[str, Trainer]:
@@ -471,10 +480,27 @@ def _all_or_none(makers: dict[str, Callable[[], Trainer]]) -> dict[str, Trainer]
         for name, make in makers.items():
             trainers[name] = make()
     except BaseException:
-        for trainer in trainers.values():
-            trainer.close()
+        _release_all([(f"the {name} trainer", trainer.close) for name, trainer in trainers.items()], quiet=True)
         raise
     return trainers
+
+
+def _release_all(steps: list[tuple[str, Callable[[], None]]], *, quiet: bool) -> None:
+    """Run every step whatever the others do: one that raises must not leave the rest open (a
+    RayPS's actors, the log, the run_dir lock), and a second close() returns at once. The first
+    error is raised at the end; with ``quiet`` (another error is being reported) errors are
+    logged instead, but an interrupt (Ctrl-C) is still raised."""
+    first: BaseException | None = None
+    for what, release in steps:
+        try:
+            release()
+        except BaseException as exc:
+            if quiet and isinstance(exc, Exception):
+                log.warning("closing %s: %s: %s", what, type(exc).__name__, exc)
+            elif first is None:
+                first = exc
+    if first is not None:
+        raise first
 
 
 def _first_label(batch: Batch) -> Batch:
