@@ -6,6 +6,12 @@ dies, however it dies, so a crash never leaves a stale lock behind; on NFS v4 Li
 onto the server's byte-range locks, so two machines mounting one folder exclude each other too.
 A second taker waits up to ``wait_s`` (a rolling restart: the old process is writing its final
 checkpoint), then gets a :class:`~freshrec.errors.StateError` naming the holder.
+
+A lock belongs to the process that took it: a child forked while it is held closes its copy of
+the file at once (flock locks the open file, which a fork shares: the child's release would drop
+the parent's lock, and a child outliving its parent would keep it). Two objects in one process
+exclude each other like two processes, except on NFS, where Linux emulates flock with POSIX
+locks, which are per process.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 
 from freshrec.errors import BackendError, StateError
@@ -27,6 +34,19 @@ __all__ = ["FolderLock"]
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+
+_held: weakref.WeakSet[FolderLock] = weakref.WeakSet()  # this process's held locks, let go of in a forked child
+
+
+def _forget_in_child() -> None:
+    for lock in list(_held):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            os.close(fd)  # the parent's copy keeps the lock
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class FolderLock:
@@ -77,6 +97,7 @@ class FolderLock:
             os.close(fd)
             raise
         self._fd = fd
+        _held.add(self)
 
     @staticmethod
     def _holder(fd: int) -> str:
@@ -91,6 +112,7 @@ class FolderLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _held.discard(self)
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
