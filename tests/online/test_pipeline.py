@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -261,7 +262,7 @@ def test_a_round_that_fails_part_way_is_not_checkpointed_at_close(tmp_path, stre
     q.close(checkpoint=False)
 
 
-def test_one_pipeline_per_run_dir_and_a_second_one_waits_for_the_first_to_stop(tmp_path, stream):
+def test_one_pipeline_per_run_dir_and_a_second_one_waits_for_the_first_to_stop(tmp_path, stream, monkeypatch):
     """Two `freshrec online` on one run_dir (a rolling restart, a start script run twice, a
     zombie) would both train and write checkpoints into one folder: the second waits up to
     lock_wait_s for the first to stop, then exits naming it, having touched nothing."""
@@ -270,14 +271,25 @@ def test_one_pipeline_per_run_dir_and_a_second_one_waits_for_the_first_to_stop(t
     for _ in range(5):
         first.round()
     listing = sorted(str(x) for x in run.rglob("*") if "log" not in x.parts)
+    note = (run / ".lock").read_bytes()
     with pytest.raises(StateError, match=rf"run_dir {run} is in use by pid {os.getpid()} on "):
         OnlinePipeline(config(run, lock_wait_s=0.3))
     assert sorted(str(x) for x in run.rglob("*") if "log" not in x.parts) == listing
-    stopper = threading.Timer(1.0, first.close)  # its final checkpoint, then the lock goes
+    assert (run / ".lock").read_bytes() == note
+    final = []
+    real_checkpoint = first.checkpoint
+
+    def slow_checkpoint():  # a final checkpoint longer than the waiter's poll (a large model)
+        time.sleep(1.0)
+        final.append(real_checkpoint())
+        return final[-1]
+
+    monkeypatch.setattr(first, "checkpoint", slow_checkpoint)
+    stopper = threading.Timer(0.5, first.close)  # its final checkpoint, then the lock goes
     stopper.start()
     second = OnlinePipeline(config(run, lock_wait_s=60))
     stopper.join()
-    assert second.restored_from is not None  # it waited, then resumed from the first's final checkpoint
+    assert second.restored_from == final[0]  # it waited for the first's final checkpoint, then resumed from it
     assert second.trainers["rank"].counters.examples == first.trainers["rank"].counters.examples
     second.close(checkpoint=False)
     OnlinePipeline(config(run, lock_wait_s=0)).close(checkpoint=False)  # closed: free at once
