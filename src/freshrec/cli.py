@@ -335,12 +335,16 @@ def online(
     pipeline = OnlinePipeline(cfg)
     if pipeline.restored_from is not None:
         console.print(f"resumed from {pipeline.restored_from}")
-    stop = threading.Event()
+    stop, closed = threading.Event(), threading.Event()
     stopped_by: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         """SIGTERM (a redeploy) and Ctrl-C stop between rounds, so the final checkpoint holds whole
-        rounds; a second Ctrl-C stops at once (no final checkpoint if mid-round: the last stands)."""
+        rounds; a second Ctrl-C stops at once (no final checkpoint if mid-round: the last stands).
+        Once the pipeline is closed there is nothing left to stop: raising then would only put a
+        traceback into the interpreter's exit hooks."""
+        if closed.is_set():
+            return
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stopped_by.append(signal.Signals(signum).name)
@@ -368,7 +372,10 @@ def online(
     except KeyboardInterrupt:
         console.print("stopping at once (a second Ctrl-C)")
     finally:
-        pipeline.close()
+        try:
+            pipeline.close()
+        finally:
+            closed.set()
     console.print(f"checkpoints in {cfg.checkpoint_dir}, serving snapshots in {cfg.sync.snapshot_dir}")
 
 

@@ -48,3 +48,36 @@ def test_sigterm_and_ctrl_c_stop_between_rounds_with_a_final_checkpoint(tmp_path
     assert any(line.startswith("trained ") and "| sync rank v" in line for line in lines), err[-2000:]
     latest = (run / "checkpoints" / "LATEST").read_text().strip()
     assert (run / "checkpoints" / latest / "manifest.json").is_file()
+
+
+def test_a_ctrl_c_after_the_pipeline_closed_does_not_raise_in_the_exit_hooks(tmp_path):
+    """The handler stayed installed after the final checkpoint: a second Ctrl-C while the process
+    was exiting raised KeyboardInterrupt inside an atexit hook (torch's), and the user got a
+    traceback after the last line ("Exception ignored in atexit callback ... on_signal")."""
+    stream = tmp_path / "stream"
+    fill_log(stream, seconds=120.0)
+    run = tmp_path / "run"
+    shutil.copytree(stream, run / "log")
+    cfg = run / "online.yaml"
+    cfg.write_text(json.dumps(config(run, status_interval_s=0.2).model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "freshrec.cli", "online", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "status.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        seen = []
+        for line in proc.stderr:  # up to the command's last line: the pipeline is closed
+            seen.append(line)
+            if line.startswith("checkpoints in "):
+                break
+        proc.send_signal(signal.SIGINT)  # while the interpreter runs its exit hooks
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(seen) + err
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
