@@ -157,5 +157,7 @@ def _ray_trainer(spec: FeatureSpec, report: BenchReport) -> Trainer | None:
     except ImportError as exc:
         report.notes.append(f"ray: skipped ({exc}; pip install 'freshrec[ray]')")
         return None
-    config = PSConfig(backend="ray", num_shards=2, threads=1)
+    # "local": a Ray instance of its own, as the report says, even where `ray start` made a
+    # cluster on this machine (unset, Ray joins it: other machines' shards, other jobs' load)
+    config = PSConfig(backend="ray", num_shards=2, threads=1, ray_address="local")
     return Trainer(spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=THREADS), ps_config=config)
