@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,21 +20,29 @@ from .test_pipeline import config, fill_log
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_stop_between_rounds_with_a_final_checkpoint(tmp_path, sig):
+def _start_online(tmp_path: Path, seconds: float) -> tuple[Path, subprocess.Popen]:
+    """`freshrec online` on ``seconds`` of simulated stream, once its first status is written."""
     stream = tmp_path / "stream"
-    fill_log(stream, seconds=300.0)
+    fill_log(stream, seconds=seconds)
     run = tmp_path / "run"
     shutil.copytree(stream, run / "log")
     cfg = run / "online.yaml"
     cfg.write_text(json.dumps(config(run, status_interval_s=0.2).model_dump(mode="json")))  # JSON is YAML
     proc = subprocess.Popen([sys.executable, "-m", "freshrec.cli", "online", "--config", str(cfg)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (run / "status.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if proc.poll() is not None or not (run / "status.json").exists():
+        proc.kill()
+        pytest.fail(f"freshrec online did not start: {proc.communicate()[1][-2000:]}")
+    return run, proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_stop_between_rounds_with_a_final_checkpoint(tmp_path, sig):
+    run, proc = _start_online(tmp_path, seconds=300.0)
     try:
-        deadline = time.monotonic() + 240
-        while not (run / "status.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert not (run / "checkpoints" / "LATEST").exists()  # checkpoint_interval_s is an hour: none yet
         proc.send_signal(sig)  # Ctrl-C used to raise mid-round, where a final checkpoint saves half of it
         _out, err = proc.communicate(timeout=120)
@@ -54,19 +63,8 @@ def test_a_ctrl_c_after_the_pipeline_closed_does_not_raise_in_the_exit_hooks(tmp
     """The handler stayed installed after the final checkpoint: a second Ctrl-C while the process
     was exiting raised KeyboardInterrupt inside an atexit hook (torch's), and the user got a
     traceback after the last line ("Exception ignored in atexit callback ... on_signal")."""
-    stream = tmp_path / "stream"
-    fill_log(stream, seconds=120.0)
-    run = tmp_path / "run"
-    shutil.copytree(stream, run / "log")
-    cfg = run / "online.yaml"
-    cfg.write_text(json.dumps(config(run, status_interval_s=0.2).model_dump(mode="json")))
-    proc = subprocess.Popen([sys.executable, "-m", "freshrec.cli", "online", "--config", str(cfg)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _, proc = _start_online(tmp_path, seconds=120.0)
     try:
-        deadline = time.monotonic() + 240
-        while not (run / "status.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
         proc.send_signal(signal.SIGINT)
         seen = []
         for line in proc.stderr:  # up to the command's last line: the pipeline is closed
