@@ -318,6 +318,7 @@ def online(
     Ctrl-C or SIGTERM (how systemd, Docker and Kubernetes stop a process) ends it with a final
     checkpoint."""
     import contextlib
+    import os
     import signal
     import threading
     import time
@@ -347,8 +348,13 @@ def online(
             return
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stopped_by.append(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        stopped_by.append(name)
         stop.set()
+        # said at once: the round in progress may take a while (a log outage: up to log.timeout_s),
+        # and a user who sees nothing presses Ctrl-C again (raw write: no lock a handler could meet)
+        again = " (Ctrl-C again: stop at once, without it)" if signum == signal.SIGINT else ""
+        os.write(2, f"\n{name}: stopping after the current round, then a final checkpoint{again}\n".encode())
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

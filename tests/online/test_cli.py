@@ -54,6 +54,8 @@ def test_sigterm_and_ctrl_c_stop_between_rounds_with_a_final_checkpoint(tmp_path
     # frame ran into the next message: "... retrieve v203stopping (SIGTERM)")
     lines = err.splitlines()
     assert f"stopping ({sig.name}): final checkpoint" in lines, err[-2000:]
+    # said when the signal came, not only once the round in progress ended
+    assert any(line.startswith(f"{sig.name}: stopping after the current round") for line in lines), err[-2000:]
     assert any(line.startswith("trained ") and "| sync rank v" in line for line in lines), err[-2000:]
     latest = (run / "checkpoints" / "LATEST").read_text().strip()
     assert (run / "checkpoints" / latest / "manifest.json").is_file()
