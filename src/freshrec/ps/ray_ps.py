@@ -226,13 +226,17 @@ class RayPS(ShardedPS):
 
     def _unplaced(self, pending: int) -> str:
         c = self.config
-        total = self._ray.cluster_resources().get("CPU", 0.0)
-        free = self._ray.available_resources().get("CPU", 0.0)
+        try:  # the cluster's view, if it answers: the timeout is the message either way
+            total = self._ray.cluster_resources().get("CPU", 0.0)
+            free = self._ray.available_resources().get("CPU", 0.0)
+            cpus = f"the cluster has {free:g} of {total:g} CPUs free"
+        except Exception as exc:  # Ray's own errors, whatever their type
+            cpus = f"the cluster's free CPUs are unknown ({type(exc).__name__})"
         return (
             f"{pending} of {self.num_shards} PS shard actors did not start within {c.ray_start_timeout_s:g} s "
-            f"(ps.ray_start_timeout_s); each reserves ps.ray_actor_cpus = {c.ray_actor_cpus:g} CPU and the cluster "
-            f"has {free:g} of {total:g} CPUs free: lower ray_actor_cpus or num_shards, add machines, or raise "
-            "ray_start_timeout_s for a cluster still adding them (or a machine is unreachable)"
+            f"(ps.ray_start_timeout_s); each reserves ps.ray_actor_cpus = {c.ray_actor_cpus:g} CPU and {cpus}: "
+            "lower ray_actor_cpus or num_shards, add machines, or raise ray_start_timeout_s for a cluster still "
+            "adding them (or a machine is unreachable)"
         )
 
     @property
