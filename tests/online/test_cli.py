@@ -20,14 +20,14 @@ from .test_pipeline import config, fill_log
 pytestmark = pytest.mark.slow
 
 
-def _start_online(tmp_path: Path, seconds: float) -> tuple[Path, subprocess.Popen]:
+def _start_online(tmp_path: Path, seconds: float, **kw) -> tuple[Path, subprocess.Popen]:
     """`freshrec online` on ``seconds`` of simulated stream, once its first status is written."""
     stream = tmp_path / "stream"
     fill_log(stream, seconds=seconds)
     run = tmp_path / "run"
     shutil.copytree(stream, run / "log")
     cfg = run / "online.yaml"
-    cfg.write_text(json.dumps(config(run, status_interval_s=0.2).model_dump(mode="json")))  # JSON is YAML
+    cfg.write_text(json.dumps(config(run, status_interval_s=0.2, **kw).model_dump(mode="json")))  # JSON is YAML
     proc = subprocess.Popen([sys.executable, "-m", "freshrec.cli", "online", "--config", str(cfg)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 240
@@ -39,9 +39,14 @@ def _start_online(tmp_path: Path, seconds: float) -> tuple[Path, subprocess.Pope
     return run, proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_stop_between_rounds_with_a_final_checkpoint(tmp_path, sig):
-    run, proc = _start_online(tmp_path, seconds=300.0)
+# with the PS on Ray too: ray.init installs its own SIGTERM handler, which must not replace ours
+RAY_PS = {"backend": "ray", "num_shards": 2, "threads": 1, "ray_address": "local"}
+
+
+@pytest.mark.parametrize(("sig", "ps"), [(signal.SIGTERM, {}), (signal.SIGINT, {}), (signal.SIGTERM, RAY_PS)],
+                         ids=["sigterm", "sigint", "sigterm-ray"])  # fmt: skip
+def test_sigterm_and_ctrl_c_stop_between_rounds_with_a_final_checkpoint(tmp_path, sig, ps):
+    run, proc = _start_online(tmp_path, seconds=300.0, ps={"threads": 1, **ps})
     try:
         assert not (run / "checkpoints" / "LATEST").exists()  # checkpoint_interval_s is an hour: none yet
         proc.send_signal(sig)  # Ctrl-C used to raise mid-round, where a final checkpoint saves half of it
