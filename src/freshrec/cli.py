@@ -356,6 +356,7 @@ def online(
         again = " (Ctrl-C again: stop at once, without it)" if signum == signal.SIGINT else ""
         os.write(2, f"\n{name}: stopping after the current round, then a final checkpoint{again}\n".encode())
 
+    # after the pipeline started: ray.init (a PS on Ray) installs a SIGTERM handler of its own
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     # a terminal gets one live status line; a log (systemd, Docker) a plain line every 10 s
