@@ -56,6 +56,7 @@ REJECTED_LOG_EVERY_S = 60.0  # examples the trainer cannot read: one warning a m
 
 class PipelineState(enum.Enum):
     RUNNING = "running"  # joining, training, publishing
+    FAILED = "failed"  # a round raised part-way: no more rounds or checkpoints, close() releases
     CLOSED = "closed"  # log, joiner and trainers released; every call raises StateError
 
 
@@ -119,7 +120,6 @@ class OnlinePipeline:
             self._last_status = 0.0
             self._started = self.clock()
             self.state = PipelineState.RUNNING
-            self._failed_round = False
             self.counters = {"rounds": 0, "batches": 0, "expired": 0, "checkpoints": 0, "examples_read": 0,
                              "examples_rejected": 0}  # fmt: skip
             self._rejected_log = RateLimitedLog(log, every_s=REJECTED_LOG_EVERY_S)
@@ -178,7 +178,7 @@ class OnlinePipeline:
         try:
             return self._round()
         except BaseException:
-            self._failed_round = True
+            self.state = PipelineState.FAILED
             raise
 
     def _round(self) -> int:
@@ -422,11 +422,12 @@ class OnlinePipeline:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def _check(self, what: str) -> None:
-        if getattr(self, "state", PipelineState.RUNNING) is not PipelineState.RUNNING:
-            raise StateError(f"cannot {what}: the online pipeline is {self.state.value}")
-        if getattr(self, "_failed_round", False):
+        state = getattr(self, "state", PipelineState.RUNNING)
+        if state is PipelineState.FAILED:
             raise StateError(f"cannot {what}: a round failed part-way; close the pipeline and start it again "
                              "(it resumes from its last checkpoint)")  # fmt: skip
+        if state is not PipelineState.RUNNING:
+            raise StateError(f"cannot {what}: the online pipeline is {state.value}")
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Stop: a final checkpoint (unless told not to, or the joiner or a round failed: then the
@@ -435,7 +436,7 @@ class OnlinePipeline:
         after a failure, whose own error is the one to report)."""
         if self.state is PipelineState.CLOSED:
             return
-        failed = self.joiner.state is JoinerState.FAILED or self._failed_round
+        failed = self.joiner.state is JoinerState.FAILED or self.state is PipelineState.FAILED
         if failed:
             # its state is half-stepped: checkpointing it would save half a round (or raise), and a
             # final status asks the log for offsets (which an outage makes wait and raise): either
