@@ -109,8 +109,7 @@ class LocalPS(ShardedPS):
         now: float | None = None,
         counts: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
-        prepared = self._prepare_pull(ids, train, now, counts)
-        outs = {t: np.empty((k.shape[0], self._configs[t].dim), np.float32) for t, k, _ in prepared}
+        prepared, outs = self._prepare_pull(ids, train, now, counts)
         jobs = []
         for table, keys, occ in prepared:
             jobs += self._pull_jobs(table, keys, train, now, outs[table], occ)

@@ -299,8 +299,7 @@ class RayPS(ShardedPS):
         now: float | None = None,
         counts: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
-        prepared = self._prepare_pull(ids, train, now, counts)
-        outs = {t: np.empty((k.shape[0], self._configs[t].dim), np.float32) for t, k, _ in prepared}
+        prepared, outs = self._prepare_pull(ids, train, now, counts)
         requests: dict[int, tuple[dict, dict]] = {}
         where: dict[int, dict[str, np.ndarray | None]] = {}
         for table, keys, occ in prepared:

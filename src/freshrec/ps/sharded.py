@@ -107,6 +107,7 @@ class ShardedPS(ParameterServer):
         if not cfgs:
             raise ConfigError("a parameter server needs at least one table")
         self._configs = {name: cfg.model_copy(update={"name": name}) for name, cfg in cfgs.items()}
+        self._shard_configs: dict[str, TableConfig] | None = None
         self._state = PSState.OPEN
         self._version = 0
         self._version_lock = threading.Lock()
@@ -122,8 +123,10 @@ class ShardedPS(ParameterServer):
         return self.config.num_shards
 
     def shard_configs(self) -> dict[str, TableConfig]:
-        """The config each shard of each table runs."""
-        return {t: shard_config(cfg, self.num_shards) for t, cfg in self._configs.items()}
+        """The config each shard of each table runs (made once: configs are frozen)."""
+        if self._shard_configs is None:
+            self._shard_configs = {t: shard_config(cfg, self.num_shards) for t, cfg in self._configs.items()}
+        return dict(self._shard_configs)
 
     def _check_open(self, what: str) -> None:
         if self._state is not PSState.OPEN:
@@ -150,8 +153,9 @@ class ShardedPS(ParameterServer):
 
     def _prepare_pull(
         self, ids: Mapping[str, Any], train: bool, now: float | None, counts: Mapping[str, Any] | None
-    ) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
-        """``(table, keys, counts)`` of a pull, every table's input checked before any is touched."""
+    ) -> tuple[list[tuple[str, np.ndarray, np.ndarray | None]], dict[str, np.ndarray]]:
+        """``(table, keys, counts)`` of a pull, every table's input checked before any is touched,
+        and the ``(n, dim)`` output array of each table."""
         if train:
             if now is None:
                 raise InputError("a training pull needs the event time: pull(..., train=True, now=t)")
@@ -169,7 +173,8 @@ class ShardedPS(ParameterServer):
                 except InputError as exc:
                     raise InputError(f"table {table!r}: {exc}; nothing was pulled") from None
             prepared.append((table, keys, occ))
-        return prepared
+        outs = {t: np.empty((k.shape[0], self._configs[t].dim), np.float32) for t, k, _ in prepared}
+        return prepared, outs
 
     def _prepare_push(self, grads: Mapping[str, tuple[Any, Any]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """``(table, keys, float32 grads)`` of a push; a bad shape or a NaN/Inf anywhere refuses
