@@ -3,6 +3,8 @@ side measured in one run, and the Ray instance the RayPS side started is gone af
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import ray
 
@@ -19,3 +21,12 @@ def test_quick_run_reports_every_side_and_leaves_no_ray_behind():
     assert set(report.ratios) == {"train_vs_torch_baseline", "ray_ps_vs_local_ps"}
     assert 0 < report.figures["ray_ps_pull_push_share"] < 1
     assert not ray.is_initialized()
+
+
+def test_without_the_ray_extra_the_ray_side_is_skipped_with_a_note(monkeypatch):
+    from freshrec.bench._report import BenchReport
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import fails as when not installed
+    report = BenchReport("train", params={})
+    assert bench_train._ray_trainer(bench_train._spec(), report) is None
+    assert report.notes and report.notes[0].startswith("ray: skipped") and "freshrec[ray]" in report.notes[0]

@@ -86,7 +86,7 @@ class TorchBaseline:
         self.dense_opt.step()
 
 
-def run(*, quick: bool = False, seed: int = 0, ray: bool = True) -> BenchReport:
+def run(*, quick: bool = False, seed: int = 0) -> BenchReport:
     torch.set_num_threads(THREADS)
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: torch's default, minus its warning
     warm, steps = (2, 8) if quick else (3, 40)
@@ -111,7 +111,7 @@ def run(*, quick: bool = False, seed: int = 0, ray: bool = True) -> BenchReport:
     ours = Trainer(spec, DeepFMConfig(hidden=HIDDEN), TrainConfig(threads=THREADS), ps_config=PSConfig(threads=THREADS))
     on_ray = None
     try:  # closed whatever happens: the Ray side's actors (and the Ray it started) must not outlive the run
-        on_ray = _ray_trainer(spec, report) if ray else None
+        on_ray = _ray_trainer(spec, report)
         _measure(report, batches, warm, ours, TorchBaseline(spec), on_ray)
     finally:
         ours.close()
